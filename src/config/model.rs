@@ -1,0 +1,217 @@
+//! The validated configuration: every cross reference checked, every value
+//! in its domain type. Built from [`super::raw`] by [`super::load`].
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use http::Method;
+
+use crate::pipeline::FailurePolicy;
+
+/// Where something was written: `file:line:column`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The configuration file.
+    pub file: Arc<str>,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (relative paths inside resolve against its folder).
+    pub file: PathBuf,
+    /// Wasm runtime sizing and caching.
+    pub runtime: RuntimeSettings,
+    /// Where to accept client traffic.
+    pub listeners: Vec<Listener>,
+    /// The admin API listener, if enabled.
+    pub admin: Option<Admin>,
+    /// Named upstreams.
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Named plugin definitions.
+    pub plugins: BTreeMap<String, PluginDef>,
+    /// Routes, matched in order; the first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// Sizing of the Wasm runtime, shared by every plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeSettings {
+    /// Where compiled components are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances the pooling allocator can hold at once (all plugins).
+    pub max_instances: u32,
+    /// The largest linear memory any instance may have (per-plugin caps are lower).
+    pub max_memory_bytes: usize,
+    /// The key-value store backing the `kv` capability.
+    pub kv: KvBackend,
+}
+
+/// The key-value store backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvBackend {
+    /// In-process memory (the default).
+    Memory,
+    /// A Redis server shared by many gateway instances.
+    Redis {
+        /// `redis://host:port/db`.
+        url: String,
+    },
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// The socket address to bind.
+    pub address: SocketAddr,
+    /// Largest request head (request line + headers) accepted.
+    pub max_header_bytes: usize,
+    /// A client must send its whole request head within this time.
+    pub header_timeout: Duration,
+    /// Accept HTTP/2 (prior knowledge, h2c) besides HTTP/1.1.
+    pub http2: bool,
+}
+
+/// The admin API listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// The socket address (localhost by default).
+    pub address: SocketAddr,
+    /// If set, requests need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// A named group of targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// The upstream's name.
+    pub name: String,
+    /// `host:port` targets, balanced round robin.
+    pub targets: Vec<String>,
+    /// The HTTP version spoken to the targets.
+    pub protocol: UpstreamProtocol,
+    /// Give up connecting after this long (a 502).
+    pub connect_timeout: Duration,
+    /// Idle connections kept per target.
+    pub max_idle_per_target: usize,
+}
+
+/// The protocol spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext).
+    H2c,
+}
+
+/// How plugin instances are isolated between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// A new instance per request: nothing leaks between requests.
+    Fresh,
+    /// Reused instances (never concurrently); an instance that failed is discarded.
+    Pooled {
+        /// Idle instances kept per route plugin.
+        max_idle: usize,
+    },
+}
+
+/// Host capabilities granted to a plugin; everything is denied by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `pylon:plugin/log`.
+    pub log: bool,
+    /// `pylon:plugin/clock`.
+    pub clock: bool,
+    /// `pylon:plugin/kv`.
+    pub kv: bool,
+    /// Upstreams the plugin may call through `pylon:plugin/http-client`.
+    pub http_upstreams: Vec<String>,
+}
+
+/// A plugin definition: a component and how to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginDef {
+    /// The plugin's name.
+    pub name: String,
+    /// The component file (absolute, resolved against the config file's folder).
+    pub component: PathBuf,
+    /// Fresh or pooled instances.
+    pub isolation: Isolation,
+    /// The longest one call may run.
+    pub deadline: Duration,
+    /// The linear-memory cap per instance.
+    pub memory_limit_bytes: usize,
+    /// The largest body buffered for this plugin (a 413 past it).
+    pub max_body_bytes: usize,
+    /// Granted capabilities.
+    pub grants: Grants,
+    /// Where it was defined.
+    pub location: Location,
+}
+
+/// How a route matches the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path starts with this at a segment boundary-free byte prefix.
+    Prefix(String),
+    /// Segments with `{name}` parameters, and optionally a final `{*rest}`.
+    Pattern(String),
+}
+
+/// How a matched path is rewritten before it goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Remove the route's prefix (keeping a leading `/`).
+    StripPrefix,
+    /// Replace the path with this template; `{name}` inserts a captured parameter.
+    Template(String),
+}
+
+/// One plugin on a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginRef {
+    /// The referenced plugin definition.
+    pub plugin: String,
+    /// The per-route configuration handed to the plugin (as JSON).
+    pub config: serde_json::Value,
+    /// What happens when the plugin fails.
+    pub on_error: FailurePolicy,
+    /// Where it was written.
+    pub location: Location,
+}
+
+/// A route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The route's id.
+    pub id: String,
+    /// Host to match (exact, or `*.example.com`); `None` matches any.
+    pub host: Option<String>,
+    /// Methods to match; empty matches any.
+    pub methods: Vec<Method>,
+    /// Path to match.
+    pub path: PathMatch,
+    /// Path rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// The upstream; `None` when a plugin always answers (e.g. aggregation).
+    pub upstream: Option<String>,
+    /// Time allowed for the upstream's response head (a 504 past it).
+    pub timeout: Duration,
+    /// The plugin pipeline, in order.
+    pub plugins: Vec<PluginRef>,
+    /// Where it was defined.
+    pub location: Location,
+}

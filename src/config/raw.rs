@@ -1,0 +1,107 @@
+//! The configuration file as written: serde structs that mirror the TOML
+//! one to one, unknown keys rejected, with spans kept for error messages.
+//! Nothing here is validated beyond types; see [`super::validate`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole document.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) runtime: Option<Spanned<RawRuntime>>,
+    #[serde(default)]
+    pub(crate) listeners: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub(crate) admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    pub(crate) upstreams: BTreeMap<Spanned<String>, Spanned<RawUpstream>>,
+    #[serde(default)]
+    pub(crate) plugins: BTreeMap<Spanned<String>, Spanned<RawPluginDef>>,
+    #[serde(default)]
+    pub(crate) routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawRuntime {
+    pub(crate) cache_dir: Option<Spanned<String>>,
+    pub(crate) max_instances: Option<Spanned<i64>>,
+    pub(crate) max_memory: Option<Spanned<String>>,
+    pub(crate) kv: Option<Spanned<RawKv>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawKv {
+    pub(crate) backend: Spanned<String>,
+    pub(crate) url: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawListener {
+    pub(crate) address: Spanned<String>,
+    pub(crate) max_header_size: Option<Spanned<String>>,
+    pub(crate) header_timeout: Option<Spanned<String>>,
+    pub(crate) http2: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawAdmin {
+    pub(crate) address: Option<Spanned<String>>,
+    pub(crate) token: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawUpstream {
+    pub(crate) targets: Spanned<Vec<Spanned<String>>>,
+    pub(crate) protocol: Option<Spanned<String>>,
+    pub(crate) connect_timeout: Option<Spanned<String>>,
+    pub(crate) max_idle_per_target: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawPluginDef {
+    pub(crate) component: Spanned<String>,
+    pub(crate) isolation: Option<Spanned<String>>,
+    pub(crate) pool_size: Option<Spanned<i64>>,
+    pub(crate) deadline: Option<Spanned<String>>,
+    pub(crate) memory: Option<Spanned<String>>,
+    pub(crate) max_body_size: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) capabilities: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) http_upstreams: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawRoute {
+    pub(crate) id: Spanned<String>,
+    pub(crate) host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) methods: Vec<Spanned<String>>,
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) path_prefix: Option<Spanned<String>>,
+    pub(crate) strip_prefix: Option<Spanned<bool>>,
+    pub(crate) rewrite: Option<Spanned<String>>,
+    pub(crate) upstream: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) plugins: Vec<Spanned<RawPluginRef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawPluginRef {
+    pub(crate) plugin: Spanned<String>,
+    pub(crate) on_error: Option<Spanned<String>>,
+    pub(crate) config: Option<toml::Table>,
+}

@@ -1,0 +1,586 @@
+//! Raw → validated: checks values and cross references (routes → upstreams
+//! and plugins, plugins → upstreams) and collects every problem.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use http::Method;
+use toml::Spanned;
+
+use super::{
+    ConfigError, Diagnostic, LineIndex,
+    model::*,
+    raw::{self, RawConfig},
+    units::{parse_duration, parse_size},
+};
+use crate::pipeline::FailurePolicy;
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+struct Ctx<'a> {
+    file: &'a Arc<str>,
+    index: &'a LineIndex,
+    problems: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn loc<T>(&self, s: &Spanned<T>) -> Location {
+        self.index.location(self.file, s.span().start)
+    }
+
+    fn error<T>(&mut self, at: &Spanned<T>, subject: Option<String>, message: impl Into<String>) {
+        let location = Some(self.loc(at));
+        self.problems.push(Diagnostic {
+            location,
+            subject,
+            message: message.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        subject: &str,
+        default: Duration,
+    ) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.error(s, Some(subject.into()), "duration must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.error(s, Some(subject.into()), e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, v: &Option<Spanned<String>>, subject: &str, default: usize) -> usize {
+        match v {
+            None => default,
+            Some(s) => match parse_size(s.get_ref()) {
+                Ok(n) if n > 0 => n,
+                Ok(_) => {
+                    self.error(s, Some(subject.into()), "size must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.error(s, Some(subject.into()), e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn id(&mut self, s: &Spanned<String>, kind: &str) -> bool {
+        let name = s.get_ref();
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok {
+            self.error(
+                s,
+                None,
+                format!(
+                    "invalid {kind} name {name:?}: use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+                ),
+            );
+        }
+        ok
+    }
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    file: &Path,
+    file_name: &Arc<str>,
+    base_dir: &Path,
+    index: &LineIndex,
+) -> Result<Config, ConfigError> {
+    let mut cx = Ctx {
+        file: file_name,
+        index,
+        problems: Vec::new(),
+    };
+
+    let runtime = runtime(&mut cx, raw.runtime.as_ref(), base_dir);
+    let listeners = listeners(&mut cx, &raw.listeners);
+    let admin = raw.admin.as_ref().map(|a| admin(&mut cx, a));
+    let upstreams = upstreams(&mut cx, &raw.upstreams);
+    let plugins = plugins(&mut cx, &raw.plugins, &upstreams, &runtime, base_dir);
+    let routes = routes(&mut cx, &raw.routes, &upstreams, &plugins);
+
+    if cx.problems.is_empty() {
+        Ok(Config {
+            file: file.to_path_buf(),
+            runtime,
+            listeners,
+            admin,
+            upstreams,
+            plugins,
+            routes,
+        })
+    } else {
+        cx.problems.sort_by_key(|d| {
+            d.location
+                .as_ref()
+                .map(|l| (l.line, l.column))
+                .unwrap_or_default()
+        });
+        Err(ConfigError {
+            diagnostics: cx.problems,
+        })
+    }
+}
+
+fn runtime(cx: &mut Ctx<'_>, raw: Option<&Spanned<raw::RawRuntime>>, base: &Path) -> RuntimeSettings {
+    let mut settings = RuntimeSettings {
+        cache_dir: Some(base.join(".pylon-cache")),
+        max_instances: 1000,
+        max_memory_bytes: 256 << 20,
+        kv: KvBackend::Memory,
+    };
+    let Some(raw) = raw else { return settings };
+    let r = raw.get_ref();
+    if let Some(dir) = &r.cache_dir {
+        settings.cache_dir = if dir.get_ref().is_empty() {
+            None
+        } else {
+            Some(base.join(dir.get_ref()))
+        };
+    }
+    if let Some(n) = &r.max_instances {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if (1..=100_000).contains(&v) => settings.max_instances = v,
+            _ => cx.error(n, Some("runtime".into()), "max-instances must be between 1 and 100000"),
+        }
+    }
+    settings.max_memory_bytes = cx.size(&r.max_memory, "runtime", settings.max_memory_bytes);
+    if let Some(kv) = &r.kv {
+        let k = kv.get_ref();
+        match (k.backend.get_ref().as_str(), &k.url) {
+            ("memory", None) => settings.kv = KvBackend::Memory,
+            ("memory", Some(url)) => cx.error(url, Some("runtime.kv".into()), "url is only used with backend = \"redis\""),
+            ("redis", Some(url)) => {
+                if url.get_ref().starts_with("redis://") {
+                    settings.kv = KvBackend::Redis { url: url.get_ref().clone() }
+                } else {
+                    cx.error(url, Some("runtime.kv".into()), "url must start with redis://")
+                }
+            }
+            ("redis", None) => cx.error(kv, Some("runtime.kv".into()), "backend = \"redis\" needs a url"),
+            (other, _) => cx.error(
+                &k.backend,
+                Some("runtime.kv".into()),
+                format!("unknown backend {other:?} (expected \"memory\" or \"redis\")"),
+            ),
+        }
+    }
+    settings
+}
+
+fn listeners(cx: &mut Ctx<'_>, raw: &[Spanned<raw::RawListener>]) -> Vec<Listener> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for l in raw {
+        let r = l.get_ref();
+        let subject = format!("listener {:?}", r.address.get_ref());
+        let Ok(address) = r.address.get_ref().parse::<SocketAddr>() else {
+            cx.error(
+                &r.address,
+                None,
+                format!("invalid listener address {:?}: expected ip:port, e.g. \"0.0.0.0:8080\"", r.address.get_ref()),
+            );
+            continue;
+        };
+        if address.port() != 0 && !seen.insert(address) {
+            cx.error(&r.address, Some(subject.clone()), "address is used by another listener");
+        }
+        out.push(Listener {
+            address,
+            max_header_bytes: cx.size(&r.max_header_size, &subject, 64 << 10),
+            header_timeout: cx.duration(&r.header_timeout, &subject, Duration::from_secs(10)),
+            http2: r.http2.unwrap_or(true),
+        });
+    }
+    if raw.is_empty() {
+        cx.problems.push(Diagnostic {
+            location: None,
+            subject: None,
+            message: "no [[listeners]]: add one, e.g. [[listeners]] address = \"127.0.0.1:8080\"".into(),
+        });
+    }
+    out
+}
+
+fn admin(cx: &mut Ctx<'_>, raw: &Spanned<raw::RawAdmin>) -> Admin {
+    let r = raw.get_ref();
+    let address = match &r.address {
+        None => DEFAULT_ADMIN.parse().expect("constant address"),
+        Some(a) => a.get_ref().parse().unwrap_or_else(|_| {
+            cx.error(a, Some("admin".into()), format!("invalid address {:?}: expected ip:port", a.get_ref()));
+            DEFAULT_ADMIN.parse().expect("constant address")
+        }),
+    };
+    let token = r.token.as_ref().and_then(|t| {
+        if t.get_ref().len() < 16 {
+            cx.error(t, Some("admin".into()), "token must be at least 16 characters");
+            None
+        } else {
+            Some(t.get_ref().clone())
+        }
+    });
+    Admin { address, token }
+}
+
+fn upstreams(
+    cx: &mut Ctx<'_>,
+    raw: &BTreeMap<Spanned<String>, Spanned<raw::RawUpstream>>,
+) -> BTreeMap<String, Upstream> {
+    let mut out = BTreeMap::new();
+    for (name, u) in raw {
+        cx.id(name, "upstream");
+        let subject = format!("upstream {:?}", name.get_ref());
+        let r = u.get_ref();
+        let mut targets = Vec::new();
+        if r.targets.get_ref().is_empty() {
+            cx.error(&r.targets, Some(subject.clone()), "needs at least one target");
+        }
+        for t in r.targets.get_ref() {
+            let ok = t
+                .get_ref()
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if ok {
+                targets.push(t.get_ref().clone());
+            } else {
+                cx.error(t, Some(subject.clone()), format!("invalid target {:?}: expected host:port", t.get_ref()));
+            }
+        }
+        let protocol = match r.protocol.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2c") => UpstreamProtocol::H2c,
+            Some(other) => {
+                let p = r.protocol.as_ref().expect("matched Some");
+                cx.error(p, Some(subject.clone()), format!("unknown protocol {other:?} (expected \"http1\" or \"h2c\")"));
+                UpstreamProtocol::Http1
+            }
+        };
+        let max_idle_per_target = match &r.max_idle_per_target {
+            None => 64,
+            Some(n) => usize::try_from(*n.get_ref()).unwrap_or_else(|_| {
+                cx.error(n, Some(subject.clone()), "max-idle-per-target must not be negative");
+                64
+            }),
+        };
+        out.insert(
+            name.get_ref().clone(),
+            Upstream {
+                name: name.get_ref().clone(),
+                targets,
+                protocol,
+                connect_timeout: cx.duration(&r.connect_timeout, &subject, Duration::from_secs(5)),
+                max_idle_per_target,
+            },
+        );
+    }
+    out
+}
+
+fn plugins(
+    cx: &mut Ctx<'_>,
+    raw: &BTreeMap<Spanned<String>, Spanned<raw::RawPluginDef>>,
+    upstreams: &BTreeMap<String, Upstream>,
+    runtime: &RuntimeSettings,
+    base: &Path,
+) -> BTreeMap<String, PluginDef> {
+    let mut out = BTreeMap::new();
+    for (name, p) in raw {
+        cx.id(name, "plugin");
+        let subject = format!("plugin {:?}", name.get_ref());
+        let r = p.get_ref();
+        let isolation = match r.isolation.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("pooled") => {
+                let max_idle = match &r.pool_size {
+                    None => 64,
+                    Some(n) => match usize::try_from(*n.get_ref()) {
+                        Ok(v) if v >= 1 => v,
+                        _ => {
+                            cx.error(n, Some(subject.clone()), "pool-size must be at least 1");
+                            64
+                        }
+                    },
+                };
+                Isolation::Pooled { max_idle }
+            }
+            Some("fresh") => {
+                if let Some(n) = &r.pool_size {
+                    cx.error(n, Some(subject.clone()), "pool-size applies only to isolation = \"pooled\"");
+                }
+                Isolation::Fresh
+            }
+            Some(other) => {
+                let s = r.isolation.as_ref().expect("matched Some");
+                cx.error(s, Some(subject.clone()), format!("unknown isolation {other:?} (expected \"fresh\" or \"pooled\")"));
+                Isolation::Fresh
+            }
+        };
+        let memory_limit_bytes = cx.size(&r.memory, &subject, 64 << 20);
+        if memory_limit_bytes > runtime.max_memory_bytes
+            && let Some(m) = &r.memory
+        {
+            cx.error(
+                m,
+                Some(subject.clone()),
+                format!(
+                    "memory {} exceeds runtime max-memory ({} bytes)",
+                    m.get_ref(),
+                    runtime.max_memory_bytes
+                ),
+            );
+        }
+        let mut grants = Grants::default();
+        let mut wants_http = false;
+        for c in &r.capabilities {
+            match c.get_ref().as_str() {
+                "log" => grants.log = true,
+                "clock" => grants.clock = true,
+                "kv" => grants.kv = true,
+                "http" => wants_http = true,
+                other => cx.error(
+                    c,
+                    Some(subject.clone()),
+                    format!("unknown capability {other:?} (expected \"log\", \"clock\", \"kv\" or \"http\")"),
+                ),
+            }
+        }
+        for u in &r.http_upstreams {
+            if !wants_http {
+                cx.error(u, Some(subject.clone()), "http-upstreams needs the \"http\" capability");
+            } else if !upstreams.contains_key(u.get_ref()) {
+                cx.error(u, Some(subject.clone()), format!("unknown upstream {:?} in http-upstreams", u.get_ref()));
+            } else {
+                grants.http_upstreams.push(u.get_ref().clone());
+            }
+        }
+        if wants_http && r.http_upstreams.is_empty() {
+            cx.error(p, Some(subject.clone()), "the \"http\" capability needs http-upstreams = [ ... ] naming the upstreams it may call");
+        }
+        if r.component.get_ref().is_empty() {
+            cx.error(&r.component, Some(subject.clone()), "component path is empty");
+        }
+        out.insert(
+            name.get_ref().clone(),
+            PluginDef {
+                name: name.get_ref().clone(),
+                component: base.join(r.component.get_ref()),
+                isolation,
+                deadline: cx.duration(&r.deadline, &subject, Duration::from_millis(100)),
+                memory_limit_bytes,
+                max_body_bytes: cx.size(&r.max_body_size, &subject, 1 << 20),
+                grants,
+                location: cx.loc(p),
+            },
+        );
+    }
+    out
+}
+
+fn routes(
+    cx: &mut Ctx<'_>,
+    raw: &[Spanned<raw::RawRoute>],
+    upstreams: &BTreeMap<String, Upstream>,
+    plugins: &BTreeMap<String, PluginDef>,
+) -> Vec<Route> {
+    let mut out = Vec::new();
+    let mut ids = HashSet::new();
+    for route in raw {
+        let r = route.get_ref();
+        cx.id(&r.id, "route");
+        let subject = format!("route {:?}", r.id.get_ref());
+        if !ids.insert(r.id.get_ref().clone()) {
+            cx.error(&r.id, Some(subject.clone()), "another route has the same id");
+        }
+        let path = match (&r.path, &r.path_prefix) {
+            (Some(p), None) => {
+                if let Err(e) = check_pattern(p.get_ref()) {
+                    cx.error(p, Some(subject.clone()), e);
+                }
+                if p.get_ref().contains('{') {
+                    PathMatch::Pattern(p.get_ref().clone())
+                } else {
+                    PathMatch::Exact(p.get_ref().clone())
+                }
+            }
+            (None, Some(p)) => {
+                if !p.get_ref().starts_with('/') || p.get_ref().contains(['{', '}']) {
+                    cx.error(p, Some(subject.clone()), "path-prefix must start with '/' and contain no parameters");
+                }
+                PathMatch::Prefix(p.get_ref().clone())
+            }
+            (Some(p), Some(_)) => {
+                cx.error(p, Some(subject.clone()), "set either path or path-prefix, not both");
+                PathMatch::Exact(p.get_ref().clone())
+            }
+            (None, None) => {
+                cx.error(&r.id, Some(subject.clone()), "needs path = \"...\" or path-prefix = \"...\"");
+                PathMatch::Prefix("/".into())
+            }
+        };
+        let rewrite = match (&r.strip_prefix, &r.rewrite) {
+            (Some(s), Some(_)) if *s.get_ref() => {
+                cx.error(s, Some(subject.clone()), "set either strip-prefix or rewrite, not both");
+                None
+            }
+            (Some(s), _) if *s.get_ref() => {
+                if !matches!(path, PathMatch::Prefix(_)) {
+                    cx.error(s, Some(subject.clone()), "strip-prefix needs path-prefix");
+                }
+                Some(Rewrite::StripPrefix)
+            }
+            (_, Some(t)) => {
+                let params = match &path {
+                    PathMatch::Pattern(p) => pattern_params(p),
+                    _ => Vec::new(),
+                };
+                if !t.get_ref().starts_with('/') {
+                    cx.error(t, Some(subject.clone()), "rewrite must start with '/'");
+                }
+                for used in template_params(t.get_ref()) {
+                    if !params.contains(&used) {
+                        cx.error(t, Some(subject.clone()), format!("rewrite uses {{{used}}}, which the path does not capture"));
+                    }
+                }
+                Some(Rewrite::Template(t.get_ref().clone()))
+            }
+            _ => None,
+        };
+        let mut methods = Vec::new();
+        for m in &r.methods {
+            match Method::from_bytes(m.get_ref().as_bytes()) {
+                Ok(method) if m.get_ref().bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
+                _ => cx.error(m, Some(subject.clone()), format!("invalid method {:?}: use uppercase, e.g. \"GET\"", m.get_ref())),
+            }
+        }
+        let host = r.host.as_ref().map(|h| {
+            let v = h.get_ref().to_ascii_lowercase();
+            let bare = v.strip_prefix("*.").unwrap_or(&v);
+            if bare.is_empty() || bare.contains(['*', '/', ' ']) {
+                cx.error(h, Some(subject.clone()), format!("invalid host {:?}: use a name like \"api.example.com\" or \"*.example.com\"", h.get_ref()));
+            }
+            v
+        });
+        let upstream = r.upstream.as_ref().map(|u| {
+            if !upstreams.contains_key(u.get_ref()) {
+                cx.error(u, Some(subject.clone()), format!("unknown upstream {:?}", u.get_ref()));
+            }
+            u.get_ref().clone()
+        });
+        let mut refs = Vec::new();
+        for pr in &r.plugins {
+            let p = pr.get_ref();
+            let psubject = format!("{subject}, plugin {:?}", p.plugin.get_ref());
+            if !plugins.contains_key(p.plugin.get_ref()) {
+                cx.error(&p.plugin, Some(psubject.clone()), "no such plugin: define it under [plugins]");
+            }
+            let on_error = match p.on_error.as_ref().map(|s| s.get_ref().as_str()) {
+                None | Some("fail-closed") => FailurePolicy::FailClosed,
+                Some("fail-open") => FailurePolicy::FailOpen,
+                Some(other) => {
+                    let s = p.on_error.as_ref().expect("matched Some");
+                    cx.error(s, Some(psubject.clone()), format!("unknown on-error {other:?} (expected \"fail-closed\" or \"fail-open\")"));
+                    FailurePolicy::FailClosed
+                }
+            };
+            let config = match &p.config {
+                None => serde_json::Value::Object(Default::default()),
+                Some(t) => match serde_json::to_value(t) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        cx.error(pr, Some(psubject.clone()), format!("config cannot be represented as JSON: {e}"));
+                        serde_json::Value::Null
+                    }
+                },
+            };
+            refs.push(PluginRef {
+                plugin: p.plugin.get_ref().clone(),
+                config,
+                on_error,
+                location: cx.loc(pr),
+            });
+        }
+        out.push(Route {
+            id: r.id.get_ref().clone(),
+            host,
+            methods,
+            path,
+            rewrite,
+            upstream,
+            timeout: cx.duration(&r.timeout, &subject, Duration::from_secs(30)),
+            plugins: refs,
+            location: cx.loc(route),
+        });
+    }
+    out
+}
+
+/// Check a path pattern: starts with `/`, `{name}` params with unique
+/// names, a `{*rest}` catch-all only as the last segment.
+fn check_pattern(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("path {p:?} must start with '/'"));
+    }
+    let mut names = HashSet::new();
+    let segments: Vec<&str> = p.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.contains(['{', '}']) {
+            let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
+                return Err(format!("path {p:?}: a parameter must be a whole segment, like /{{id}}"));
+            };
+            let (catch_all, name) = match inner.strip_prefix('*') {
+                Some(n) => (true, n),
+                None => (false, inner),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("path {p:?}: invalid parameter name {name:?}"));
+            }
+            if catch_all && i + 1 != segments.len() {
+                return Err(format!("path {p:?}: {{*{name}}} must be the last segment"));
+            }
+            if !names.insert(name) {
+                return Err(format!("path {p:?}: parameter {name:?} appears twice"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pattern_params(p: &str) -> Vec<String> {
+    p.split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|s| s.trim_start_matches('*').to_string())
+        .collect()
+}
+
+fn template_params(t: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find('}') else { break };
+        out.push(rest[start + 1..start + end].to_string());
+        rest = &rest[start + end + 1..];
+    }
+    out
+}

@@ -1,0 +1,155 @@
+//! The one place where request-path errors become HTTP statuses, and where
+//! they are logged (once).
+//!
+//! Classified by source: client → 4xx, plugin failure → 500 (fail-closed;
+//! fail-open never gets here), upstream refused or reset → 502, upstream
+//! timeout → 504. Bodies are small JSON objects that name no internals.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::{
+    body::{self, Body},
+    pipeline::PluginError,
+    upstream::UpstreamError,
+};
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches.
+    #[error("no route matches")]
+    NoRoute,
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request body is larger than a plugin on the route accepts.
+    #[error("request body exceeds the {limit}-byte limit of route `{route}`")]
+    RequestBodyTooLarge {
+        /// The route.
+        route: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The client failed while sending the body.
+    #[error("request body could not be read on route `{route}`")]
+    RequestBodyRead {
+        /// The route.
+        route: String,
+        /// The read error.
+        #[source]
+        source: body::BoxError,
+    },
+    /// The upstream's body is larger than a plugin on the route accepts.
+    #[error("upstream response body exceeds the {limit}-byte limit of route `{route}`")]
+    ResponseBodyTooLarge {
+        /// The route.
+        route: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A fail-closed plugin failed.
+    #[error("route `{route}`")]
+    Plugin {
+        /// The route.
+        route: String,
+        /// The plugin's failure.
+        #[source]
+        source: PluginError,
+    },
+    /// The route has no upstream and no plugin answered.
+    #[error("route `{route}` has no upstream and no plugin answered")]
+    NoUpstream {
+        /// The route.
+        route: String,
+    },
+    /// The upstream failed.
+    #[error("route `{route}`")]
+    Upstream {
+        /// The route.
+        route: String,
+        /// What failed.
+        #[source]
+        source: UpstreamError,
+    },
+}
+
+impl ProxyError {
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) | ProxyError::RequestBodyRead { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Plugin { source, .. } => match source {
+                PluginError::Instantiate { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ProxyError::ResponseBodyTooLarge { .. } | ProxyError::NoUpstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Upstream { source, .. } => match source {
+                UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::Connect { .. }
+                | UpstreamError::Failed { .. }
+                | UpstreamError::Unknown(_) => StatusCode::BAD_GATEWAY,
+                UpstreamError::InvalidRequest { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no route matches the request",
+            ProxyError::BadRequest(m) => m,
+            ProxyError::RequestBodyRead { .. } => "the request body could not be read",
+            ProxyError::RequestBodyTooLarge { .. } => "request body too large",
+            ProxyError::Plugin { .. } => "a policy on this route failed",
+            ProxyError::ResponseBodyTooLarge { .. } => "upstream response too large",
+            ProxyError::NoUpstream { .. } => "no upstream for this route",
+            ProxyError::Upstream { source, .. } => match source {
+                UpstreamError::Timeout { .. } => "upstream timed out",
+                UpstreamError::InvalidRequest { .. } => "the request could not be forwarded",
+                _ => "upstream unavailable",
+            },
+        }
+    }
+
+    /// Log the error (once, here) and turn it into the client's response.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        match &self {
+            ProxyError::NoRoute | ProxyError::BadRequest(_) => {
+                tracing::debug!(status = status.as_u16(), error = %ErrorChain(&self), "request rejected")
+            }
+            _ => tracing::warn!(status = status.as_u16(), error = %ErrorChain(&self), "request failed"),
+        }
+        error_response(status, self.public_message())
+    }
+}
+
+/// A small JSON error response: `{"error": "...", "status": N}`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message, "status": status.as_u16() }).to_string();
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Displays an error with its whole `source` chain: `a: b: c`.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,25 @@
+//! pylon: a programmable API gateway whose every policy is a sandboxed
+//! WebAssembly component plugin.
+//!
+//! The request path, in the order of the modules below: [`server`] accepts
+//! connections, [`router`] matches a route, [`pipeline`] runs the route's
+//! plugins ([`plugin`] is their Wasm implementation), [`upstream`] forwards
+//! to the backend, and [`error`] is the one place failures become statuses.
+//! [`config`] reads and validates TOML; [`runtime`] makes a configuration
+//! live and is swapped atomically on reload.
+
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod kv;
+pub mod pipeline;
+pub mod plugin;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+pub use server::Gateway;

@@ -1,0 +1,134 @@
+//! The `pylon` binary: parse the command line, set up logging, load the
+//! configuration, run. A configuration error exits with status 64.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use pylon::{Gateway, config, runtime::{Runtime, Shared}, server::StartError, telemetry};
+
+/// pylon: an API gateway whose policies are sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "PYLON_LOG_FORMAT")]
+    log_format: telemetry::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM; SIGHUP reloads the configuration.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short, default_value = "pylon.toml", env = "PYLON_CONFIG")]
+        config: PathBuf,
+        /// How long in-flight requests may take to finish on shutdown.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: Duration,
+    },
+    /// Validate a configuration, compile its plugins and let each plugin
+    /// check its per-route config, without serving. Exits 0 when valid,
+    /// 64 with every problem listed otherwise.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long, short, env = "PYLON_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run a demo upstream that echoes each request as JSON (for examples and benchmarks).
+    DemoUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        /// A name echoed in every answer.
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Wait this long before each answer, e.g. "100ms".
+        #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+        delay: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Check { config } => check(config).await,
+            Command::Run { config, grace } => run(config, grace).await,
+            Command::DemoUpstream { listen, name, delay } => match pylon::demo::run(listen, name, delay).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: demo upstream on {listen}: {err}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    })
+}
+
+async fn check(path: PathBuf) -> ExitCode {
+    let result = async {
+        let config = config::load(&path)?;
+        let shared = Shared::new(&config).await?;
+        Runtime::build(config, &shared).await.map(drop)
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprint!("{err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn run(path: PathBuf, grace: Duration) -> ExitCode {
+    let gateway = match Gateway::start_from_file(path).await {
+        Ok(g) => g,
+        Err(StartError::Config(err)) => {
+            eprint!("{err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(err) => {
+            eprintln!("error: {}", pylon::error::ErrorChain(&err));
+            return ExitCode::FAILURE;
+        }
+    };
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        eprintln!("error: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                if let Err(err) = gateway.reload().await {
+                    tracing::error!(error = %err, "reload failed; the previous configuration keeps serving");
+                }
+            }
+        }
+    }
+    tracing::info!(?grace, "shutting down");
+    gateway.shutdown(grace).await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,58 @@
+//! The per-route plugin pipeline: the narrow phase traits every plugin
+//! implements (Wasm components and native test doubles alike), the request
+//! and response models they see, and the runner that drives them in order.
+//!
+//! This module knows nothing about wasmtime; `crate::plugin` provides the
+//! Wasm implementation of [`Plugin`]. It also knows nothing about sockets:
+//! `crate::proxy` feeds it requests and forwards what it decides.
+
+mod run;
+mod types;
+
+pub use run::{Pipeline, PipelineEntry, RequestOutcome, Sessions};
+pub use types::{
+    FailurePolicy, HeaderOp, Needs, PluginError, PluginRequest, PluginResponse, RequestAction,
+    RequestEdits, ResponseEdits,
+};
+
+use async_trait::async_trait;
+
+/// A configured plugin instance on one route: the plugin's code plus the
+/// per-route configuration it accepted at load.
+///
+/// `start` is called once per request that reaches this plugin and yields
+/// the [`PluginSession`] that serves both phases of that request.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// The plugin's id as configured (used in logs, metrics and errors).
+    fn id(&self) -> &str;
+
+    /// What the plugin declared when it accepted its configuration.
+    fn needs(&self) -> Needs;
+
+    /// Get an instance ready to serve one request (fresh or from a pool).
+    async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError>;
+}
+
+/// One plugin instance serving one request.
+///
+/// The pipeline calls [`on_request`](PluginSession::on_request) once, then,
+/// if the plugin asked for the response phase and the request got a
+/// response, [`on_response`](PluginSession::on_response) once. Dropping the
+/// session releases the instance (back to its pool unless it failed).
+#[async_trait]
+pub trait PluginSession: Send {
+    /// The request phase. Default: continue without edits.
+    async fn on_request(&mut self, _req: &PluginRequest) -> Result<RequestAction, PluginError> {
+        Ok(RequestAction::Continue(RequestEdits::default()))
+    }
+
+    /// The response phase. Default: no edits.
+    async fn on_response(
+        &mut self,
+        _req: &PluginRequest,
+        _resp: &PluginResponse,
+    ) -> Result<ResponseEdits, PluginError> {
+        Ok(ResponseEdits::default())
+    }
+}

@@ -1,0 +1,170 @@
+//! Drives a route's plugins through the request phase (in order) and the
+//! response phase (in reverse), applying each plugin's edits and its
+//! failure policy.
+
+use std::sync::Arc;
+
+use super::{
+    FailurePolicy, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
+    RequestAction,
+};
+
+/// One plugin on a route, with the route's failure policy for it.
+pub struct PipelineEntry {
+    /// The configured plugin.
+    pub plugin: Arc<dyn Plugin>,
+    /// What happens when it fails.
+    pub on_error: FailurePolicy,
+}
+
+/// The ordered plugins of one route.
+#[derive(Default)]
+pub struct Pipeline {
+    entries: Vec<PipelineEntry>,
+    needs: Needs,
+}
+
+/// How the request phase ended.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    /// Every plugin continued; send upstream (to the named upstream if a
+    /// plugin chose one).
+    Forward {
+        /// An upstream chosen by a plugin, overriding the route's.
+        upstream: Option<String>,
+    },
+    /// A plugin answered; skip the upstream.
+    Respond(PluginResponse),
+}
+
+/// The sessions that served the request phase, kept for the response phase.
+#[derive(Default)]
+pub struct Sessions {
+    active: Vec<(usize, Box<dyn PluginSession>)>,
+}
+
+impl Pipeline {
+    /// A pipeline of these entries, in order.
+    pub fn new(entries: Vec<PipelineEntry>) -> Self {
+        let needs = entries
+            .iter()
+            .fold(Needs::default(), |n, e| n.union(e.plugin.needs()));
+        Self { entries, needs }
+    }
+
+    /// True when the route has no plugins (the proxy then streams straight through).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The union of every plugin's needs.
+    pub fn needs(&self) -> Needs {
+        self.needs
+    }
+
+    /// The plugins, in order.
+    pub fn entries(&self) -> &[PipelineEntry] {
+        &self.entries
+    }
+
+    /// True when some plugin that takes part in the response phase wants the body.
+    pub fn wants_response_body(&self) -> bool {
+        self.needs.response_body
+    }
+
+    /// Run the request phase. Edits are applied to `req` as they come.
+    pub async fn on_request(
+        &self,
+        req: &mut PluginRequest,
+        sessions: &mut Sessions,
+    ) -> Result<RequestOutcome, PluginError> {
+        let mut upstream = None;
+        for (index, entry) in self.entries.iter().enumerate() {
+            let needs = entry.plugin.needs();
+            let result = async {
+                let mut session = entry.plugin.start().await?;
+                let action = session.on_request(req).await?;
+                Ok::<_, PluginError>((session, action))
+            }
+            .await;
+            let (session, action) = match result {
+                Ok(ok) => ok,
+                Err(err) => match entry.on_error {
+                    FailurePolicy::FailClosed => return Err(err),
+                    FailurePolicy::FailOpen => {
+                        tracing::warn!(route = %req.route, plugin = entry.plugin.id(), error = %err, "plugin failed; fail-open skips it");
+                        continue;
+                    }
+                },
+            };
+            match action {
+                RequestAction::Continue(edits) => {
+                    for op in &edits.headers {
+                        op.apply(&mut req.headers);
+                    }
+                    if let Some(path) = edits.path {
+                        req.path = path;
+                    }
+                    if let Some(query) = edits.query {
+                        req.query = (!query.is_empty()).then_some(query);
+                    }
+                    if edits.upstream.is_some() {
+                        upstream = edits.upstream;
+                    }
+                    if needs.request_body
+                        && let Some(body) = edits.body
+                    {
+                        req.body = Some(body);
+                    }
+                    if needs.response_phase {
+                        sessions.active.push((index, session));
+                    }
+                }
+                RequestAction::Respond(resp) => return Ok(RequestOutcome::Respond(resp)),
+            }
+        }
+        Ok(RequestOutcome::Forward { upstream })
+    }
+
+    /// Run the response phase over the sessions that continued, in reverse.
+    pub async fn on_response(
+        &self,
+        req: &PluginRequest,
+        sessions: &mut Sessions,
+        resp: &mut PluginResponse,
+    ) -> Result<(), PluginError> {
+        while let Some((index, mut session)) = sessions.active.pop() {
+            let entry = &self.entries[index];
+            let needs = entry.plugin.needs();
+            let edits = match session.on_response(req, resp).await {
+                Ok(edits) => edits,
+                Err(err) => match entry.on_error {
+                    FailurePolicy::FailClosed => return Err(err),
+                    FailurePolicy::FailOpen => {
+                        tracing::warn!(route = %req.route, plugin = entry.plugin.id(), error = %err, "plugin failed in the response phase; fail-open skips it");
+                        continue;
+                    }
+                },
+            };
+            if let Some(status) = edits.status {
+                resp.status = status;
+            }
+            for op in &edits.headers {
+                op.apply(&mut resp.headers);
+            }
+            if needs.response_body
+                && let Some(body) = edits.body
+            {
+                resp.body = Some(body);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sessions {
+    /// True when no plugin waits for the response phase.
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+}

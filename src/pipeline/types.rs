@@ -1,0 +1,215 @@
+//! The request/response model plugins see and the edits they return.
+//!
+//! These mirror the WIT contract's `types` interface with validated `http`
+//! types (header names and values are checked once, at the boundary).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+/// A boxed error source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a plugin asked of the host when it accepted its configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Buffer the request body (bounded) and pass it to the request phase.
+    pub request_body: bool,
+    /// Call the response phase at all.
+    pub response_phase: bool,
+    /// Buffer the response body (bounded) and pass it to the response phase.
+    pub response_body: bool,
+}
+
+impl Needs {
+    /// The union of two sets of needs.
+    pub fn union(self, other: Needs) -> Needs {
+        Needs {
+            request_body: self.request_body || other.request_body,
+            response_phase: self.response_phase || other.response_phase,
+            response_body: self.response_body || other.response_body,
+        }
+    }
+}
+
+/// The request as plugins see it; edits of earlier plugins are applied
+/// before later plugins see it.
+#[derive(Debug, Clone)]
+pub struct PluginRequest {
+    /// The matched route's id.
+    pub route: Arc<str>,
+    /// The request method.
+    pub method: Method,
+    /// The path, without the query, as it will be sent upstream so far.
+    pub path: String,
+    /// The raw query without `?`.
+    pub query: Option<String>,
+    /// All headers; repeated names keep every value.
+    pub headers: HeaderMap,
+    /// The client's address.
+    pub client_addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Named parameters captured by the route's path pattern.
+    pub params: Vec<(String, String)>,
+    /// The buffered body, when a plugin on the route asked for it.
+    pub body: Option<Bytes>,
+}
+
+/// A response produced by a plugin or received from the upstream.
+#[derive(Debug, Clone)]
+pub struct PluginResponse {
+    /// The status code.
+    pub status: StatusCode,
+    /// All headers.
+    pub headers: HeaderMap,
+    /// The body when buffered (always for plugin-made responses).
+    pub body: Option<Bytes>,
+}
+
+impl PluginResponse {
+    /// A response with a status and no headers or body.
+    pub fn new(status: StatusCode) -> Self {
+        Self {
+            status,
+            headers: HeaderMap::new(),
+            body: None,
+        }
+    }
+}
+
+/// One header edit; edits apply in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// Replace every value of the name with this one.
+    Set(HeaderName, HeaderValue),
+    /// Add a value and keep the others.
+    Append(HeaderName, HeaderValue),
+    /// Remove every value of the name.
+    Remove(HeaderName),
+}
+
+impl HeaderOp {
+    /// Apply this edit to a header map.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        match self {
+            HeaderOp::Set(n, v) => {
+                headers.insert(n.clone(), v.clone());
+            }
+            HeaderOp::Append(n, v) => {
+                headers.append(n.clone(), v.clone());
+            }
+            HeaderOp::Remove(n) => {
+                headers.remove(n);
+            }
+        }
+    }
+}
+
+/// Changes to a request that continues.
+#[derive(Debug, Clone, Default)]
+pub struct RequestEdits {
+    /// Header edits, in order.
+    pub headers: Vec<HeaderOp>,
+    /// A new path (without query).
+    pub path: Option<String>,
+    /// A new query; empty removes it.
+    pub query: Option<String>,
+    /// Send to this named upstream instead of the route's.
+    pub upstream: Option<String>,
+    /// A new body (honoured only for plugins that asked for the body).
+    pub body: Option<Bytes>,
+}
+
+/// The request phase's decision.
+#[derive(Debug, Clone)]
+pub enum RequestAction {
+    /// Go on with these edits.
+    Continue(RequestEdits),
+    /// Answer now; the upstream and later plugins are skipped.
+    Respond(PluginResponse),
+}
+
+/// Changes to a response on its way back.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseEdits {
+    /// A new status.
+    pub status: Option<StatusCode>,
+    /// Header edits, in order.
+    pub headers: Vec<HeaderOp>,
+    /// A new body (honoured only for plugins that asked for the body).
+    pub body: Option<Bytes>,
+}
+
+/// What the route does when one of its plugins fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer with a 5xx whose body names no internals.
+    #[default]
+    FailClosed,
+    /// Skip the plugin (log it) and go on as if it had continued unchanged.
+    FailOpen,
+}
+
+/// Why a plugin call failed. Every variant names the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The call ran past the plugin's deadline (epoch interruption).
+    #[error("plugin `{plugin}` exceeded its deadline of {deadline:?}")]
+    Deadline {
+        /// The plugin id.
+        plugin: Arc<str>,
+        /// The configured deadline.
+        deadline: Duration,
+    },
+    /// The instance tried to grow memory past its cap.
+    #[error("plugin `{plugin}` exceeded its memory cap of {limit_bytes} bytes")]
+    Memory {
+        /// The plugin id.
+        plugin: Arc<str>,
+        /// The cap.
+        limit_bytes: usize,
+    },
+    /// The guest trapped (panic, unreachable, out-of-bounds, ...).
+    #[error("plugin `{plugin}` trapped")]
+    Trap {
+        /// The plugin id.
+        plugin: Arc<str>,
+        /// The trap with its backtrace.
+        #[source]
+        source: BoxError,
+    },
+    /// No instance could be created (pool exhausted, instantiation trap).
+    #[error("plugin `{plugin}` could not be instantiated")]
+    Instantiate {
+        /// The plugin id.
+        plugin: Arc<str>,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The plugin returned something the host cannot apply.
+    #[error("plugin `{plugin}` returned an invalid {what}: {detail}")]
+    InvalidOutput {
+        /// The plugin id.
+        plugin: Arc<str>,
+        /// Which part of the output.
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+impl PluginError {
+    /// The id of the plugin that failed.
+    pub fn plugin(&self) -> &str {
+        match self {
+            PluginError::Deadline { plugin, .. }
+            | PluginError::Memory { plugin, .. }
+            | PluginError::Trap { plugin, .. }
+            | PluginError::Instantiate { plugin, .. }
+            | PluginError::InvalidOutput { plugin, .. } => plugin,
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The request path: route, run the pipeline's request phase, forward
+//! upstream (streaming unless a plugin asked for a body), run the response
+//! phase in reverse, answer. Errors go to [`crate::error`] for their status.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+
+use crate::{
+    body::{self, Body, CollectError},
+    error::ProxyError,
+    pipeline::{PluginRequest, PluginResponse, RequestOutcome, Sessions},
+    runtime::{RouteRuntime, Runtime},
+    upstream::headers,
+};
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+}
+
+/// Handle one client request to completion.
+pub async fn handle<B>(rt: Arc<Runtime>, req: Request<B>, conn: ConnInfo) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    match proxy(&rt, req, conn).await {
+        Ok(resp) => resp,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn proxy<B>(rt: &Runtime, req: Request<B>, conn: ConnInfo) -> Result<Response<Body>, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let host = request_host(&parts.uri, &parts.headers)?;
+    let m = rt
+        .router()
+        .route(host.as_deref(), &parts.method, parts.uri.path())
+        .ok_or(ProxyError::NoRoute)?;
+    let route = rt.route(m.index);
+    let query = parts.uri.query().map(str::to_owned);
+    let host_value = host
+        .as_deref()
+        .and_then(|h| HeaderValue::from_str(h).ok());
+
+    if route.pipeline.is_empty() {
+        let pq = path_and_query(&m.upstream_path, query.as_deref());
+        let body = body::boxed(body.take().expect("body not yet consumed"));
+        return forward(rt, route, None, parts, &pq, host_value, conn, body).await;
+    }
+
+    let needs = route.pipeline.needs();
+    let buffered = if needs.request_body {
+        let body = body.take().expect("body not yet consumed");
+        match body::collect_limited(body, route.request_body_limit).await {
+            Ok(b) => Some(b),
+            Err(CollectError::TooLarge { limit }) => {
+                return Err(ProxyError::RequestBodyTooLarge { route: route.id.to_string(), limit });
+            }
+            Err(CollectError::Read(source)) => {
+                return Err(ProxyError::RequestBodyRead { route: route.id.to_string(), source });
+            }
+        }
+    } else {
+        None
+    };
+    let original_path = parts.uri.path().to_string();
+    let mut preq = PluginRequest {
+        route: route.id.clone(),
+        method: parts.method.clone(),
+        path: original_path.clone(),
+        query,
+        headers: std::mem::take(&mut parts.headers),
+        client_addr: conn.client,
+        scheme: conn.scheme,
+        params: m.params,
+        body: buffered,
+    };
+    let mut sessions = Sessions::default();
+    let outcome = route
+        .pipeline
+        .on_request(&mut preq, &mut sessions)
+        .await
+        .map_err(|source| ProxyError::Plugin { route: route.id.to_string(), source })?;
+
+    let mut presp = match outcome {
+        RequestOutcome::Respond(resp) => resp,
+        RequestOutcome::Forward { upstream } => {
+            let path = if preq.path != original_path { preq.path.clone() } else { m.upstream_path };
+            let pq = path_and_query(&path, preq.query.as_deref());
+            parts.headers = preq.headers.clone();
+            parts.method = preq.method.clone();
+            let body = match &preq.body {
+                Some(b) => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    body::full(b.clone())
+                }
+                None => match body.take() {
+                    Some(b) => body::boxed(b),
+                    None => body::empty(),
+                },
+            };
+            let resp = forward(rt, route, upstream, parts, &pq, host_value, conn, body).await?;
+            if sessions.is_empty() {
+                return Ok(resp);
+            }
+            let (rparts, rbody) = resp.into_parts();
+            if !route.pipeline.wants_response_body() {
+                let mut presp = PluginResponse { status: rparts.status, headers: rparts.headers, body: None };
+                route
+                    .pipeline
+                    .on_response(&preq, &mut sessions, &mut presp)
+                    .await
+                    .map_err(|source| ProxyError::Plugin { route: route.id.to_string(), source })?;
+                let mut out = Response::from_parts(rparts_with(presp.status, presp.headers), rbody);
+                if let Some(b) = presp.body {
+                    fix_length(out.headers_mut(), b.len());
+                    *out.body_mut() = body::full(b);
+                }
+                return Ok(out);
+            }
+            let bytes = match body::collect_limited(rbody, route.response_body_limit).await {
+                Ok(b) => b,
+                Err(CollectError::TooLarge { limit }) => {
+                    return Err(ProxyError::ResponseBodyTooLarge { route: route.id.to_string(), limit });
+                }
+                Err(CollectError::Read(source)) => {
+                    return Err(ProxyError::Upstream {
+                        route: route.id.to_string(),
+                        source: crate::upstream::UpstreamError::Failed {
+                            upstream: "response body".into(),
+                            target: String::new(),
+                            source,
+                        },
+                    });
+                }
+            };
+            PluginResponse { status: rparts.status, headers: rparts.headers, body: Some(bytes) }
+        }
+    };
+    route
+        .pipeline
+        .on_response(&preq, &mut sessions, &mut presp)
+        .await
+        .map_err(|source| ProxyError::Plugin { route: route.id.to_string(), source })?;
+    let body = presp.body.unwrap_or_default();
+    let mut headers = presp.headers;
+    fix_length(&mut headers, body.len());
+    Ok(Response::from_parts(rparts_with(presp.status, headers), body::full(body)))
+}
+
+fn rparts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers = headers;
+    parts
+}
+
+fn fix_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    rt: &Runtime,
+    route: &RouteRuntime,
+    upstream_override: Option<String>,
+    mut parts: http::request::Parts,
+    path_and_query: &str,
+    host: Option<HeaderValue>,
+    conn: ConnInfo,
+    body: Body,
+) -> Result<Response<Body>, ProxyError> {
+    let upstream = match upstream_override.as_deref().or(route.config.upstream.as_deref()) {
+        Some(u) => u,
+        None => return Err(ProxyError::NoUpstream { route: route.id.to_string() }),
+    };
+    let client_version = parts.version;
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::add_forwarded(&mut parts.headers, conn.client.ip(), conn.scheme, host.as_ref(), client_version);
+    if let Some(h) = host
+        && !parts.headers.contains_key(header::HOST)
+    {
+        parts.headers.insert(header::HOST, h);
+    }
+    parts.uri = Uri::try_from(path_and_query).map_err(|_| ProxyError::Upstream {
+        route: route.id.to_string(),
+        source: crate::upstream::UpstreamError::InvalidRequest {
+            upstream: upstream.to_string(),
+            detail: format!("invalid path {path_and_query:?}"),
+        },
+    })?;
+    let req = Request::from_parts(parts, body);
+    let resp = rt
+        .upstreams()
+        .forward(upstream, req, route.config.timeout)
+        .await
+        .map_err(|source| ProxyError::Upstream { route: route.id.to_string(), source })?;
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut rparts.headers);
+    headers::append_via(&mut rparts.headers, rparts.version);
+    Ok(Response::from_parts(rparts, body::boxed(rbody)))
+}
+
+fn path_and_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    }
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the
+/// `Host` header. A request with two different hosts is malformed.
+fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let from_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let from_header = match from_header {
+        Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadRequest("invalid Host header"))?),
+        None => None,
+    };
+    Ok(match (uri.authority(), from_header) {
+        (Some(a), _) => Some(a.as_str().to_string()),
+        (None, Some(h)) => Some(h.to_string()),
+        (None, None) => None,
+    })
+}

@@ -1,0 +1,205 @@
+//! A runtime is one configuration made live: compiled route table,
+//! upstream pools and configured plugin pipelines. Reload builds a new one
+//! beside the old and swaps it in; requests in flight keep the one they
+//! started with (they hold an `Arc`).
+//!
+//! Process-wide things that outlive reloads (the Wasm engine with its
+//! compile caches, the key-value store) live in [`Shared`].
+
+use std::{sync::Arc, time::SystemTime};
+
+use crate::{
+    config::{Config, ConfigError, Diagnostic, KvBackend, Route},
+    error::ErrorChain,
+    kv::{KvStore, MemoryKv},
+    pipeline::{Pipeline, PipelineEntry},
+    plugin::{CompiledPlugin, HostServices, PluginLoadError, PluginRuntime},
+    router::Router,
+    upstream::Upstreams,
+};
+
+/// What outlives reloads: the plugin engine and caches, and the KV store.
+pub struct Shared {
+    /// The Wasm engine, compile caches and per-plugin stats.
+    pub plugins: PluginRuntime,
+    /// The key-value store behind the `kv` capability.
+    pub kv: Arc<dyn KvStore>,
+}
+
+impl Shared {
+    /// Create the process-wide state from the first configuration's
+    /// `[runtime]` section (changing it later needs a restart).
+    pub async fn new(config: &Config) -> Result<Self, ConfigError> {
+        let plugins = PluginRuntime::new(&config.runtime).map_err(|e| single(None, &e))?;
+        let kv: Arc<dyn KvStore> = match &config.runtime.kv {
+            KvBackend::Memory => Arc::new(MemoryKv::new()),
+            KvBackend::Redis { url } => Arc::new(
+                crate::kv::RedisKv::connect(url)
+                    .await
+                    .map_err(|e| single(None, &e))?,
+            ),
+        };
+        Ok(Self { plugins, kv })
+    }
+}
+
+/// One route made live.
+pub struct RouteRuntime {
+    /// The route's id.
+    pub id: Arc<str>,
+    /// Its configuration.
+    pub config: Route,
+    /// Its plugins.
+    pub pipeline: Pipeline,
+    /// The largest request body buffered for its plugins.
+    pub request_body_limit: usize,
+    /// The largest response body buffered for its plugins.
+    pub response_body_limit: usize,
+}
+
+/// A configuration made live.
+pub struct Runtime {
+    config: Arc<Config>,
+    router: Router,
+    routes: Vec<RouteRuntime>,
+    upstreams: Arc<Upstreams>,
+    components: Vec<Arc<CompiledPlugin>>,
+    loaded_at: SystemTime,
+}
+
+impl Runtime {
+    /// Build a runtime: compile every plugin (cached ones are reused), hand
+    /// each route's plugins their config, and report every problem with its
+    /// location, route and plugin.
+    pub async fn build(config: Config, shared: &Shared) -> Result<Runtime, ConfigError> {
+        let upstreams = Arc::new(Upstreams::new(&config.upstreams));
+        let mut problems = Vec::new();
+
+        let mut compiled = std::collections::BTreeMap::new();
+        let jobs: Vec<_> = config
+            .plugins
+            .values()
+            .map(|def| {
+                let rt = shared.plugins.clone();
+                let def = def.clone();
+                tokio::task::spawn_blocking(move || (def.clone(), rt.compile(&def)))
+            })
+            .collect();
+        for job in jobs {
+            let (def, result) = job.await.expect("compile task does not panic");
+            match result {
+                Ok(c) => {
+                    compiled.insert(def.name.clone(), c);
+                }
+                Err(e) => problems.push(diag(Some(def.location.clone()), &e)),
+            }
+        }
+
+        let host = HostServices {
+            kv: shared.kv.clone(),
+            http: upstreams.clone(),
+        };
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let mut entries = Vec::new();
+            let mut request_body_limit = usize::MAX;
+            let mut response_body_limit = usize::MAX;
+            for pref in &route.plugins {
+                let Some(c) = compiled.get(&pref.plugin) else { continue };
+                let def = &config.plugins[&pref.plugin];
+                let json = pref.config.to_string();
+                match shared
+                    .plugins
+                    .configure(c, &route.id, &json, host.clone())
+                    .await
+                {
+                    Ok(plugin) => {
+                        let needs = plugin.needs();
+                        if needs.request_body {
+                            request_body_limit = request_body_limit.min(def.max_body_bytes);
+                        }
+                        if needs.response_body {
+                            response_body_limit = response_body_limit.min(def.max_body_bytes);
+                        }
+                        entries.push(PipelineEntry {
+                            plugin,
+                            on_error: pref.on_error,
+                        });
+                    }
+                    Err(e) => problems.push(diag(Some(pref.location.clone()), &e)),
+                }
+            }
+            routes.push(RouteRuntime {
+                id: route.id.as_str().into(),
+                config: route.clone(),
+                pipeline: Pipeline::new(entries),
+                request_body_limit,
+                response_body_limit,
+            });
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                diagnostics: problems,
+            });
+        }
+        Ok(Runtime {
+            router: Router::new(&config.routes),
+            config: Arc::new(config),
+            routes,
+            upstreams,
+            components: compiled.into_values().collect(),
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The route table.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The route at `index` (as returned by the router).
+    pub fn route(&self, index: usize) -> &RouteRuntime {
+        &self.routes[index]
+    }
+
+    /// All routes, in order.
+    pub fn routes(&self) -> &[RouteRuntime] {
+        &self.routes
+    }
+
+    /// The upstream pools.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// The compiled plugin components in force.
+    pub fn components(&self) -> &[Arc<CompiledPlugin>] {
+        &self.components
+    }
+
+    /// When this runtime was built.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+}
+
+fn diag(location: Option<crate::config::Location>, err: &PluginLoadError) -> Diagnostic {
+    Diagnostic {
+        location,
+        subject: None,
+        message: ErrorChain(err).to_string(),
+    }
+}
+
+fn single(location: Option<crate::config::Location>, err: &(dyn std::error::Error + 'static)) -> ConfigError {
+    ConfigError::single(Diagnostic {
+        location,
+        subject: None,
+        message: ErrorChain(err).to_string(),
+    })
+}

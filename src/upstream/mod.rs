@@ -1,0 +1,201 @@
+//! Upstreams: named groups of targets with a pooled HTTP client each,
+//! round-robin balancing, connect and response timeouts, and the error
+//! classification the proxy maps to statuses (refused/reset → 502,
+//! timeout → 504).
+//!
+//! This module forwards requests it is given; header hygiene is done by
+//! [`headers`] and called by the proxy.
+
+pub mod headers;
+
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use http::{Request, Response, Uri, uri::PathAndQuery};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use crate::{
+    body::{Body, BoxError},
+    config::{Upstream as UpstreamConfig, UpstreamProtocol},
+};
+
+/// Why an upstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No upstream has that name.
+    #[error("no upstream named `{0}`")]
+    Unknown(String),
+    /// The target refused or could not be reached in time.
+    #[error("upstream `{upstream}` ({target}) could not be reached")]
+    Connect {
+        /// Upstream name.
+        upstream: String,
+        /// The target tried.
+        target: String,
+        /// The connect error.
+        #[source]
+        source: BoxError,
+    },
+    /// The connection failed after it was made (reset, protocol error).
+    #[error("upstream `{upstream}` ({target}) failed")]
+    Failed {
+        /// Upstream name.
+        upstream: String,
+        /// The target tried.
+        target: String,
+        /// The error.
+        #[source]
+        source: BoxError,
+    },
+    /// No response head within the route's timeout.
+    #[error("upstream `{upstream}` did not answer within {timeout:?}")]
+    Timeout {
+        /// Upstream name.
+        upstream: String,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// The request could not be formed (bad path from a plugin, ...).
+    #[error("invalid request for upstream `{upstream}`: {detail}")]
+    InvalidRequest {
+        /// Upstream name.
+        upstream: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// One upstream at run time.
+pub struct UpstreamPool {
+    config: UpstreamConfig,
+    client: Client<HttpConnector, Body>,
+    next: AtomicUsize,
+}
+
+impl UpstreamPool {
+    fn new(config: UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(config.max_idle_per_target)
+            .http2_only(config.protocol == UpstreamProtocol::H2c);
+        Self {
+            client: builder.build(connector),
+            config,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The upstream's configuration.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    fn pick(&self) -> &str {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.config.targets[n % self.config.targets.len()]
+    }
+}
+
+/// All upstreams of a configuration.
+#[derive(Default)]
+pub struct Upstreams {
+    pools: BTreeMap<String, Arc<UpstreamPool>>,
+}
+
+impl Upstreams {
+    /// Build a pool per configured upstream.
+    pub fn new(configs: &BTreeMap<String, UpstreamConfig>) -> Self {
+        Self {
+            pools: configs
+                .iter()
+                .map(|(name, c)| (name.clone(), Arc::new(UpstreamPool::new(c.clone()))))
+                .collect(),
+        }
+    }
+
+    /// The upstream with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<UpstreamPool>> {
+        self.pools.get(name)
+    }
+
+    /// All upstreams by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<UpstreamPool>)> {
+        self.pools.iter()
+    }
+
+    /// Send `req` (whose URI carries only path and query) to a target of
+    /// `upstream`, waiting at most `timeout` for the response head.
+    pub async fn forward(
+        &self,
+        upstream: &str,
+        mut req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let pool = self
+            .pools
+            .get(upstream)
+            .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
+        let target = pool.pick();
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::builder()
+            .scheme("http")
+            .authority(target)
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| UpstreamError::InvalidRequest {
+                upstream: upstream.to_string(),
+                detail: format!("{e}"),
+            })?;
+        if pool.config.protocol == UpstreamProtocol::H2c {
+            *req.version_mut() = http::Version::HTTP_2;
+        } else {
+            *req.version_mut() = http::Version::HTTP_11;
+        }
+        match tokio::time::timeout(timeout, pool.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: upstream.to_string(),
+                timeout,
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(err)) => {
+                let upstream = upstream.to_string();
+                let target = target.to_string();
+                if err.is_connect() {
+                    Err(UpstreamError::Connect {
+                        upstream,
+                        target,
+                        source: Box::new(err),
+                    })
+                } else {
+                    Err(UpstreamError::Failed {
+                        upstream,
+                        target,
+                        source: Box::new(err),
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The integration harness: real upstream servers and a real gateway on
+//! `127.0.0.1:0`, a real HTTP client, and the real compiled plugins (built
+//! once per test run by `scripts/build-plugins`).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use pylon::{Gateway, config};
+use tokio::net::TcpListener;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The path of a built plugin component, building all plugins once per run.
+pub fn plugin(name: &str) -> String {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = std::process::Command::new(root().join("scripts/build-plugins"))
+            .status()
+            .expect("run scripts/build-plugins");
+        assert!(status.success(), "scripts/build-plugins failed");
+    });
+    let p = root().join("build/plugins").join(format!("{name}.wasm"));
+    assert!(p.exists(), "plugin {name} was not built: {}", p.display());
+    p.display().to_string()
+}
+
+/// A captured request as an upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+type Handler = Arc<
+    dyn Fn(Seen) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A real upstream HTTP server recording what it receives.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// An upstream answering 200 with `name` as the body.
+    pub async fn named(name: &'static str) -> Upstream {
+        Self::with(move |_| async move { Response::new(Full::new(Bytes::from_static(name.as_bytes()))) }).await
+    }
+
+    /// An upstream that echoes the request body back.
+    pub async fn echo_body() -> Upstream {
+        Self::with(|seen| async move { Response::new(Full::new(seen.body)) }).await
+    }
+
+    /// An upstream answering with `f(request)`.
+    pub async fn with<F, Fut>(f: F) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |s| Box::pin(f(s)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let handler = handler.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let s = Seen {
+                                method: parts.method,
+                                uri: parts.uri,
+                                version: parts.version,
+                                headers: parts.headers,
+                                body,
+                            };
+                            seen.lock().unwrap().push(s.clone());
+                            Ok::<_, Infallible>(handler(s).await)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    /// The requests received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("upstream saw no request")
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A gateway running in-process on an ephemeral port.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub addr: SocketAddr,
+}
+
+impl TestGateway {
+    /// Start a gateway from TOML text; a `[[listeners]]` on 127.0.0.1:0 and
+    /// a cache dir in a temp folder are added.
+    pub async fn start(toml: &str) -> TestGateway {
+        let cfg = parse(toml).unwrap_or_else(|e| panic!("{e}"));
+        let gateway = Gateway::start(cfg).await.unwrap_or_else(|e| panic!("{}", pylon::error::ErrorChain(&e)));
+        let addr = gateway.local_addrs()[0];
+        TestGateway { gateway, addr }
+    }
+
+    /// `http://127.0.0.1:port` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// Parse TOML text as a config with a test listener and a shared test cache dir.
+pub fn parse(toml: &str) -> Result<config::Config, config::ConfigError> {
+    let text = format!(
+        "[runtime]\ncache-dir = {:?}\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{toml}",
+        cache_dir().display().to_string()
+    );
+    config::parse(&text, Path::new("test.toml"), &root())
+}
+
+/// One compile cache shared by the whole test run.
+pub fn cache_dir() -> PathBuf {
+    root().join("target/test-pylon-cache")
+}
+
+/// A plain HTTP client (HTTP/1.1, no proxy, no redirects).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}

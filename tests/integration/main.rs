@@ -1,0 +1,10 @@
+//! pylon's integration tests: one binary, one harness (real servers on
+//! ephemeral ports, real compiled plugins, the real `pylon` binary).
+
+mod harness;
+
+mod cli;
+mod config_ui;
+mod plugins;
+mod policies;
+mod proxy;

@@ -1,0 +1,363 @@
+//! Plugins through the running gateway: each decision of the contract,
+//! failure policies, the sandbox limits, and a non-Rust plugin.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use serde_json::Value;
+
+use crate::harness::{TestGateway, Upstream, client, plugin};
+
+/// A gateway with one upstream and one route "r" on `/` whose pipeline is
+/// the given `[[routes.plugins]]` entries; `defs` are `[plugins.*]` tables.
+async fn gateway(up: &Upstream, defs: &str, refs: &str) -> TestGateway {
+    TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n\n{defs}\n\n[[routes]]\nid = \"r\"\npath = \"/items/{{id}}\"\nupstream = \"u\"\n\n{refs}",
+        up.addr
+    ))
+    .await
+}
+
+fn def(name: &str, component: &str, extra: &str) -> String {
+    format!("[plugins.{name}]\ncomponent = {:?}\n{extra}\n", plugin(component))
+}
+
+#[tokio::test]
+async fn respond_in_request_phase_skips_upstream() {
+    let up = Upstream::named("upstream").await;
+    let gw = gateway(
+        &up,
+        &def("inspector", "inspector", ""),
+        "[[routes.plugins]]\nplugin = \"inspector\"\n",
+    )
+    .await;
+    let r = client()
+        .get(gw.url("/items/42?full=1"))
+        .header("x-multi", "one")
+        .header("x-multi", "two")
+        .header("x-bin", http::HeaderValue::from_bytes(b"\xff\xfe").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(up.seen().is_empty(), "upstream was called");
+    assert_eq!(v["route"], "r");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/items/42");
+    assert_eq!(v["query"], "full=1");
+    assert_eq!(v["scheme"], "http");
+    assert_eq!(v["params"], serde_json::json!([["id", "42"]]));
+    assert!(v["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(v["body_len"], Value::Null, "body passed without being asked for");
+    let headers = v["headers"].as_array().unwrap();
+    let multi: Vec<_> = headers.iter().filter(|h| h[0] == "x-multi").map(|h| h[1].clone()).collect();
+    assert_eq!(multi, ["one", "two"], "repeated headers must survive");
+    let bin = headers.iter().find(|h| h[0] == "x-bin").unwrap();
+    assert_eq!(bin[1]["base64"], "//4=", "non-UTF-8 header bytes must survive");
+}
+
+#[tokio::test]
+async fn request_and_response_header_edits_apply_in_pipeline_order() {
+    let up = Upstream::with(|_| async {
+        Response::builder()
+            .header("server", "backend/1.0")
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(
+        &up,
+        &(def("h1", "headers", "") + &def("h2", "headers", "")),
+        r#"
+[[routes.plugins]]
+plugin = "h1"
+config = { request = { set = { "x-step" = "one" }, remove = ["x-secret"] }, response = { set = { "x-order" = "h1" } } }
+
+[[routes.plugins]]
+plugin = "h2"
+config = { request = { append = { "x-step" = "two" } }, response = { set = { "x-order" = "h2" }, remove = ["server"] } }
+"#,
+    )
+    .await;
+    let r = client()
+        .get(gw.url("/items/1"))
+        .header("x-secret", "s3cr3t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Response phase runs in reverse: h2 first, then h1 overwrites x-order.
+    assert_eq!(r.headers()["x-order"], "h1");
+    assert!(r.headers().get("server").is_none());
+    let seen = up.last();
+    let steps: Vec<_> = seen.headers.get_all("x-step").iter().collect();
+    assert_eq!(steps, ["one", "two"]);
+    assert!(seen.headers.get("x-secret").is_none());
+}
+
+#[tokio::test]
+async fn plugin_gets_bodies_only_when_it_asks() {
+    let up = Upstream::with(|s| async move { Response::new(Full::new(s.body)) }).await;
+    let gw = gateway(
+        &up,
+        &(def("body", "inspector", "max-body-size = \"1KiB\"") + &def("upper", "inspector", "")),
+        r#"
+[[routes.plugins]]
+plugin = "upper"
+config = { respond = false, uppercase-response-body = true }
+
+[[routes.plugins]]
+plugin = "body"
+config = { want-body = true }
+"#,
+    )
+    .await;
+    // `body` responds with what it saw, and `upper` (earlier in the
+    // pipeline) uppercases that response on the way back.
+    let r = client().post(gw.url("/items/9")).body("hello body").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"BODY\":\"HELLO BODY\""), "{text}");
+    assert!(text.contains("\"BODY_LEN\":10"), "{text}");
+
+    let r = client().post(gw.url("/items/9")).body(vec![b'x'; 4096]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn response_phase_sees_upstream_status_and_rewrites_body() {
+    let up = Upstream::with(|_| async {
+        Response::builder()
+            .status(201)
+            .body(Full::new(Bytes::from_static(b"created thing")))
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(
+        &up,
+        &def("upper", "inspector", ""),
+        "[[routes.plugins]]\nplugin = \"upper\"\nconfig = { respond = false, uppercase-response-body = true }\n",
+    )
+    .await;
+    let r = client().get(gw.url("/items/5?q=1")).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-inspector-saw-status"], "201");
+    assert_eq!(r.headers()["x-inspector-saw-path"], "/items/5?q=1");
+    assert_eq!(r.headers()["content-length"], "13");
+    assert_eq!(r.text().await.unwrap(), "CREATED THING");
+}
+
+#[tokio::test]
+async fn deadline_interrupts_looping_plugin_while_other_routes_serve() {
+    let up = Upstream::named("fine").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[upstreams.u]
+targets = ["{up}"]
+
+{spin}
+
+[[routes]]
+id = "loops"
+path = "/loop"
+upstream = "u"
+[[routes.plugins]]
+plugin = "spin"
+
+[[routes]]
+id = "loops-open"
+path = "/loop-open"
+upstream = "u"
+[[routes.plugins]]
+plugin = "spin"
+on-error = "fail-open"
+
+[[routes]]
+id = "ok"
+path = "/ok"
+upstream = "u"
+"#,
+        up = up.addr,
+        spin = def("spin", "spin", "deadline = \"100ms\"\nisolation = \"pooled\""),
+    ))
+    .await;
+    let http = client();
+    let started = Instant::now();
+    let looping: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(http.get(gw.url("/loop")).send()))
+        .collect();
+    for _ in 0..10 {
+        let r = http.get(gw.url("/ok")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "fine");
+    }
+    for l in looping {
+        let r = l.await.unwrap().unwrap();
+        assert_eq!(r.status(), 500);
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("spin"), "error body names internals: {body}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let r = http.get(gw.url("/loop-open")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "fail-open skips the looping plugin");
+    assert_eq!(r.text().await.unwrap(), "fine");
+}
+
+#[tokio::test]
+async fn memory_bomb_and_trap_fail_only_their_request() {
+    let up = Upstream::named("fine").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[upstreams.u]
+targets = ["{up}"]
+{bomb}
+{trap}
+
+[[routes]]
+id = "bomb"
+path = "/bomb"
+upstream = "u"
+[[routes.plugins]]
+plugin = "membomb"
+
+[[routes]]
+id = "trap"
+path = "/trap"
+upstream = "u"
+[[routes.plugins]]
+plugin = "trap"
+
+[[routes]]
+id = "trap-open"
+path = "/trap-open"
+upstream = "u"
+[[routes.plugins]]
+plugin = "trap"
+on-error = "fail-open"
+"#,
+        up = up.addr,
+        bomb = def("membomb", "membomb", "memory = \"32MiB\"\ndeadline = \"5s\""),
+        trap = def("trap", "trap", "isolation = \"pooled\""),
+    ))
+    .await;
+    let http = client();
+    for _ in 0..3 {
+        assert_eq!(http.get(gw.url("/bomb")).send().await.unwrap().status(), 500);
+        assert_eq!(http.get(gw.url("/trap")).send().await.unwrap().status(), 500);
+        let r = http.get(gw.url("/trap-open")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "fine");
+    }
+}
+
+#[tokio::test]
+async fn pooled_instances_keep_state_and_fresh_ones_do_not() {
+    let up = Upstream::named("unused").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[upstreams.u]
+targets = ["{up}"]
+{pooled}
+{fresh}
+
+[[routes]]
+id = "pooled"
+path = "/pooled"
+upstream = "u"
+[[routes.plugins]]
+plugin = "counter-pooled"
+
+[[routes]]
+id = "fresh"
+path = "/fresh"
+upstream = "u"
+[[routes.plugins]]
+plugin = "counter-fresh"
+"#,
+        up = up.addr,
+        pooled = def("counter-pooled", "kv-counter", "capabilities = [\"kv\"]\nisolation = \"pooled\""),
+        fresh = def("counter-fresh", "kv-counter", "capabilities = [\"kv\"]\nisolation = \"fresh\""),
+    ))
+    .await;
+    let http = client();
+    // The kv store is shared regardless of isolation: counts go 1, 2, 3.
+    for expected in 1..=3 {
+        let r = http.get(gw.url("/fresh")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        assert!(body.starts_with(&expected.to_string()), "{body}");
+    }
+    let r = http.get(gw.url("/pooled")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn ungranted_kv_is_denied() {
+    let up = Upstream::named("unused").await;
+    let gw = gateway(&up, &def("counter", "kv-counter", ""), "[[routes.plugins]]\nplugin = \"counter\"\n").await;
+    let r = client().get(gw.url("/items/1")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.text().await.unwrap(), "kv error: denied");
+}
+
+#[tokio::test]
+async fn fanout_calls_upstreams_concurrently_through_the_host() {
+    let slow = |name: &'static str| {
+        Upstream::with(move |_| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Response::new(Full::new(Bytes::from_static(name.as_bytes())))
+        })
+    };
+    let a = slow("alpha").await;
+    let b = slow("beta").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[upstreams.a]
+targets = ["{a}"]
+[upstreams.b]
+targets = ["{b}"]
+[plugins.fanout]
+component = {comp:?}
+capabilities = ["http"]
+http-upstreams = ["a", "b"]
+deadline = "5s"
+
+[[routes]]
+id = "agg"
+path = "/agg"
+[[routes.plugins]]
+plugin = "fanout"
+config = {{ upstreams = ["a", "b"], path = "/x" }}
+"#,
+        a = a.addr,
+        b = b.addr,
+        comp = plugin("fanout"),
+    ))
+    .await;
+    let started = Instant::now();
+    let r = client().get(gw.url("/agg")).send().await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("alpha") && text.contains("beta"), "{text}");
+    assert!(elapsed < Duration::from_millis(550), "calls were not concurrent: {elapsed:?}");
+    assert_eq!(a.last().uri.path(), "/x");
+}
+
+#[tokio::test]
+async fn python_plugin_runs_in_the_same_pipeline() {
+    let up = Upstream::named("ok").await;
+    let gw = gateway(
+        &up,
+        &def("hello", "hello-python", "isolation = \"fresh\"\ndeadline = \"2s\""),
+        "[[routes.plugins]]\nplugin = \"hello\"\nconfig = { greeting = \"hej\" }\n",
+    )
+    .await;
+    let r = client().get(gw.url("/items/3")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-hello"], "hej");
+}
