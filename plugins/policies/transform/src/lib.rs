@@ -1,0 +1,260 @@
+//! `transform`: edits requests on their way upstream and responses on their
+//! way back — headers (remove, rename, set, add), the path (regex with
+//! captures), query parameters (remove, rename, set, add), JSON bodies
+//! (remove, rename, move, set, add by JSON pointer) and the status code
+//! (`status-map`). See `README.md` beside this crate for the config.
+//!
+//! What it asks of the host follows the config: the request body only with
+//! `request.json` edits, the response phase only with response edits, the
+//! response body only with `response.json` edits.
+//!
+//! Bodies are edited only when their `content-type` is JSON
+//! (`application/json` or `application/*+json`) and they carry no
+//! `content-encoding`. Any other non-empty body, or malformed JSON, passes
+//! through unchanged with a warning in the log — except a request body when
+//! `strict-json = true`: then the client gets `415` (not JSON) or `400`
+//! (malformed) and the upstream is not called. An empty body is left alone.
+
+mod config;
+mod json;
+mod query;
+
+use pylon_plugin_sdk::{
+    Header, HeaderOp, Needs, Plugin, Request, RequestAction, RequestEdits, Response, ResponseEdits,
+    export_plugin, log, serde_json,
+};
+
+use crate::config::{HeaderEdits, Rules};
+use crate::json::Json;
+
+/// The validated plugin: its rules, the same for every request.
+struct Transform(Rules);
+
+impl Plugin for Transform {
+    fn configure(text: &str) -> Result<(Self, Needs), String> {
+        let rules = config::validate(pylon_plugin_sdk::config::parse(text)?)?;
+        let mut needs = Needs::none();
+        if !rules.request_json.is_empty() {
+            needs = needs.with_request_body();
+        }
+        if !rules.response_headers.is_empty() || !rules.status_map.is_empty() {
+            needs = needs.with_response_phase();
+        }
+        if !rules.response_json.is_empty() {
+            needs = needs.with_response_body();
+        }
+        Ok((Transform(rules), needs))
+    }
+
+    fn on_request(&mut self, req: Request) -> RequestAction {
+        let rules = &self.0;
+        let mut edits = RequestEdits {
+            headers: header_ops(&rules.request_headers, &req.headers),
+            ..RequestEdits::default()
+        };
+        if let Some(rewrite) = &rules.path
+            && let std::borrow::Cow::Owned(path) =
+                rewrite.pattern.replace(&req.path, rewrite.replace.as_str())
+        {
+            edits.path = Some(path);
+        }
+        if !rules.query.is_empty() {
+            let query = rules.query.apply(req.query.as_deref());
+            if req.query.as_deref().unwrap_or_default() != query {
+                edits.query = Some(query);
+            }
+        }
+        if !rules.request_json.is_empty() {
+            match edit_json(&rules.request_json, &req.headers, req.body.as_deref()) {
+                Ok(body) => edits.body = body,
+                Err(skip) if rules.strict_json => {
+                    let status = match skip {
+                        Skip::NotJson(_) | Skip::Encoded(_) => 415,
+                        Skip::Malformed(_) => 400,
+                    };
+                    let error = format!("request body {}", skip.describe());
+                    return Response::json(status, &serde_json::json!({ "error": error })).into();
+                }
+                Err(skip) => log::warn!(
+                    "transform: request body {}; passed through unchanged",
+                    skip.describe()
+                ),
+            }
+        }
+        edits.into()
+    }
+
+    fn on_response(&mut self, _req: Request, resp: Response) -> ResponseEdits {
+        let rules = &self.0;
+        let mut edits = ResponseEdits {
+            headers: header_ops(&rules.response_headers, &resp.headers),
+            ..ResponseEdits::default()
+        };
+        if let Some(&(_, to)) = rules
+            .status_map
+            .iter()
+            .find(|(from, _)| *from == resp.status)
+        {
+            edits.status = Some(to);
+        }
+        if !rules.response_json.is_empty() {
+            match edit_json(&rules.response_json, &resp.headers, resp.body.as_deref()) {
+                Ok(body) => edits.body = body,
+                Err(skip) => log::warn!(
+                    "transform: response body (status {}) {}; passed through unchanged",
+                    resp.status,
+                    skip.describe()
+                ),
+            }
+        }
+        edits
+    }
+}
+
+export_plugin!(Transform);
+
+/// The header ops for one direction. Renames need the current values, so
+/// the edits run over a copy of `headers` to see what each step leaves.
+fn header_ops(edits: &HeaderEdits, headers: &[Header]) -> Vec<HeaderOp> {
+    if edits.is_empty() {
+        return Vec::new();
+    }
+    let mut ops = Vec::new();
+    let mut now: Vec<Header> = headers.to_vec();
+    for name in &edits.remove {
+        now.retain(|h| !h.name.eq_ignore_ascii_case(name));
+        ops.push(HeaderOp::remove(name.as_str()));
+    }
+    for (from, to) in &edits.rename {
+        let values: Vec<Vec<u8>> = now
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(from))
+            .map(|h| h.value.clone())
+            .collect();
+        if values.is_empty() || from == to {
+            continue;
+        }
+        now.retain(|h| !h.name.eq_ignore_ascii_case(from) && !h.name.eq_ignore_ascii_case(to));
+        ops.push(HeaderOp::remove(from.as_str()));
+        ops.push(HeaderOp::remove(to.as_str()));
+        for value in values {
+            now.push(Header::new(to.as_str(), value.clone()));
+            ops.push(HeaderOp::append(to.as_str(), value));
+        }
+    }
+    for (name, value) in &edits.set {
+        ops.push(HeaderOp::set(name.as_str(), value.as_str()));
+    }
+    for (name, value) in &edits.add {
+        ops.push(HeaderOp::append(name.as_str(), value.as_str()));
+    }
+    ops
+}
+
+/// Why a body was not edited.
+enum Skip {
+    /// Its `content-type` (shown) is not JSON.
+    NotJson(String),
+    /// It has a `content-encoding` (shown) other than `identity`.
+    Encoded(String),
+    /// It does not parse (the parser's message).
+    Malformed(String),
+}
+
+impl Skip {
+    fn describe(&self) -> String {
+        match self {
+            Skip::NotJson(ct) => format!("is not JSON (content-type: {ct})"),
+            Skip::Encoded(ce) => {
+                format!("is encoded (content-encoding: {ce}) and cannot be edited")
+            }
+            Skip::Malformed(e) => format!("is not valid JSON: {e}"),
+        }
+    }
+}
+
+/// The edited body (`None`: nothing to edit, the body is absent or empty).
+fn edit_json(
+    edits: &json::Edits,
+    headers: &[Header],
+    body: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, Skip> {
+    let Some(body) = body.filter(|b| !b.is_empty()) else {
+        return Ok(None);
+    };
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+    };
+    let content_type = header("content-type");
+    if !content_type.as_deref().is_some_and(is_json_type) {
+        return Err(Skip::NotJson(content_type.unwrap_or_else(|| "none".into())));
+    }
+    if let Some(ce) = header("content-encoding")
+        && !ce.trim().eq_ignore_ascii_case("identity")
+    {
+        return Err(Skip::Encoded(ce));
+    }
+    let mut doc: Json = serde_json::from_slice(body).map_err(|e| Skip::Malformed(e.to_string()))?;
+    edits.apply(&mut doc);
+    // Serialising an in-memory value with string keys cannot fail.
+    Ok(serde_json::to_vec(&doc).ok())
+}
+
+/// `application/json` or `application/<anything>+json`, parameters ignored.
+fn is_json_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.strip_prefix("application/") {
+        Some(sub) => sub == "json" || (sub.ends_with("+json") && sub.len() > "+json".len()),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json_type("application/json"));
+        assert!(is_json_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_type("application/problem+json"));
+        assert!(!is_json_type("application/+json"));
+        assert!(!is_json_type("text/json"));
+        assert!(!is_json_type("application/jsonp"));
+    }
+
+    #[test]
+    fn rename_keeps_every_value_in_order() {
+        let headers = vec![
+            Header::new("x-old", "1"),
+            Header::new("x-keep", "k"),
+            Header::new("x-old", "2"),
+            Header::new("x-new", "stale"),
+        ];
+        let edits = HeaderEdits {
+            rename: vec![
+                ("x-old".into(), "x-new".into()),
+                ("x-absent".into(), "x-y".into()),
+            ],
+            ..HeaderEdits::default()
+        };
+        let ops = header_ops(&edits, &headers);
+        assert_eq!(
+            ops,
+            vec![
+                HeaderOp::remove("x-old"),
+                HeaderOp::remove("x-new"),
+                HeaderOp::append("x-new", "1"),
+                HeaderOp::append("x-new", "2"),
+            ]
+        );
+    }
+}
