@@ -1,0 +1,302 @@
+//! The contract's data types (`pylon:plugin/types`) and helpers on them.
+//!
+//! The structs are the generated bindings, so every field is public and can
+//! be built or matched directly; the methods here only save boilerplate.
+//! Header names handed to the helpers are lowercased, as the contract wants;
+//! lookups compare names ASCII-case-insensitively. Header values are bytes
+//! (HTTP allows non-UTF-8 values): helpers take anything `AsRef<[u8]>`
+//! (`&str`, `String`, `&[u8]`, `&Vec<u8>`, ...); `*_str` helpers return
+//! `None` for values that are not UTF-8.
+
+pub use crate::bindings::pylon::plugin::types::{
+    Header, HeaderOp, Headers, Needs, Request, RequestAction, RequestEdits, Response, ResponseEdits,
+};
+
+fn lower(name: impl Into<String>) -> String {
+    let mut name = name.into();
+    name.make_ascii_lowercase();
+    name
+}
+
+/// Lookups shared by every type that carries a header list.
+fn first<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_slice())
+}
+
+fn all<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_slice())
+}
+
+impl Header {
+    /// A header with `name` lowercased.
+    pub fn new(name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        Header {
+            name: lower(name),
+            value: value.as_ref().to_vec(),
+        }
+    }
+
+    /// The value as UTF-8, if it is.
+    pub fn value_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.value).ok()
+    }
+}
+
+impl HeaderOp {
+    /// Replace every value of `name` with `value`.
+    pub fn set(name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        HeaderOp::Set(Header::new(name, value))
+    }
+
+    /// Add a value to `name`, keeping the existing ones.
+    pub fn append(name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        HeaderOp::Append(Header::new(name, value))
+    }
+
+    /// Remove every value of `name`.
+    pub fn remove(name: impl Into<String>) -> Self {
+        HeaderOp::Remove(lower(name))
+    }
+}
+
+impl Request {
+    /// The first value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        first(&self.headers, name)
+    }
+
+    /// The first value of header `name`, if present and UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every value of header `name`, in wire order.
+    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        all(&self.headers, name)
+    }
+
+    /// The path parameter `name` captured by the route pattern.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path plus `?query` when there is a query.
+    pub fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+impl Response {
+    /// A response with `status`, no headers and an empty body.
+    pub fn new(status: u16) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Some(Vec::new()),
+        }
+    }
+
+    /// A response whose body is `body` with `content-type: text/plain; charset=utf-8`.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Response::new(status)
+            .with_header("content-type", "text/plain; charset=utf-8")
+            .with_body(body.into())
+    }
+
+    /// A response whose body is `value` serialised as JSON, with
+    /// `content-type: application/json`.
+    pub fn json<T: serde::Serialize + ?Sized>(status: u16, value: &T) -> Self {
+        // Serialising plain data into a Vec cannot fail; a failing custom
+        // `Serialize` impl is a plugin bug and traps.
+        let body = serde_json::to_vec(value).expect("response body serialises to JSON");
+        Response::new(status)
+            .with_header("content-type", "application/json")
+            .with_body(body)
+    }
+
+    /// Append a header (repeated names are kept).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.headers.push(Header::new(name, value));
+        self
+    }
+
+    /// Replace the body.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// The first value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        first(&self.headers, name)
+    }
+
+    /// The first value of header `name`, if present and UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every value of header `name`, in wire order.
+    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        all(&self.headers, name)
+    }
+
+    /// The body as UTF-8, if present and valid (lossless: `None` otherwise).
+    pub fn body_str(&self) -> Option<&str> {
+        self.body
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+    }
+}
+
+impl RequestEdits {
+    /// No edits (same as `default()`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a header edit.
+    pub fn header_op(mut self, op: HeaderOp) -> Self {
+        self.headers.push(op);
+        self
+    }
+
+    /// Replace every value of header `name` with `value`.
+    pub fn set_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.header_op(HeaderOp::set(name, value))
+    }
+
+    /// Add a value to header `name`.
+    pub fn append_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.header_op(HeaderOp::append(name, value))
+    }
+
+    /// Remove every value of header `name`.
+    pub fn remove_header(self, name: impl Into<String>) -> Self {
+        self.header_op(HeaderOp::remove(name))
+    }
+
+    /// Send this path upstream instead (query unchanged).
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Replace the query string; `""` removes it.
+    pub fn with_query(mut self, query: impl Into<String>) -> Self {
+        self.query = Some(query.into());
+        self
+    }
+
+    /// Send to this named upstream instead of the route's.
+    pub fn with_upstream(mut self, upstream: impl Into<String>) -> Self {
+        self.upstream = Some(upstream.into());
+        self
+    }
+
+    /// Replace the body (honoured only with `Needs::request_body`).
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+}
+
+impl RequestAction {
+    /// Continue without edits.
+    pub fn proceed() -> Self {
+        RequestAction::Continue(RequestEdits::default())
+    }
+}
+
+impl From<RequestEdits> for RequestAction {
+    /// Continue with these edits.
+    fn from(edits: RequestEdits) -> Self {
+        RequestAction::Continue(edits)
+    }
+}
+
+impl From<Response> for RequestAction {
+    /// Answer the client with this response.
+    fn from(response: Response) -> Self {
+        RequestAction::Respond(response)
+    }
+}
+
+impl ResponseEdits {
+    /// No edits (same as `default()`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a header edit.
+    pub fn header_op(mut self, op: HeaderOp) -> Self {
+        self.headers.push(op);
+        self
+    }
+
+    /// Replace every value of header `name` with `value`.
+    pub fn set_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.header_op(HeaderOp::set(name, value))
+    }
+
+    /// Add a value to header `name`.
+    pub fn append_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.header_op(HeaderOp::append(name, value))
+    }
+
+    /// Remove every value of header `name`.
+    pub fn remove_header(self, name: impl Into<String>) -> Self {
+        self.header_op(HeaderOp::remove(name))
+    }
+
+    /// Replace the status code.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Replace the body (honoured only with `Needs::response_body`).
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+}
+
+impl Needs {
+    /// Nothing needed (same as `default()`): no bodies, no response phase.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Ask for the buffered request body in `on_request`.
+    pub fn with_request_body(mut self) -> Self {
+        self.request_body = true;
+        self
+    }
+
+    /// Ask for `on_response` to be called.
+    pub fn with_response_phase(mut self) -> Self {
+        self.response_phase = true;
+        self
+    }
+
+    /// Ask for the buffered response body in `on_response` (implies the
+    /// response phase).
+    pub fn with_response_body(mut self) -> Self {
+        self.response_phase = true;
+        self.response_body = true;
+        self
+    }
+}
