@@ -182,3 +182,75 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A real `redis-server` on a free loopback port, without persistence, for
+/// tests of state shared across gateways (`[runtime] kv = { backend =
+/// "redis", url = .. }`). Killed when dropped.
+pub struct Redis {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Redis {
+    /// Start one and return once it logs that it accepts connections and
+    /// answers `PING`. Redis needs an explicit port, so a free one is found
+    /// by binding port 0; if another process takes it first, the server
+    /// exits and another port is tried.
+    pub fn start() -> Redis {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let bin = ["/usr/bin/redis-server", "redis-server"]
+            .into_iter()
+            .find(|b| !b.starts_with('/') || Path::new(b).exists())
+            .unwrap();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = std::process::Command::new(bin)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--loglevel", "notice", "--logfile", ""])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start redis-server (apt-get install redis-server)");
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let mut ready = false;
+            let mut line = String::new();
+            while out.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("Ready to accept connections") {
+                    ready = true;
+                    break;
+                }
+                line.clear();
+            }
+            if !ready {
+                // EOF before ready: it exited (port taken); try another.
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            }
+            // Keep draining its log so it never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            conn.write_all(b"PING\r\n").unwrap();
+            let mut pong = [0u8; 7];
+            conn.read_exact(&mut pong).expect("redis PING");
+            assert_eq!(&pong, b"+PONG\r\n");
+            return Redis { port, child };
+        }
+        panic!("redis-server did not start on any of 5 ports");
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -43,13 +43,14 @@ struct RawLimit {
 )]
 enum RawKey {
     Name(String),
-    Header {
-        header: String,
-    },
+    // Before `Header`, which would otherwise take `{ claim, header }` too.
     Claim {
         claim: String,
         #[serde(default)]
         header: Option<String>,
+    },
+    Header {
+        header: String,
     },
 }
 
@@ -204,7 +205,7 @@ pub(crate) fn parse(text: &str) -> Result<Settings, String> {
             "consumer" => Key::Header(consumer_header),
             other => {
                 problems.push(format!(
-                    "key: unknown key {other:?} (expected \"ip\", \"route\", \"consumer\", {{ header = \"name\" }} or {{ claim = \"name\" }})"
+                    "key: unknown key {other:?} (expected \"ip\", \"route\", \"consumer\", {{ header = \"name\" }} or {{ claim = \"name\", header = \"name\" }})"
                 ));
                 Key::Ip
             }
@@ -220,11 +221,18 @@ pub(crate) fn parse(text: &str) -> Result<Settings, String> {
             if claim.is_empty() || !claim.bytes().all(is_token_byte) {
                 problems.push(format!("key.claim: {claim:?} is not a valid claim name"));
             }
-            let header = header.unwrap_or_else(|| format!("x-jwt-claim-{claim}"));
-            match header_name(&header) {
-                Ok(h) => Key::Header(h),
-                Err(e) => {
+            // The claim reaches this plugin only as the header an auth
+            // plugin forwards it in (auth-jwt's `forward-claims`).
+            match header.as_deref().map(header_name) {
+                Some(Ok(h)) => Key::Header(h),
+                Some(Err(e)) => {
                     problems.push(format!("key.header: {e}"));
+                    Key::Ip
+                }
+                None => {
+                    problems.push(format!(
+                        "key.header: needed with key.claim: the request header the claim {claim:?} is forwarded in (auth-jwt forward-claims)"
+                    ));
                     Key::Ip
                 }
             }
@@ -359,8 +367,13 @@ mod tests {
         );
         assert_eq!(key(r#""route""#).unwrap().key, Key::Route);
         assert_eq!(
-            key(r#"{"claim":"sub"}"#).unwrap().key,
-            Key::Header("x-jwt-claim-sub".into())
+            key(r#"{"claim":"sub","header":"X-User"}"#).unwrap().key,
+            Key::Header("x-user".into())
+        );
+        assert!(
+            key(r#"{"claim":"sub"}"#)
+                .unwrap_err()
+                .contains("key.header: needed with key.claim")
         );
         assert!(
             key(r#""nope""#)
