@@ -58,20 +58,23 @@ impl Jwks {
     /// The current keys for a token naming `kid` (or none), loading or
     /// refreshing the set when needed.
     pub(crate) fn keys(&mut self, kid: Option<&str>, now_ms: u64) -> Result<&[Key], Unavailable> {
-        let mut fetched = false;
+        let mut attempted = false;
         if !self.fresh(now_ms) {
             self.adopt_stored();
             if !self.fresh(now_ms) && !self.failed_recently(now_ms) {
-                fetched = self.fetch(now_ms);
+                attempted = true;
+                self.fetch(now_ms);
             }
         }
+        // Refresh only a set we have: without one, the load above decides.
         if let Some(kid) = kid
-            && !fetched
+            && !attempted
+            && self.cached.is_some()
             && !self.knows(kid)
         {
             // Another instance may have refreshed already.
             self.adopt_stored();
-            if !self.knows(kid) && self.may_refresh(now_ms) {
+            if !self.knows(kid) && !self.failed_recently(now_ms) && self.may_refresh(now_ms) {
                 self.fetch(now_ms);
             }
         }
@@ -148,8 +151,8 @@ impl Jwks {
         }
     }
 
-    /// Fetch the set; true when a usable one was stored.
-    fn fetch(&mut self, now_ms: u64) -> bool {
+    /// Fetch the set and cache it, or remember the failure.
+    fn fetch(&mut self, now_ms: u64) {
         match self.download() {
             Ok((doc, keys)) => {
                 let stored = json!({ "fetched-at": now_ms, "jwks": doc });
@@ -163,7 +166,6 @@ impl Jwks {
                     keys,
                     fetched_at_ms: now_ms,
                 });
-                true
             }
             Err(problem) => {
                 log::warn!(
@@ -176,7 +178,6 @@ impl Jwks {
                 if interval > 0 {
                     let _ = kv::set(KV_FAILED, b"1", Some(interval));
                 }
-                false
             }
         }
     }
