@@ -73,12 +73,20 @@ plugin = "aggregate"
 }
 
 async fn gateway(upstreams: &[(&str, &Upstream)], config: &str) -> TestGateway {
-    let ups: Vec<(&str, String)> = upstreams.iter().map(|(n, u)| (*n, u.addr.to_string())).collect();
+    let ups: Vec<(&str, String)> = upstreams
+        .iter()
+        .map(|(n, u)| (*n, u.addr.to_string()))
+        .collect();
     TestGateway::start(&toml(&ups, config)).await
 }
 
 async fn get_json(gw: &TestGateway, path: &str) -> (u16, http::HeaderMap, Value) {
-    let r = client().get(gw.url(path)).header("x-tenant", "acme co").send().await.unwrap();
+    let r = client()
+        .get(gw.url(path))
+        .header("x-tenant", "acme co")
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let text = r.text().await.unwrap();
@@ -122,19 +130,37 @@ merge = "keys"
     let seen = profiles.last();
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.headers["x-tenant"], "acme co");
-    assert_eq!(seen.headers["x-for"], "user a%20b", "header values are not percent-encoded");
+    assert_eq!(
+        seen.headers["x-for"], "user a%20b",
+        "header values are not percent-encoded"
+    );
     assert_eq!(users.last().method, "GET");
 
     let r = client().get(gw.url("/agg/1")).send().await.unwrap();
-    assert_eq!(r.status(), 400, "a missing query parameter is the client's error");
+    assert_eq!(
+        r.status(),
+        400,
+        "a missing query parameter is the client's error"
+    );
     let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-    assert_eq!(v["error"], "missing query parameter \"fields\", needed by call \"profile\"");
+    assert_eq!(
+        v["error"],
+        "missing query parameter \"fields\", needed by call \"profile\""
+    );
 }
 
 #[tokio::test]
 async fn deep_merge_combines_objects_later_calls_winning() {
-    let a = json_upstream(Duration::ZERO, |_| json!({"id": 1, "user": {"name": "Ada", "tags": ["a"]}, "src": "a"})).await;
-    let b = json_upstream(Duration::ZERO, |_| json!({"user": {"email": "ada@example.com", "tags": ["b"]}, "src": "b"})).await;
+    let a = json_upstream(
+        Duration::ZERO,
+        |_| json!({"id": 1, "user": {"name": "Ada", "tags": ["a"]}, "src": "a"}),
+    )
+    .await;
+    let b = json_upstream(
+        Duration::ZERO,
+        |_| json!({"user": {"email": "ada@example.com", "tags": ["b"]}, "src": "b"}),
+    )
+    .await;
     let gw = gateway(
         &[("a", &a), ("b", &b)],
         r#"merge = "deep"
@@ -177,14 +203,20 @@ async fn failing_backend_fails_the_request_or_is_omitted_per_policy() {
     let (status, headers, v) = get_json(&fail, "/agg/1").await;
     assert_eq!(status, 502);
     assert_eq!(headers["content-type"], "application/json");
-    assert_eq!(v["call"], "broken", "the first failed call in config order is named");
+    assert_eq!(
+        v["call"], "broken",
+        "the first failed call in config order is named"
+    );
     assert_eq!(v["error"], "call \"broken\" failed: upstream answered 500");
 
     let omit = TestGateway::start(&toml(&ups, &format!("on-failure = \"omit\"\n{calls}"))).await;
     let (status, headers, v) = get_json(&omit, "/agg/1").await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-aggregate-partial"], "true");
-    assert_eq!(v, json!({"good": {"ok": true}, "_partial": ["broken", "html", "down"]}));
+    assert_eq!(
+        v,
+        json!({"good": {"ok": true}, "_partial": ["broken", "html", "down"]})
+    );
 
     let only_html = TestGateway::start(&toml(
         &ups,
@@ -193,7 +225,13 @@ async fn failing_backend_fails_the_request_or_is_omitted_per_policy() {
     .await;
     let (status, _, v) = get_json(&only_html, "/agg/1").await;
     assert_eq!(status, 502, "the default policy is fail");
-    assert!(v["error"].as_str().unwrap().starts_with("call \"html\" failed: the answer is not JSON"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("call \"html\" failed: the answer is not JSON"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -205,15 +243,25 @@ async fn a_call_slower_than_its_timeout_fails_without_waiting_for_it() {
   { key = "slow", upstream = "slow", path = "/", timeout = "100ms" },
 ]
 "#;
-    let omit = gateway(&[("fast", &fast), ("slow", &slow)], &format!("on-failure = \"omit\"\n{calls}")).await;
+    let omit = gateway(
+        &[("fast", &fast), ("slow", &slow)],
+        &format!("on-failure = \"omit\"\n{calls}"),
+    )
+    .await;
     let started = Instant::now();
     let (status, headers, v) = get_json(&omit, "/agg/1").await;
     let took = started.elapsed();
     assert_eq!(status, 200);
     assert_eq!(headers["x-aggregate-partial"], "true");
     assert_eq!(v, json!({"fast": "fast", "_partial": ["slow"]}));
-    assert!(took >= Duration::from_millis(100), "answered before the timeout: {took:?}");
-    assert!(took < Duration::from_millis(1500), "waited for the slow backend: {took:?}");
+    assert!(
+        took >= Duration::from_millis(100),
+        "answered before the timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "waited for the slow backend: {took:?}"
+    );
 
     let fail = gateway(&[("fast", &fast), ("slow", &slow)], calls).await;
     let (status, _, v) = get_json(&fail, "/agg/1").await;
@@ -223,7 +271,11 @@ async fn a_call_slower_than_its_timeout_fails_without_waiting_for_it() {
 
 #[tokio::test]
 async fn then_steps_use_values_from_earlier_answers() {
-    let users = json_upstream(Duration::ZERO, |_| json!({"id": 7, "account": {"no": "A/1"}, "teams": [{"id": "t9"}]})).await;
+    let users = json_upstream(
+        Duration::ZERO,
+        |_| json!({"id": 7, "account": {"no": "A/1"}, "teams": [{"id": "t9"}]}),
+    )
+    .await;
     let orders = json_upstream(Duration::ZERO, |pq| json!({"for": pq})).await;
     let teams = json_upstream(Duration::ZERO, |pq| json!({"for": pq})).await;
     let gw = gateway(
@@ -251,12 +303,20 @@ then = [
         })
     );
     assert_eq!(teams.last().headers["x-user"], "7");
-    assert_eq!(teams.seen().len(), 1, "a step whose value is missing is not sent");
+    assert_eq!(
+        teams.seen().len(),
+        1,
+        "a step whose value is missing is not sent"
+    );
     assert_eq!(users.seen().len(), 1);
 
     // When the first group's call fails, the steps that depend on it fail too.
     let down = refused_addr().await;
-    let ups = [("users", down), ("orders", orders.addr.to_string()), ("teams", teams.addr.to_string())];
+    let ups = [
+        ("users", down),
+        ("orders", orders.addr.to_string()),
+        ("teams", teams.addr.to_string()),
+    ];
     let gw = TestGateway::start(&toml(
         &ups,
         r#"on-failure = "omit"
@@ -290,7 +350,10 @@ async fn calls_run_concurrently_so_latency_is_the_slowest_not_the_sum() {
     let http = client();
     // Warm up: instance pool, upstream connections.
     let r = http.get(gw.url("/agg/1")).send().await.unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap(), json!({"a": 50, "b": 100, "c": 150}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap(),
+        json!({"a": 50, "b": 100, "c": 150})
+    );
     let mut samples = Vec::new();
     for _ in 0..7 {
         let started = Instant::now();
@@ -298,19 +361,28 @@ async fn calls_run_concurrently_so_latency_is_the_slowest_not_the_sum() {
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(150), "faster than the slowest backend: {took:?}");
+        assert!(
+            took >= Duration::from_millis(150),
+            "faster than the slowest backend: {took:?}"
+        );
         samples.push(took);
     }
     samples.sort();
     let median = samples[samples.len() / 2];
     eprintln!("aggregate latency samples (50/100/150 ms backends): {samples:?}, median {median:?}");
-    assert!(median < Duration::from_millis(280), "calls did not overlap: median {median:?} of {samples:?}");
+    assert!(
+        median < Duration::from_millis(280),
+        "calls did not overlap: median {median:?} of {samples:?}"
+    );
 }
 
 #[tokio::test]
 async fn invalid_configs_are_rejected_naming_the_key() {
     for (config, needle) in [
-        ("calls = []\n", "invalid aggregate config: calls: at least one call is needed"),
+        (
+            "calls = []\n",
+            "invalid aggregate config: calls: at least one call is needed",
+        ),
         (
             "calls = [{ key = \"a\", upstream = \"u\", path = \"/a\", timeout = \"soon\" }]\n",
             "calls[0].timeout: not a positive duration",
@@ -323,9 +395,13 @@ async fn invalid_configs_are_rejected_naming_the_key() {
             "calls = [{ key = \"a\", upstream = \"u\", path = \"/a/{id\" }]\n",
             "calls[0].path: \"/a/{id\" has a '{' without a '}'",
         ),
-        ("calls = [{ key = \"a\", upstream = \"u\", path = \"/a\" }]\nmerge = \"shallow\"\n", "unknown variant `shallow`"),
+        (
+            "calls = [{ key = \"a\", upstream = \"u\", path = \"/a\" }]\nmerge = \"shallow\"\n",
+            "unknown variant `shallow`",
+        ),
     ] {
-        let cfg = parse(&toml(&[("u", "127.0.0.1:9".to_string())], config)).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = parse(&toml(&[("u", "127.0.0.1:9".to_string())], config))
+            .unwrap_or_else(|e| panic!("{e}"));
         let err = match Gateway::start(cfg).await {
             Ok(_) => panic!("config accepted: {config}"),
             Err(e) => pylon::error::ErrorChain(&e).to_string(),

@@ -42,19 +42,28 @@ async fn gateway(up: &Upstream, def_extra: &str, config: &str) -> TestGateway {
 }
 
 /// An upstream answering `status`, `headers` and `body` to every request.
-async fn answering(status: u16, headers: &'static [(&'static str, &'static str)], body: &'static str) -> Upstream {
+async fn answering(
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+) -> Upstream {
     Upstream::with(move |_| async move {
         let mut b = Response::builder().status(status);
         for (name, value) in headers {
             b = b.header(*name, *value);
         }
-        b.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+        b.body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
     })
     .await
 }
 
 fn values<'h>(headers: &'h http::HeaderMap, name: &str) -> Vec<&'h str> {
-    headers.get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -89,9 +98,21 @@ add = { "x-add" = ["a", "b"], "x-keep" = "c" }
         .unwrap();
     assert_eq!(r.status(), 200);
     let seen = up.last();
-    assert_eq!(values(&seen.headers, "x-untouched"), ["u1", "u2"], "untouched repeats must survive");
-    assert_eq!(values(&seen.headers, "x-keep"), ["a", "b", "c"], "add keeps existing values");
-    assert_eq!(values(&seen.headers, "x-new"), ["1", "2"], "rename moves every value, replacing the target");
+    assert_eq!(
+        values(&seen.headers, "x-untouched"),
+        ["u1", "u2"],
+        "untouched repeats must survive"
+    );
+    assert_eq!(
+        values(&seen.headers, "x-keep"),
+        ["a", "b", "c"],
+        "add keeps existing values"
+    );
+    assert_eq!(
+        values(&seen.headers, "x-new"),
+        ["1", "2"],
+        "rename moves every value, replacing the target"
+    );
     assert!(seen.headers.get("x-old").is_none());
     assert!(seen.headers.get("x-drop").is_none());
     assert_eq!(values(&seen.headers, "x-set"), ["new"]);
@@ -101,7 +122,11 @@ add = { "x-add" = ["a", "b"], "x-keep" = "c" }
 #[tokio::test]
 async fn response_headers_are_edited_and_statuses_mapped() {
     let up = Upstream::with(|seen| async move {
-        let status = if seen.uri.path() == "/missing" { 404 } else { 200 };
+        let status = if seen.uri.path() == "/missing" {
+            404
+        } else {
+            200
+        };
         Response::builder()
             .status(status)
             .header("set-cookie", "a=1")
@@ -132,7 +157,11 @@ add = { "x-via" = "transform" }
     let r = client().get(gw.url("/found")).send().await.unwrap();
     assert_eq!(r.status(), 200, "unmapped statuses pass through");
     let h = r.headers().clone();
-    assert_eq!(values(&h, "set-cookie"), ["a=1", "b=2"], "untouched repeats must survive");
+    assert_eq!(
+        values(&h, "set-cookie"),
+        ["a=1", "b=2"],
+        "untouched repeats must survive"
+    );
     assert!(h.get("server").is_none());
     assert!(h.get("x-old").is_none());
     assert_eq!(values(&h, "x-renamed"), ["o1", "o2"]);
@@ -158,7 +187,11 @@ path = { match = "^/old/(?P<id>[^/]+)/(\\w+)$", replace = "/new/${id}/v2/$2" }
 "#,
     )
     .await;
-    let r = client().get(gw.url("/old/a%20b/items?x=1")).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/old/a%20b/items?x=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().uri.to_string(), "/new/a%20b/v2/items?x=1");
 
@@ -191,9 +224,18 @@ add = { "tag" = ["x y", "z"] }
         Some("z=%7e+raw&page=2&new=a%2Fb&flag&q=%E2%9C%93&lang=fr+%26+en&tag=x+y&tag=z")
     );
 
-    let gw2 = gateway(&up, "", "[routes.plugins.config.request.query]\nremove = [\"only\"]\n").await;
+    let gw2 = gateway(
+        &up,
+        "",
+        "[routes.plugins.config.request.query]\nremove = [\"only\"]\n",
+    )
+    .await;
     client().get(gw2.url("/q?only=1")).send().await.unwrap();
-    assert_eq!(up.last().uri.to_string(), "/q", "removing every parameter removes the query");
+    assert_eq!(
+        up.last().uri.to_string(),
+        "/q",
+        "removing every parameter removes the query"
+    );
 }
 
 const JSON_EDITS: &str = r#"
@@ -204,16 +246,19 @@ set = { "/version" = 2, "/meta/source" = "gateway", "/tags/-" = "new" }
 add = { "/user/role" = "guest", "/user/name" = "never" }
 "#;
 
-const JSON_IN: &str =
-    r#"{"z":1,"user":{"fullName":"Ada","id":7},"password":"s3cret","tags":["old","keep"],"legacy":{"a":[1,2]},"version":1}"#;
+const JSON_IN: &str = r#"{"z":1,"user":{"fullName":"Ada","id":7},"password":"s3cret","tags":["old","keep"],"legacy":{"a":[1,2]},"version":1}"#;
 
-const JSON_OUT: &str =
-    r#"{"z":1,"user":{"name":"Ada","id":7,"role":"guest"},"tags":["keep","new"],"version":2,"meta":{"legacy":{"a":[1,2]},"source":"gateway"}}"#;
+const JSON_OUT: &str = r#"{"z":1,"user":{"name":"Ada","id":7,"role":"guest"},"tags":["keep","new"],"version":2,"meta":{"legacy":{"a":[1,2]},"source":"gateway"}}"#;
 
 #[tokio::test]
 async fn request_json_body_is_edited_by_pointer_and_length_fixed() {
     let up = Upstream::echo_body().await;
-    let gw = gateway(&up, "", &format!("[routes.plugins.config.request.json]\n{JSON_EDITS}")).await;
+    let gw = gateway(
+        &up,
+        "",
+        &format!("[routes.plugins.config.request.json]\n{JSON_EDITS}"),
+    )
+    .await;
     let r = client()
         .post(gw.url("/json"))
         .header("content-type", "application/json; charset=utf-8")
@@ -223,17 +268,37 @@ async fn request_json_body_is_edited_by_pointer_and_length_fixed() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let seen = up.last();
-    assert_eq!(std::str::from_utf8(&seen.body).unwrap(), JSON_OUT, "untouched members keep their order");
-    assert_eq!(seen.headers["content-length"], JSON_OUT.len().to_string().as_str());
+    assert_eq!(
+        std::str::from_utf8(&seen.body).unwrap(),
+        JSON_OUT,
+        "untouched members keep their order"
+    );
+    assert_eq!(
+        seen.headers["content-length"],
+        JSON_OUT.len().to_string().as_str()
+    );
 }
 
 #[tokio::test]
 async fn response_json_body_is_edited_and_content_length_fixed() {
-    let up = answering(201, &[("content-type", "application/problem+json")], JSON_IN).await;
-    let gw = gateway(&up, "", &format!("[routes.plugins.config.response.json]\n{JSON_EDITS}")).await;
+    let up = answering(
+        201,
+        &[("content-type", "application/problem+json")],
+        JSON_IN,
+    )
+    .await;
+    let gw = gateway(
+        &up,
+        "",
+        &format!("[routes.plugins.config.response.json]\n{JSON_EDITS}"),
+    )
+    .await;
     let r = client().get(gw.url("/json")).send().await.unwrap();
     assert_eq!(r.status(), 201);
-    assert_eq!(r.headers()["content-length"], JSON_OUT.len().to_string().as_str());
+    assert_eq!(
+        r.headers()["content-length"],
+        JSON_OUT.len().to_string().as_str()
+    );
     assert_eq!(r.text().await.unwrap(), JSON_OUT);
 }
 
@@ -258,7 +323,10 @@ async fn non_json_and_malformed_bodies_pass_through_unchanged() {
          [routes.plugins.config.response.json]\nremove = [\"/password\"]\n",
     )
     .await;
-    for (ct, body) in [("text/plain", "{\"password\":1}"), ("application/json", "{\"password\": oops")] {
+    for (ct, body) in [
+        ("text/plain", "{\"password\":1}"),
+        ("application/json", "{\"password\": oops"),
+    ] {
         let r = client()
             .post(gw.url("/broken"))
             .header("content-type", ct)
@@ -267,11 +335,22 @@ async fn non_json_and_malformed_bodies_pass_through_unchanged() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{ct}");
-        assert_eq!(up.last().body, body.as_bytes(), "{ct} body must reach the upstream unchanged");
-        assert_eq!(r.text().await.unwrap(), "{\"password\": oops", "malformed response passes through");
+        assert_eq!(
+            up.last().body,
+            body.as_bytes(),
+            "{ct} body must reach the upstream unchanged"
+        );
+        assert_eq!(
+            r.text().await.unwrap(),
+            "{\"password\": oops",
+            "malformed response passes through"
+        );
     }
     let r = client().get(gw.url("/text")).send().await.unwrap();
-    assert_eq!(r.text().await.unwrap(), "{\"password\":\"not json by type\"}");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\"password\":\"not json by type\"}"
+    );
     let r = client().get(gw.url("/good")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "{\"keep\":1}");
 }
@@ -294,7 +373,10 @@ async fn strict_json_rejects_non_json_and_malformed_request_bodies() {
         .unwrap();
     assert_eq!(r.status(), 415);
     let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-    assert_eq!(v["error"], "request body is not JSON (content-type: text/plain)");
+    assert_eq!(
+        v["error"],
+        "request body is not JSON (content-type: text/plain)"
+    );
 
     let r = client()
         .post(gw.url("/s"))
@@ -305,8 +387,17 @@ async fn strict_json_rejects_non_json_and_malformed_request_bodies() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-    assert!(v["error"].as_str().unwrap().starts_with("request body is not valid JSON: "), "{v}");
-    assert!(up.seen().is_empty(), "rejected bodies must not reach the upstream");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("request body is not valid JSON: "),
+        "{v}"
+    );
+    assert!(
+        up.seen().is_empty(),
+        "rejected bodies must not reach the upstream"
+    );
 
     let r = client().get(gw.url("/s")).send().await.unwrap();
     assert_eq!(r.status(), 200, "a request without a body is not an error");
@@ -336,21 +427,58 @@ async fn bodies_are_buffered_only_for_directions_with_json_edits() {
          [routes.plugins.config.response.headers]\nset = { \"x-b\" = \"2\" }\n",
     )
     .await;
-    let r = client().post(headers_only.url("/big")).body(vec![b'y'; 4096]).send().await.unwrap();
+    let r = client()
+        .post(headers_only.url("/big"))
+        .body(vec![b'y'; 4096])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "header edits must not buffer bodies");
     assert_eq!(r.headers()["x-b"], "2");
     assert_eq!(r.text().await.unwrap().len(), 4096);
     assert_eq!(up.last().body.len(), 4096);
 
-    let request_json = gateway(&up, limit, "[routes.plugins.config.request.json]\nremove = [\"/a\"]\n").await;
-    let r = client().post(request_json.url("/big")).body(vec![b'y'; 4096]).send().await.unwrap();
-    assert_eq!(r.status(), 413, "request JSON edits buffer the request body");
+    let request_json = gateway(
+        &up,
+        limit,
+        "[routes.plugins.config.request.json]\nremove = [\"/a\"]\n",
+    )
+    .await;
+    let r = client()
+        .post(request_json.url("/big"))
+        .body(vec![b'y'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        413,
+        "request JSON edits buffer the request body"
+    );
     let r = client().get(request_json.url("/big")).send().await.unwrap();
-    assert_eq!(r.text().await.unwrap().len(), 4096, "but not the response body");
+    assert_eq!(
+        r.text().await.unwrap().len(),
+        4096,
+        "but not the response body"
+    );
 
-    let response_json = gateway(&up, limit, "[routes.plugins.config.response.json]\nremove = [\"/a\"]\n").await;
-    let r = client().post(response_json.url("/big")).body(vec![b'y'; 4096]).send().await.unwrap();
-    assert_eq!(r.status(), 502, "response JSON edits buffer the response body (over the limit here)");
+    let response_json = gateway(
+        &up,
+        limit,
+        "[routes.plugins.config.response.json]\nremove = [\"/a\"]\n",
+    )
+    .await;
+    let r = client()
+        .post(response_json.url("/big"))
+        .body(vec![b'y'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "response JSON edits buffer the response body (over the limit here)"
+    );
 }
 
 /// The message `Gateway::start` gives for a route whose transform config is `config`.
@@ -393,7 +521,10 @@ async fn invalid_configs_are_rejected_naming_the_key() {
             "[routes.plugins.config.response]\nstatus-map = { \"404\" = 99 }\n",
             "response.status-map: \"404\" maps to 99, which is not a status code (100-599)",
         ),
-        ("[routes.plugins.config.request]\nheader = {}\n", "unknown field `header`"),
+        (
+            "[routes.plugins.config.request]\nheader = {}\n",
+            "unknown field `header`",
+        ),
     ] {
         let err = rejection(config).await;
         assert!(err.contains("route \"r\", plugin \"transform\""), "{err}");

@@ -85,6 +85,9 @@ enum OnFailure {
     Omit,
 }
 
+/// Most calls in one group: the host's limit for one `send-all`.
+const MAX_GROUP: usize = 64;
+
 /// Used when a call sets no `timeout`.
 const DEFAULT_TIMEOUT_MS: u32 = 1000;
 
@@ -112,6 +115,13 @@ impl Plugin for Aggregate {
         let mut problems = Vec::new();
         if raw.calls.is_empty() {
             problems.push("calls: at least one call is needed".to_string());
+        }
+        for (list, n) in [("calls", raw.calls.len()), ("then", raw.then.len())] {
+            if n > MAX_GROUP {
+                problems.push(format!(
+                    "{list}: {n} calls, but the host sends at most {MAX_GROUP} at once"
+                ));
+            }
         }
         let calls = validate_calls("calls", raw.calls, &mut problems);
         let then = validate_calls("then", raw.then, &mut problems);
