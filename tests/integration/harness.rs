@@ -204,9 +204,22 @@ impl Redis {
             .find(|b| !b.starts_with('/') || Path::new(b).exists())
             .unwrap();
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let mut child = std::process::Command::new(bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .args(["--loglevel", "notice", "--logfile", ""])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
@@ -231,8 +244,10 @@ impl Redis {
             }
             // Keep draining its log so it never blocks on a full pipe.
             std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
-            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut conn =
+                std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             conn.write_all(b"PING\r\n").unwrap();
             let mut pong = [0u8; 7];
             conn.read_exact(&mut pong).expect("redis PING");

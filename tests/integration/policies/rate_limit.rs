@@ -46,7 +46,8 @@ async fn gateway_on_redis(redis: &Redis, up: &Upstream, config: &str) -> TestGat
         redis.url(),
         toml(up, r#"["kv", "clock"]"#, config)
     );
-    let cfg = pylon::config::parse(&text, Path::new("test.toml"), &root()).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = pylon::config::parse(&text, Path::new("test.toml"), &root())
+        .unwrap_or_else(|e| panic!("{e}"));
     let gateway = Gateway::start(cfg)
         .await
         .unwrap_or_else(|e| panic!("{}", pylon::error::ErrorChain(&e)));
@@ -55,7 +56,12 @@ async fn gateway_on_redis(redis: &Redis, up: &Upstream, config: &str) -> TestGat
 }
 
 async fn get(gw: &TestGateway, client_id: &str) -> reqwest::Response {
-    client().get(gw.url("/thing")).header("x-client", client_id).send().await.unwrap()
+    client()
+        .get(gw.url("/thing"))
+        .header("x-client", client_id)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A numeric response header.
@@ -74,7 +80,11 @@ const BY_CLIENT: &str = r#"key = { header = "x-client" }"#;
 #[tokio::test]
 async fn over_the_limit_is_429_with_retry_after_and_ratelimit_headers() {
     let up = Upstream::named("ok").await;
-    let gw = gateway(&up, &format!("limits = [{{ requests = 3, per = \"1m\" }}]\n{BY_CLIENT}")).await;
+    let gw = gateway(
+        &up,
+        &format!("limits = [{{ requests = 3, per = \"1m\" }}]\n{BY_CLIENT}"),
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(get(&gw, "a").await.status(), 200);
     }
@@ -87,7 +97,11 @@ async fn over_the_limit_is_429_with_retry_after_and_ratelimit_headers() {
     let reset = num(&r, "ratelimit-reset");
     assert!((1..=120).contains(&reset), "RateLimit-Reset {reset}");
     assert_eq!(r.text().await.unwrap(), "too many requests\n");
-    assert_eq!(up.seen().len(), 3, "the refused request reached the upstream");
+    assert_eq!(
+        up.seen().len(),
+        3,
+        "the refused request reached the upstream"
+    );
     // Refused requests are not counted: still refused, still 3 upstream.
     assert_eq!(get(&gw, "a").await.status(), 429);
     assert_eq!(up.seen().len(), 3);
@@ -96,7 +110,11 @@ async fn over_the_limit_is_429_with_retry_after_and_ratelimit_headers() {
 #[tokio::test]
 async fn proxied_responses_carry_decreasing_remaining() {
     let up = Upstream::named("ok").await;
-    let gw = gateway(&up, &format!("limits = [{{ requests = 5, per = \"1h\" }}]\n{BY_CLIENT}")).await;
+    let gw = gateway(
+        &up,
+        &format!("limits = [{{ requests = 5, per = \"1h\" }}]\n{BY_CLIENT}"),
+    )
+    .await;
     for expected in (0..5).rev() {
         let r = get(&gw, "a").await;
         assert_eq!(r.status(), 200);
@@ -111,7 +129,11 @@ async fn proxied_responses_carry_decreasing_remaining() {
 #[tokio::test]
 async fn each_client_header_value_has_its_own_counter() {
     let up = Upstream::named("ok").await;
-    let gw = gateway(&up, &format!("limits = [{{ requests = 2, per = \"1m\" }}]\n{BY_CLIENT}")).await;
+    let gw = gateway(
+        &up,
+        &format!("limits = [{{ requests = 2, per = \"1m\" }}]\n{BY_CLIENT}"),
+    )
+    .await;
     assert_eq!(get(&gw, "alice").await.status(), 200);
     assert_eq!(get(&gw, "alice").await.status(), 200);
     assert_eq!(get(&gw, "alice").await.status(), 429);
@@ -152,7 +174,10 @@ async fn every_limit_applies_and_headers_show_the_most_restrictive() {
     .await;
     // First request: 1 left of the per-second limit, 2 of the hourly one.
     let r = get(&gw, "a").await;
-    assert_eq!((num(&r, "ratelimit-limit"), num(&r, "ratelimit-remaining")), (2, 1));
+    assert_eq!(
+        (num(&r, "ratelimit-limit"), num(&r, "ratelimit-remaining")),
+        (2, 1)
+    );
     let r = get(&gw, "a").await;
     assert_eq!(r.status(), 200);
     assert_eq!(num(&r, "ratelimit-remaining"), 0);
@@ -179,7 +204,11 @@ async fn every_limit_applies_and_headers_show_the_most_restrictive() {
 #[tokio::test]
 async fn sliding_window_frees_quota_after_the_window_passes() {
     let up = Upstream::named("ok").await;
-    let gw = gateway(&up, &format!("limits = [{{ requests = 2, per = \"1s\" }}]\n{BY_CLIENT}")).await;
+    let gw = gateway(
+        &up,
+        &format!("limits = [{{ requests = 2, per = \"1s\" }}]\n{BY_CLIENT}"),
+    )
+    .await;
     assert_eq!(get(&gw, "a").await.status(), 200);
     assert_eq!(get(&gw, "a").await.status(), 200);
     let r = get(&gw, "a").await;
@@ -198,7 +227,10 @@ async fn sliding_window_frees_quota_after_the_window_passes() {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// Sleep until just after the next multiple of `step_ms` on the wall clock,
@@ -230,8 +262,16 @@ async fn token_bucket_allows_the_burst_then_the_rate() {
     // Every request fell between two refills (unless the machine stalled).
     if now_ms() / 250 == step {
         assert_eq!(statuses, [200, 200, 200, 429]);
-        assert_eq!(num(&last, "ratelimit-limit"), 3, "the limit of a bucket is its capacity");
-        assert_eq!(num(&last, "retry-after"), 1, "the next token is at most 250ms away");
+        assert_eq!(
+            num(&last, "ratelimit-limit"),
+            3,
+            "the limit of a bucket is its capacity"
+        );
+        assert_eq!(
+            num(&last, "retry-after"),
+            1,
+            "the next token is at most 250ms away"
+        );
         assert_eq!(num(&last, "ratelimit-reset"), 1, "full again within 750ms");
     }
     // The next step refills exactly one token.
@@ -261,7 +301,11 @@ async fn token_bucket_allows_the_burst_then_the_rate() {
 #[tokio::test]
 async fn route_key_counts_every_client_together() {
     let up = Upstream::named("ok").await;
-    let gw = gateway(&up, "limits = [{ requests = 2, per = \"1m\" }]\nkey = \"route\"").await;
+    let gw = gateway(
+        &up,
+        "limits = [{ requests = 2, per = \"1m\" }]\nkey = \"route\"",
+    )
+    .await;
     assert_eq!(get(&gw, "a").await.status(), 200);
     assert_eq!(get(&gw, "b").await.status(), 200);
     assert_eq!(get(&gw, "c").await.status(), 429);
@@ -270,7 +314,12 @@ async fn route_key_counts_every_client_together() {
 #[tokio::test]
 async fn without_kv_requests_pass_by_default_and_fail_with_deny() {
     let up = Upstream::named("ok").await;
-    let gw = TestGateway::start(&toml(&up, r#"["clock"]"#, "limits = [{ requests = 1, per = \"1m\" }]")).await;
+    let gw = TestGateway::start(&toml(
+        &up,
+        r#"["clock"]"#,
+        "limits = [{ requests = 1, per = \"1m\" }]",
+    ))
+    .await;
     for _ in 0..3 {
         let r = client().get(gw.url("/")).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -292,7 +341,11 @@ async fn without_kv_requests_pass_by_default_and_fail_with_deny() {
 #[tokio::test]
 async fn headers_false_skips_the_response_phase_headers() {
     let up = Upstream::named("ok").await;
-    let gw = gateway(&up, &format!("limits = [{{ requests = 1, per = \"1m\" }}]\nheaders = false\n{BY_CLIENT}")).await;
+    let gw = gateway(
+        &up,
+        &format!("limits = [{{ requests = 1, per = \"1m\" }}]\nheaders = false\n{BY_CLIENT}"),
+    )
+    .await;
     let r = get(&gw, "a").await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("ratelimit-limit").is_none());
@@ -321,7 +374,9 @@ async fn limits_hold_across_gateways_sharing_redis() {
     assert_eq!(up.seen().len(), 5);
 
     // The token bucket's level and counters are shared the same way.
-    let bucket = format!("algorithm = \"token-bucket\"\nlimits = [{{ requests = 1, per = \"1h\", burst = 2 }}]\n{BY_CLIENT}");
+    let bucket = format!(
+        "algorithm = \"token-bucket\"\nlimits = [{{ requests = 1, per = \"1h\", burst = 2 }}]\n{BY_CLIENT}"
+    );
     let gw3 = gateway_on_redis(&redis, &up, &bucket).await;
     let gw4 = gateway_on_redis(&redis, &up, &bucket).await;
     assert_eq!(get(&gw3, "tb").await.status(), 200);
@@ -345,18 +400,42 @@ async fn rejection(config: &str) -> String {
 #[tokio::test]
 async fn invalid_configs_are_rejected_naming_the_key() {
     for (config, needle) in [
-        ("limits = []", "invalid rate-limit config: limits: at least one limit is needed"),
-        ("limits = [{ requests = 0, per = \"1s\" }]", "limits[0].requests: must be between 1 and"),
+        (
+            "limits = []",
+            "invalid rate-limit config: limits: at least one limit is needed",
+        ),
+        (
+            "limits = [{ requests = 0, per = \"1s\" }]",
+            "limits[0].requests: must be between 1 and",
+        ),
         (
             "limits = [{ requests = 1, per = \"1s\" }, { requests = 1, per = \"fortnight\" }]",
             "limits[1].per: \"fortnight\" is not a duration",
         ),
-        ("limits = [{ requests = 1, per = \"1s\", burst = 5 }]", "limits[0].burst: only used with algorithm = \"token-bucket\""),
-        ("limits = [{ requests = 1, per = \"1s\" }]\nalgorithm = \"leaky\"", "algorithm: unknown algorithm \"leaky\""),
-        ("limits = [{ requests = 1, per = \"1s\" }]\nkey = \"user\"", "key: unknown key \"user\""),
-        ("limits = [{ requests = 1, per = \"1s\" }]\nkey = { claim = \"sub\" }", "key.header: needed with key.claim"),
-        ("limits = [{ requests = 1, per = \"1s\" }]\non-kv-error = \"retry\"", "on-kv-error: unknown value \"retry\""),
-        ("limits = [{ requests = 1, per = \"1s\" }]\nwindow = \"1s\"", "unknown field `window`"),
+        (
+            "limits = [{ requests = 1, per = \"1s\", burst = 5 }]",
+            "limits[0].burst: only used with algorithm = \"token-bucket\"",
+        ),
+        (
+            "limits = [{ requests = 1, per = \"1s\" }]\nalgorithm = \"leaky\"",
+            "algorithm: unknown algorithm \"leaky\"",
+        ),
+        (
+            "limits = [{ requests = 1, per = \"1s\" }]\nkey = \"user\"",
+            "key: unknown key \"user\"",
+        ),
+        (
+            "limits = [{ requests = 1, per = \"1s\" }]\nkey = { claim = \"sub\" }",
+            "key.header: needed with key.claim",
+        ),
+        (
+            "limits = [{ requests = 1, per = \"1s\" }]\non-kv-error = \"retry\"",
+            "on-kv-error: unknown value \"retry\"",
+        ),
+        (
+            "limits = [{ requests = 1, per = \"1s\" }]\nwindow = \"1s\"",
+            "unknown field `window`",
+        ),
     ] {
         let err = rejection(config).await;
         assert!(err.contains("route \"r\", plugin \"rate-limit\""), "{err}");
