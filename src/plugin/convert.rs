@@ -1,0 +1,307 @@
+//! Conversions between the host model (`crate::pipeline`) and the WIT
+//! types, both ways, without loss: header values stay bytes and repeated
+//! headers stay repeated.
+//!
+//! Everything a guest returns is validated here; anything the host cannot
+//! apply (a bad header name or value, a status outside 200–599, a path that
+//! is not an origin-form path) becomes [`PluginError::InvalidOutput`].
+
+use std::{str::FromStr, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, uri::PathAndQuery};
+
+use super::bindings::pylon::plugin::types as wit;
+use crate::pipeline::{
+    HeaderOp, Needs, PluginError, PluginRequest, PluginResponse, RequestAction, RequestEdits,
+    ResponseEdits,
+};
+
+/// Every header value, in order, repeated names once per value.
+pub(crate) fn headers_to_wit(map: &HeaderMap) -> Vec<wit::Header> {
+    map.iter()
+        .map(|(name, value)| wit::Header {
+            name: name.as_str().to_owned(),
+            value: value.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// The request as the guest sees it; the body only when the plugin asked.
+pub(crate) fn request_to_wit(req: &PluginRequest, with_body: bool) -> wit::Request {
+    wit::Request {
+        route: req.route.to_string(),
+        method: req.method.as_str().to_owned(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        headers: headers_to_wit(&req.headers),
+        client_addr: req.client_addr.to_string(),
+        scheme: req.scheme.to_owned(),
+        params: req.params.clone(),
+        body: if with_body {
+            req.body.as_ref().map(|b| b.to_vec())
+        } else {
+            None
+        },
+    }
+}
+
+/// The response as the guest sees it; the body only when the plugin asked.
+pub(crate) fn response_to_wit(resp: &PluginResponse, with_body: bool) -> wit::Response {
+    wit::Response {
+        status: resp.status.as_u16(),
+        headers: headers_to_wit(&resp.headers),
+        body: if with_body {
+            resp.body.as_ref().map(|b| b.to_vec())
+        } else {
+            None
+        },
+    }
+}
+
+/// The plugin's declared needs.
+pub(crate) fn needs_from_wit(n: wit::Needs) -> Needs {
+    Needs {
+        request_body: n.request_body,
+        response_phase: n.response_phase,
+        response_body: n.response_body,
+    }
+}
+
+/// Validates one guest's output, naming the plugin in every error.
+pub(crate) struct Validate<'a> {
+    pub(crate) plugin: &'a Arc<str>,
+}
+
+impl Validate<'_> {
+    fn invalid(&self, what: &'static str, detail: String) -> PluginError {
+        PluginError::InvalidOutput {
+            plugin: self.plugin.clone(),
+            what,
+            detail,
+        }
+    }
+
+    /// The request phase's decision.
+    pub(crate) fn action(&self, action: wit::RequestAction) -> Result<RequestAction, PluginError> {
+        Ok(match action {
+            wit::RequestAction::Continue(edits) => {
+                RequestAction::Continue(self.request_edits(edits)?)
+            }
+            wit::RequestAction::Respond(resp) => RequestAction::Respond(self.response(resp)?),
+        })
+    }
+
+    fn request_edits(&self, edits: wit::RequestEdits) -> Result<RequestEdits, PluginError> {
+        let path = edits.path.map(|p| self.path(p)).transpose()?;
+        let query = edits.query.map(|q| self.query(q)).transpose()?;
+        Ok(RequestEdits {
+            headers: self.header_ops(edits.headers)?,
+            path,
+            query,
+            upstream: edits.upstream,
+            body: edits.body.map(Bytes::from),
+        })
+    }
+
+    /// The response phase's edits.
+    pub(crate) fn response_edits(
+        &self,
+        edits: wit::ResponseEdits,
+    ) -> Result<ResponseEdits, PluginError> {
+        Ok(ResponseEdits {
+            status: edits.status.map(|s| self.status(s)).transpose()?,
+            headers: self.header_ops(edits.headers)?,
+            body: edits.body.map(Bytes::from),
+        })
+    }
+
+    fn response(&self, resp: wit::Response) -> Result<PluginResponse, PluginError> {
+        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        for h in resp.headers {
+            let (name, value) = self.header(h)?;
+            headers.append(name, value);
+        }
+        Ok(PluginResponse {
+            status: self.status(resp.status)?,
+            headers,
+            body: Some(resp.body.map(Bytes::from).unwrap_or_default()),
+        })
+    }
+
+    fn status(&self, status: u16) -> Result<StatusCode, PluginError> {
+        match StatusCode::from_u16(status) {
+            Ok(s) if (200..=599).contains(&status) => Ok(s),
+            _ => Err(self.invalid("status", format!("{status} is not in 200..=599"))),
+        }
+    }
+
+    fn header_ops(&self, ops: Vec<wit::HeaderOp>) -> Result<Vec<HeaderOp>, PluginError> {
+        ops.into_iter()
+            .map(|op| {
+                Ok(match op {
+                    wit::HeaderOp::Set(h) => {
+                        let (n, v) = self.header(h)?;
+                        HeaderOp::Set(n, v)
+                    }
+                    wit::HeaderOp::Append(h) => {
+                        let (n, v) = self.header(h)?;
+                        HeaderOp::Append(n, v)
+                    }
+                    wit::HeaderOp::Remove(name) => HeaderOp::Remove(self.header_name(&name)?),
+                })
+            })
+            .collect()
+    }
+
+    fn header(&self, h: wit::Header) -> Result<(HeaderName, HeaderValue), PluginError> {
+        let name = self.header_name(&h.name)?;
+        let value = HeaderValue::from_bytes(&h.value).map_err(|_| {
+            self.invalid(
+                "header value",
+                format!("value of `{name}` contains a byte not allowed in a header"),
+            )
+        })?;
+        Ok((name, value))
+    }
+
+    fn header_name(&self, name: &str) -> Result<HeaderName, PluginError> {
+        HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| self.invalid("header name", format!("{name:?}")))
+    }
+
+    fn path(&self, path: String) -> Result<String, PluginError> {
+        let ok = path.starts_with('/')
+            && !path.contains(['?', '#'])
+            && PathAndQuery::from_str(&path).is_ok();
+        if ok {
+            Ok(path)
+        } else {
+            Err(self.invalid("path", format!("{path:?} is not an origin-form path")))
+        }
+    }
+
+    fn query(&self, query: String) -> Result<String, PluginError> {
+        let ok = !query.contains('#') && PathAndQuery::from_str(&format!("/?{query}")).is_ok();
+        if ok {
+            Ok(query)
+        } else {
+            Err(self.invalid("query", format!("{query:?} is not a valid query string")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http::Method;
+
+    use super::*;
+
+    fn v() -> Validate<'static> {
+        static NAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Validate {
+            plugin: NAME.get_or_init(|| Arc::from("p")),
+        }
+    }
+
+    fn header(name: &str, value: &[u8]) -> wit::Header {
+        wit::Header {
+            name: name.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn repeated_and_non_utf8_headers_survive_the_round_trip() {
+        let mut map = HeaderMap::new();
+        map.append("x-a", HeaderValue::from_static("1"));
+        map.append("x-a", HeaderValue::from_static("2"));
+        map.append("x-b", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        let wit = headers_to_wit(&map);
+        assert_eq!(wit.len(), 3);
+        let resp = v()
+            .response(wit::Response {
+                status: 200,
+                headers: wit,
+                body: None,
+            })
+            .unwrap();
+        assert_eq!(resp.headers, map);
+        assert_eq!(resp.body.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn body_is_passed_only_when_asked_for() {
+        let req = PluginRequest {
+            route: "r".into(),
+            method: Method::POST,
+            path: "/x".into(),
+            query: None,
+            headers: HeaderMap::new(),
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            scheme: "http",
+            params: vec![],
+            body: Some(Bytes::from_static(b"hi")),
+        };
+        assert_eq!(request_to_wit(&req, false).body, None);
+        assert_eq!(request_to_wit(&req, true).body.as_deref(), Some(&b"hi"[..]));
+    }
+
+    #[test]
+    fn invalid_guest_output_is_rejected_not_panicked_on() {
+        let bad = |edits: wit::RequestEdits| v().action(wit::RequestAction::Continue(edits));
+        let base = || wit::RequestEdits {
+            headers: vec![],
+            path: None,
+            query: None,
+            upstream: None,
+            body: None,
+        };
+        let cases = [
+            wit::RequestEdits {
+                headers: vec![wit::HeaderOp::Set(header("bad name", b"v"))],
+                ..base()
+            },
+            wit::RequestEdits {
+                headers: vec![wit::HeaderOp::Append(header("x", b"a\nb"))],
+                ..base()
+            },
+            wit::RequestEdits {
+                headers: vec![wit::HeaderOp::Remove(String::new())],
+                ..base()
+            },
+            wit::RequestEdits {
+                path: Some("no-slash".into()),
+                ..base()
+            },
+            wit::RequestEdits {
+                path: Some("/a?b".into()),
+                ..base()
+            },
+            wit::RequestEdits {
+                query: Some("a b".into()),
+                ..base()
+            },
+        ];
+        for edits in cases {
+            let debug = format!("{edits:?}");
+            assert!(
+                matches!(bad(edits), Err(PluginError::InvalidOutput { .. })),
+                "{debug}"
+            );
+        }
+        for status in [0, 99, 101, 600, 1000] {
+            let r = v().response_edits(wit::ResponseEdits {
+                status: Some(status),
+                headers: vec![],
+                body: None,
+            });
+            assert!(
+                matches!(r, Err(PluginError::InvalidOutput { what: "status", .. })),
+                "{status}"
+            );
+        }
+    }
+}

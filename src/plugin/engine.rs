@@ -1,0 +1,364 @@
+//! The process's one Wasm [`Engine`], its epoch ticker, and the compile
+//! caches (in memory by content hash, on disk as precompiled artefacts).
+//!
+//! Everything here runs at load time: compiling is CPU work the caller puts
+//! on a blocking thread. Nothing here is on the request path except the
+//! epoch counter the ticker bumps.
+
+use std::{
+    collections::HashMap,
+    fs,
+    hash::{Hash, Hasher},
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::RuntimeSettings;
+
+/// How often the epoch advances: the resolution of plugin deadlines.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Core instances the pool provisions per component instance, on average.
+/// A Rust plugin has 2–4 (module, WASI adapter, shim, fixup); a
+/// componentize-py component about a dozen.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// Linear memories (and tables) provisioned per component instance, on average.
+const MEMORIES_PER_COMPONENT: u32 = 4;
+/// Hard caps for one component, so one odd component cannot drain the pool.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 16;
+const MAX_TABLES_PER_COMPONENT: u32 = 32;
+/// Interpreters' function tables are large (CPython's has ~15k entries).
+const TABLE_ELEMENTS: usize = 64 * 1024;
+/// Guard pages after each linear memory. Bounds checks are explicit anyway
+/// (the reservation is the memory cap, not 4 GiB); this lets Cranelift fold
+/// checks of nearby offsets.
+const MEMORY_GUARD_BYTES: u64 = 2 << 20;
+const WASM_PAGE: usize = 64 * 1024;
+
+/// Build the engine: component model, epoch interruption, and the pooling
+/// allocator sized from `settings`.
+///
+/// Sizing: every linear memory slot reserves `max_memory_bytes` (rounded up
+/// to a Wasm page) plus a 2 MiB guard of address space, not the default
+/// 4 GiB + 32 MiB, so a pool of a few thousand memories stays in the tens of
+/// GiB of *virtual* space on a CI machine. The price is explicit bounds
+/// checks in compiled code, which plugins (short request handlers) do not
+/// notice. Memory is committed only when touched.
+pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engine> {
+    let instances = settings.max_instances.max(1);
+    let max_memory = settings
+        .max_memory_bytes
+        .max(WASM_PAGE)
+        .next_multiple_of(WASM_PAGE);
+
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_stacks(instances)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .max_memories_per_module(2)
+        .max_tables_per_module(4)
+        .table_elements(TABLE_ELEMENTS)
+        .max_component_instance_size(16 << 20)
+        .max_core_instance_size(4 << 20)
+        .max_memory_size(max_memory)
+        // Reset small memories with memset rather than madvise: cheaper
+        // for plugins that touch a few pages per request.
+        .linear_memory_keep_resident(64 * 1024)
+        .table_keep_resident(16 * 1024);
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_reservation(max_memory as u64)
+        .memory_guard_size(MEMORY_GUARD_BYTES)
+        .memory_reservation_for_growth(0)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+}
+
+/// Bumps the engine's epoch every [`EPOCH_TICK`] on a small thread, until
+/// dropped.
+pub(crate) struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: &Engine) -> io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let engine = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("pylon-epoch".into())
+            .spawn(move || {
+                // `recv_timeout` returns `Disconnected` when the ticker drops.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The number of epoch ticks that cover `deadline` (at least 1), plus one
+/// because the current tick may end right after the deadline is set.
+/// Capped (at thousands of years) so `current epoch + ticks` cannot overflow.
+pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
+    const MAX_TICKS: u128 = 1 << 48;
+    let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+    (ticks.clamp(1, MAX_TICKS) + 1) as u64
+}
+
+/// Where a compiled component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileOrigin {
+    /// Compiled by Cranelift just now.
+    Compiled,
+    /// Loaded from the disk cache (compiled by an earlier run).
+    DiskCache,
+    /// Already in memory (another plugin or an earlier load had it).
+    MemoryCache,
+}
+
+/// A compiled component shared by every plugin definition using the same bytes.
+pub(crate) struct CachedComponent {
+    pub(crate) component: wasmtime::component::Component,
+}
+
+type Slot = Arc<Mutex<Weak<CachedComponent>>>;
+
+/// sha256(bytes) → compiled component, in memory (weakly: a component no
+/// loaded plugin uses is dropped) and on disk.
+pub(crate) struct ComponentCache {
+    engine: Engine,
+    dir: Option<PathBuf>,
+    engine_hash: String,
+    slots: Mutex<HashMap<[u8; 32], Slot>>,
+    counters: CacheCounters,
+}
+
+/// How often each cache level answered.
+#[derive(Default)]
+pub(crate) struct CacheCounters {
+    pub(crate) compiled: AtomicU64,
+    pub(crate) disk_hits: AtomicU64,
+    pub(crate) memory_hits: AtomicU64,
+}
+
+/// A component compile that failed, with the reason.
+pub(crate) struct CompileFailure(pub(crate) wasmtime::Error);
+
+impl ComponentCache {
+    /// A cache for `engine`; with a `dir`, compiled artefacts persist there.
+    /// The directory is created if missing.
+    pub(crate) fn new(engine: &Engine, dir: Option<PathBuf>) -> io::Result<Self> {
+        if let Some(dir) = &dir {
+            fs::create_dir_all(dir)?;
+        }
+        Ok(Self {
+            engine: engine.clone(),
+            dir,
+            engine_hash: engine_compat_hash(engine),
+            slots: Mutex::new(HashMap::new()),
+            counters: CacheCounters::default(),
+        })
+    }
+
+    pub(crate) fn counters(&self) -> &CacheCounters {
+        &self.counters
+    }
+
+    /// The disk cache file for a component with this content hash.
+    pub(crate) fn cache_path(&self, sha256: &[u8; 32]) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        Some(dir.join(format!(
+            "{}-{}.cwasm",
+            hex::encode(sha256),
+            self.engine_hash
+        )))
+    }
+
+    /// The compiled component for `bytes`, from memory, disk, or Cranelift.
+    /// Blocking: compiling a large component takes seconds.
+    pub(crate) fn get_or_compile(
+        &self,
+        sha256: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(Arc<CachedComponent>, CompileOrigin), CompileFailure> {
+        let slot = {
+            let mut slots = lock(&self.slots);
+            // Forget hashes whose component nobody holds any more.
+            slots.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot.try_lock().map_or(true, |w| w.strong_count() > 0)
+            });
+            slots.entry(*sha256).or_default().clone()
+        };
+        // One compile per content hash at a time; concurrent loads of the
+        // same bytes wait for the first and share its result.
+        let mut slot = lock(&slot);
+        if let Some(cached) = slot.upgrade() {
+            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((cached, CompileOrigin::MemoryCache));
+        }
+        let path = self.cache_path(sha256);
+        let (component, origin) = match path.as_deref().and_then(|p| self.load_from_disk(p)) {
+            Some(component) => {
+                self.counters.disk_hits.fetch_add(1, Ordering::Relaxed);
+                (component, CompileOrigin::DiskCache)
+            }
+            None => {
+                let component = wasmtime::component::Component::from_binary(&self.engine, bytes)
+                    .map_err(CompileFailure)?;
+                self.counters.compiled.fetch_add(1, Ordering::Relaxed);
+                if let Some(path) = &path {
+                    self.store_on_disk(path, &component);
+                }
+                (component, CompileOrigin::Compiled)
+            }
+        };
+        let cached = Arc::new(CachedComponent { component });
+        *slot = Arc::downgrade(&cached);
+        Ok((cached, origin))
+    }
+
+    fn load_from_disk(&self, path: &Path) -> Option<wasmtime::component::Component> {
+        if !path.is_file() {
+            return None;
+        }
+        match deserialize_cached(&self.engine, path) {
+            Ok(component) => Some(component),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "ignoring unusable compile cache entry; recompiling");
+                let _ = fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    /// Write the artefact atomically: a temp file in the same directory,
+    /// synced, then renamed over the final name. Failures only cost a
+    /// recompile next time, so they are logged, not returned.
+    fn store_on_disk(&self, path: &Path, component: &wasmtime::component::Component) {
+        let result = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let bytes = component.serialize()?;
+            let dir = path.parent().ok_or("cache path has no directory")?;
+            let mut tmp = tempfile_in(dir)?;
+            tmp.1.write_all(&bytes)?;
+            tmp.1.sync_all()?;
+            drop(tmp.1);
+            fs::rename(&tmp.0, path).inspect_err(|_| {
+                let _ = fs::remove_file(&tmp.0);
+            })?;
+            Ok(())
+        })();
+        if let Err(err) = result {
+            tracing::warn!(path = %path.display(), error = %crate::plugin::chain(&*err), "cannot write compile cache entry");
+        }
+    }
+}
+
+/// Create a uniquely named temp file in `dir` (no extra dependency needed:
+/// pid + counter + time make the name unique, `create_new` makes sure).
+fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, fs::File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = dir.join(format!(".tmp-{}-{n}-{nanos}.cwasm", std::process::id()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Load a precompiled component from the disk cache.
+///
+/// `Component::deserialize_file` is `unsafe` because a crafted or corrupted
+/// artefact is native code that wasmtime trusts without verification.
+#[allow(unsafe_code)]
+fn deserialize_cached(
+    engine: &Engine,
+    path: &Path,
+) -> wasmtime::Result<wasmtime::component::Component> {
+    // SAFETY: the file is in the cache directory, which only this gateway
+    // writes, and only with the output of `Component::serialize` for this
+    // engine configuration (the name carries the engine's compatibility
+    // hash; wasmtime also checks the header and rejects artefacts of another
+    // version or configuration). Entries appear atomically (temp file, fsync,
+    // rename) so a reader never sees a partial file, and are never modified
+    // in place afterwards, so the mapping cannot change under us. A broken
+    // entry that wasmtime detects is deleted and recompiled by the caller.
+    unsafe { wasmtime::component::Component::deserialize_file(engine, path) }
+}
+
+/// A stable hex digest of everything that makes compiled code of one engine
+/// usable by another (wasmtime version, target, compiler settings).
+fn engine_compat_hash(engine: &Engine) -> String {
+    struct Sha256Hasher(Sha256);
+    impl Hasher for Sha256Hasher {
+        fn finish(&self) -> u64 {
+            // Only `write` is used; the digest is read from the inner state.
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut hasher = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex::encode(&hasher.0.finalize()[..8])
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_ticks_round_up_and_add_one() {
+        assert_eq!(deadline_ticks(Duration::ZERO), 2);
+        assert_eq!(deadline_ticks(Duration::from_micros(1500)), 3);
+        assert_eq!(deadline_ticks(Duration::from_millis(50)), 51);
+        assert_eq!(deadline_ticks(Duration::MAX), (1 << 48) + 1);
+    }
+}

@@ -1,0 +1,128 @@
+//! [`PluginLoadError`]: why a plugin could not be loaded or configured.
+//! Every variant names the plugin, and the route where one is involved.
+//! Causes are in `source()`, never repeated in the message.
+
+use std::path::PathBuf;
+
+use crate::pipeline::PluginError;
+
+/// Why the plugin runtime, a plugin, or a plugin on a route failed to load.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginLoadError {
+    /// The Wasm engine could not be created from the runtime settings.
+    #[error("cannot create the WebAssembly engine")]
+    Engine {
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The compile cache directory could not be created.
+    #[error("cannot use compile cache directory {}", path.display())]
+    CacheDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The component file could not be read.
+    #[error("plugin \"{plugin}\": cannot read component {}", path.display())]
+    Read {
+        /// The plugin's name.
+        plugin: String,
+        /// The component file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid component, or does not fit the runtime's limits.
+    #[error("plugin \"{plugin}\": cannot compile component {}", path.display())]
+    Compile {
+        /// The plugin's name.
+        plugin: String,
+        /// The component file.
+        path: PathBuf,
+        /// Why (wasmtime's validation or compilation error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The component does not export `pylon:plugin/guest@0.1.x` with the
+    /// expected functions.
+    #[error("plugin \"{plugin}\": {} is not a pylon plugin: {detail}", path.display())]
+    NotAPlugin {
+        /// The plugin's name.
+        plugin: String,
+        /// The component file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        detail: String,
+    },
+    /// The component imports something the host does not provide.
+    #[error("plugin \"{plugin}\": component imports what the host does not provide")]
+    Link {
+        /// The plugin's name.
+        plugin: String,
+        /// wasmtime's error, naming the import.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No instance could be created to configure the plugin on a route.
+    #[error("route \"{route}\", plugin \"{plugin}\": cannot instantiate")]
+    Instantiate {
+        /// The route's id.
+        route: String,
+        /// The plugin's name.
+        plugin: String,
+        /// Why.
+        #[source]
+        source: PluginError,
+    },
+    /// `configure` failed (trap, deadline, memory) instead of answering.
+    #[error("route \"{route}\", plugin \"{plugin}\": configure failed")]
+    Configure {
+        /// The route's id.
+        route: String,
+        /// The plugin's name.
+        plugin: String,
+        /// Why.
+        #[source]
+        source: PluginError,
+    },
+    /// `configure` returned an error: the plugin rejects its configuration.
+    #[error("route \"{route}\", plugin \"{plugin}\": config rejected: {message}")]
+    ConfigRejected {
+        /// The route's id.
+        route: String,
+        /// The plugin's name.
+        plugin: String,
+        /// The plugin's own message.
+        message: String,
+    },
+}
+
+impl PluginLoadError {
+    /// The plugin concerned, if any.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            PluginLoadError::Engine { .. } | PluginLoadError::CacheDir { .. } => None,
+            PluginLoadError::Read { plugin, .. }
+            | PluginLoadError::Compile { plugin, .. }
+            | PluginLoadError::NotAPlugin { plugin, .. }
+            | PluginLoadError::Link { plugin, .. }
+            | PluginLoadError::Instantiate { plugin, .. }
+            | PluginLoadError::Configure { plugin, .. }
+            | PluginLoadError::ConfigRejected { plugin, .. } => Some(plugin),
+        }
+    }
+
+    /// The route concerned, if any.
+    pub fn route(&self) -> Option<&str> {
+        match self {
+            PluginLoadError::Instantiate { route, .. }
+            | PluginLoadError::Configure { route, .. }
+            | PluginLoadError::ConfigRejected { route, .. } => Some(route),
+            _ => None,
+        }
+    }
+}

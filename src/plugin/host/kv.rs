@@ -1,0 +1,96 @@
+//! `pylon:plugin/kv`: the gateway's [`KvStore`] with every key prefixed by
+//! `<plugin>:`, so plugins never see each other's keys.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::component::{HasData, Linker};
+
+use crate::{
+    kv::{KvError, KvStore},
+    plugin::{
+        bindings::pylon::plugin::kv::{self, KvError as WitKvError},
+        chain,
+        state::HostState,
+    },
+};
+
+/// What `kv` sees of the store.
+pub(crate) struct KvView<'a> {
+    granted: bool,
+    prefix: &'a str,
+    store: &'a dyn KvStore,
+}
+
+struct KvData;
+
+impl HasData for KvData {
+    type Data<'a> = KvView<'a>;
+}
+
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    kv::add_to_linker::<HostState, KvData>(linker, |s| KvView {
+        granted: s.ctx.grants.kv,
+        prefix: &s.ctx.kv_prefix,
+        store: &*s.ctx.services.kv,
+    })
+}
+
+impl KvView<'_> {
+    fn key(&self, key: &str) -> Result<String, WitKvError> {
+        if !self.granted {
+            return Err(WitKvError::Denied);
+        }
+        Ok(format!("{}{key}", self.prefix))
+    }
+}
+
+fn ttl(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+fn to_wit(err: KvError) -> WitKvError {
+    match err {
+        KvError::NotANumber { .. } | KvError::Overflow { .. } => WitKvError::NotANumber,
+        KvError::Unavailable { .. } => WitKvError::Unavailable(chain(&err)),
+    }
+}
+
+impl kv::Host for KvView<'_> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, WitKvError> {
+        let key = self.key(&key)?;
+        let value = self.store.get(&key).await.map_err(to_wit)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), WitKvError> {
+        let key = self.key(&key)?;
+        self.store
+            .set(&key, Bytes::from(value), ttl(ttl_ms))
+            .await
+            .map_err(to_wit)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, WitKvError> {
+        let key = self.key(&key)?;
+        self.store.delete(&key).await.map_err(to_wit)
+    }
+
+    async fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, WitKvError> {
+        let key = self.key(&key)?;
+        self.store
+            .incr(&key, delta, ttl(ttl_ms))
+            .await
+            .map_err(to_wit)
+    }
+}

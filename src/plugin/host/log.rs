@@ -1,0 +1,86 @@
+//! `pylon:plugin/log`: guest log lines become `tracing` events with `route`
+//! and `plugin` fields, under the target `pylon::plugin::guest`.
+
+use wasmtime::component::{HasData, Linker};
+
+use super::CapabilityDenied;
+use crate::plugin::{
+    bindings::pylon::plugin::log::{self, Level},
+    state::{GuestContext, HostState},
+};
+
+/// Longest message kept; longer ones are cut (at a character boundary) so a
+/// plugin cannot flood the log pipeline with one call.
+const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// What `log` sees of the store.
+pub(crate) struct LogView<'a> {
+    ctx: &'a GuestContext,
+}
+
+struct LogData;
+
+impl HasData for LogData {
+    type Data<'a> = LogView<'a>;
+}
+
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    log::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })
+}
+
+impl log::Host for LogView<'_> {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let ctx = self.ctx;
+        if !ctx.grants.log {
+            return Err(wasmtime::Error::new(CapabilityDenied {
+                plugin: ctx.plugin.to_string(),
+                route: ctx.route.to_string(),
+                capability: "pylon:plugin/log",
+            }));
+        }
+        let message = truncate(&message, MAX_MESSAGE_BYTES);
+        let (route, plugin) = (&*ctx.route, &*ctx.plugin);
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "pylon::plugin::guest", route, plugin, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "pylon::plugin::guest", route, plugin, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "pylon::plugin::guest", route, plugin, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "pylon::plugin::guest", route, plugin, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "pylon::plugin::guest", route, plugin, "{message}")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

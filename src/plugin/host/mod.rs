@@ -1,0 +1,40 @@
+//! The host side of the plugin world's imports, one file per WIT interface
+//! (`log`, `clock`, `kv`, `http-client`) plus WASI for components that
+//! import it. Every capability is denied unless the plugin's grants say
+//! otherwise: `kv` and `http-client` answer `denied`, `log` and `clock`
+//! trap with [`CapabilityDenied`].
+
+pub(crate) mod clock;
+pub(crate) mod http;
+pub(crate) mod kv;
+pub(crate) mod log;
+pub(crate) mod wasi;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{bindings::pylon::plugin::types, state::HostState};
+
+/// A plugin called a trapping capability (`log`, `clock`) it was not granted.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin \"{plugin}\" on route \"{route}\" called `{capability}` without that grant")]
+pub struct CapabilityDenied {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The route it served.
+    pub route: String,
+    /// The WIT interface, e.g. `pylon:plugin/log`.
+    pub capability: &'static str,
+}
+
+impl types::Host for HostState {}
+
+/// Add the `pylon:plugin` imports (all of them: grants are checked per
+/// call, so one linker serves every plugin).
+pub(crate) fn add_plugin_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    log::add_to_linker(linker)?;
+    clock::add_to_linker(linker)?;
+    kv::add_to_linker(linker)?;
+    http::add_to_linker(linker)?;
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! [`WasmPlugin`]: a compiled component configured on one route, as a
+//! [`crate::pipeline::Plugin`]; and the guarded calls into its instances.
+//!
+//! Isolation follows the plugin definition:
+//! - `fresh`: every request gets a new instance (from the pre-instantiated
+//!   component and the pooling allocator), which is `configure`d with the
+//!   route's config and then serves both phases of that request only;
+//! - `pooled`: instances are configured once and reused by later requests
+//!   (never two at a time). One whose call failed in Wasm (trap, deadline,
+//!   memory) is dropped, never reused.
+//!
+//! Every call — instantiation included — gets a fresh epoch deadline (so
+//! nothing carries over between requests) and a tokio timeout of the same
+//! length that bounds host awaits (kv, http) as well.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use wasmtime::{Store, Trap};
+
+use super::{
+    CompiledPlugin,
+    bindings::exports::pylon::plugin::guest::Guest,
+    convert::{self, Validate},
+    engine::deadline_ticks,
+    state::{GuestContext, HostState},
+    stats::PluginStats,
+};
+use crate::pipeline::{
+    Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession, RequestAction,
+    ResponseEdits,
+};
+
+/// How calls into one plugin's instances are bounded and accounted.
+pub(crate) struct CallPolicy {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) deadline: Duration,
+    pub(crate) memory_limit: usize,
+    pub(crate) stats: Arc<PluginStats>,
+}
+
+/// One live instance and its store.
+pub(crate) struct Instance {
+    store: Store<HostState>,
+    guest: Guest,
+}
+
+/// A `configure` that ran: the plugin's answer to its config.
+pub(crate) type ConfigureResult = Result<Needs, String>;
+
+impl Instance {
+    /// Instantiate `compiled` for the route plugin `ctx`, within `deadline`.
+    pub(crate) async fn new(
+        compiled: &CompiledPlugin,
+        ctx: &Arc<GuestContext>,
+        policy: &CallPolicy,
+        deadline: Duration,
+    ) -> Result<Self, PluginError> {
+        let mut store = Store::new(
+            compiled.engine(),
+            HostState::new(ctx.clone(), policy.memory_limit),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(deadline));
+        policy.stats.record_instantiation();
+        let result =
+            tokio::time::timeout(deadline, compiled.pre().instantiate_async(&mut store)).await;
+        let err = match result {
+            Ok(Ok(bindings)) => {
+                return Ok(Self {
+                    guest: bindings.pylon_plugin_guest().clone(),
+                    store,
+                });
+            }
+            Ok(Err(err)) => classify(policy, &store, deadline, err),
+            Err(_elapsed) => deadline_error(policy, deadline),
+        };
+        // A trap or deadline while instantiating is the plugin's fault and
+        // keeps its class; anything else (pool exhausted, ...) is reported
+        // as an instantiation failure.
+        let err = match err {
+            PluginError::Trap { plugin, source } => PluginError::Instantiate { plugin, source },
+            other => other,
+        };
+        policy.stats.record_error(&err);
+        Err(err)
+    }
+
+    /// Arm the store for one call: a fresh deadline, no memory refusal yet.
+    fn arm(&mut self, deadline: Duration) -> Instant {
+        self.store.set_epoch_deadline(deadline_ticks(deadline));
+        self.store.data_mut().limiter.reset_denied();
+        Instant::now()
+    }
+
+    /// Account for a finished call and turn its failure into a [`PluginError`].
+    fn finish<R>(
+        &self,
+        policy: &CallPolicy,
+        deadline: Duration,
+        started: Instant,
+        result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    ) -> Result<R, PluginError> {
+        let result = match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(err)) => Err(classify(policy, &self.store, deadline, err)),
+            Err(_elapsed) => Err(deadline_error(policy, deadline)),
+        };
+        policy
+            .stats
+            .record_call(started.elapsed(), result.as_ref().err());
+        result
+    }
+
+    /// Call `configure`.
+    pub(crate) async fn configure(
+        &mut self,
+        policy: &CallPolicy,
+        deadline: Duration,
+        config_json: &str,
+    ) -> Result<ConfigureResult, PluginError> {
+        let started = self.arm(deadline);
+        let result = tokio::time::timeout(
+            deadline,
+            self.guest.call_configure(&mut self.store, config_json),
+        )
+        .await;
+        let answer = self.finish(policy, deadline, started, result)?;
+        Ok(answer.map(convert::needs_from_wit))
+    }
+
+    async fn on_request(
+        &mut self,
+        policy: &CallPolicy,
+        needs: Needs,
+        req: &PluginRequest,
+    ) -> Result<RequestAction, PluginError> {
+        let wit_req = convert::request_to_wit(req, needs.request_body);
+        let started = self.arm(policy.deadline);
+        let result = tokio::time::timeout(
+            policy.deadline,
+            self.guest.call_on_request(&mut self.store, &wit_req),
+        )
+        .await;
+        let action = self.finish(policy, policy.deadline, started, result)?;
+        Validate {
+            plugin: &policy.plugin,
+        }
+        .action(action)
+        .inspect_err(|e| policy.stats.record_error(e))
+    }
+
+    async fn on_response(
+        &mut self,
+        policy: &CallPolicy,
+        needs: Needs,
+        req: &PluginRequest,
+        resp: &PluginResponse,
+    ) -> Result<ResponseEdits, PluginError> {
+        let wit_req = convert::request_to_wit(req, needs.request_body);
+        let wit_resp = convert::response_to_wit(resp, needs.response_body);
+        let started = self.arm(policy.deadline);
+        let result = tokio::time::timeout(
+            policy.deadline,
+            self.guest
+                .call_on_response(&mut self.store, &wit_req, &wit_resp),
+        )
+        .await;
+        let edits = self.finish(policy, policy.deadline, started, result)?;
+        Validate {
+            plugin: &policy.plugin,
+        }
+        .response_edits(edits)
+        .inspect_err(|e| policy.stats.record_error(e))
+    }
+}
+
+/// Classify a failed call by what wasmtime and the limiter report (never
+/// by message text).
+fn classify(
+    policy: &CallPolicy,
+    store: &Store<HostState>,
+    deadline: Duration,
+    err: wasmtime::Error,
+) -> PluginError {
+    if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        deadline_error(policy, deadline)
+    } else if store.data().limiter.denied() {
+        PluginError::Memory {
+            plugin: policy.plugin.clone(),
+            limit_bytes: policy.memory_limit,
+        }
+    } else {
+        PluginError::Trap {
+            plugin: policy.plugin.clone(),
+            source: err.into_boxed_dyn_error(),
+        }
+    }
+}
+
+fn deadline_error(policy: &CallPolicy, deadline: Duration) -> PluginError {
+    PluginError::Deadline {
+        plugin: policy.plugin.clone(),
+        deadline,
+    }
+}
+
+/// Whether an instance may serve again after this failure: only when the
+/// guest itself ran to completion and merely returned something unusable.
+fn instance_survives(err: &PluginError) -> bool {
+    matches!(err, PluginError::InvalidOutput { .. })
+}
+
+/// Instances kept for reuse, for `pooled` isolation.
+struct IdlePool {
+    max_idle: usize,
+    idle: Mutex<Vec<Instance>>,
+}
+
+/// A plugin configured on one route.
+pub(crate) struct WasmPlugin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    compiled: Arc<CompiledPlugin>,
+    ctx: Arc<GuestContext>,
+    policy: CallPolicy,
+    config_json: String,
+    needs: Needs,
+    /// `None` for `fresh` isolation.
+    pool: Option<IdlePool>,
+}
+
+/// A `configure` at request time answered differently from load time.
+#[derive(Debug, thiserror::Error)]
+#[error("configure rejected at request time the config it accepted at load: {message}")]
+struct ConfigureRejectedLater {
+    message: String,
+}
+
+impl WasmPlugin {
+    /// Wrap an instance that accepted its config at load. For `pooled`
+    /// isolation it becomes the first idle instance.
+    pub(crate) fn new(
+        compiled: Arc<CompiledPlugin>,
+        ctx: Arc<GuestContext>,
+        policy: CallPolicy,
+        config_json: String,
+        needs: Needs,
+        max_idle: Option<usize>,
+        first: Instance,
+    ) -> Self {
+        let pool = max_idle.map(|max_idle| IdlePool {
+            max_idle,
+            idle: Mutex::new(Vec::with_capacity(max_idle)),
+        });
+        let inner = Arc::new(Inner {
+            compiled,
+            ctx,
+            policy,
+            config_json,
+            needs,
+            pool,
+        });
+        inner.release(first);
+        Self { inner }
+    }
+}
+
+impl Inner {
+    fn take_idle(&self) -> Option<Instance> {
+        lock(&self.pool.as_ref()?.idle).pop()
+    }
+
+    fn release(&self, instance: Instance) {
+        if let Some(pool) = &self.pool {
+            let mut idle = lock(&pool.idle);
+            if idle.len() < pool.max_idle {
+                idle.push(instance);
+            }
+        }
+    }
+
+    async fn new_configured(&self) -> Result<Instance, PluginError> {
+        let policy = &self.policy;
+        let mut instance =
+            Instance::new(&self.compiled, &self.ctx, policy, policy.deadline).await?;
+        match instance
+            .configure(policy, policy.deadline, &self.config_json)
+            .await?
+        {
+            Ok(_) => Ok(instance),
+            Err(message) => Err(PluginError::Instantiate {
+                plugin: policy.plugin.clone(),
+                source: Box::new(ConfigureRejectedLater { message }),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for WasmPlugin {
+    fn id(&self) -> &str {
+        &self.inner.policy.plugin
+    }
+
+    fn needs(&self) -> Needs {
+        self.inner.needs
+    }
+
+    async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError> {
+        let instance = match self.inner.take_idle() {
+            Some(instance) => instance,
+            None => self.inner.new_configured().await?,
+        };
+        Ok(Box::new(WasmSession {
+            plugin: self.inner.clone(),
+            instance: Some(instance),
+            in_call: false,
+            failed: false,
+        }))
+    }
+}
+
+/// One instance serving one request; released to the pool (if pooled and
+/// still healthy) when dropped.
+struct WasmSession {
+    plugin: Arc<Inner>,
+    /// Always `Some` until drop.
+    instance: Option<Instance>,
+    /// A call started and did not finish: its future was dropped (the
+    /// request was cancelled) with the guest suspended half-way.
+    in_call: bool,
+    /// A call failed in Wasm.
+    failed: bool,
+}
+
+impl WasmSession {
+    fn instance(&mut self) -> Result<&mut Instance, PluginError> {
+        let plugin = &self.plugin.policy.plugin;
+        self.in_call = true;
+        self.instance
+            .as_mut()
+            .ok_or_else(|| PluginError::Instantiate {
+                plugin: plugin.clone(),
+                source: "session used after release".into(),
+            })
+    }
+
+    fn note<R>(&mut self, result: Result<R, PluginError>) -> Result<R, PluginError> {
+        self.in_call = false;
+        if let Err(err) = &result
+            && !instance_survives(err)
+        {
+            self.failed = true;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl PluginSession for WasmSession {
+    async fn on_request(&mut self, req: &PluginRequest) -> Result<RequestAction, PluginError> {
+        let plugin = self.plugin.clone();
+        let result = self
+            .instance()?
+            .on_request(&plugin.policy, plugin.needs, req)
+            .await;
+        self.note(result)
+    }
+
+    async fn on_response(
+        &mut self,
+        req: &PluginRequest,
+        resp: &PluginResponse,
+    ) -> Result<ResponseEdits, PluginError> {
+        let plugin = self.plugin.clone();
+        let result = self
+            .instance()?
+            .on_response(&plugin.policy, plugin.needs, req, resp)
+            .await;
+        self.note(result)
+    }
+}
+
+impl Drop for WasmSession {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take()
+            && !self.in_call
+            && !self.failed
+        {
+            self.plugin.release(instance);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,50 @@
+//! WebAssembly component plugins: the Wasm implementation of
+//! [`crate::pipeline::Plugin`].
+//!
+//! - [`bindings`]: the `pylon:plugin` WIT contract as Rust types;
+//! - `engine`: the one `Engine` (pooling allocator, epoch ticker) and the
+//!   compile caches (memory and disk);
+//! - `runtime`: [`PluginRuntime`] — compile, configure, stats;
+//! - `instance`: [`WasmPlugin`](crate::pipeline::Plugin) and its guarded
+//!   calls (deadline, memory cap, trap classification, pooling);
+//! - `host`: the capabilities plugins import (`log`, `clock`, `kv`,
+//!   `http-client`, WASI), each denied unless granted;
+//! - `convert`: host model ⇄ WIT types, validating what guests return.
+//!
+//! Loading is `compile` (blocking, once per component, cached) then
+//! `configure` per route (instantiates and asks the plugin to accept its
+//! config). Nothing is compiled or linked on the request path: a request
+//! only instantiates from the pre-instantiated component, or reuses an
+//! instance from the pool.
+
+pub mod bindings;
+mod convert;
+mod engine;
+mod error;
+mod host;
+mod instance;
+mod runtime;
+mod state;
+mod stats;
+
+pub use engine::CompileOrigin;
+pub use error::PluginLoadError;
+pub use host::{
+    CapabilityDenied,
+    http::{MAX_SEND_ALL, OutboundError, OutboundHttp},
+};
+pub use runtime::{CacheStats, CompiledPlugin, HostServices, PluginRuntime};
+pub use stats::{LATENCY_BUCKETS_US, PluginStatsSnapshot};
+
+/// An error with its whole `source` chain, `a: b: c`, for the places where
+/// only text can cross (WIT error strings, log fields).
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write;
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let _ = write!(out, ": {s}");
+        source = s.source();
+    }
+    out
+}

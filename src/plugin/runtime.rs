@@ -1,0 +1,353 @@
+//! [`PluginRuntime`]: the engine, linkers, compile caches and stats shared
+//! by every plugin of the process; [`CompiledPlugin`]: one plugin definition
+//! compiled and pre-instantiated, ready to be configured on routes.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, SystemTime},
+};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, component::Linker};
+
+use super::{
+    PluginLoadError,
+    bindings::PluginPre,
+    engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
+    host,
+    instance::{CallPolicy, Instance, WasmPlugin},
+    state::{GuestContext, HostState},
+    stats::{PluginStats, PluginStatsSnapshot},
+};
+use crate::{
+    config::{Isolation, PluginDef, RuntimeSettings},
+    pipeline::Plugin,
+};
+
+/// The export every plugin must have, semver-compatibly.
+const GUEST_EXPORT: &str = "pylon:plugin/guest@0.1.0";
+
+/// Calls at load time (instantiate + `configure`) get at least this long:
+/// the first instantiation of a large component touches cold pages.
+const LOAD_DEADLINE_FLOOR: Duration = Duration::from_secs(1);
+
+/// The Wasm side of the gateway: one per process, shared by every
+/// configuration (reloads reuse its engine and caches). Cheap to clone.
+#[derive(Clone)]
+pub struct PluginRuntime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    /// Linker for components that import nothing but `pylon:plugin`.
+    plain: Linker<HostState>,
+    /// The same plus WASI, for components that import `wasi:*`.
+    with_wasi: Linker<HostState>,
+    cache: ComponentCache,
+    stats: Mutex<BTreeMap<String, Arc<PluginStats>>>,
+    // Declared last: dropped after everything that could still run guests.
+    _ticker: EpochTicker,
+}
+
+/// Where the compile caches answered from, since the runtime started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Components compiled by Cranelift.
+    pub compiled: u64,
+    /// Components loaded precompiled from the disk cache.
+    pub disk_hits: u64,
+    /// Components found already compiled in memory.
+    pub memory_hits: u64,
+}
+
+/// The services the host capabilities use, shared by all plugins.
+#[derive(Clone)]
+pub struct HostServices {
+    /// Backs `pylon:plugin/kv` (keys are namespaced per plugin).
+    pub kv: Arc<dyn crate::kv::KvStore>,
+    /// Backs `pylon:plugin/http-client`.
+    pub http: Arc<dyn super::OutboundHttp>,
+}
+
+/// A plugin definition compiled and pre-instantiated (imports resolved),
+/// ready to be configured on routes with [`PluginRuntime::configure`].
+pub struct CompiledPlugin {
+    def: PluginDef,
+    name: Arc<str>,
+    sha256_hex: String,
+    loaded_at: SystemTime,
+    origin: CompileOrigin,
+    uses_wasi: bool,
+    pre: PluginPre<HostState>,
+    stats: Arc<PluginStats>,
+    // Keeps the in-memory cache entry alive while this plugin is loaded.
+    _component: Arc<CachedComponent>,
+}
+
+impl CompiledPlugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The definition it was compiled from.
+    pub fn def(&self) -> &PluginDef {
+        &self.def
+    }
+
+    /// The SHA-256 of the component file, in lowercase hex.
+    pub fn sha256_hex(&self) -> &str {
+        &self.sha256_hex
+    }
+
+    /// When it was loaded (compiled or fetched from a cache).
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Whether it was compiled now or came from a cache.
+    pub fn origin(&self) -> CompileOrigin {
+        self.origin
+    }
+
+    /// Whether the component imports WASI (and is linked with it).
+    pub fn uses_wasi(&self) -> bool {
+        self.uses_wasi
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        self.pre.engine()
+    }
+
+    pub(crate) fn pre(&self) -> &PluginPre<HostState> {
+        &self.pre
+    }
+}
+
+impl std::fmt::Debug for CompiledPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPlugin")
+            .field("name", &self.name)
+            .field("sha256", &self.sha256_hex)
+            .field("origin", &self.origin)
+            .field("uses_wasi", &self.uses_wasi)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// Create the engine (pooling allocator sized from `settings`), start
+    /// its epoch ticker, and open the disk cache if one is configured.
+    pub fn new(settings: &RuntimeSettings) -> Result<Self, PluginLoadError> {
+        let engine_err = |source: wasmtime::Error| PluginLoadError::Engine {
+            source: source.into_boxed_dyn_error(),
+        };
+        let engine = engine::build_engine(settings).map_err(engine_err)?;
+        let mut plain = Linker::new(&engine);
+        host::add_plugin_imports(&mut plain).map_err(engine_err)?;
+        let mut with_wasi = plain.clone();
+        wasmtime_wasi::p2::add_to_linker_async(&mut with_wasi).map_err(engine_err)?;
+        let cache = ComponentCache::new(&engine, settings.cache_dir.clone()).map_err(|source| {
+            PluginLoadError::CacheDir {
+                path: settings.cache_dir.clone().unwrap_or_default(),
+                source,
+            }
+        })?;
+        let ticker = EpochTicker::start(&engine).map_err(|e| PluginLoadError::Engine {
+            source: Box::new(e),
+        })?;
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                plain,
+                with_wasi,
+                cache,
+                stats: Mutex::new(BTreeMap::new()),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The engine (for tools and tests; plugins never need it).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Compile (or fetch from the memory or disk cache) a plugin
+    /// definition's component, check that it is a pylon plugin, and
+    /// pre-instantiate it. Blocking CPU work (seconds for a large
+    /// component): call it from `spawn_blocking`.
+    pub fn compile(&self, def: &PluginDef) -> Result<Arc<CompiledPlugin>, PluginLoadError> {
+        let rt = &self.inner;
+        let plugin = || def.name.clone();
+        let path = || def.component.clone();
+        let bytes = std::fs::read(&def.component).map_err(|source| PluginLoadError::Read {
+            plugin: plugin(),
+            path: path(),
+            source,
+        })?;
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let (cached, origin) =
+            rt.cache
+                .get_or_compile(&sha256, &bytes)
+                .map_err(|CompileFailure(source)| PluginLoadError::Compile {
+                    plugin: plugin(),
+                    path: path(),
+                    source: source.into_boxed_dyn_error(),
+                })?;
+        let component = &cached.component;
+        let ty = component.component_type();
+
+        let exports: Vec<&str> = ty.exports(&rt.engine).map(|(name, _)| name).collect();
+        if component.get_export_index(None, GUEST_EXPORT).is_none() {
+            return Err(PluginLoadError::NotAPlugin {
+                plugin: plugin(),
+                path: path(),
+                detail: format!(
+                    "it does not export `{GUEST_EXPORT}` (exports: {})",
+                    if exports.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        exports.join(", ")
+                    }
+                ),
+            });
+        }
+
+        let uses_wasi = ty
+            .imports(&rt.engine)
+            .any(|(name, _)| name.starts_with("wasi:"));
+        let linker = if uses_wasi { &rt.with_wasi } else { &rt.plain };
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|source| PluginLoadError::Link {
+                plugin: plugin(),
+                source: source.into_boxed_dyn_error(),
+            })?;
+        let pre = PluginPre::new(pre).map_err(|err| PluginLoadError::NotAPlugin {
+            plugin: plugin(),
+            path: path(),
+            detail: format!("{err:#}"),
+        })?;
+
+        Ok(Arc::new(CompiledPlugin {
+            def: def.clone(),
+            name: def.name.as_str().into(),
+            sha256_hex: hex::encode(sha256),
+            loaded_at: SystemTime::now(),
+            origin,
+            uses_wasi,
+            pre,
+            stats: self.stats_for(&def.name),
+            _component: cached,
+        }))
+    }
+
+    /// Configure a compiled plugin on one route: instantiate it, call
+    /// `configure(config_json)`, and keep the [`Needs`](crate::pipeline::Needs)
+    /// it declares. An `Err` from the plugin is
+    /// [`PluginLoadError::ConfigRejected`]. For `pooled` isolation the
+    /// configured instance becomes the pool's first.
+    pub async fn configure(
+        &self,
+        compiled: &Arc<CompiledPlugin>,
+        route: &str,
+        config_json: &str,
+        host: HostServices,
+    ) -> Result<Arc<dyn Plugin>, PluginLoadError> {
+        let def = &compiled.def;
+        let ctx = Arc::new(GuestContext {
+            plugin: compiled.name.clone(),
+            route: route.into(),
+            grants: def.grants.clone(),
+            kv_prefix: format!("{}:", def.name),
+            services: host,
+        });
+        let policy = CallPolicy {
+            plugin: compiled.name.clone(),
+            deadline: def.deadline,
+            memory_limit: def.memory_limit_bytes,
+            stats: compiled.stats.clone(),
+        };
+        let load_deadline = def.deadline.max(LOAD_DEADLINE_FLOOR);
+        let mut instance = Instance::new(compiled, &ctx, &policy, load_deadline)
+            .await
+            .map_err(|source| PluginLoadError::Instantiate {
+                route: route.to_owned(),
+                plugin: def.name.clone(),
+                source,
+            })?;
+        let needs = match instance
+            .configure(&policy, load_deadline, config_json)
+            .await
+        {
+            Ok(Ok(needs)) => needs,
+            Ok(Err(message)) => {
+                return Err(PluginLoadError::ConfigRejected {
+                    route: route.to_owned(),
+                    plugin: def.name.clone(),
+                    message,
+                });
+            }
+            Err(source) => {
+                return Err(PluginLoadError::Configure {
+                    route: route.to_owned(),
+                    plugin: def.name.clone(),
+                    source,
+                });
+            }
+        };
+        let max_idle = match def.isolation {
+            Isolation::Fresh => None,
+            Isolation::Pooled { max_idle } => Some(max_idle),
+        };
+        Ok(Arc::new(WasmPlugin::new(
+            compiled.clone(),
+            ctx,
+            policy,
+            config_json.to_owned(),
+            needs,
+            max_idle,
+            instance,
+        )))
+    }
+
+    /// Counters per plugin name (all routes and reloads together).
+    pub fn stats(&self) -> Vec<(String, PluginStatsSnapshot)> {
+        let stats = lock(&self.inner.stats);
+        stats
+            .iter()
+            .map(|(name, s)| (name.clone(), s.snapshot()))
+            .collect()
+    }
+
+    /// How the compile caches answered so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        let c = self.inner.cache.counters();
+        CacheStats {
+            compiled: c.compiled.load(Ordering::Relaxed),
+            disk_hits: c.disk_hits.load(Ordering::Relaxed),
+            memory_hits: c.memory_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The disk cache file a component with these bytes is (or would be)
+    /// stored in; `None` without a cache directory.
+    pub fn cache_path_for(&self, component_bytes: &[u8]) -> Option<std::path::PathBuf> {
+        let sha256: [u8; 32] = Sha256::digest(component_bytes).into();
+        self.inner.cache.cache_path(&sha256)
+    }
+
+    fn stats_for(&self, plugin: &str) -> Arc<PluginStats> {
+        lock(&self.inner.stats)
+            .entry(plugin.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

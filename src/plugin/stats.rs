@@ -1,0 +1,129 @@
+//! Per-plugin counters, updated with relaxed atomics on every call and read
+//! as a [`PluginStatsSnapshot`] (for the admin API and Prometheus).
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use crate::pipeline::PluginError;
+
+/// Upper bounds of the latency histogram's buckets, in microseconds; a
+/// last, unbounded bucket follows.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 10_000, 50_000, 250_000,
+];
+
+/// Live counters of one plugin (all routes together).
+#[derive(Default)]
+pub(crate) struct PluginStats {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    traps: AtomicU64,
+    deadline_hits: AtomicU64,
+    memory_hits: AtomicU64,
+    invalid_outputs: AtomicU64,
+    total_call_nanos: AtomicU64,
+    instantiations: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+}
+
+/// A point-in-time copy of one plugin's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginStatsSnapshot {
+    /// Guest calls made (`configure`, `on-request`, `on-response`).
+    pub calls: u64,
+    /// Calls that failed, for any reason.
+    pub failures: u64,
+    /// Calls that trapped (panic, unreachable, denied `log`/`clock`, ...).
+    pub traps: u64,
+    /// Calls stopped at their deadline.
+    pub deadline_hits: u64,
+    /// Calls that failed after the memory cap refused a growth.
+    pub memory_hits: u64,
+    /// Calls whose result the host could not apply.
+    pub invalid_outputs: u64,
+    /// Time spent in calls, in nanoseconds.
+    pub total_call_nanos: u64,
+    /// Instances created.
+    pub instantiations: u64,
+    /// Call latency histogram: counts per bucket of
+    /// [`LATENCY_BUCKETS_US`], then one for slower calls.
+    pub latency_buckets: Vec<u64>,
+}
+
+impl PluginStats {
+    /// Count one guest call, failed or not.
+    pub(crate) fn record_call(&self, elapsed: Duration, error: Option<&PluginError>) {
+        self.calls.fetch_add(1, Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.total_call_nanos.fetch_add(nanos, Relaxed);
+        let us = nanos / 1_000;
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.latency[bucket].fetch_add(1, Relaxed);
+        if let Some(err) = error {
+            self.record_error(err);
+        }
+    }
+
+    /// Count one failure by its class (also for failures outside calls,
+    /// such as instantiation or invalid output).
+    pub(crate) fn record_error(&self, err: &PluginError) {
+        self.failures.fetch_add(1, Relaxed);
+        let counter = match err {
+            PluginError::Deadline { .. } => &self.deadline_hits,
+            PluginError::Memory { .. } => &self.memory_hits,
+            PluginError::Trap { .. } => &self.traps,
+            PluginError::InvalidOutput { .. } => &self.invalid_outputs,
+            PluginError::Instantiate { .. } => return,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_instantiation(&self) {
+        self.instantiations.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> PluginStatsSnapshot {
+        PluginStatsSnapshot {
+            calls: self.calls.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            traps: self.traps.load(Relaxed),
+            deadline_hits: self.deadline_hits.load(Relaxed),
+            memory_hits: self.memory_hits.load(Relaxed),
+            invalid_outputs: self.invalid_outputs.load(Relaxed),
+            total_call_nanos: self.total_call_nanos.load(Relaxed),
+            instantiations: self.instantiations.load(Relaxed),
+            latency_buckets: self.latency.iter().map(|c| c.load(Relaxed)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn calls_land_in_the_right_counters_and_buckets() {
+        let s = PluginStats::default();
+        s.record_call(Duration::from_micros(3), None);
+        s.record_call(Duration::from_secs(1), None);
+        let err = PluginError::Deadline {
+            plugin: Arc::from("p"),
+            deadline: Duration::from_millis(5),
+        };
+        s.record_call(Duration::from_millis(6), Some(&err));
+        let snap = s.snapshot();
+        assert_eq!(snap.calls, 3);
+        assert_eq!(snap.failures, 1);
+        assert_eq!(snap.deadline_hits, 1);
+        assert_eq!(snap.latency_buckets[0], 1);
+        assert_eq!(snap.latency_buckets[LATENCY_BUCKETS_US.len()], 1);
+        assert_eq!(snap.latency_buckets.iter().sum::<u64>(), 3);
+    }
+}

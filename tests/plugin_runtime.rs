@@ -1,0 +1,787 @@
+//! The plugin runtime against real guest components (`build/plugins/*.wasm`,
+//! built once by `scripts/build-plugins` when missing): deadlines, memory
+//! caps, traps, config rejection, compile caches, isolation, capability
+//! grants, logging, and concurrent outbound HTTP.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pylon::{
+    config::{Grants, Isolation, KvBackend, Location, PluginDef, RuntimeSettings},
+    kv::MemoryKv,
+    pipeline::{Plugin, PluginError, PluginRequest, PluginResponse, RequestAction},
+    plugin::{
+        CompileOrigin, HostServices, OutboundError, OutboundHttp, PluginLoadError, PluginRuntime,
+    },
+};
+
+// ---------------------------------------------------------------- harness
+
+const GUESTS: &[&str] = &[
+    "headers",
+    "spin",
+    "membomb",
+    "trap",
+    "reject-config",
+    "inspector",
+    "kv-counter",
+    "fanout",
+    "logger",
+    "memo",
+    "hello-python",
+];
+
+/// `build/plugins`, built by `scripts/build-plugins` if any guest is missing.
+fn guests_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("build/plugins");
+        let missing: Vec<_> = GUESTS
+            .iter()
+            .filter(|g| !dir.join(format!("{g}.wasm")).is_file())
+            .collect();
+        if !missing.is_empty() {
+            eprintln!("building guest plugins (missing: {missing:?})");
+            let status = std::process::Command::new(root.join("scripts/build-plugins"))
+                .status()
+                .expect("scripts/build-plugins runs");
+            assert!(status.success(), "scripts/build-plugins failed: {status}");
+        }
+        dir
+    })
+}
+
+fn component(name: &str) -> PathBuf {
+    guests_dir().join(format!("{name}.wasm"))
+}
+
+fn settings(cache_dir: Option<PathBuf>) -> RuntimeSettings {
+    RuntimeSettings {
+        cache_dir,
+        max_instances: 64,
+        max_memory_bytes: 256 << 20,
+        kv: KvBackend::Memory,
+    }
+}
+
+fn runtime() -> PluginRuntime {
+    PluginRuntime::new(&settings(None)).expect("runtime starts")
+}
+
+/// A plugin definition with test defaults: fresh, 1 s deadline, 64 MiB, no grants.
+fn def(name: &str, guest: &str) -> PluginDef {
+    PluginDef {
+        name: name.to_owned(),
+        component: component(guest),
+        isolation: Isolation::Fresh,
+        deadline: Duration::from_secs(1),
+        memory_limit_bytes: 64 << 20,
+        max_body_bytes: 1 << 20,
+        grants: Grants::default(),
+        location: Location {
+            file: Arc::from("test.toml"),
+            line: 1,
+            column: 1,
+        },
+    }
+}
+
+fn pooled(mut d: PluginDef, max_idle: usize) -> PluginDef {
+    d.isolation = Isolation::Pooled { max_idle };
+    d
+}
+
+fn host() -> HostServices {
+    HostServices {
+        kv: Arc::new(MemoryKv::new()),
+        http: Arc::new(Upstreams::default()),
+    }
+}
+
+async fn load(
+    rt: &PluginRuntime,
+    d: &PluginDef,
+    route: &str,
+    config: &str,
+    host: HostServices,
+) -> Result<Arc<dyn Plugin>, PluginLoadError> {
+    let compiled = {
+        let (rt, d) = (rt.clone(), d.clone());
+        tokio::task::spawn_blocking(move || rt.compile(&d))
+            .await
+            .unwrap()?
+    };
+    rt.configure(&compiled, route, config, host).await
+}
+
+async fn loaded(d: &PluginDef, config: &str) -> (PluginRuntime, Arc<dyn Plugin>) {
+    let rt = runtime();
+    let p = load(&rt, d, "r", config, host())
+        .await
+        .unwrap_or_else(|e| panic!("{} loads: {}", d.name, chain(&e)));
+    (rt, p)
+}
+
+fn request(path: &str) -> PluginRequest {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("example.test"));
+    PluginRequest {
+        route: Arc::from("r"),
+        method: Method::GET,
+        path: path.to_owned(),
+        query: None,
+        headers,
+        client_addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        scheme: "http",
+        params: vec![],
+        body: None,
+    }
+}
+
+/// Run the request phase on a new session.
+async fn call(p: &Arc<dyn Plugin>, req: &PluginRequest) -> Result<RequestAction, PluginError> {
+    p.start().await?.on_request(req).await
+}
+
+fn responded(action: RequestAction) -> PluginResponse {
+    match action {
+        RequestAction::Respond(resp) => resp,
+        RequestAction::Continue(edits) => panic!("expected a response, got {edits:?}"),
+    }
+}
+
+fn body(resp: &PluginResponse) -> String {
+    String::from_utf8_lossy(resp.body.as_deref().unwrap_or_default()).into_owned()
+}
+
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn stats(rt: &PluginRuntime, name: &str) -> pylon::plugin::PluginStatsSnapshot {
+    rt.stats()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+}
+
+/// [`OutboundHttp`] over a plain hyper client, to named local servers.
+#[derive(Default)]
+struct Upstreams {
+    targets: HashMap<String, SocketAddr>,
+}
+
+#[async_trait]
+impl OutboundHttp for Upstreams {
+    async fn send(
+        &self,
+        upstream: &str,
+        req: http::Request<Bytes>,
+        timeout: Option<Duration>,
+    ) -> Result<http::Response<Bytes>, OutboundError> {
+        let addr = self
+            .targets
+            .get(upstream)
+            .ok_or_else(|| OutboundError::UnknownUpstream {
+                upstream: upstream.to_owned(),
+            })?;
+        let (mut parts, body) = req.into_parts();
+        parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| OutboundError::Failed {
+            upstream: upstream.to_owned(),
+            source: e,
+        };
+        let exchange = async {
+            let resp = client
+                .request(http::Request::from_parts(parts, Full::new(body)))
+                .await
+                .map_err(|e| failed(e.into()))?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| failed(e.into()))?;
+            Ok(http::Response::from_parts(parts, body.to_bytes()))
+        };
+        match timeout {
+            Some(t) => {
+                tokio::time::timeout(t, exchange)
+                    .await
+                    .map_err(|_| OutboundError::Timeout {
+                        upstream: upstream.to_owned(),
+                    })?
+            }
+            None => exchange.await,
+        }
+    }
+}
+
+/// A local HTTP server that answers every request with `body` after `delay`.
+async fn slow_server(body: &'static str, delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(body.as_bytes()),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_plugin_edits_both_phases() {
+    let config = r#"{"request": {"set": {"x-a": "1"}, "remove": ["host"]},
+                     "response": {"append": {"x-b": ["2", "3"]}}}"#;
+    let (_rt, p) = loaded(&def("headers", "headers"), config).await;
+    assert!(p.needs().response_phase);
+    assert!(!p.needs().request_body);
+    let req = request("/");
+    let mut session = p.start().await.unwrap();
+    let RequestAction::Continue(edits) = session.on_request(&req).await.unwrap() else {
+        panic!("headers continues");
+    };
+    let mut headers = req.headers.clone();
+    edits.headers.iter().for_each(|op| op.apply(&mut headers));
+    assert_eq!(headers.get("x-a").unwrap(), "1");
+    assert!(headers.get("host").is_none());
+    let edits = session
+        .on_response(&req, &PluginResponse::new(StatusCode::OK))
+        .await
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    edits.headers.iter().for_each(|op| op.apply(&mut headers));
+    let values: Vec<_> = headers.get_all("x-b").iter().collect();
+    assert_eq!(values, ["2", "3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_interrupts_looping_plugin() {
+    let rt = runtime();
+    let mut spin = def("spin", "spin");
+    spin.deadline = Duration::from_millis(50);
+    let spin = load(&rt, &spin, "r", "{}", host()).await.unwrap();
+    let headers = load(&rt, &def("headers", "headers"), "r", "{}", host())
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let looping = tokio::spawn({
+        let spin = spin.clone();
+        async move { call(&spin, &request("/")).await }
+    });
+    // While the spinning guest runs, other plugins keep serving.
+    for _ in 0..3 {
+        call(&headers, &request("/")).await.unwrap();
+    }
+    let err = looping.await.unwrap().unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(&err, PluginError::Deadline { plugin, deadline }
+            if &**plugin == "spin" && *deadline == Duration::from_millis(50)),
+        "{err:?}"
+    );
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    // The next request gets a working instance (and is stopped again).
+    assert!(matches!(
+        call(&spin, &request("/")).await,
+        Err(PluginError::Deadline { .. })
+    ));
+    call(&headers, &request("/")).await.unwrap();
+    assert_eq!(stats(&rt, "spin").deadline_hits, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_cap_stops_memory_bomb() {
+    let mut d = def("membomb", "membomb");
+    d.memory_limit_bytes = 32 << 20;
+    let (rt, p) = loaded(&d, "{}").await;
+    let err = call(&p, &request("/")).await.unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Memory { plugin, limit_bytes }
+            if &**plugin == "membomb" && *limit_bytes == 32 << 20),
+        "{err:?}: {}",
+        chain(&err)
+    );
+    assert_eq!(stats(&rt, "membomb").memory_hits, 1);
+
+    // Below the cap the same guest completes.
+    let (_rt, p) = loaded(&d, r#"{"mib": 8}"#).await;
+    let resp = responded(call(&p, &request("/")).await.unwrap());
+    assert_eq!(body(&resp), "allocated 8 MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_fails_only_its_request_and_pooled_instance_is_discarded() {
+    let (rt, p) = loaded(&def("trap", "trap"), r#"{"phase": "request"}"#).await;
+    let err = call(&p, &request("/")).await.unwrap_err();
+    let PluginError::Trap { plugin, source } = &err else {
+        panic!("expected a trap, got {err:?}");
+    };
+    assert_eq!(&**plugin, "trap");
+    assert!(
+        source.to_string().contains("wasm") || source.source().is_some(),
+        "{}",
+        chain(&err)
+    );
+    assert_eq!(stats(&rt, "trap").traps, 1);
+
+    // Pooled, trapping in the response phase: the instance is not reused.
+    let d = pooled(def("trap-pooled", "trap"), 4);
+    let (rt, p) = loaded(&d, r#"{"phase": "response", "how": "unreachable"}"#).await;
+    let req = request("/");
+    for _ in 0..2 {
+        let mut session = p.start().await.unwrap();
+        session.on_request(&req).await.unwrap();
+        let err = session
+            .on_response(&req, &PluginResponse::new(StatusCode::OK))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PluginError::Trap { .. }), "{err:?}");
+    }
+    // The first session used the instance configured at load; it was
+    // discarded, so the second needed a new one, which was discarded too.
+    assert_eq!(stats(&rt, "trap-pooled").instantiations, 2);
+    drop(p.start().await.unwrap());
+    assert_eq!(stats(&rt, "trap-pooled").instantiations, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapped_pooled_instance_is_replaced_by_a_fresh_one() {
+    let d = pooled(def("memo", "memo"), 4);
+    let (_rt, p) = loaded(&d, r#"{"trap-at": 3}"#).await;
+    let count = |r: Result<RequestAction, PluginError>| body(&responded(r.unwrap()));
+    assert_eq!(count(call(&p, &request("/")).await), "1");
+    assert_eq!(count(call(&p, &request("/")).await), "2");
+    assert!(matches!(
+        call(&p, &request("/")).await,
+        Err(PluginError::Trap { .. })
+    ));
+    // A new instance: its count starts over.
+    assert_eq!(count(call(&p, &request("/")).await), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_instances_are_reused_and_fresh_ones_are_not() {
+    let count = |r: Result<RequestAction, PluginError>| body(&responded(r.unwrap()));
+
+    let (rt, fresh) = loaded(&def("memo-fresh", "memo"), "{}").await;
+    for _ in 0..3 {
+        assert_eq!(count(call(&fresh, &request("/")).await), "1");
+    }
+    // One instance to validate the config at load, then one per request.
+    assert_eq!(stats(&rt, "memo-fresh").instantiations, 4);
+
+    let (rt, pooled_plugin) = loaded(&pooled(def("memo-pooled", "memo"), 2), "{}").await;
+    for expected in ["1", "2", "3"] {
+        assert_eq!(count(call(&pooled_plugin, &request("/")).await), expected);
+    }
+    assert_eq!(stats(&rt, "memo-pooled").instantiations, 1);
+
+    // Two sessions at once need two instances; both go back to the pool.
+    let a = pooled_plugin.start().await.unwrap();
+    let b = pooled_plugin.start().await.unwrap();
+    drop((a, b));
+    assert_eq!(stats(&rt, "memo-pooled").instantiations, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_rejection_names_route_and_plugin() {
+    let rt = runtime();
+    let err = load(
+        &rt,
+        &def("reject", "reject-config"),
+        "users",
+        r#"{"a":1}"#,
+        host(),
+    )
+    .await
+    .err()
+    .expect("config is rejected");
+    assert!(
+        matches!(err, PluginLoadError::ConfigRejected { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        chain(&err),
+        r#"route "users", plugin "reject": config rejected: this plugin rejects every config: got {"a":1}"#
+    );
+
+    // A plugin that traps in `configure` fails to load with the cause attached.
+    let err = load(
+        &rt,
+        &def("trap", "trap"),
+        "users",
+        r#"{"phase": "configure"}"#,
+        host(),
+    )
+    .await
+    .err()
+    .expect("configure traps");
+    assert!(
+        matches!(&err, PluginLoadError::Configure { route, plugin, source: PluginError::Trap { .. } }
+            if route == "users" && plugin == "trap"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_errors_name_plugin_and_file() {
+    let rt = runtime();
+    let mut missing = def("headers", "headers");
+    missing.component = PathBuf::from("/nonexistent/headers.wasm");
+    let err = rt.compile(&missing).unwrap_err();
+    assert!(matches!(err, PluginLoadError::Read { .. }));
+    assert!(
+        chain(&err).starts_with(
+            r#"plugin "headers": cannot read component /nonexistent/headers.wasm: No such file or directory"#
+        ),
+        "{}",
+        chain(&err)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm not really").unwrap();
+    let mut bad = def("bad", "headers");
+    bad.component = garbage;
+    let err = rt.compile(&bad).unwrap_err();
+    assert!(matches!(err, PluginLoadError::Compile { .. }), "{err:?}");
+    assert!(chain(&err).starts_with(r#"plugin "bad": cannot compile component "#));
+
+    // A valid component that is not a plugin: an empty component.
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+    let mut not_plugin = def("empty", "headers");
+    not_plugin.component = empty;
+    let err = rt.compile(&not_plugin).unwrap_err();
+    assert!(
+        matches!(&err, PluginLoadError::NotAPlugin { detail, .. } if detail.contains("pylon:plugin/guest@0.1.0")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_are_cached_in_memory_and_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = def("headers", "headers");
+    let bytes = std::fs::read(&d.component).unwrap();
+
+    let first = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    let a = first.compile(&d).unwrap();
+    assert_eq!(a.origin(), CompileOrigin::Compiled);
+    let cache_file = first.cache_path_for(&bytes).unwrap();
+    assert!(cache_file.is_file(), "{} exists", cache_file.display());
+    assert!(
+        cache_file
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(a.sha256_hex())
+    );
+    // Same bytes again (another plugin name, or a reload): from memory.
+    let b = first.compile(&def("headers-2", "headers")).unwrap();
+    assert_eq!(b.origin(), CompileOrigin::MemoryCache);
+
+    // A new runtime (a restart) loads the precompiled artefact.
+    let second = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    let c = second.compile(&d).unwrap();
+    assert_eq!(c.origin(), CompileOrigin::DiskCache);
+    let cache = second.cache_stats();
+    assert_eq!((cache.compiled, cache.disk_hits), (0, 1));
+    let p = second
+        .configure(&c, "r", "{}", host())
+        .await
+        .expect("a cached component works");
+    call(&p, &request("/")).await.unwrap();
+
+    // A corrupt entry is ignored and replaced. (Written as a new file: the
+    // loaded runtimes map the old one, which must never change in place.)
+    std::fs::remove_file(&cache_file).unwrap();
+    std::fs::write(&cache_file, b"garbage").unwrap();
+    let third = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    assert_eq!(third.compile(&d).unwrap().origin(), CompileOrigin::Compiled);
+    let fourth = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    assert_eq!(
+        fourth.compile(&d).unwrap().origin(),
+        CompileOrigin::DiskCache
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_is_denied_unless_granted_and_namespaced_per_plugin() {
+    let rt = runtime();
+    let services = host();
+    let denied = load(
+        &rt,
+        &def("counter", "kv-counter"),
+        "r",
+        "{}",
+        services.clone(),
+    )
+    .await
+    .unwrap();
+    let resp = responded(call(&denied, &request("/")).await.unwrap());
+    assert_eq!(
+        (resp.status, body(&resp).as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "kv error: denied")
+    );
+
+    let mut granted = def("counter", "kv-counter");
+    granted.grants.kv = true;
+    let a = load(&rt, &granted, "r", "{}", services.clone())
+        .await
+        .unwrap();
+    for expected in ["1", "2"] {
+        assert_eq!(
+            body(&responded(call(&a, &request("/")).await.unwrap())),
+            expected
+        );
+    }
+    // Another plugin name has its own keys in the same store.
+    granted.name = "other".into();
+    let b = load(&rt, &granted, "r", "{}", services.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&responded(call(&b, &request("/")).await.unwrap())),
+        "1"
+    );
+    assert_eq!(
+        services.kv.get("counter:hits").await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+}
+
+/// Collects `tracing` events: target, message and string fields.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<HashMap<String, String>>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Visit<'a>(&'a mut HashMap<String, String>);
+        impl tracing::field::Visit for Visit<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.insert(field.name().into(), format!("{value:?}"));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.insert(field.name().into(), value.into());
+            }
+        }
+        let mut fields = HashMap::new();
+        fields.insert("target".into(), event.metadata().target().into());
+        fields.insert("level".into(), event.metadata().level().to_string());
+        event.record(&mut Visit(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+}
+
+// Current-thread runtime: the guest runs on this thread, where the
+// capturing subscriber is the default.
+#[tokio::test]
+async fn log_goes_to_tracing_with_route_and_plugin() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let rt = runtime();
+    let mut d = def("logger", "logger");
+    d.grants.log = true;
+    d.grants.clock = true;
+    let p = load(&rt, &d, "users", "{}", host()).await.unwrap();
+    let RequestAction::Continue(edits) = call(&p, &request("/hello")).await.unwrap() else {
+        panic!("logger continues");
+    };
+    assert_eq!(edits.headers.len(), 2, "both clocks were read");
+
+    let events = captured.0.lock().unwrap().clone();
+    let guest: Vec<_> = events
+        .iter()
+        .filter(|e| e["target"] == "pylon::plugin::guest")
+        .collect();
+    assert_eq!(guest.len(), 5, "{events:?}");
+    for (event, level) in guest
+        .iter()
+        .zip(["TRACE", "DEBUG", "INFO", "WARN", "ERROR"])
+    {
+        assert_eq!(event["level"], level);
+        assert_eq!(event["route"], "users");
+        assert_eq!(event["plugin"], "logger");
+        assert_eq!(
+            event["message"],
+            format!("logger: {} GET /hello", level.to_lowercase())
+        );
+    }
+
+    // Without the grant, the first `log` call traps, naming the capability.
+    d.grants.log = false;
+    let p = load(&rt, &d, "users", "{}", host()).await.unwrap();
+    let err = call(&p, &request("/")).await.unwrap_err();
+    assert!(matches!(err, PluginError::Trap { .. }), "{err:?}");
+    let text = chain(&err);
+    assert!(
+        text.contains(
+            r#"plugin "logger" on route "users" called `pylon:plugin/log` without that grant"#
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_all_runs_requests_concurrently() {
+    let delay = Duration::from_millis(200);
+    let upstreams = Upstreams {
+        targets: HashMap::from([
+            ("a".to_owned(), slow_server("from a", delay).await),
+            ("b".to_owned(), slow_server("from b", delay).await),
+        ]),
+    };
+    let services = HostServices {
+        kv: Arc::new(MemoryKv::new()),
+        http: Arc::new(upstreams),
+    };
+    let rt = runtime();
+    let mut d = def("fanout", "fanout");
+    d.grants.http_upstreams = vec!["a".into(), "b".into()];
+    let config = r#"{"upstreams": ["a", "b", "c"], "path": "/x"}"#;
+    let p = load(&rt, &d, "r", config, services).await.unwrap();
+
+    let started = Instant::now();
+    let resp = responded(call(&p, &request("/")).await.unwrap());
+    let elapsed = started.elapsed();
+    let json: serde_json::Value = serde_json::from_str(&body(&resp)).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            ["a", 200, "from a"],
+            ["b", 200, "from b"],
+            ["c", null, "denied: c"]
+        ])
+    );
+    assert!(elapsed < Duration::from_millis(350), "took {elapsed:?}");
+    assert!(elapsed >= delay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspector_sees_the_request_without_loss() {
+    let config = r#"{"want-body": true}"#;
+    let (_rt, p) = loaded(&def("inspector", "inspector"), config).await;
+    assert!(p.needs().request_body);
+    let mut req = request("/a%20b");
+    req.method = Method::POST;
+    req.query = Some("x=1&x=2".into());
+    req.headers.append("x-multi", HeaderValue::from_static("1"));
+    req.headers.append("x-multi", HeaderValue::from_static("2"));
+    req.headers
+        .append("x-bytes", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+    req.params = vec![("id".into(), "7".into())];
+    req.body = Some(Bytes::from_static(b"hello"));
+    let resp = responded(call(&p, &req).await.unwrap());
+    let json: serde_json::Value = serde_json::from_str(&body(&resp)).unwrap();
+    assert_eq!(json["method"], "POST");
+    assert_eq!(json["path"], "/a%20b");
+    assert_eq!(json["query"], "x=1&x=2");
+    assert_eq!(json["client_addr"], "127.0.0.1:40000");
+    assert_eq!(json["params"], serde_json::json!([["id", "7"]]));
+    assert_eq!(json["body"], "hello");
+    let headers = json["headers"].as_array().unwrap();
+    let multi: Vec<_> = headers.iter().filter(|h| h[0] == "x-multi").collect();
+    assert_eq!(multi.len(), 2);
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "x-bytes" && h[1]["base64"] == "Y2Fm6Q==")
+    );
+
+    // Without `want-body` the body is not handed over.
+    let (_rt, p) = loaded(&def("inspector", "inspector"), "{}").await;
+    let json: serde_json::Value =
+        serde_json::from_str(&body(&responded(call(&p, &req).await.unwrap()))).unwrap();
+    assert_eq!(json["body_len"], serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_component_loads_with_wasi_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    let d = pooled(def("hello", "hello-python"), 2);
+    let compiled = {
+        let (rt, d) = (rt.clone(), d.clone());
+        tokio::task::spawn_blocking(move || rt.compile(&d))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(compiled.uses_wasi());
+    let p = rt
+        .configure(&compiled, "r", r#"{"greeting": "hi"}"#, host())
+        .await
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    for _ in 0..2 {
+        let RequestAction::Continue(edits) = call(&p, &request("/")).await.unwrap() else {
+            panic!("hello continues");
+        };
+        let mut headers = HeaderMap::new();
+        edits.headers.iter().for_each(|op| op.apply(&mut headers));
+        assert_eq!(headers.get("x-hello").unwrap(), "hi");
+    }
+    let err = rt
+        .configure(&compiled, "r", r#"{"nope": 1}"#, host())
+        .await
+        .err()
+        .expect("unknown keys are rejected");
+    assert!(
+        matches!(err, PluginLoadError::ConfigRejected { .. }),
+        "{err:?}"
+    );
+
+    // Fresh isolation works too (instantiating the large component per request).
+    let fresh = rt
+        .configure(
+            &rt.compile(&def("hello", "hello-python")).unwrap(),
+            "r",
+            "{}",
+            host(),
+        )
+        .await
+        .unwrap();
+    call(&fresh, &request("/")).await.unwrap();
+}
