@@ -151,13 +151,38 @@ pem = '''
 kid = "ed"
 pem = '''
 {ed}'''
+
+[[routes.plugins.config.keys]]
+kid = "hs64"
+secret-base64 = "{secret64}"
+
+[[routes.plugins.config.keys]]
+jwk = {ed_jwk}
 "#,
+        secret64 = base64::engine::general_purpose::STANDARD.encode(SECRET),
+        ed_jwk = toml_inline(&jwk(
+            Algorithm::EdDSA,
+            &signing_key(Algorithm::EdDSA),
+            "ed-jwk"
+        )),
         rsa = fixture("rsa_public.pem"),
         rsa1 = fixture("rsa_public_pkcs1.pem"),
         ec256 = fixture("ec256_public.pem"),
         ec384 = fixture("ec384_public.pem"),
         ed = fixture("ed25519_public.pem"),
     )
+}
+
+/// A JWK as a TOML inline table (its members are all strings).
+fn toml_inline(jwk: &Jwk) -> String {
+    let members: Vec<String> = serde_json::to_value(jwk)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    format!("{{ {} }}", members.join(", "))
 }
 
 /// The `WWW-Authenticate` of a refusal of `token`, after checking the status.
@@ -231,6 +256,11 @@ async fn every_algorithm_is_accepted_with_its_key() {
         assert_eq!(status_of(&gw, &token).await, 200, "{alg:?} without kid");
     }
     assert_eq!(up.seen().len(), 24);
+    // Keys given as base64 secret and as an inline JWK.
+    let token = sign(Algorithm::HS256, Some("hs64"), &claims());
+    assert_eq!(status_of(&gw, &token).await, 200);
+    let token = sign(Algorithm::EdDSA, Some("ed-jwk"), &claims());
+    assert_eq!(status_of(&gw, &token).await, 200);
     // The token goes upstream untouched unless `strip-token` is set.
     let token = sign(Algorithm::ES256, Some("ec256"), &claims());
     client()
@@ -263,6 +293,20 @@ async fn missing_token_gets_a_bare_bearer_challenge() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"orders\"");
+    // Two sets of credentials are a malformed request (RFC 6750 §3.1).
+    let token = sign(Algorithm::HS256, Some("hs"), &claims());
+    let r = client()
+        .get(gw.url("/orders"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"orders\", error=\"invalid_request\", error_description=\"more than one Authorization header\""
+    );
     assert!(
         up.seen().is_empty(),
         "refused requests must not reach the upstream"
@@ -587,7 +631,17 @@ async fn jwks_keys_of_every_type_verify() {
         .filter(|(alg, kid)| *kid != "rsa1" && !matches!(alg, Algorithm::HS384 | Algorithm::HS512))
         .map(|&(alg, kid)| jwk(alg, &signing_key(alg), &format!("{kid}-{alg:?}")))
         .collect();
-    let idp = jwks_server(Arc::new(Mutex::new(jwks(keys))), 200).await;
+    let mut doc = jwks(keys);
+    // Keys the plugin cannot use are skipped, not fatal to the set.
+    let mut enc = serde_json::to_value(jwk(Algorithm::RS256, &rsa2_key(), "enc")).unwrap();
+    enc["use"] = json!("enc");
+    enc.as_object_mut().unwrap().remove("alg");
+    let keys = doc["keys"].as_array_mut().unwrap();
+    keys.push(enc);
+    keys.push(json!({ "kty": "EC", "crv": "P-521", "x": "AA", "y": "AA", "kid": "p521" }));
+    keys.push(json!({ "kty": "weird", "kid": "weird" }));
+    keys.push(json!("not an object"));
+    let idp = jwks_server(Arc::new(Mutex::new(doc)), 200).await;
     let gw = jwks_gateway(&up, &idp, "", "").await;
     for (alg, kid) in ALL_ALGS {
         if kid == "rsa1" || matches!(alg, Algorithm::HS384 | Algorithm::HS512) {
@@ -601,6 +655,15 @@ async fn jwks_keys_of_every_type_verify() {
     assert_eq!(status_of(&gw, &token).await, 401);
     assert_eq!(idp.seen().len(), 1, "one fetch serves every key");
     assert_eq!(idp.last().uri.path(), "/.well-known/jwks.json");
+    // A skipped key is unknown (so it costs one refresh): signed by its
+    // private key, the token is still refused.
+    let token = sign_with(Algorithm::RS256, &rsa2_key(), Some("enc"), &claims());
+    let got = challenge(&gw, &token, 401).await;
+    assert!(
+        got.ends_with("error_description=\"unknown key id enc\""),
+        "{got}"
+    );
+    assert_eq!(idp.seen().len(), 2);
 }
 
 #[tokio::test]

@@ -154,7 +154,7 @@ impl Jwks {
     /// Fetch the set and cache it, or remember the failure.
     fn fetch(&mut self, now_ms: u64) {
         match self.download() {
-            Ok((doc, keys)) => {
+            Ok((doc, keys, skipped)) => {
                 let stored = json!({ "fetched-at": now_ms, "jwks": doc });
                 // A store failure only costs sharing; this instance still has the keys.
                 let _ = kv::set(
@@ -166,23 +166,30 @@ impl Jwks {
                     keys,
                     fetched_at_ms: now_ms,
                 });
+                // Logged last: an ungranted `log` traps, and the set must be cached by then.
+                for problem in &skipped {
+                    log::warn!("auth-jwt: JWKS key skipped: {problem}");
+                }
             }
             Err(problem) => {
-                log::warn!(
-                    "auth-jwt: JWKS from upstream {} at {} unavailable: {problem}",
-                    self.config.upstream,
-                    self.config.path
-                );
+                // Recorded before logging: an ungranted `log` traps, and the
+                // back-off must hold even then.
                 self.local_failure_ms = Some(now_ms);
                 let interval = self.config.min_refresh_interval_ms;
                 if interval > 0 {
                     let _ = kv::set(KV_FAILED, b"1", Some(interval));
                 }
+                log::warn!(
+                    "auth-jwt: JWKS from upstream {} at {} unavailable: {problem}",
+                    self.config.upstream,
+                    self.config.path
+                );
             }
         }
     }
 
-    fn download(&self) -> Result<(Value, Vec<Key>), String> {
+    /// The document, its usable keys, and why the others were skipped.
+    fn download(&self) -> Result<(Value, Vec<Key>, Vec<String>), String> {
         let request = OutboundRequest::get(&self.config.upstream, &self.config.path)
             .with_header("accept", "application/json")
             .with_timeout_ms(self.config.timeout_ms);
@@ -196,12 +203,12 @@ impl Jwks {
         }
         let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
         let (keys, skipped) = keys::keys_from_jwks(&doc)?;
-        for problem in &skipped {
-            log::warn!("auth-jwt: JWKS key skipped: {problem}");
-        }
         if keys.is_empty() {
-            return Err("no usable signing key in the set".to_string());
+            return Err(format!(
+                "no usable signing key in the set ({})",
+                skipped.join("; ")
+            ));
         }
-        Ok((doc, keys))
+        Ok((doc, keys, skipped))
     }
 }
