@@ -3,8 +3,8 @@
 //! Bodies stream as `BoxBody` unless a plugin asked for them; then they are
 //! collected up to a limit and never beyond it.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -14,7 +14,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A body holding these bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.
@@ -45,20 +47,37 @@ pub enum CollectError {
     Read(#[source] BoxError),
 }
 
-/// Buffer a body, failing once it exceeds `limit` bytes.
-pub async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, CollectError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Err(CollectError::TooLarge { limit })
-            } else {
-                Err(CollectError::Read(e))
+/// Buffer a body, failing as soon as it exceeds `limit` bytes (the rest is
+/// never read).
+pub async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, CollectError> {
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(CollectError::Read)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            return Err(CollectError::TooLarge { limit });
+        }
+        // One chunk (the common case) is returned without a copy.
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(data),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(len);
+                b.extend_from_slice(f);
+                b.extend_from_slice(&data);
+                buf = Some(b);
+                first = None;
             }
+            (_, Some(b)) => b.extend_from_slice(&data),
         }
     }
+    Ok(match (first, buf) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
 }

@@ -46,7 +46,12 @@ pub async fn run(addr: SocketAddr, name: String, delay: Duration) -> std::io::Re
     Ok(())
 }
 
-async fn answer(req: Request<Incoming>, name: &str, peer: SocketAddr, delay: Duration) -> Response<Body> {
+async fn answer(
+    req: Request<Incoming>,
+    name: &str,
+    peer: SocketAddr,
+    delay: Duration,
+) -> Response<Body> {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -54,11 +59,20 @@ async fn answer(req: Request<Incoming>, name: &str, peer: SocketAddr, delay: Dur
         return Response::new(body::full(Bytes::from_static(b"pong")));
     }
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let json = serde_json::json!({
         "upstream": name,
@@ -71,7 +85,9 @@ async fn answer(req: Request<Incoming>, name: &str, peer: SocketAddr, delay: Dur
         "body": String::from_utf8_lossy(&body),
     });
     let mut resp = Response::new(body::full(json.to_string()));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }

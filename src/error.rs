@@ -78,7 +78,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest(_) | ProxyError::RequestBodyRead { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::RequestBodyRead { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Plugin { source, .. } => match source {
                 PluginError::Instantiate { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -121,7 +123,9 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::BadRequest(_) => {
                 tracing::debug!(status = status.as_u16(), error = %ErrorChain(&self), "request rejected")
             }
-            _ => tracing::warn!(status = status.as_u16(), error = %ErrorChain(&self), "request failed"),
+            _ => {
+                tracing::warn!(status = status.as_u16(), error = %ErrorChain(&self), "request failed")
+            }
         }
         error_response(status, self.public_message())
     }

@@ -4,14 +4,25 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use pylon::{Gateway, config, runtime::{Runtime, Shared}, server::StartError, telemetry};
+use pylon::{
+    Gateway, config,
+    runtime::{Runtime, Shared},
+    server::StartError,
+    telemetry,
+};
 
 /// pylon: an API gateway whose policies are sandboxed WebAssembly plugins.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Log line format.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "PYLON_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PYLON_LOG_FORMAT"
+    )]
     log_format: telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -59,7 +70,10 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -70,7 +84,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Check { config } => check(config).await,
             Command::Run { config, grace } => run(config, grace).await,
-            Command::DemoUpstream { listen, name, delay } => match pylon::demo::run(listen, name, delay).await {
+            Command::DemoUpstream {
+                listen,
+                name,
+                delay,
+            } => match pylon::demo::run(listen, name, delay).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("error: demo upstream on {listen}: {err}");
@@ -113,7 +131,10 @@ async fn run(path: PathBuf, grace: Duration) -> ExitCode {
         }
     };
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         eprintln!("error: cannot install signal handlers");
         return ExitCode::FAILURE;
     };

@@ -2,9 +2,8 @@
 //! upstream (streaming unless a plugin asked for a body), run the response
 //! phase in reverse, answer. Errors go to [`crate::error`] for their status.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 
 use crate::{
@@ -25,22 +24,22 @@ pub struct ConnInfo {
 }
 
 /// Handle one client request to completion.
-pub async fn handle<B>(rt: Arc<Runtime>, req: Request<B>, conn: ConnInfo) -> Response<Body>
-where
-    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
-    B::Error: Into<body::BoxError>,
-{
-    match proxy(&rt, req, conn).await {
+pub async fn handle(rt: Arc<Runtime>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
+    // Boxing as `dyn Future + Send` proves `Send` here, with concrete
+    // lifetimes; left to hyper's higher-ranked service bounds, rustc cannot.
+    let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + '_>> =
+        Box::pin(proxy(&rt, req, conn));
+    match fut.await {
         Ok(resp) => resp,
         Err(err) => err.into_response(),
     }
 }
 
-async fn proxy<B>(rt: &Runtime, req: Request<B>, conn: ConnInfo) -> Result<Response<Body>, ProxyError>
-where
-    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
-    B::Error: Into<body::BoxError>,
-{
+async fn proxy(
+    rt: &Runtime,
+    req: Request<Body>,
+    conn: ConnInfo,
+) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body);
     let host = request_host(&parts.uri, &parts.headers)?;
@@ -50,13 +49,11 @@ where
         .ok_or(ProxyError::NoRoute)?;
     let route = rt.route(m.index);
     let query = parts.uri.query().map(str::to_owned);
-    let host_value = host
-        .as_deref()
-        .and_then(|h| HeaderValue::from_str(h).ok());
+    let host_value = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
 
     if route.pipeline.is_empty() {
         let pq = path_and_query(&m.upstream_path, query.as_deref());
-        let body = body::boxed(body.take().expect("body not yet consumed"));
+        let body = body.take().expect("body not yet consumed");
         return forward(rt, route, None, parts, &pq, host_value, conn, body).await;
     }
 
@@ -66,10 +63,16 @@ where
         match body::collect_limited(body, route.request_body_limit).await {
             Ok(b) => Some(b),
             Err(CollectError::TooLarge { limit }) => {
-                return Err(ProxyError::RequestBodyTooLarge { route: route.id.to_string(), limit });
+                return Err(ProxyError::RequestBodyTooLarge {
+                    route: route.id.to_string(),
+                    limit,
+                });
             }
             Err(CollectError::Read(source)) => {
-                return Err(ProxyError::RequestBodyRead { route: route.id.to_string(), source });
+                return Err(ProxyError::RequestBodyRead {
+                    route: route.id.to_string(),
+                    source,
+                });
             }
         }
     } else {
@@ -92,12 +95,19 @@ where
         .pipeline
         .on_request(&mut preq, &mut sessions)
         .await
-        .map_err(|source| ProxyError::Plugin { route: route.id.to_string(), source })?;
+        .map_err(|source| ProxyError::Plugin {
+            route: route.id.to_string(),
+            source,
+        })?;
 
     let mut presp = match outcome {
         RequestOutcome::Respond(resp) => resp,
         RequestOutcome::Forward { upstream } => {
-            let path = if preq.path != original_path { preq.path.clone() } else { m.upstream_path };
+            let path = if preq.path != original_path {
+                preq.path.clone()
+            } else {
+                m.upstream_path
+            };
             let pq = path_and_query(&path, preq.query.as_deref());
             parts.headers = preq.headers.clone();
             parts.method = preq.method.clone();
@@ -107,7 +117,7 @@ where
                     body::full(b.clone())
                 }
                 None => match body.take() {
-                    Some(b) => body::boxed(b),
+                    Some(b) => b,
                     None => body::empty(),
                 },
             };
@@ -117,12 +127,19 @@ where
             }
             let (rparts, rbody) = resp.into_parts();
             if !route.pipeline.wants_response_body() {
-                let mut presp = PluginResponse { status: rparts.status, headers: rparts.headers, body: None };
+                let mut presp = PluginResponse {
+                    status: rparts.status,
+                    headers: rparts.headers,
+                    body: None,
+                };
                 route
                     .pipeline
                     .on_response(&preq, &mut sessions, &mut presp)
                     .await
-                    .map_err(|source| ProxyError::Plugin { route: route.id.to_string(), source })?;
+                    .map_err(|source| ProxyError::Plugin {
+                        route: route.id.to_string(),
+                        source,
+                    })?;
                 let mut out = Response::from_parts(rparts_with(presp.status, presp.headers), rbody);
                 if let Some(b) = presp.body {
                     fix_length(out.headers_mut(), b.len());
@@ -133,7 +150,10 @@ where
             let bytes = match body::collect_limited(rbody, route.response_body_limit).await {
                 Ok(b) => b,
                 Err(CollectError::TooLarge { limit }) => {
-                    return Err(ProxyError::ResponseBodyTooLarge { route: route.id.to_string(), limit });
+                    return Err(ProxyError::ResponseBodyTooLarge {
+                        route: route.id.to_string(),
+                        limit,
+                    });
                 }
                 Err(CollectError::Read(source)) => {
                     return Err(ProxyError::Upstream {
@@ -146,18 +166,28 @@ where
                     });
                 }
             };
-            PluginResponse { status: rparts.status, headers: rparts.headers, body: Some(bytes) }
+            PluginResponse {
+                status: rparts.status,
+                headers: rparts.headers,
+                body: Some(bytes),
+            }
         }
     };
     route
         .pipeline
         .on_response(&preq, &mut sessions, &mut presp)
         .await
-        .map_err(|source| ProxyError::Plugin { route: route.id.to_string(), source })?;
+        .map_err(|source| ProxyError::Plugin {
+            route: route.id.to_string(),
+            source,
+        })?;
     let body = presp.body.unwrap_or_default();
     let mut headers = presp.headers;
     fix_length(&mut headers, body.len());
-    Ok(Response::from_parts(rparts_with(presp.status, headers), body::full(body)))
+    Ok(Response::from_parts(
+        rparts_with(presp.status, headers),
+        body::full(body),
+    ))
 }
 
 fn rparts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
@@ -183,13 +213,26 @@ async fn forward(
     conn: ConnInfo,
     body: Body,
 ) -> Result<Response<Body>, ProxyError> {
-    let upstream = match upstream_override.as_deref().or(route.config.upstream.as_deref()) {
+    let upstream = match upstream_override
+        .as_deref()
+        .or(route.config.upstream.as_deref())
+    {
         Some(u) => u,
-        None => return Err(ProxyError::NoUpstream { route: route.id.to_string() }),
+        None => {
+            return Err(ProxyError::NoUpstream {
+                route: route.id.to_string(),
+            });
+        }
     };
     let client_version = parts.version;
     headers::remove_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, conn.client.ip(), conn.scheme, host.as_ref(), client_version);
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.client.ip(),
+        conn.scheme,
+        host.as_ref(),
+        client_version,
+    );
     if let Some(h) = host
         && !parts.headers.contains_key(header::HOST)
     {
@@ -207,7 +250,10 @@ async fn forward(
         .upstreams()
         .forward(upstream, req, route.config.timeout)
         .await
-        .map_err(|source| ProxyError::Upstream { route: route.id.to_string(), source })?;
+        .map_err(|source| ProxyError::Upstream {
+            route: route.id.to_string(),
+            source,
+        })?;
     let (mut rparts, rbody) = resp.into_parts();
     headers::remove_hop_by_hop(&mut rparts.headers);
     headers::append_via(&mut rparts.headers, rparts.version);
@@ -230,7 +276,10 @@ fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, ProxyE
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     let from_header = match from_header {
-        Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadRequest("invalid Host header"))?),
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?,
+        ),
         None => None,
     };
     Ok(match (uri.authority(), from_header) {

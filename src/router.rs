@@ -71,15 +71,15 @@ impl Router {
                     PathMatch::Pattern(p) => CompiledPath::Pattern(
                         p.split('/')
                             .skip(1)
-                            .map(|s| {
-                                match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                            .map(
+                                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                                     Some(n) => match n.strip_prefix('*') {
                                         Some(rest) => Segment::CatchAll(rest.to_string()),
                                         None => Segment::Param(n.to_string()),
                                     },
                                     None => Segment::Literal(s.to_string()),
-                                }
-                            })
+                                },
+                            )
                             .collect(),
                     ),
                 },
@@ -206,7 +206,9 @@ mod tests {
     use std::path::Path;
 
     fn router(toml: &str) -> Router {
-        let text = format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n{toml}");
+        let text = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n{toml}"
+        );
         let cfg = config::parse(&text, Path::new("t.toml"), Path::new(".")).unwrap();
         Router::new(&cfg.routes)
     }
@@ -232,10 +234,18 @@ mod tests {
             "[[routes]]\nid = \"a\"\nhost = \"*.example.com\"\nmethods = [\"POST\"]\npath-prefix = \"/\"\nupstream = \"u\"\n\
              [[routes]]\nid = \"b\"\nhost = \"api.test\"\npath-prefix = \"/\"\nupstream = \"u\"\n",
         );
-        assert_eq!(r.route(Some("x.Example.com:8080"), &Method::POST, "/").unwrap().index, 0);
+        assert_eq!(
+            r.route(Some("x.Example.com:8080"), &Method::POST, "/")
+                .unwrap()
+                .index,
+            0
+        );
         assert!(r.route(Some("x.example.com"), &Method::GET, "/").is_none());
         assert!(r.route(Some("example.com"), &Method::POST, "/").is_none());
-        assert_eq!(r.route(Some("API.test"), &Method::GET, "/").unwrap().index, 1);
+        assert_eq!(
+            r.route(Some("API.test"), &Method::GET, "/").unwrap().index,
+            1
+        );
         assert!(r.route(None, &Method::GET, "/").is_none());
     }
 
@@ -245,9 +255,19 @@ mod tests {
             "[[routes]]\nid = \"a\"\npath-prefix = \"/api\"\nstrip-prefix = true\nupstream = \"u\"\n\
              [[routes]]\nid = \"b\"\npath = \"/v1/{user}/files/{*rest}\"\nrewrite = \"/files/{user}/{rest}\"\nupstream = \"u\"\n",
         );
-        assert_eq!(r.route(None, &Method::GET, "/api/x/y").unwrap().upstream_path, "/x/y");
-        assert_eq!(r.route(None, &Method::GET, "/api").unwrap().upstream_path, "/");
-        let m = r.route(None, &Method::GET, "/v1/bob/files/a/b.txt").unwrap();
+        assert_eq!(
+            r.route(None, &Method::GET, "/api/x/y")
+                .unwrap()
+                .upstream_path,
+            "/x/y"
+        );
+        assert_eq!(
+            r.route(None, &Method::GET, "/api").unwrap().upstream_path,
+            "/"
+        );
+        let m = r
+            .route(None, &Method::GET, "/v1/bob/files/a/b.txt")
+            .unwrap();
         assert_eq!(m.upstream_path, "/files/bob/a/b.txt");
     }
 }

@@ -105,7 +105,9 @@ impl Runtime {
             let mut request_body_limit = usize::MAX;
             let mut response_body_limit = usize::MAX;
             for pref in &route.plugins {
-                let Some(c) = compiled.get(&pref.plugin) else { continue };
+                let Some(c) = compiled.get(&pref.plugin) else {
+                    continue;
+                };
                 let def = &config.plugins[&pref.plugin];
                 let json = pref.config.to_string();
                 match shared
@@ -196,7 +198,10 @@ fn diag(location: Option<crate::config::Location>, err: &PluginLoadError) -> Dia
     }
 }
 
-fn single(location: Option<crate::config::Location>, err: &(dyn std::error::Error + 'static)) -> ConfigError {
+fn single(
+    location: Option<crate::config::Location>,
+    err: &(dyn std::error::Error + 'static),
+) -> ConfigError {
     ConfigError::single(Diagnostic {
         location,
         subject: None,

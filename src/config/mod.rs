@@ -125,7 +125,10 @@ impl LineIndex {
         };
         let start = self.line_starts[line];
         let end = offset.min(self.text.len());
-        let column = self.text.get(start..end).map_or(1, |s| s.chars().count() + 1);
+        let column = self
+            .text
+            .get(start..end)
+            .map_or(1, |s| s.chars().count() + 1);
         Location {
             file: file.clone(),
             line: line + 1,

@@ -53,7 +53,11 @@ impl Ctx<'_> {
             Some(s) => match parse_duration(s.get_ref()) {
                 Ok(d) if !d.is_zero() => d,
                 Ok(_) => {
-                    self.error(s, Some(subject.into()), "duration must be greater than zero");
+                    self.error(
+                        s,
+                        Some(subject.into()),
+                        "duration must be greater than zero",
+                    );
                     default
                 }
                 Err(e) => {
@@ -145,7 +149,11 @@ pub(super) fn validate(
     }
 }
 
-fn runtime(cx: &mut Ctx<'_>, raw: Option<&Spanned<raw::RawRuntime>>, base: &Path) -> RuntimeSettings {
+fn runtime(
+    cx: &mut Ctx<'_>,
+    raw: Option<&Spanned<raw::RawRuntime>>,
+    base: &Path,
+) -> RuntimeSettings {
     let mut settings = RuntimeSettings {
         cache_dir: Some(base.join(".pylon-cache")),
         max_instances: 1000,
@@ -164,7 +172,11 @@ fn runtime(cx: &mut Ctx<'_>, raw: Option<&Spanned<raw::RawRuntime>>, base: &Path
     if let Some(n) = &r.max_instances {
         match u32::try_from(*n.get_ref()) {
             Ok(v) if (1..=100_000).contains(&v) => settings.max_instances = v,
-            _ => cx.error(n, Some("runtime".into()), "max-instances must be between 1 and 100000"),
+            _ => cx.error(
+                n,
+                Some("runtime".into()),
+                "max-instances must be between 1 and 100000",
+            ),
         }
     }
     settings.max_memory_bytes = cx.size(&r.max_memory, "runtime", settings.max_memory_bytes);
@@ -172,15 +184,29 @@ fn runtime(cx: &mut Ctx<'_>, raw: Option<&Spanned<raw::RawRuntime>>, base: &Path
         let k = kv.get_ref();
         match (k.backend.get_ref().as_str(), &k.url) {
             ("memory", None) => settings.kv = KvBackend::Memory,
-            ("memory", Some(url)) => cx.error(url, Some("runtime.kv".into()), "url is only used with backend = \"redis\""),
+            ("memory", Some(url)) => cx.error(
+                url,
+                Some("runtime.kv".into()),
+                "url is only used with backend = \"redis\"",
+            ),
             ("redis", Some(url)) => {
                 if url.get_ref().starts_with("redis://") {
-                    settings.kv = KvBackend::Redis { url: url.get_ref().clone() }
+                    settings.kv = KvBackend::Redis {
+                        url: url.get_ref().clone(),
+                    }
                 } else {
-                    cx.error(url, Some("runtime.kv".into()), "url must start with redis://")
+                    cx.error(
+                        url,
+                        Some("runtime.kv".into()),
+                        "url must start with redis://",
+                    )
                 }
             }
-            ("redis", None) => cx.error(kv, Some("runtime.kv".into()), "backend = \"redis\" needs a url"),
+            ("redis", None) => cx.error(
+                kv,
+                Some("runtime.kv".into()),
+                "backend = \"redis\" needs a url",
+            ),
             (other, _) => cx.error(
                 &k.backend,
                 Some("runtime.kv".into()),
@@ -197,20 +223,40 @@ fn listeners(cx: &mut Ctx<'_>, raw: &[Spanned<raw::RawListener>]) -> Vec<Listene
     for l in raw {
         let r = l.get_ref();
         let subject = format!("listener {:?}", r.address.get_ref());
-        let Ok(address) = r.address.get_ref().parse::<SocketAddr>() else {
-            cx.error(
-                &r.address,
-                None,
-                format!("invalid listener address {:?}: expected ip:port, e.g. \"0.0.0.0:8080\"", r.address.get_ref()),
-            );
-            continue;
+        let address = match r.address.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                cx.error(
+                    &r.address,
+                    None,
+                    format!(
+                        "invalid listener address {:?}: expected ip:port, e.g. \"0.0.0.0:8080\"",
+                        r.address.get_ref()
+                    ),
+                );
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
         };
         if address.port() != 0 && !seen.insert(address) {
-            cx.error(&r.address, Some(subject.clone()), "address is used by another listener");
+            cx.error(
+                &r.address,
+                Some(subject.clone()),
+                "address is used by another listener",
+            );
+        }
+        let max_header_bytes = cx.size(&r.max_header_size, &subject, 64 << 10);
+        if max_header_bytes < 8192
+            && let Some(s) = &r.max_header_size
+        {
+            cx.error(
+                s,
+                Some(subject.clone()),
+                "max-header-size must be at least 8KiB",
+            );
         }
         out.push(Listener {
             address,
-            max_header_bytes: cx.size(&r.max_header_size, &subject, 64 << 10),
+            max_header_bytes,
             header_timeout: cx.duration(&r.header_timeout, &subject, Duration::from_secs(10)),
             http2: r.http2.unwrap_or(true),
         });
@@ -219,7 +265,8 @@ fn listeners(cx: &mut Ctx<'_>, raw: &[Spanned<raw::RawListener>]) -> Vec<Listene
         cx.problems.push(Diagnostic {
             location: None,
             subject: None,
-            message: "no [[listeners]]: add one, e.g. [[listeners]] address = \"127.0.0.1:8080\"".into(),
+            message: "no [[listeners]]: add one, e.g. [[listeners]] address = \"127.0.0.1:8080\""
+                .into(),
         });
     }
     out
@@ -230,13 +277,21 @@ fn admin(cx: &mut Ctx<'_>, raw: &Spanned<raw::RawAdmin>) -> Admin {
     let address = match &r.address {
         None => DEFAULT_ADMIN.parse().expect("constant address"),
         Some(a) => a.get_ref().parse().unwrap_or_else(|_| {
-            cx.error(a, Some("admin".into()), format!("invalid address {:?}: expected ip:port", a.get_ref()));
+            cx.error(
+                a,
+                Some("admin".into()),
+                format!("invalid address {:?}: expected ip:port", a.get_ref()),
+            );
             DEFAULT_ADMIN.parse().expect("constant address")
         }),
     };
     let token = r.token.as_ref().and_then(|t| {
         if t.get_ref().len() < 16 {
-            cx.error(t, Some("admin".into()), "token must be at least 16 characters");
+            cx.error(
+                t,
+                Some("admin".into()),
+                "token must be at least 16 characters",
+            );
             None
         } else {
             Some(t.get_ref().clone())
@@ -256,17 +311,24 @@ fn upstreams(
         let r = u.get_ref();
         let mut targets = Vec::new();
         if r.targets.get_ref().is_empty() {
-            cx.error(&r.targets, Some(subject.clone()), "needs at least one target");
+            cx.error(
+                &r.targets,
+                Some(subject.clone()),
+                "needs at least one target",
+            );
         }
         for t in r.targets.get_ref() {
-            let ok = t
-                .get_ref()
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let ok = t.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             if ok {
                 targets.push(t.get_ref().clone());
             } else {
-                cx.error(t, Some(subject.clone()), format!("invalid target {:?}: expected host:port", t.get_ref()));
+                cx.error(
+                    t,
+                    Some(subject.clone()),
+                    format!("invalid target {:?}: expected host:port", t.get_ref()),
+                );
             }
         }
         let protocol = match r.protocol.as_ref().map(|p| p.get_ref().as_str()) {
@@ -274,14 +336,22 @@ fn upstreams(
             Some("h2c") => UpstreamProtocol::H2c,
             Some(other) => {
                 let p = r.protocol.as_ref().expect("matched Some");
-                cx.error(p, Some(subject.clone()), format!("unknown protocol {other:?} (expected \"http1\" or \"h2c\")"));
+                cx.error(
+                    p,
+                    Some(subject.clone()),
+                    format!("unknown protocol {other:?} (expected \"http1\" or \"h2c\")"),
+                );
                 UpstreamProtocol::Http1
             }
         };
         let max_idle_per_target = match &r.max_idle_per_target {
             None => 64,
             Some(n) => usize::try_from(*n.get_ref()).unwrap_or_else(|_| {
-                cx.error(n, Some(subject.clone()), "max-idle-per-target must not be negative");
+                cx.error(
+                    n,
+                    Some(subject.clone()),
+                    "max-idle-per-target must not be negative",
+                );
                 64
             }),
         };
@@ -327,13 +397,21 @@ fn plugins(
             }
             Some("fresh") => {
                 if let Some(n) = &r.pool_size {
-                    cx.error(n, Some(subject.clone()), "pool-size applies only to isolation = \"pooled\"");
+                    cx.error(
+                        n,
+                        Some(subject.clone()),
+                        "pool-size applies only to isolation = \"pooled\"",
+                    );
                 }
                 Isolation::Fresh
             }
             Some(other) => {
                 let s = r.isolation.as_ref().expect("matched Some");
-                cx.error(s, Some(subject.clone()), format!("unknown isolation {other:?} (expected \"fresh\" or \"pooled\")"));
+                cx.error(
+                    s,
+                    Some(subject.clone()),
+                    format!("unknown isolation {other:?} (expected \"fresh\" or \"pooled\")"),
+                );
                 Isolation::Fresh
             }
         };
@@ -368,9 +446,17 @@ fn plugins(
         }
         for u in &r.http_upstreams {
             if !wants_http {
-                cx.error(u, Some(subject.clone()), "http-upstreams needs the \"http\" capability");
+                cx.error(
+                    u,
+                    Some(subject.clone()),
+                    "http-upstreams needs the \"http\" capability",
+                );
             } else if !upstreams.contains_key(u.get_ref()) {
-                cx.error(u, Some(subject.clone()), format!("unknown upstream {:?} in http-upstreams", u.get_ref()));
+                cx.error(
+                    u,
+                    Some(subject.clone()),
+                    format!("unknown upstream {:?} in http-upstreams", u.get_ref()),
+                );
             } else {
                 grants.http_upstreams.push(u.get_ref().clone());
             }
@@ -379,7 +465,11 @@ fn plugins(
             cx.error(p, Some(subject.clone()), "the \"http\" capability needs http-upstreams = [ ... ] naming the upstreams it may call");
         }
         if r.component.get_ref().is_empty() {
-            cx.error(&r.component, Some(subject.clone()), "component path is empty");
+            cx.error(
+                &r.component,
+                Some(subject.clone()),
+                "component path is empty",
+            );
         }
         out.insert(
             name.get_ref().clone(),
@@ -411,7 +501,11 @@ fn routes(
         cx.id(&r.id, "route");
         let subject = format!("route {:?}", r.id.get_ref());
         if !ids.insert(r.id.get_ref().clone()) {
-            cx.error(&r.id, Some(subject.clone()), "another route has the same id");
+            cx.error(
+                &r.id,
+                Some(subject.clone()),
+                "another route has the same id",
+            );
         }
         let path = match (&r.path, &r.path_prefix) {
             (Some(p), None) => {
@@ -426,22 +520,38 @@ fn routes(
             }
             (None, Some(p)) => {
                 if !p.get_ref().starts_with('/') || p.get_ref().contains(['{', '}']) {
-                    cx.error(p, Some(subject.clone()), "path-prefix must start with '/' and contain no parameters");
+                    cx.error(
+                        p,
+                        Some(subject.clone()),
+                        "path-prefix must start with '/' and contain no parameters",
+                    );
                 }
                 PathMatch::Prefix(p.get_ref().clone())
             }
             (Some(p), Some(_)) => {
-                cx.error(p, Some(subject.clone()), "set either path or path-prefix, not both");
+                cx.error(
+                    p,
+                    Some(subject.clone()),
+                    "set either path or path-prefix, not both",
+                );
                 PathMatch::Exact(p.get_ref().clone())
             }
             (None, None) => {
-                cx.error(&r.id, Some(subject.clone()), "needs path = \"...\" or path-prefix = \"...\"");
+                cx.error(
+                    &r.id,
+                    Some(subject.clone()),
+                    "needs path = \"...\" or path-prefix = \"...\"",
+                );
                 PathMatch::Prefix("/".into())
             }
         };
         let rewrite = match (&r.strip_prefix, &r.rewrite) {
             (Some(s), Some(_)) if *s.get_ref() => {
-                cx.error(s, Some(subject.clone()), "set either strip-prefix or rewrite, not both");
+                cx.error(
+                    s,
+                    Some(subject.clone()),
+                    "set either strip-prefix or rewrite, not both",
+                );
                 None
             }
             (Some(s), _) if *s.get_ref() => {
@@ -460,7 +570,11 @@ fn routes(
                 }
                 for used in template_params(t.get_ref()) {
                     if !params.contains(&used) {
-                        cx.error(t, Some(subject.clone()), format!("rewrite uses {{{used}}}, which the path does not capture"));
+                        cx.error(
+                            t,
+                            Some(subject.clone()),
+                            format!("rewrite uses {{{used}}}, which the path does not capture"),
+                        );
                     }
                 }
                 Some(Rewrite::Template(t.get_ref().clone()))
@@ -470,8 +584,17 @@ fn routes(
         let mut methods = Vec::new();
         for m in &r.methods {
             match Method::from_bytes(m.get_ref().as_bytes()) {
-                Ok(method) if m.get_ref().bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
-                _ => cx.error(m, Some(subject.clone()), format!("invalid method {:?}: use uppercase, e.g. \"GET\"", m.get_ref())),
+                Ok(method) if m.get_ref().bytes().all(|b| b.is_ascii_uppercase()) => {
+                    methods.push(method)
+                }
+                _ => cx.error(
+                    m,
+                    Some(subject.clone()),
+                    format!(
+                        "invalid method {:?}: use uppercase, e.g. \"GET\"",
+                        m.get_ref()
+                    ),
+                ),
             }
         }
         let host = r.host.as_ref().map(|h| {
@@ -484,7 +607,11 @@ fn routes(
         });
         let upstream = r.upstream.as_ref().map(|u| {
             if !upstreams.contains_key(u.get_ref()) {
-                cx.error(u, Some(subject.clone()), format!("unknown upstream {:?}", u.get_ref()));
+                cx.error(
+                    u,
+                    Some(subject.clone()),
+                    format!("unknown upstream {:?}", u.get_ref()),
+                );
             }
             u.get_ref().clone()
         });
@@ -493,14 +620,24 @@ fn routes(
             let p = pr.get_ref();
             let psubject = format!("{subject}, plugin {:?}", p.plugin.get_ref());
             if !plugins.contains_key(p.plugin.get_ref()) {
-                cx.error(&p.plugin, Some(psubject.clone()), "no such plugin: define it under [plugins]");
+                cx.error(
+                    &p.plugin,
+                    Some(psubject.clone()),
+                    "no such plugin: define it under [plugins]",
+                );
             }
             let on_error = match p.on_error.as_ref().map(|s| s.get_ref().as_str()) {
                 None | Some("fail-closed") => FailurePolicy::FailClosed,
                 Some("fail-open") => FailurePolicy::FailOpen,
                 Some(other) => {
                     let s = p.on_error.as_ref().expect("matched Some");
-                    cx.error(s, Some(psubject.clone()), format!("unknown on-error {other:?} (expected \"fail-closed\" or \"fail-open\")"));
+                    cx.error(
+                        s,
+                        Some(psubject.clone()),
+                        format!(
+                            "unknown on-error {other:?} (expected \"fail-closed\" or \"fail-open\")"
+                        ),
+                    );
                     FailurePolicy::FailClosed
                 }
             };
@@ -509,7 +646,11 @@ fn routes(
                 Some(t) => match serde_json::to_value(t) {
                     Ok(v) => v,
                     Err(e) => {
-                        cx.error(pr, Some(psubject.clone()), format!("config cannot be represented as JSON: {e}"));
+                        cx.error(
+                            pr,
+                            Some(psubject.clone()),
+                            format!("config cannot be represented as JSON: {e}"),
+                        );
                         serde_json::Value::Null
                     }
                 },
@@ -547,7 +688,9 @@ fn check_pattern(p: &str) -> Result<(), String> {
     for (i, seg) in segments.iter().enumerate() {
         if seg.contains(['{', '}']) {
             let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
-                return Err(format!("path {p:?}: a parameter must be a whole segment, like /{{id}}"));
+                return Err(format!(
+                    "path {p:?}: a parameter must be a whole segment, like /{{id}}"
+                ));
             };
             let (catch_all, name) = match inner.strip_prefix('*') {
                 Some(n) => (true, n),
@@ -578,7 +721,9 @@ fn template_params(t: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = t;
     while let Some(start) = rest.find('{') {
-        let Some(end) = rest[start..].find('}') else { break };
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
         out.push(rest[start + 1..start + end].to_string());
         rest = &rest[start + end + 1..];
     }

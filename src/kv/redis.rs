@@ -59,7 +59,10 @@ impl KvStore for RedisKv {
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), KvError> {
         let mut c = self.conn.clone();
         match ttl {
-            Some(ttl) => c.pset_ex::<_, _, ()>(key, value.as_ref(), millis(ttl)).await,
+            Some(ttl) => {
+                c.pset_ex::<_, _, ()>(key, value.as_ref(), millis(ttl))
+                    .await
+            }
             None => c.set::<_, _, ()>(key, value.as_ref()).await,
         }
         .map_err(unavailable)
@@ -78,7 +81,9 @@ impl KvStore for RedisKv {
         ttl_on_create: Option<Duration>,
     ) -> Result<i64, KvError> {
         let mut c = self.conn.clone();
-        let ttl = ttl_on_create.map(|t| millis(t).to_string()).unwrap_or_default();
+        let ttl = ttl_on_create
+            .map(|t| millis(t).to_string())
+            .unwrap_or_default();
         self.incr
             .key(key)
             .arg(delta)
@@ -88,9 +93,13 @@ impl KvStore for RedisKv {
             .map_err(|e| {
                 let msg = e.detail().unwrap_or_default();
                 if msg.contains("not an integer") {
-                    KvError::NotANumber { key: key.to_string() }
+                    KvError::NotANumber {
+                        key: key.to_string(),
+                    }
                 } else if msg.contains("overflow") {
-                    KvError::Overflow { key: key.to_string() }
+                    KvError::Overflow {
+                        key: key.to_string(),
+                    }
                 } else {
                     unavailable(e)
                 }

@@ -81,12 +81,13 @@ impl Pipeline {
         let mut upstream = None;
         for (index, entry) in self.entries.iter().enumerate() {
             let needs = entry.plugin.needs();
-            let result = async {
-                let mut session = entry.plugin.start().await?;
-                let action = session.on_request(req).await?;
-                Ok::<_, PluginError>((session, action))
-            }
-            .await;
+            let result = match entry.plugin.start().await {
+                Ok(mut session) => match session.on_request(req).await {
+                    Ok(action) => Ok((session, action)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             let (session, action) = match result {
                 Ok(ok) => ok,
                 Err(err) => match entry.on_error {

@@ -8,8 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-/// A boxed error source.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::body::BoxError;
 
 /// What a plugin asked of the host when it accepted its configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

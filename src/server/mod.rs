@@ -192,8 +192,9 @@ async fn serve(
             client,
             scheme: "http",
         };
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let rt = current.load_full();
+            let req = req.map(crate::body::boxed);
             async move { Ok::<_, Infallible>(proxy::handle(rt, req, info).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);

@@ -7,7 +7,9 @@
 //! [`headers`] and called by the proxy.
 
 pub mod headers;
+mod outbound;
 
+pub use outbound::MAX_OUTBOUND_BODY;
 
 use std::{
     collections::BTreeMap,

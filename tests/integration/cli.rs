@@ -83,13 +83,27 @@ config = {{ request = {{ set = {{ "bad header" = "x" }} }} }}
         ),
     )
     .unwrap();
-    let out = pylon().args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let out = pylon()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = cfg.display().to_string();
     assert!(err.contains("2 problems"), "{err}");
-    assert!(err.contains(&format!("{file}:22:1: route \"orders\", plugin \"picky\": config rejected:")), "{err}");
-    assert!(err.contains(&format!("{file}:26:1: route \"orders\", plugin \"headers\": config rejected:")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{file}:21:1: route \"orders\", plugin \"picky\": config rejected:"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:25:1: route \"orders\", plugin \"headers\": config rejected:"
+        )),
+        "{err}"
+    );
 }
 
 /// Start `pylon run`, serve, change the config, SIGHUP, see the new route,
@@ -141,11 +155,25 @@ fn run_serves_reloads_on_sighup_and_exits_on_sigterm() {
     };
     wait_for("listening");
     let url = format!("http://127.0.0.1:{port}/");
-    let get = |url: &str| rt.block_on(async { client().get(url).send().await.unwrap().text().await.unwrap() });
+    let get = |url: &str| {
+        rt.block_on(async {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
     assert_eq!(get(&url), "first");
 
     let signal = |sig: &str| {
-        let ok = Command::new("kill").args(["-s", sig, &child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-s", sig, &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     };
     write(up_b.addr, "");
@@ -153,7 +181,10 @@ fn run_serves_reloads_on_sighup_and_exits_on_sigterm() {
     wait_for("configuration reloaded");
     assert_eq!(get(&url), "second");
 
-    write(up_a.addr, "[[routes]]\nid = \"broken\"\nupstream = \"nope\"\n");
+    write(
+        up_a.addr,
+        "[[routes]]\nid = \"broken\"\nupstream = \"nope\"\n",
+    );
     signal("HUP");
     wait_for("reload failed");
     assert_eq!(get(&url), "second");

@@ -14,7 +14,11 @@ fn invalid_configs_report_every_problem_with_location() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 5, "expected golden cases in {}", dir.display());
+    assert!(
+        cases.len() >= 5,
+        "expected golden cases in {}",
+        dir.display()
+    );
     let mut failures = Vec::new();
     for case in cases {
         let text = std::fs::read_to_string(&case).unwrap();

@@ -69,7 +69,10 @@ pub struct Upstream {
 impl Upstream {
     /// An upstream answering 200 with `name` as the body.
     pub async fn named(name: &'static str) -> Upstream {
-        Self::with(move |_| async move { Response::new(Full::new(Bytes::from_static(name.as_bytes()))) }).await
+        Self::with(
+            move |_| async move { Response::new(Full::new(Bytes::from_static(name.as_bytes()))) },
+        )
+        .await
     }
 
     /// An upstream that echoes the request body back.
@@ -90,7 +93,9 @@ impl Upstream {
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let handler = handler.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
@@ -99,7 +104,11 @@ impl Upstream {
                         let seen = seen.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let s = Seen {
                                 method: parts.method,
                                 uri: parts.uri,
@@ -148,7 +157,9 @@ impl TestGateway {
     /// a cache dir in a temp folder are added.
     pub async fn start(toml: &str) -> TestGateway {
         let cfg = parse(toml).unwrap_or_else(|e| panic!("{e}"));
-        let gateway = Gateway::start(cfg).await.unwrap_or_else(|e| panic!("{}", pylon::error::ErrorChain(&e)));
+        let gateway = Gateway::start(cfg)
+            .await
+            .unwrap_or_else(|e| panic!("{}", pylon::error::ErrorChain(&e)));
         let addr = gateway.local_addrs()[0];
         TestGateway { gateway, addr }
     }

@@ -21,7 +21,10 @@ async fn gateway(up: &Upstream, defs: &str, refs: &str) -> TestGateway {
 }
 
 fn def(name: &str, component: &str, extra: &str) -> String {
-    format!("[plugins.{name}]\ncomponent = {:?}\n{extra}\n", plugin(component))
+    format!(
+        "[plugins.{name}]\ncomponent = {:?}\n{extra}\n",
+        plugin(component)
+    )
 }
 
 #[tokio::test]
@@ -51,12 +54,23 @@ async fn respond_in_request_phase_skips_upstream() {
     assert_eq!(v["scheme"], "http");
     assert_eq!(v["params"], serde_json::json!([["id", "42"]]));
     assert!(v["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
-    assert_eq!(v["body_len"], Value::Null, "body passed without being asked for");
+    assert_eq!(
+        v["body_len"],
+        Value::Null,
+        "body passed without being asked for"
+    );
     let headers = v["headers"].as_array().unwrap();
-    let multi: Vec<_> = headers.iter().filter(|h| h[0] == "x-multi").map(|h| h[1].clone()).collect();
+    let multi: Vec<_> = headers
+        .iter()
+        .filter(|h| h[0] == "x-multi")
+        .map(|h| h[1].clone())
+        .collect();
     assert_eq!(multi, ["one", "two"], "repeated headers must survive");
     let bin = headers.iter().find(|h| h[0] == "x-bin").unwrap();
-    assert_eq!(bin[1]["base64"], "//4=", "non-UTF-8 header bytes must survive");
+    assert_eq!(
+        bin[1]["base64"], "//4=",
+        "non-UTF-8 header bytes must survive"
+    );
 }
 
 #[tokio::test]
@@ -117,13 +131,23 @@ config = { want-body = true }
     .await;
     // `body` responds with what it saw, and `upper` (earlier in the
     // pipeline) uppercases that response on the way back.
-    let r = client().post(gw.url("/items/9")).body("hello body").send().await.unwrap();
+    let r = client()
+        .post(gw.url("/items/9"))
+        .body("hello body")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(text.contains("\"BODY\":\"HELLO BODY\""), "{text}");
     assert!(text.contains("\"BODY_LEN\":10"), "{text}");
 
-    let r = client().post(gw.url("/items/9")).body(vec![b'x'; 4096]).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/items/9"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(up.seen().is_empty());
 }
@@ -182,7 +206,11 @@ path = "/ok"
 upstream = "u"
 "#,
         up = up.addr,
-        spin = def("spin", "spin", "deadline = \"100ms\"\nisolation = \"pooled\""),
+        spin = def(
+            "spin",
+            "spin",
+            "deadline = \"100ms\"\nisolation = \"pooled\""
+        ),
     ))
     .await;
     let http = client();
@@ -200,7 +228,11 @@ upstream = "u"
         let body = r.text().await.unwrap();
         assert!(!body.contains("spin"), "error body names internals: {body}");
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let r = http.get(gw.url("/loop-open")).send().await.unwrap();
     assert_eq!(r.status(), 200, "fail-open skips the looping plugin");
     assert_eq!(r.text().await.unwrap(), "fine");
@@ -239,14 +271,24 @@ plugin = "trap"
 on-error = "fail-open"
 "#,
         up = up.addr,
-        bomb = def("membomb", "membomb", "memory = \"32MiB\"\ndeadline = \"5s\""),
+        bomb = def(
+            "membomb",
+            "membomb",
+            "memory = \"32MiB\"\ndeadline = \"5s\""
+        ),
         trap = def("trap", "trap", "isolation = \"pooled\""),
     ))
     .await;
     let http = client();
     for _ in 0..3 {
-        assert_eq!(http.get(gw.url("/bomb")).send().await.unwrap().status(), 500);
-        assert_eq!(http.get(gw.url("/trap")).send().await.unwrap().status(), 500);
+        assert_eq!(
+            http.get(gw.url("/bomb")).send().await.unwrap().status(),
+            500
+        );
+        assert_eq!(
+            http.get(gw.url("/trap")).send().await.unwrap().status(),
+            500
+        );
         let r = http.get(gw.url("/trap-open")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "fine");
@@ -278,8 +320,16 @@ upstream = "u"
 plugin = "counter-fresh"
 "#,
         up = up.addr,
-        pooled = def("counter-pooled", "kv-counter", "capabilities = [\"kv\"]\nisolation = \"pooled\""),
-        fresh = def("counter-fresh", "kv-counter", "capabilities = [\"kv\"]\nisolation = \"fresh\""),
+        pooled = def(
+            "counter-pooled",
+            "kv-counter",
+            "capabilities = [\"kv\"]\nisolation = \"pooled\""
+        ),
+        fresh = def(
+            "counter-fresh",
+            "kv-counter",
+            "capabilities = [\"kv\"]\nisolation = \"fresh\""
+        ),
     ))
     .await;
     let http = client();
@@ -298,7 +348,12 @@ plugin = "counter-fresh"
 #[tokio::test]
 async fn ungranted_kv_is_denied() {
     let up = Upstream::named("unused").await;
-    let gw = gateway(&up, &def("counter", "kv-counter", ""), "[[routes.plugins]]\nplugin = \"counter\"\n").await;
+    let gw = gateway(
+        &up,
+        &def("counter", "kv-counter", ""),
+        "[[routes.plugins]]\nplugin = \"counter\"\n",
+    )
+    .await;
     let r = client().get(gw.url("/items/1")).send().await.unwrap();
     assert_eq!(r.status(), 500);
     assert_eq!(r.text().await.unwrap(), "kv error: denied");
@@ -344,7 +399,10 @@ config = {{ upstreams = ["a", "b"], path = "/x" }}
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(text.contains("alpha") && text.contains("beta"), "{text}");
-    assert!(elapsed < Duration::from_millis(550), "calls were not concurrent: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(550),
+        "calls were not concurrent: {elapsed:?}"
+    );
     assert_eq!(a.last().uri.path(), "/x");
 }
 
@@ -353,7 +411,11 @@ async fn python_plugin_runs_in_the_same_pipeline() {
     let up = Upstream::named("ok").await;
     let gw = gateway(
         &up,
-        &def("hello", "hello-python", "isolation = \"fresh\"\ndeadline = \"2s\""),
+        &def(
+            "hello",
+            "hello-python",
+            "isolation = \"fresh\"\ndeadline = \"2s\"",
+        ),
         "[[routes.plugins]]\nplugin = \"hello\"\nconfig = { greeting = \"hej\" }\n",
     )
     .await;

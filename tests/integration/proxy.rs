@@ -55,7 +55,10 @@ upstream = "c"
     let http = client();
     let get = |p: &str| http.get(gw.url(p)).send();
     assert_eq!(get("/users/me").await.unwrap().text().await.unwrap(), "a");
-    assert_eq!(get("/users/42?x=1").await.unwrap().text().await.unwrap(), "b");
+    assert_eq!(
+        get("/users/42?x=1").await.unwrap().text().await.unwrap(),
+        "b"
+    );
     assert_eq!(b.last().uri, "/v2/users/42?x=1");
     let r = http
         .post(gw.url("/users/42"))
@@ -86,7 +89,15 @@ async fn round_robin_spreads_requests_over_targets() {
     let http = client();
     let mut bodies = Vec::new();
     for _ in 0..4 {
-        bodies.push(http.get(gw.url("/")).send().await.unwrap().text().await.unwrap());
+        bodies.push(
+            http.get(gw.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(bodies.iter().filter(|b| *b == "a").count(), 2, "{bodies:?}");
     assert_eq!(bodies.iter().filter(|b| *b == "b").count(), 2, "{bodies:?}");
@@ -104,7 +115,12 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
             .unwrap()
     })
     .await;
-    let gw = TestGateway::start(&format!("[upstreams.u]\ntargets = [\"{}\"]\n{}", up.addr, route("r", "/", "u"))).await;
+    let gw = TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n{}",
+        up.addr,
+        route("r", "/", "u")
+    ))
+    .await;
     let r = client()
         .get(gw.url("/p"))
         .header("connection", "x-client-secret")
@@ -114,7 +130,10 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
         .header("x-forwarded-for", "203.0.113.9")
         .header("x-multi", "one")
         .header("x-multi", "two")
-        .header("x-bytes", http::HeaderValue::from_bytes(b"caf\xe9").unwrap())
+        .header(
+            "x-bytes",
+            http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -125,7 +144,12 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     assert_eq!(r.headers()["via"], "1.1 pylon");
 
     let seen = up.last();
-    for h in ["x-client-secret", "keep-alive", "proxy-authorization", "connection"] {
+    for h in [
+        "x-client-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "connection",
+    ] {
         assert!(seen.headers.get(h).is_none(), "{h} leaked upstream");
     }
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
@@ -141,8 +165,17 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
 #[tokio::test]
 async fn http2_cleartext_clients_are_served() {
     let up = Upstream::named("h2 ok").await;
-    let gw = TestGateway::start(&format!("[upstreams.u]\ntargets = [\"{}\"]\n{}", up.addr, route("r", "/", "u"))).await;
-    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let gw = TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n{}",
+        up.addr,
+        route("r", "/", "u")
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let r = h2.get(gw.url("/x")).send().await.unwrap();
     assert_eq!(r.version(), http::Version::HTTP_2);
     assert_eq!(r.text().await.unwrap(), "h2 ok");
@@ -168,7 +201,11 @@ async fn large_bodies_stream_in_both_directions() {
     let (first_mib_tx, first_mib_rx) = oneshot::channel::<()>();
     let (client_got_tx, client_got_rx) = oneshot::channel::<()>();
     let (digest_tx, digest_rx) = oneshot::channel::<(usize, Vec<u8>)>();
-    let state = std::sync::Arc::new(std::sync::Mutex::new(Some((first_mib_tx, client_got_rx, digest_tx))));
+    let state = std::sync::Arc::new(std::sync::Mutex::new(Some((
+        first_mib_tx,
+        client_got_rx,
+        digest_tx,
+    ))));
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -184,7 +221,9 @@ async fn large_bodies_stream_in_both_directions() {
                     if let Ok(data) = frame.unwrap().into_data() {
                         n += data.len();
                         h.update(&data);
-                        if n >= CHUNK && let Some(tx) = first_tx.take() {
+                        if n >= CHUNK
+                            && let Some(tx) = first_tx.take()
+                        {
                             let _ = tx.send(());
                         }
                     }
@@ -192,10 +231,16 @@ async fn large_bodies_stream_in_both_directions() {
                 let _ = digest_tx.send((n, h.finalize().to_vec()));
                 let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(4);
                 tokio::spawn(async move {
-                    tx.send(Ok(http_body::Frame::data(Bytes::from(vec![7u8; CHUNK])))).await.unwrap();
+                    tx.send(Ok(http_body::Frame::data(Bytes::from(vec![7u8; CHUNK]))))
+                        .await
+                        .unwrap();
                     client_got.await.unwrap();
                     for _ in 1..TOTAL / CHUNK {
-                        if tx.send(Ok(http_body::Frame::data(Bytes::from(vec![7u8; CHUNK])))).await.is_err() {
+                        if tx
+                            .send(Ok(http_body::Frame::data(Bytes::from(vec![7u8; CHUNK]))))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -210,16 +255,28 @@ async fn large_bodies_stream_in_both_directions() {
             .unwrap();
     });
 
-    let gw = TestGateway::start(&format!("[upstreams.u]\ntargets = [\"{up_addr}\"]\n{}", route("r", "/", "u"))).await;
+    let gw = TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{up_addr}\"]\n{}",
+        route("r", "/", "u")
+    ))
+    .await;
 
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let sender = tokio::spawn(async move {
         let mut h = Sha256::new();
-        let chunk = |i: usize| Bytes::from((0..CHUNK).map(|j| ((i * 31 + j) % 251) as u8).collect::<Vec<u8>>());
+        let chunk = |i: usize| {
+            Bytes::from(
+                (0..CHUNK)
+                    .map(|j| ((i * 31 + j) % 251) as u8)
+                    .collect::<Vec<u8>>(),
+            )
+        };
         let first = chunk(0);
         h.update(&first);
         body_tx.send(Ok(first)).await.unwrap();
-        first_mib_rx.await.expect("upstream saw the first MiB before the upload finished");
+        first_mib_rx
+            .await
+            .expect("upstream saw the first MiB before the upload finished");
         for i in 1..TOTAL / CHUNK {
             let c = chunk(i);
             h.update(&c);
@@ -250,7 +307,9 @@ async fn large_bodies_stream_in_both_directions() {
             let chunk = chunk.unwrap();
             assert!(chunk.iter().all(|b| *b == 7));
             received += chunk.len();
-            if received >= CHUNK && let Some(tx) = client_got_tx.take() {
+            if received >= CHUNK
+                && let Some(tx) = client_got_tx.take()
+            {
                 let _ = tx.send(());
             }
         }
@@ -273,11 +332,18 @@ async fn refused_upstream_gets_502() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let gw = TestGateway::start(&format!("[upstreams.u]\ntargets = [\"{closed}\"]\n{}", route("r", "/", "u"))).await;
+    let gw = TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{closed}\"]\n{}",
+        route("r", "/", "u")
+    ))
+    .await;
     let r = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let body = r.text().await.unwrap();
-    assert!(!body.contains("127.0.0.1"), "error body leaks internals: {body}");
+    assert!(
+        !body.contains("127.0.0.1"),
+        "error body leaks internals: {body}"
+    );
 }
 
 #[tokio::test]
@@ -292,7 +358,11 @@ async fn upstream_that_resets_gets_502() {
             drop(s);
         }
     });
-    let gw = TestGateway::start(&format!("[upstreams.u]\ntargets = [\"{addr}\"]\n{}", route("r", "/", "u"))).await;
+    let gw = TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{addr}\"]\n{}",
+        route("r", "/", "u")
+    ))
+    .await;
     let r = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 502);
 }
@@ -318,17 +388,29 @@ async fn slow_upstream_past_route_timeout_gets_504() {
 #[tokio::test]
 async fn malformed_and_oversized_requests_get_4xx() {
     let up = Upstream::named("ok").await;
-    let gw = TestGateway::start(&format!("[upstreams.u]\ntargets = [\"{}\"]\n{}", up.addr, route("r", "/", "u"))).await;
+    let gw = TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n{}",
+        up.addr,
+        route("r", "/", "u")
+    ))
+    .await;
 
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GARBAGE \x01\x02 nonsense\r\n\r\n").await.unwrap();
+    s.write_all(b"GARBAGE \x01\x02 nonsense\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
 
     let big = "x".repeat(100 * 1024);
-    let r = client().get(gw.url("/")).header("x-big", big).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/"))
+        .header("x-big", big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 431);
 
     let r = client()
