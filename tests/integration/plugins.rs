@@ -310,39 +310,56 @@ id = "pooled"
 path = "/pooled"
 upstream = "u"
 [[routes.plugins]]
-plugin = "counter-pooled"
+plugin = "memo-pooled"
+config = {{ trap-at = 3 }}
 
 [[routes]]
 id = "fresh"
 path = "/fresh"
 upstream = "u"
 [[routes.plugins]]
-plugin = "counter-fresh"
+plugin = "memo-fresh"
 "#,
         up = up.addr,
-        pooled = def(
-            "counter-pooled",
-            "kv-counter",
-            "capabilities = [\"kv\"]\nisolation = \"pooled\""
-        ),
-        fresh = def(
-            "counter-fresh",
-            "kv-counter",
-            "capabilities = [\"kv\"]\nisolation = \"fresh\""
-        ),
+        pooled = def("memo-pooled", "memo", "isolation = \"pooled\"\npool-size = 1"),
+        fresh = def("memo-fresh", "memo", "isolation = \"fresh\""),
     ))
     .await;
     let http = client();
-    // The kv store is shared regardless of isolation: counts go 1, 2, 3.
-    for expected in 1..=3 {
-        let r = http.get(gw.url("/fresh")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        let body = r.text().await.unwrap();
-        assert!(body.starts_with(&expected.to_string()), "{body}");
+    let get = |p: &'static str| {
+        let http = http.clone();
+        let url = gw.url(p);
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(get("/fresh").await, (200, "1".to_string()), "fresh instances share nothing");
     }
-    let r = http.get(gw.url("/pooled")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    // One pooled instance serves requests in turn and keeps its memory,
+    // until it traps on its third request; the trapped instance is thrown
+    // away and a new one starts counting from 1.
+    assert_eq!(get("/pooled").await, (200, "1".to_string()));
+    assert_eq!(get("/pooled").await, (200, "2".to_string()));
+    assert_eq!(get("/pooled").await.0, 500);
+    assert_eq!(get("/pooled").await, (200, "1".to_string()));
     assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn kv_is_shared_by_every_instance_of_a_plugin() {
+    let up = Upstream::named("unused").await;
+    let gw = gateway(
+        &up,
+        &def("counter", "kv-counter", "capabilities = [\"kv\"]\nisolation = \"fresh\""),
+        "[[routes.plugins]]\nplugin = \"counter\"\n",
+    )
+    .await;
+    for expected in 1..=3 {
+        let r = client().get(gw.url("/items/1")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), expected.to_string());
+    }
 }
 
 #[tokio::test]
