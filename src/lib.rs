@@ -6,8 +6,11 @@
 //! plugins ([`plugin`] is their Wasm implementation), [`upstream`] forwards
 //! to the backend, and [`error`] is the one place failures become statuses.
 //! [`config`] reads and validates TOML; [`runtime`] makes a configuration
-//! live and is swapped atomically on reload.
+//! live and is swapped atomically on reload ([`reload`]); [`admin`] and
+//! [`telemetry`] are the operations side (admin API, metrics, access log,
+//! traces).
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod demo;
@@ -16,6 +19,7 @@ pub mod kv;
 pub mod pipeline;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -11,7 +11,8 @@ use crate::{
     error::ProxyError,
     pipeline::{PluginRequest, PluginResponse, RequestOutcome, Sessions},
     runtime::{RouteRuntime, Runtime},
-    upstream::headers,
+    telemetry::{metrics::UpstreamErrorKind, observe, trace::TRACEPARENT},
+    upstream::{UpstreamError, headers},
 };
 
 /// What the server knows about the connection a request came on.
@@ -48,6 +49,7 @@ async fn proxy(
         .route(host.as_deref(), &parts.method, parts.uri.path())
         .ok_or(ProxyError::NoRoute)?;
     let route = rt.route(m.index);
+    observe::route_matched(&route.metrics);
     let query = parts.uri.query().map(str::to_owned);
     let host_value = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
 
@@ -245,15 +247,28 @@ async fn forward(
             detail: format!("invalid path {path_and_query:?}"),
         },
     })?;
+    let call = match rt.upstream_metrics(upstream) {
+        Some((name, metrics)) => observe::upstream_call(name, Some(metrics)),
+        None => observe::upstream_call(&Arc::from(upstream), None),
+    };
+    if let Some(tp) = call.traceparent() {
+        parts.headers.insert(TRACEPARENT, tp);
+    }
     let req = Request::from_parts(parts, body);
-    let resp = rt
+    let result = rt
         .upstreams()
         .forward(upstream, req, route.config.timeout)
-        .await
-        .map_err(|source| ProxyError::Upstream {
-            route: route.id.to_string(),
-            source,
-        })?;
+        .await;
+    call.finish(match &result {
+        Ok(resp) => Ok(resp.status().as_u16()),
+        Err(UpstreamError::Timeout { .. }) => Err(UpstreamErrorKind::Timeout),
+        Err(UpstreamError::Connect { .. }) => Err(UpstreamErrorKind::Connect),
+        Err(_) => Err(UpstreamErrorKind::Failed),
+    });
+    let resp = result.map_err(|source| ProxyError::Upstream {
+        route: route.id.to_string(),
+        source,
+    })?;
     let (mut rparts, rbody) = resp.into_parts();
     headers::remove_hop_by_hop(&mut rparts.headers);
     headers::append_via(&mut rparts.headers, rparts.version);

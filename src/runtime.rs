@@ -4,9 +4,9 @@
 //! started with (they hold an `Arc`).
 //!
 //! Process-wide things that outlive reloads (the Wasm engine with its
-//! compile caches, the key-value store) live in [`Shared`].
+//! compile caches, the key-value store, the metrics) live in [`Shared`].
 
-use std::{sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use crate::{
     config::{Config, ConfigError, Diagnostic, KvBackend, Route},
@@ -15,15 +15,19 @@ use crate::{
     pipeline::{Pipeline, PipelineEntry},
     plugin::{CompiledPlugin, HostServices, PluginLoadError, PluginRuntime},
     router::Router,
+    telemetry::metrics::{Metrics, RouteMetrics, RuntimeAlive, UpstreamMetrics},
     upstream::Upstreams,
 };
 
-/// What outlives reloads: the plugin engine and caches, and the KV store.
+/// What outlives reloads: the plugin engine and caches, the KV store and
+/// the metrics.
 pub struct Shared {
     /// The Wasm engine, compile caches and per-plugin stats.
     pub plugins: PluginRuntime,
     /// The key-value store behind the `kv` capability.
     pub kv: Arc<dyn KvStore>,
+    /// The metrics registry (plugin series read from `plugins`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -39,7 +43,8 @@ impl Shared {
                     .map_err(|e| single(None, &e))?,
             ),
         };
-        Ok(Self { plugins, kv })
+        let metrics = Arc::new(Metrics::new(plugins.clone()));
+        Ok(Self { plugins, kv, metrics })
     }
 }
 
@@ -55,6 +60,8 @@ pub struct RouteRuntime {
     pub request_body_limit: usize,
     /// The largest response body buffered for its plugins.
     pub response_body_limit: usize,
+    /// Its request metrics.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// A configuration made live.
@@ -64,7 +71,9 @@ pub struct Runtime {
     routes: Vec<RouteRuntime>,
     upstreams: Arc<Upstreams>,
     components: Vec<Arc<CompiledPlugin>>,
+    upstream_metrics: BTreeMap<String, (Arc<str>, Arc<UpstreamMetrics>)>,
     loaded_at: SystemTime,
+    _alive: RuntimeAlive,
 }
 
 impl Runtime {
@@ -137,6 +146,7 @@ impl Runtime {
                 pipeline: Pipeline::new(entries),
                 request_body_limit,
                 response_body_limit,
+                metrics: shared.metrics.route(&route.id),
             });
         }
         if !problems.is_empty() {
@@ -144,13 +154,20 @@ impl Runtime {
                 diagnostics: problems,
             });
         }
+        let upstream_metrics = config
+            .upstreams
+            .keys()
+            .map(|name| (name.clone(), (Arc::from(name.as_str()), shared.metrics.upstream(name))))
+            .collect();
         Ok(Runtime {
             router: Router::new(&config.routes),
             config: Arc::new(config),
             routes,
             upstreams,
             components: compiled.into_values().collect(),
+            upstream_metrics,
             loaded_at: SystemTime::now(),
+            _alive: RuntimeAlive::new(&shared.metrics),
         })
     }
 
@@ -182,6 +199,11 @@ impl Runtime {
     /// The compiled plugin components in force.
     pub fn components(&self) -> &[Arc<CompiledPlugin>] {
         &self.components
+    }
+
+    /// The name and metric handles of an upstream, by name.
+    pub fn upstream_metrics(&self, name: &str) -> Option<&(Arc<str>, Arc<UpstreamMetrics>)> {
+        self.upstream_metrics.get(name)
     }
 
     /// When this runtime was built.

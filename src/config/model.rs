@@ -35,6 +35,10 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// The admin API listener, if enabled.
     pub admin: Option<Admin>,
+    /// Where the access log goes; `None` (the default) disables it.
+    pub access_log: Option<AccessLogTarget>,
+    /// OpenTelemetry span export; `None` (the default) exports nothing.
+    pub tracing: Option<TracingConfig>,
     /// Named upstreams.
     pub upstreams: BTreeMap<String, Upstream>,
     /// Named plugin definitions.
@@ -88,6 +92,25 @@ pub struct Admin {
     pub address: SocketAddr,
     /// If set, requests need `Authorization: Bearer <token>`.
     pub token: Option<String>,
+}
+
+/// Where access log lines go (`[access-log] path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output (`path = "-"`).
+    Stdout,
+    /// Appended to this file (created if missing; relative to the config file's folder).
+    File(PathBuf),
+}
+
+/// OpenTelemetry span export (`[tracing]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracingConfig {
+    /// The OTLP/HTTP collector's base URL, e.g. `http://127.0.0.1:4318`
+    /// (spans go to `/v1/traces`).
+    pub otlp_endpoint: String,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
 }
 
 /// A named group of targets.

@@ -18,6 +18,10 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
+    pub(crate) access_log: Option<Spanned<RawAccessLog>>,
+    #[serde(default)]
+    pub(crate) tracing: Option<Spanned<RawTracing>>,
+    #[serde(default)]
     pub(crate) upstreams: BTreeMap<Spanned<String>, Spanned<RawUpstream>>,
     #[serde(default)]
     pub(crate) plugins: BTreeMap<Spanned<String>, Spanned<RawPluginDef>>,
@@ -55,6 +59,19 @@ pub(crate) struct RawListener {
 pub(crate) struct RawAdmin {
     pub(crate) address: Option<Spanned<String>>,
     pub(crate) token: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawAccessLog {
+    pub(crate) path: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawTracing {
+    pub(crate) otlp_endpoint: Spanned<String>,
+    pub(crate) service_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

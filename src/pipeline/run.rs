@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::telemetry::observe;
+
 use super::{
     FailurePolicy, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
     RequestAction,
@@ -81,6 +83,7 @@ impl Pipeline {
         let mut upstream = None;
         for (index, entry) in self.entries.iter().enumerate() {
             let needs = entry.plugin.needs();
+            let mut call = observe::plugin_call(entry.plugin.id(), "on-request");
             let result = match entry.plugin.start().await {
                 Ok(mut session) => match session.on_request(req).await {
                     Ok(action) => Ok((session, action)),
@@ -88,6 +91,10 @@ impl Pipeline {
                 },
                 Err(e) => Err(e),
             };
+            if let Err(err) = &result {
+                call.fail(err);
+            }
+            drop(call);
             let (session, action) = match result {
                 Ok(ok) => ok,
                 Err(err) => match entry.on_error {
@@ -137,7 +144,13 @@ impl Pipeline {
         while let Some((index, mut session)) = sessions.active.pop() {
             let entry = &self.entries[index];
             let needs = entry.plugin.needs();
-            let edits = match session.on_response(req, resp).await {
+            let mut call = observe::plugin_call(entry.plugin.id(), "on-response");
+            let result = session.on_response(req, resp).await;
+            if let Err(err) = &result {
+                call.fail(err);
+            }
+            drop(call);
+            let edits = match result {
                 Ok(edits) => edits,
                 Err(err) => match entry.on_error {
                     FailurePolicy::FailClosed => return Err(err),

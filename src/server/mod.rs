@@ -15,10 +15,20 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    config::{self, Config, ConfigError, Listener},
+    config::{self, AccessLogTarget, Config, ConfigError, Listener},
     proxy::{self, ConnInfo},
+    reload::{FileWatcher, ReloadReport, Reloader},
     runtime::{Runtime, Shared},
+    telemetry::{
+        access_log::AccessLog,
+        metrics::Metrics,
+        observe::{CountedBody, Observability},
+        trace::{Tracing, TracingError},
+    },
 };
+
+/// How long shutdown waits for buffered access log lines and spans.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,61 +45,92 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The access log file could not be opened.
+    #[error("cannot open the access log {path}")]
+    AccessLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The OTLP exporter could not be set up.
+    #[error(transparent)]
+    Tracing(#[from] TracingError),
+    /// The configuration file and components cannot be watched for changes.
+    #[error("cannot watch the configuration for changes")]
+    Watch(#[source] notify::Error),
 }
 
 /// A running gateway.
 pub struct Gateway {
-    shared: Arc<Shared>,
-    current: Arc<ArcSwap<Runtime>>,
-    config_path: Option<PathBuf>,
+    reloader: Arc<Reloader>,
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    reload_lock: tokio::sync::Mutex<()>,
+    watcher: Option<FileWatcher>,
 }
 
 impl Gateway {
-    /// Load the configuration file, build the runtime, bind the listeners
-    /// and start serving.
+    /// Load the configuration file, build the runtime, bind the listeners,
+    /// start serving, and reload whenever the file or a component it names
+    /// changes.
     pub async fn start_from_file(path: PathBuf) -> Result<Gateway, StartError> {
         let config = config::load(&path)?;
-        let mut gw = Self::start(config).await?;
-        gw.config_path = Some(path);
+        let mut gw = Self::start_with(config, Some(path)).await?;
+        gw.watcher = Some(FileWatcher::start(&gw.reloader).map_err(StartError::Watch)?);
         Ok(gw)
     }
 
     /// Build the runtime for `config`, bind its listeners and start serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Self::start_with(config, None).await
+    }
+
+    async fn start_with(config: Config, path: Option<PathBuf>) -> Result<Gateway, StartError> {
         let shared = Arc::new(Shared::new(&config).await?);
+        let obs = Arc::new(observability(&config, &shared.metrics)?);
         let listeners = config.listeners.clone();
+        let admin = config.admin.clone();
         let runtime = Runtime::build(config, &shared).await?;
         let current = Arc::new(ArcSwap::from_pointee(runtime));
+        let reloader = Arc::new(Reloader::new(shared, current.clone(), path, obs.clone()));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
-        for l in listeners {
-            let tcp = TcpListener::bind(l.address)
+        let bind = |address: SocketAddr| async move {
+            let tcp = TcpListener::bind(address)
                 .await
-                .map_err(|source| StartError::Bind {
-                    address: l.address,
-                    source,
-                })?;
-            let addr = tcp.local_addr().map_err(|source| StartError::Bind {
-                address: l.address,
-                source,
-            })?;
+                .map_err(|source| StartError::Bind { address, source })?;
+            let addr = tcp
+                .local_addr()
+                .map_err(|source| StartError::Bind { address, source })?;
+            Ok::<_, StartError>((tcp, addr))
+        };
+        for l in listeners {
+            let (tcp, addr) = bind(l.address).await?;
             tracing::info!(%addr, "listening");
             addrs.push(addr);
-            tasks.spawn(serve(tcp, l, current.clone(), shutdown_rx.clone()));
+            tasks.spawn(serve(tcp, l, current.clone(), obs.clone(), shutdown_rx.clone()));
         }
+        let admin_addr = match admin {
+            Some(admin) => {
+                let (tcp, addr) = bind(admin.address).await?;
+                tracing::info!(%addr, "admin API listening");
+                tasks.spawn(crate::admin::serve(tcp, reloader.clone(), admin.token, shutdown_rx.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
+        reloader.set_ready(true);
         Ok(Gateway {
-            shared,
-            current,
-            config_path: None,
+            reloader,
             addrs,
+            admin_addr,
             shutdown_tx,
             tasks,
-            reload_lock: tokio::sync::Mutex::new(()),
+            watcher: None,
         })
     }
 
@@ -98,54 +139,91 @@ impl Gateway {
         &self.addrs
     }
 
-    /// The runtime in force.
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.current.load_full()
+    /// The admin API's bound address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
-    /// Process-wide state (plugin engine, KV store).
+    /// The runtime in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.reloader.runtime()
+    }
+
+    /// Process-wide state (plugin engine, KV store, metrics).
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        self.reloader.shared()
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.reloader.shared().metrics
+    }
+
+    /// The reloader (shared with the admin API and the file watcher).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// The configuration file, when started from one.
-    pub fn config_path(&self) -> Option<&PathBuf> {
-        self.config_path.as_ref()
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.reloader.config_path()
     }
 
     /// Re-read the configuration file and swap in the new runtime. On any
     /// error the old runtime keeps serving.
-    pub async fn reload(&self) -> Result<(), ConfigError> {
-        let Some(path) = &self.config_path else {
-            return Err(ConfigError::single(config::Diagnostic {
-                location: None,
-                subject: None,
-                message: "gateway was not started from a file".into(),
-            }));
-        };
-        let config = config::load(path)?;
-        self.reload_with(config).await
+    pub async fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        self.reloader.reload().await
     }
 
     /// Build a runtime for `config` beside the current one and swap it in.
-    /// Listener changes need a restart and are ignored here.
-    pub async fn reload_with(&self, config: Config) -> Result<(), ConfigError> {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let runtime = Runtime::build(config, &self.shared).await?;
-        self.current.store(Arc::new(runtime));
-        tracing::info!("configuration reloaded");
-        Ok(())
+    /// Settings that need a restart are kept and reported as warnings.
+    pub async fn reload_with(&self, config: Config) -> Result<ReloadReport, ConfigError> {
+        self.reloader.reload_with(config).await
     }
 
-    /// Stop accepting, let in-flight requests finish for up to `grace`,
-    /// then close what is left.
+    /// Stop accepting (listeners close at once), let in-flight requests
+    /// finish for up to `grace`, close what is left, and flush the access
+    /// log and the span queue.
     pub async fn shutdown(mut self, grace: Duration) {
+        self.reloader.set_ready(false);
+        self.watcher = None;
         let _ = self.shutdown_tx.send(true);
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!(?grace, "grace period over; closing remaining connections");
             self.tasks.abort_all();
         }
+        self.reloader.observability().flush(FLUSH_TIMEOUT).await;
+    }
+}
+
+/// The access log and tracing the configuration asks for.
+fn observability(config: &Config, metrics: &Arc<Metrics>) -> Result<Observability, StartError> {
+    let access_log = match &config.access_log {
+        None => None,
+        Some(target) => Some(
+            AccessLog::start(target, metrics.access_log_dropped().clone()).map_err(|source| StartError::AccessLog {
+                path: match target {
+                    AccessLogTarget::Stdout => PathBuf::from("-"),
+                    AccessLogTarget::File(p) => p.clone(),
+                },
+                source,
+            })?,
+        ),
+    };
+    let tracing = match &config.tracing {
+        None => Tracing::disabled(),
+        Some(t) => Tracing::otlp(&t.otlp_endpoint, &t.service_name)?,
+    };
+    Ok(Observability::new(metrics.clone(), access_log, tracing))
+}
+
+/// Counts an open client connection until dropped.
+struct ConnectionGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -153,6 +231,7 @@ async fn serve(
     tcp: TcpListener,
     listener: Listener,
     current: Arc<ArcSwap<Runtime>>,
+    obs: Arc<Observability>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -192,14 +271,22 @@ async fn serve(
             client,
             scheme: "http",
         };
+        let obs = obs.clone();
+        obs.metrics.open_connections().inc();
+        let gauge = ConnectionGauge(obs.metrics.open_connections().clone());
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let rt = current.load_full();
-            let req = req.map(crate::body::boxed);
-            async move { Ok::<_, Infallible>(proxy::handle(rt, req, info).await) }
+            let scope = obs.begin(&req, client);
+            let req = req.map(|b| crate::body::boxed(CountedBody::new(b, scope.clone())));
+            async move {
+                let resp = Observability::run(scope.clone(), proxy::handle(rt, req, info)).await;
+                Ok::<_, Infallible>(Observability::finish(scope, resp))
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
+            let _gauge = gauge;
             if let Err(err) = conn.await {
                 tracing::debug!(%client, error = %err, "connection ended with an error");
             }

@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod config_ui;
+mod ops;
 mod plugins;
 mod policies;
 mod proxy;

@@ -1,0 +1,460 @@
+//! Prometheus metrics (OpenMetrics text at `GET /metrics` on the admin
+//! listener), through the `prometheus-client` crate.
+//!
+//! One [`Metrics`] per gateway outlives reloads, so counters keep counting
+//! across configuration changes. The request path never looks a label set
+//! up in a shared map: each route gets a [`RouteMetrics`] and each upstream
+//! an [`UpstreamMetrics`] when its runtime is built, and a route resolves
+//! its `(route, status)` handles once per status it ever answers with.
+//! Plugin counters live in the plugin runtime and are read at scrape time
+//! by a collector, so plugin calls pay nothing extra.
+//!
+//! Series (all prefixed `pylon_`): `requests_total` and
+//! `request_duration_seconds` by `route` and `status`;
+//! `upstream_request_duration_seconds` and `upstream_errors_total` by
+//! `upstream` (and `kind`); `plugin_calls_total`,
+//! `plugin_call_duration_seconds`, `plugin_failures_total`,
+//! `plugin_traps_total`, `plugin_deadline_hits_total`,
+//! `plugin_memory_hits_total`, `plugin_instantiations_total` by `plugin`;
+//! `reloads_total` by `result`; `open_connections`; `runtimes_alive`;
+//! `access_log_dropped_total`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+
+use crate::plugin::{LATENCY_BUCKETS_US, PluginRuntime};
+
+/// The label a request gets when no route matched it.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Upper bounds (seconds) of request and upstream duration buckets.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: Arc<str>,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: Arc<str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    upstream: Arc<str>,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// How a reload ended, for `pylon_reloads_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The new runtime is serving.
+    Success,
+    /// The old runtime keeps serving.
+    Failure,
+}
+
+/// Why an upstream call failed, for `pylon_upstream_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Could not connect (refused, unreachable, connect timeout).
+    Connect,
+    /// No response head within the route's timeout.
+    Timeout,
+    /// The connection failed after it was made.
+    Failed,
+}
+
+impl UpstreamErrorKind {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Failed => "failed",
+        }
+    }
+}
+
+/// The gateway's metrics registry and the handles the request path updates.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    request_duration: HistogramFamily<RouteStatus>,
+    upstream_duration: HistogramFamily<UpstreamLabel>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    open_connections: Gauge,
+    runtimes_alive: Gauge,
+    access_log_dropped: Counter,
+    routes: Mutex<HashMap<Arc<str>, Arc<RouteMetrics>>>,
+    upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamMetrics>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A registry with every pylon series; plugin series are read from
+    /// `plugins` at scrape time.
+    pub fn new(plugins: PluginRuntime) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RouteStatus, Counter>::default();
+        let request_duration: HistogramFamily<RouteStatus> =
+            Family::new_with_constructor(duration_histogram);
+        let upstream_duration: HistogramFamily<UpstreamLabel> =
+            Family::new_with_constructor(duration_histogram);
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let open_connections = Gauge::default();
+        let runtimes_alive = Gauge::default();
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "pylon_requests",
+            "Client requests answered, by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "pylon_request_duration_seconds",
+            "Time from request head to the last byte of the response, by route and status",
+            request_duration.clone(),
+        );
+        registry.register(
+            "pylon_upstream_request_duration_seconds",
+            "Time until an upstream's response head (or failure), by upstream",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "pylon_upstream_errors",
+            "Upstream calls that failed, by upstream and kind (connect, timeout, failed)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "pylon_reloads",
+            "Configuration reloads, by result (success, failure)",
+            reloads.clone(),
+        );
+        registry.register(
+            "pylon_open_connections",
+            "Client connections currently open",
+            open_connections.clone(),
+        );
+        registry.register(
+            "pylon_runtimes_alive",
+            "Runtimes (configurations made live) not yet freed; 1 when no reload is draining",
+            runtimes_alive.clone(),
+        );
+        registry.register(
+            "pylon_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
+        registry.register_collector(Box::new(PluginCollector { plugins }));
+        // Touch both results so a dashboard sees zeros before the first reload.
+        for result in ["success", "failure"] {
+            let _ = reloads.get_or_create(&ResultLabel { result });
+        }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            reloads,
+            open_connections,
+            runtimes_alive,
+            access_log_dropped,
+            routes: Mutex::new(HashMap::new()),
+            upstreams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Encode every series in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The content type of [`Metrics::encode`]'s output.
+    pub const CONTENT_TYPE: &'static str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+    /// The handles of one route (shared by every runtime that has a route
+    /// with this id). Called at load, not per request.
+    pub fn route(&self, route: &str) -> Arc<RouteMetrics> {
+        let mut routes = lock(&self.routes);
+        if let Some(r) = routes.get(route) {
+            return r.clone();
+        }
+        let id: Arc<str> = route.into();
+        let r = Arc::new(RouteMetrics {
+            route: id.clone(),
+            requests: self.requests.clone(),
+            durations: self.request_duration.clone(),
+            by_status: ArcSwap::from_pointee(Vec::new()),
+            grow: Mutex::new(()),
+        });
+        routes.insert(id, r.clone());
+        r
+    }
+
+    /// The handles of one upstream. Called at load, not per request.
+    pub fn upstream(&self, upstream: &str) -> Arc<UpstreamMetrics> {
+        let mut upstreams = lock(&self.upstreams);
+        if let Some(u) = upstreams.get(upstream) {
+            return u.clone();
+        }
+        let name: Arc<str> = upstream.into();
+        let errors = |kind: UpstreamErrorKind| {
+            self.upstream_errors.get_or_create_owned(&UpstreamErrorLabels {
+                upstream: name.clone(),
+                kind: kind.label(),
+            })
+        };
+        let u = Arc::new(UpstreamMetrics {
+            duration: self.upstream_duration.get_or_create_owned(&UpstreamLabel {
+                upstream: name.clone(),
+            }),
+            connect: errors(UpstreamErrorKind::Connect),
+            timeout: errors(UpstreamErrorKind::Timeout),
+            failed: errors(UpstreamErrorKind::Failed),
+        });
+        upstreams.insert(name, u.clone());
+        u
+    }
+
+    /// Count a reload.
+    pub fn reload(&self, result: ReloadResult) {
+        let result = match result {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Reloads counted so far with this result.
+    pub fn reloads(&self, result: ReloadResult) -> u64 {
+        let result = match result {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        };
+        self.reloads.get_or_create(&ResultLabel { result }).get()
+    }
+
+    /// The open-connections gauge (the server increments and decrements it).
+    pub fn open_connections(&self) -> &Gauge {
+        &self.open_connections
+    }
+
+    /// The live-runtimes gauge (see [`RuntimeAlive`]).
+    pub fn runtimes_alive(&self) -> &Gauge {
+        &self.runtimes_alive
+    }
+
+    /// The counter of access log lines dropped under back-pressure.
+    pub fn access_log_dropped(&self) -> &Counter {
+        &self.access_log_dropped
+    }
+}
+
+/// Counts one live runtime in `pylon_runtimes_alive` until dropped; a
+/// runtime holds one, so the gauge shows whether old runtimes are freed.
+pub struct RuntimeAlive(Gauge);
+
+impl RuntimeAlive {
+    /// Count one more live runtime.
+    pub fn new(metrics: &Metrics) -> Self {
+        metrics.runtimes_alive.inc();
+        Self(metrics.runtimes_alive.clone())
+    }
+}
+
+impl Drop for RuntimeAlive {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The metric handles of one route, resolved per status on first use.
+pub struct RouteMetrics {
+    route: Arc<str>,
+    requests: Family<RouteStatus, Counter>,
+    durations: HistogramFamily<RouteStatus>,
+    by_status: ArcSwap<Vec<StatusHandles>>,
+    grow: Mutex<()>,
+}
+
+struct StatusHandles {
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// The route's id (the `route` label).
+    pub fn route(&self) -> &Arc<str> {
+        &self.route
+    }
+
+    /// Count one answered request and its duration.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(h) = self.by_status.load().iter().find(|h| h.status == status) {
+            h.requests.inc();
+            h.duration.observe(secs);
+            return;
+        }
+        // First request with this status on this route: resolve the
+        // handles once (a route answers with a handful of statuses).
+        let _one_writer = lock(&self.grow);
+        let current = self.by_status.load_full();
+        let handles = match current.iter().find(|h| h.status == status) {
+            Some(h) => (h.requests.clone(), h.duration.clone()),
+            None => {
+                let labels = RouteStatus {
+                    route: self.route.clone(),
+                    status,
+                };
+                let h = StatusHandles {
+                    status,
+                    requests: self.requests.get_or_create_owned(&labels),
+                    duration: self.durations.get_or_create_owned(&labels),
+                };
+                let pair = (h.requests.clone(), h.duration.clone());
+                let mut next: Vec<StatusHandles> = current
+                    .iter()
+                    .map(|h| StatusHandles {
+                        status: h.status,
+                        requests: h.requests.clone(),
+                        duration: h.duration.clone(),
+                    })
+                    .collect();
+                next.push(h);
+                self.by_status.store(Arc::new(next));
+                pair
+            }
+        };
+        handles.0.inc();
+        handles.1.observe(secs);
+    }
+}
+
+/// The metric handles of one upstream.
+pub struct UpstreamMetrics {
+    duration: Histogram,
+    connect: Counter,
+    timeout: Counter,
+    failed: Counter,
+}
+
+impl UpstreamMetrics {
+    /// Record one call: its time to the response head (or failure) and,
+    /// when it failed, why.
+    pub fn record(&self, elapsed: Duration, error: Option<UpstreamErrorKind>) {
+        self.duration.observe(elapsed.as_secs_f64());
+        match error {
+            None => {}
+            Some(UpstreamErrorKind::Connect) => {
+                self.connect.inc();
+            }
+            Some(UpstreamErrorKind::Timeout) => {
+                self.timeout.inc();
+            }
+            Some(UpstreamErrorKind::Failed) => {
+                self.failed.inc();
+            }
+        }
+    }
+}
+
+/// Reads the plugin runtime's per-plugin counters at scrape time.
+struct PluginCollector {
+    plugins: PluginRuntime,
+}
+
+impl std::fmt::Debug for PluginCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for PluginCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.plugins.stats();
+        type Field = fn(&crate::plugin::PluginStatsSnapshot) -> u64;
+        let counters: [(&str, &str, Field); 6] = [
+            ("pylon_plugin_calls", "Guest calls (configure, on-request, on-response), by plugin", |s| s.calls),
+            ("pylon_plugin_failures", "Guest calls that failed for any reason, by plugin", |s| s.failures),
+            ("pylon_plugin_traps", "Guest calls that trapped, by plugin", |s| s.traps),
+            ("pylon_plugin_deadline_hits", "Guest calls stopped at their deadline, by plugin", |s| s.deadline_hits),
+            ("pylon_plugin_memory_hits", "Guest calls that failed at the memory cap, by plugin", |s| s.memory_hits),
+            ("pylon_plugin_instantiations", "Plugin instances created, by plugin", |s| s.instantiations),
+        ];
+        for (name, help, field) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (plugin, snap) in &stats {
+                let labels = [("plugin", plugin.as_str())];
+                ConstCounter::new(field(snap)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "pylon_plugin_call_duration_seconds",
+            "Guest call latency, by plugin",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (plugin, snap) in &stats {
+            let labels = [("plugin", plugin.as_str())];
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+                .iter()
+                .map(|&us| us as f64 / 1e6)
+                .chain(std::iter::once(f64::INFINITY))
+                .zip(snap.latency_buckets.iter().copied())
+                .collect();
+            let sum = snap.total_call_nanos as f64 / 1e9;
+            family.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, snap.calls, &buckets, None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
