@@ -174,7 +174,9 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |changed: bool, what: &str| {
         if changed {
-            out.push(format!("{what} changed; restart pylon to apply (the old setting stays in force)"));
+            out.push(format!(
+                "{what} changed; restart pylon to apply (the old setting stays in force)"
+            ));
         }
     };
     check(old.listeners != new.listeners, "[[listeners]]");
@@ -254,7 +256,11 @@ impl WatchState {
             event.kind,
             EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
         );
-        relevant_kind && event.paths.iter().any(|p| self.files.contains(&normalize(p)))
+        relevant_kind
+            && event
+                .paths
+                .iter()
+                .any(|p| self.files.contains(&normalize(p)))
     }
 }
 
@@ -293,7 +299,9 @@ async fn watch_loop(
                 Err(_quiet) => break,
             }
         }
-        let Some(reloader) = reloader.upgrade() else { return };
+        let Some(reloader) = reloader.upgrade() else {
+            return;
+        };
         tracing::info!("configuration or component changed; reloading");
         // Failures are logged and counted by the reloader.
         let _ = reloader.reload().await;

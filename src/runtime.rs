@@ -44,7 +44,11 @@ impl Shared {
             ),
         };
         let metrics = Arc::new(Metrics::new(plugins.clone()));
-        Ok(Self { plugins, kv, metrics })
+        Ok(Self {
+            plugins,
+            kv,
+            metrics,
+        })
     }
 }
 
@@ -157,7 +161,12 @@ impl Runtime {
         let upstream_metrics = config
             .upstreams
             .keys()
-            .map(|name| (name.clone(), (Arc::from(name.as_str()), shared.metrics.upstream(name))))
+            .map(|name| {
+                (
+                    name.clone(),
+                    (Arc::from(name.as_str()), shared.metrics.upstream(name)),
+                )
+            })
             .collect();
         Ok(Runtime {
             router: Router::new(&config.routes),

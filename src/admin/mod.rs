@@ -80,11 +80,18 @@ pub async fn serve(
     }
 }
 
-async fn handle(reloader: &Reloader, token: Option<&[u8; 32]>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    reloader: &Reloader,
+    token: Option<&[u8; 32]>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if let Some(expected) = token
         && !authorized(req.headers().get(header::AUTHORIZATION), expected)
     {
-        let mut resp = json_response(StatusCode::UNAUTHORIZED, &json!({"error": "missing or wrong bearer token"}));
+        let mut resp = json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "missing or wrong bearer token"}),
+        );
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
@@ -114,11 +121,15 @@ async fn handle(reloader: &Reloader, token: Option<&[u8; 32]>, req: Request<Inco
             );
             resp
         }
-        "/admin/health" | "/admin/ready" | "/admin/routes" | "/admin/upstreams" | "/admin/plugins"
-        | "/admin/reload" | "/metrics" => {
-            json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}))
-        }
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "no such admin endpoint"})),
+        "/admin/health" | "/admin/ready" | "/admin/routes" | "/admin/upstreams"
+        | "/admin/plugins" | "/admin/reload" | "/metrics" => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "method not allowed"}),
+        ),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "no such admin endpoint"}),
+        ),
     }
 }
 
@@ -144,8 +155,10 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     text.push(b'\n');
     let mut resp = Response::new(body::full(Bytes::from(text)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

@@ -122,8 +122,14 @@ pub(super) fn validate(
     let runtime = runtime(&mut cx, raw.runtime.as_ref(), base_dir);
     let listeners = listeners(&mut cx, &raw.listeners);
     let admin = raw.admin.as_ref().map(|a| admin(&mut cx, a));
-    let access_log = raw.access_log.as_ref().map(|a| access_log(&mut cx, a, base_dir));
-    let tracing = raw.tracing.as_ref().and_then(|t| tracing_config(&mut cx, t));
+    let access_log = raw
+        .access_log
+        .as_ref()
+        .map(|a| access_log(&mut cx, a, base_dir));
+    let tracing = raw
+        .tracing
+        .as_ref()
+        .and_then(|t| tracing_config(&mut cx, t));
     let upstreams = upstreams(&mut cx, &raw.upstreams);
     let plugins = plugins(&mut cx, &raw.plugins, &upstreams, &runtime, base_dir);
     let routes = routes(&mut cx, &raw.routes, &upstreams, &plugins);
@@ -309,7 +315,11 @@ fn access_log(cx: &mut Ctx<'_>, raw: &Spanned<raw::RawAccessLog>, base: &Path) -
     match path.get_ref().as_str() {
         "-" => AccessLogTarget::Stdout,
         "" => {
-            cx.error(path, Some("access-log".into()), "path must be \"-\" (stdout) or a file path");
+            cx.error(
+                path,
+                Some("access-log".into()),
+                "path must be \"-\" (stdout) or a file path",
+            );
             AccessLogTarget::Stdout
         }
         p => AccessLogTarget::File(base.join(p)),
@@ -328,7 +338,14 @@ fn tracing_config(cx: &mut Ctx<'_>, raw: &Spanned<raw::RawTracing>) -> Option<Tr
         } else {
             "expected an http:// URL, e.g. \"http://127.0.0.1:4318\""
         };
-        cx.error(&r.otlp_endpoint, Some("tracing".into()), format!("invalid otlp-endpoint {:?}: {hint}", r.otlp_endpoint.get_ref()));
+        cx.error(
+            &r.otlp_endpoint,
+            Some("tracing".into()),
+            format!(
+                "invalid otlp-endpoint {:?}: {hint}",
+                r.otlp_endpoint.get_ref()
+            ),
+        );
         return None;
     }
     let service_name = match &r.service_name {
@@ -339,7 +356,10 @@ fn tracing_config(cx: &mut Ctx<'_>, raw: &Spanned<raw::RawTracing>) -> Option<Tr
         }
         Some(s) => s.get_ref().clone(),
     };
-    Some(TracingConfig { otlp_endpoint: endpoint.to_owned(), service_name })
+    Some(TracingConfig {
+        otlp_endpoint: endpoint.to_owned(),
+        service_name,
+    })
 }
 
 fn upstreams(

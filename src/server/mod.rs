@@ -112,13 +112,24 @@ impl Gateway {
             let (tcp, addr) = bind(l.address).await?;
             tracing::info!(%addr, "listening");
             addrs.push(addr);
-            tasks.spawn(serve(tcp, l, current.clone(), obs.clone(), shutdown_rx.clone()));
+            tasks.spawn(serve(
+                tcp,
+                l,
+                current.clone(),
+                obs.clone(),
+                shutdown_rx.clone(),
+            ));
         }
         let admin_addr = match admin {
             Some(admin) => {
                 let (tcp, addr) = bind(admin.address).await?;
                 tracing::info!(%addr, "admin API listening");
-                tasks.spawn(crate::admin::serve(tcp, reloader.clone(), admin.token, shutdown_rx.clone()));
+                tasks.spawn(crate::admin::serve(
+                    tcp,
+                    reloader.clone(),
+                    admin.token,
+                    shutdown_rx.clone(),
+                ));
                 Some(addr)
             }
             None => None,
@@ -202,12 +213,14 @@ fn observability(config: &Config, metrics: &Arc<Metrics>) -> Result<Observabilit
     let access_log = match &config.access_log {
         None => None,
         Some(target) => Some(
-            AccessLog::start(target, metrics.access_log_dropped().clone()).map_err(|source| StartError::AccessLog {
-                path: match target {
-                    AccessLogTarget::Stdout => PathBuf::from("-"),
-                    AccessLogTarget::File(p) => p.clone(),
-                },
-                source,
+            AccessLog::start(target, metrics.access_log_dropped().clone()).map_err(|source| {
+                StartError::AccessLog {
+                    path: match target {
+                        AccessLogTarget::Stdout => PathBuf::from("-"),
+                        AccessLogTarget::File(p) => p.clone(),
+                    },
+                    source,
+                }
             })?,
         ),
     };

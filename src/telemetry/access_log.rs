@@ -225,7 +225,10 @@ mod tests {
 
     fn at(secs: u64, millis: u64) -> String {
         let mut s = String::new();
-        rfc3339(&mut s, UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis));
+        rfc3339(
+            &mut s,
+            UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis),
+        );
         s
     }
 
@@ -262,7 +265,11 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["upstream"], "u");
         assert_eq!(v["client"], "127.0.0.1:1234");
-        let none = Entry { route: None, upstream: None, ..e };
+        let none = Entry {
+            route: None,
+            upstream: None,
+            ..e
+        };
         let v: serde_json::Value = serde_json::from_str(&format_line(&none)).unwrap();
         assert!(v["route"].is_null() && v["upstream"].is_null() && v["upstream_ms"].is_null());
     }

@@ -212,7 +212,8 @@ impl Metrics {
     }
 
     /// The content type of [`Metrics::encode`]'s output.
-    pub const CONTENT_TYPE: &'static str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
     /// The handles of one route (shared by every runtime that has a route
     /// with this id). Called at load, not per request.
@@ -241,10 +242,11 @@ impl Metrics {
         }
         let name: Arc<str> = upstream.into();
         let errors = |kind: UpstreamErrorKind| {
-            self.upstream_errors.get_or_create_owned(&UpstreamErrorLabels {
-                upstream: name.clone(),
-                kind: kind.label(),
-            })
+            self.upstream_errors
+                .get_or_create_owned(&UpstreamErrorLabels {
+                    upstream: name.clone(),
+                    kind: kind.label(),
+                })
         };
         let u = Arc::new(UpstreamMetrics {
             duration: self.upstream_duration.get_or_create_owned(&UpstreamLabel {
@@ -418,12 +420,36 @@ impl Collector for PluginCollector {
         let stats = self.plugins.stats();
         type Field = fn(&crate::plugin::PluginStatsSnapshot) -> u64;
         let counters: [(&str, &str, Field); 6] = [
-            ("pylon_plugin_calls", "Guest calls (configure, on-request, on-response), by plugin", |s| s.calls),
-            ("pylon_plugin_failures", "Guest calls that failed for any reason, by plugin", |s| s.failures),
-            ("pylon_plugin_traps", "Guest calls that trapped, by plugin", |s| s.traps),
-            ("pylon_plugin_deadline_hits", "Guest calls stopped at their deadline, by plugin", |s| s.deadline_hits),
-            ("pylon_plugin_memory_hits", "Guest calls that failed at the memory cap, by plugin", |s| s.memory_hits),
-            ("pylon_plugin_instantiations", "Plugin instances created, by plugin", |s| s.instantiations),
+            (
+                "pylon_plugin_calls",
+                "Guest calls (configure, on-request, on-response), by plugin",
+                |s| s.calls,
+            ),
+            (
+                "pylon_plugin_failures",
+                "Guest calls that failed for any reason, by plugin",
+                |s| s.failures,
+            ),
+            (
+                "pylon_plugin_traps",
+                "Guest calls that trapped, by plugin",
+                |s| s.traps,
+            ),
+            (
+                "pylon_plugin_deadline_hits",
+                "Guest calls stopped at their deadline, by plugin",
+                |s| s.deadline_hits,
+            ),
+            (
+                "pylon_plugin_memory_hits",
+                "Guest calls that failed at the memory cap, by plugin",
+                |s| s.memory_hits,
+            ),
+            (
+                "pylon_plugin_instantiations",
+                "Plugin instances created, by plugin",
+                |s| s.instantiations,
+            ),
         ];
         for (name, help, field) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -447,9 +473,11 @@ impl Collector for PluginCollector {
                 .zip(snap.latency_buckets.iter().copied())
                 .collect();
             let sum = snap.total_call_nanos as f64 / 1e9;
-            family.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                sum, snap.calls, &buckets, None,
-            )?;
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, snap.calls, &buckets, None,
+                )?;
         }
         Ok(())
     }

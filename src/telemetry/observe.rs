@@ -66,7 +66,9 @@ impl Observability {
 
     /// Open the scope of one request, when its head has arrived.
     pub fn begin<B>(self: &Arc<Self>, req: &Request<B>, client: SocketAddr) -> Arc<RequestScope> {
-        let trace = self.tracing.start_request(req.headers(), req.method().as_str());
+        let trace = self
+            .tracing
+            .start_request(req.headers(), req.method().as_str());
         Arc::new(RequestScope {
             obs: self.clone(),
             start: Instant::now(),
@@ -245,7 +247,10 @@ impl UpstreamCall {
         if let Some(span) = &mut self.span {
             match result {
                 Ok(status) => {
-                    span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+                    span.set_attribute(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(status),
+                    ));
                     if status >= 500 {
                         span.fail(String::new());
                     }
@@ -298,7 +303,10 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
@@ -338,7 +346,10 @@ impl HttpBody for ObservedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -141,7 +141,7 @@ impl Tracing {
                 };
                 let span = otel
                     .tracer
-                    .span_builder(format!("{method}"))
+                    .span_builder(method.to_owned())
                     .with_kind(SpanKind::Server)
                     .with_attributes([KeyValue::new("http.request.method", method.to_owned())])
                     .start_with_context(&otel.tracer, &parent_cx);
@@ -167,7 +167,13 @@ impl Tracing {
     }
 
     /// Start a child span of `request` (a plugin call or an upstream call).
-    pub fn child(&self, request: &RequestTrace, name: String, kind: SpanKind, attributes: Vec<KeyValue>) -> ChildSpan {
+    pub fn child(
+        &self,
+        request: &RequestTrace,
+        name: String,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+    ) -> ChildSpan {
         match (&self.otel, &request.cx) {
             (Some(otel), Some(cx)) => {
                 let span = otel
@@ -234,7 +240,10 @@ impl RequestTrace {
             span.update_name(format!("{method} {route}"));
             span.set_attribute(KeyValue::new("http.route", route.to_owned()));
         }
-        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
         if status >= 500 {
             span.set_status(Status::error(""));
         }
@@ -289,8 +298,15 @@ pub fn parse_traceparent(v: &[u8]) -> Option<SpanContext> {
     let trace = parts.next()?;
     let parent = parts.next()?;
     let flags = parts.next()?;
-    let lower_hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !lower_hex(version, 2) || version == "ff" || !lower_hex(trace, 32) || !lower_hex(parent, 16) || !lower_hex(flags, 2) {
+    let lower_hex = |p: &str, n: usize| {
+        p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if !lower_hex(version, 2)
+        || version == "ff"
+        || !lower_hex(trace, 32)
+        || !lower_hex(parent, 16)
+        || !lower_hex(flags, 2)
+    {
         return None;
     }
     // Version 00 has exactly four fields; later versions may append more.
@@ -404,16 +420,26 @@ mod tests {
             b"garbage",
             b"",
         ] {
-            assert!(parse_traceparent(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_traceparent(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert!(parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future").is_some());
+        assert!(
+            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future")
+                .is_some()
+        );
     }
 
     #[test]
     fn without_exporter_the_trace_id_is_continued_and_span_ids_are_new() {
         let t = Tracing::disabled();
         let mut h = HeaderMap::new();
-        h.insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        h.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
         let req = t.start_request(&h, "GET");
         assert_eq!(req.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let child = t.child(&req, "upstream".into(), SpanKind::Client, vec![]);

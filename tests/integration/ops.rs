@@ -65,7 +65,10 @@ fn headers_variant(tag: &str) -> Vec<u8> {
     let name = b"pylon-test";
     let payload = tag.as_bytes();
     let size = 1 + name.len() + payload.len();
-    assert!(size < 128 && name.len() < 128, "single-byte LEB128 sizes only");
+    assert!(
+        size < 128 && name.len() < 128,
+        "single-byte LEB128 sizes only"
+    );
     bytes.push(0); // custom section id
     bytes.push(size as u8);
     bytes.push(name.len() as u8);
@@ -76,7 +79,10 @@ fn headers_variant(tag: &str) -> Vec<u8> {
 
 async fn admin_get(gw: &Gateway, path: &str) -> (u16, String) {
     let r = client()
-        .get(format!("http://{}{path}", gw.admin_addr().expect("admin listener")))
+        .get(format!(
+            "http://{}{path}",
+            gw.admin_addr().expect("admin listener")
+        ))
         .send()
         .await
         .unwrap();
@@ -143,7 +149,11 @@ config = {{ request = {{ set = {{ "x-config" = "{version}" }} }}, response = {{ 
             let http = client();
             let mut seen = std::collections::BTreeSet::new();
             while !stop.load(Ordering::Relaxed) {
-                let r = http.get(&url).send().await.expect("request failed during reload");
+                let r = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .expect("request failed during reload");
                 assert_eq!(r.status(), 200, "non-2xx during reload");
                 let v = r.headers()["x-config"].to_str().unwrap().to_owned();
                 assert_eq!(r.text().await.unwrap(), "ok");
@@ -154,16 +164,25 @@ config = {{ request = {{ set = {{ "x-config" = "{version}" }} }}, response = {{ 
         }));
     }
     // Requests are flowing before the first reload.
-    eventually("clients get answers", async || ok.load(Ordering::Relaxed) >= 16).await;
+    eventually("clients get answers", async || {
+        ok.load(Ordering::Relaxed) >= 16
+    })
+    .await;
     for i in 0..20 {
         let report = gw
             .reload_with(cfg(if i % 2 == 0 { "b" } else { "a" }))
             .await
             .unwrap();
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-        assert!(report.compiled.is_empty(), "unchanged component recompiled: {report:?}");
+        assert!(
+            report.compiled.is_empty(),
+            "unchanged component recompiled: {report:?}"
+        );
         let before = ok.load(Ordering::Relaxed);
-        eventually("requests go on after a reload", async || ok.load(Ordering::Relaxed) >= before + 4).await;
+        eventually("requests go on after a reload", async || {
+            ok.load(Ordering::Relaxed) >= before + 4
+        })
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
     let mut versions = std::collections::BTreeSet::new();
@@ -178,7 +197,11 @@ config = {{ request = {{ set = {{ "x-config" = "{version}" }} }}, response = {{ 
         series(&gw.metrics().encode(), "pylon_runtimes_alive") == Some(1.0)
     })
     .await;
-    assert_eq!(gw.shared().plugins.cache_stats().compiled, compiled_before, "a reload recompiled");
+    assert_eq!(
+        gw.shared().plugins.cache_stats().compiled,
+        compiled_before,
+        "a reload recompiled"
+    );
 }
 
 #[tokio::test]
@@ -190,7 +213,10 @@ async fn component_change_on_disk_reloads_and_recompiles_only_that_component() {
     let cfg = dir.path().join("pylon.toml");
     // No disk cache: a replaced component must really be compiled.
     let file_config = |c: &Path, up: SocketAddr, v: &str, e: &str| {
-        file_config(c, up, v, e).replace(&format!("cache-dir = {:?}", cache_dir().display().to_string()), "cache-dir = \"\"")
+        file_config(c, up, v, e).replace(
+            &format!("cache-dir = {:?}", cache_dir().display().to_string()),
+            "cache-dir = \"\"",
+        )
     };
     std::fs::write(&cfg, file_config(&comp, up.addr, "a", "")).unwrap();
     let gw = Gateway::start_from_file(cfg.clone()).await.unwrap();
@@ -249,10 +275,14 @@ async fn failed_reloads_keep_the_old_runtime_and_say_why() {
     let url = format!("http://{}/", gw.local_addrs()[0]);
     let cases: [(&str, String); 3] = [
         ("bad TOML", "[[routes]\n".to_owned()),
-        ("missing component", file_config(&dir.path().join("missing.wasm"), up.addr, "b", "")),
+        (
+            "missing component",
+            file_config(&dir.path().join("missing.wasm"), up.addr, "b", ""),
+        ),
         (
             "plugin rejects its config",
-            file_config(&comp, up.addr, "b", "").replace(r#""x-config" = "b""#, r#""bad header" = "b""#),
+            file_config(&comp, up.addr, "b", "")
+                .replace(r#""x-config" = "b""#, r#""bad header" = "b""#),
         ),
     ];
     let mut expected = ["expected", "missing.wasm", "config rejected"].into_iter();
@@ -270,8 +300,15 @@ async fn failed_reloads_keep_the_old_runtime_and_say_why() {
     }
     let (_, metrics) = admin_get(&gw, "/metrics").await;
     // The watcher may have tried some of the broken files too.
-    assert!(series(&metrics, r#"pylon_reloads_total{result="failure"}"#).unwrap() >= 3.0, "{metrics}");
-    assert_eq!(series(&metrics, r#"pylon_reloads_total{result="success"}"#), Some(0.0), "{metrics}");
+    assert!(
+        series(&metrics, r#"pylon_reloads_total{result="failure"}"#).unwrap() >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, r#"pylon_reloads_total{result="success"}"#),
+        Some(0.0),
+        "{metrics}"
+    );
     gw.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -294,7 +331,11 @@ async fn restart_only_settings_are_reported_as_warnings() {
     assert!(w.contains("[[listeners]] changed; restart"), "{w}");
     assert!(w.contains("[tracing] changed; restart"), "{w}");
     assert_eq!(report.warnings.len(), 2, "{w}");
-    let r = client().get(format!("http://{}/", gw.local_addrs()[0])).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{}/", gw.local_addrs()[0]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -339,11 +380,35 @@ plugin = "trap"
     let base = format!("http://{}", gw.local_addrs()[0]);
     let http = client();
     for _ in 0..2 {
-        assert_eq!(http.get(format!("{base}/r")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            http.get(format!("{base}/r")).send().await.unwrap().status(),
+            200
+        );
     }
-    assert_eq!(http.get(format!("{base}/nowhere")).send().await.unwrap().status(), 404);
-    assert_eq!(http.get(format!("{base}/dead")).send().await.unwrap().status(), 502);
-    assert_eq!(http.get(format!("{base}/trap")).send().await.unwrap().status(), 500);
+    assert_eq!(
+        http.get(format!("{base}/nowhere"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        http.get(format!("{base}/dead"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    assert_eq!(
+        http.get(format!("{base}/trap"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
 
     let (s, body) = admin_get(gw, "/admin/health").await;
     assert_eq!((s, body.contains("ok")), (200, true));
@@ -352,7 +417,12 @@ plugin = "trap"
     let (s, body) = admin_get(gw, "/admin/routes").await;
     assert_eq!(s, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
-    let ids: Vec<_> = v["routes"].as_array().unwrap().iter().map(|r| r["id"].clone()).collect();
+    let ids: Vec<_> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
     assert_eq!(ids, ["r", "dead", "trap"]);
     assert_eq!(v["routes"][0]["plugins"][0]["plugin"], "hdr");
     let (_, body) = admin_get(gw, "/admin/upstreams").await;
@@ -361,7 +431,12 @@ plugin = "trap"
     assert_eq!(v["upstreams"][1]["targets"][0], up.addr.to_string());
     let (_, body) = admin_get(gw, "/admin/plugins").await;
     let v: Value = serde_json::from_str(&body).unwrap();
-    let hdr = v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hdr").unwrap();
+    let hdr = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "hdr")
+        .unwrap();
     assert_eq!(hdr["sha256"].as_str().unwrap().len(), 64);
     assert!(hdr["loaded_at"].as_str().unwrap().ends_with('Z'));
     assert!(hdr["stats"]["calls"].as_u64().unwrap() >= 3, "{hdr}");
@@ -372,23 +447,52 @@ plugin = "trap"
     assert_eq!(s, 200);
     let expect = [
         (r#"pylon_requests_total{route="r",status="200"}"#, 2.0),
-        (r#"pylon_request_duration_seconds_count{route="r",status="200"}"#, 2.0),
-        (r#"pylon_requests_total{route="unmatched",status="404"}"#, 1.0),
+        (
+            r#"pylon_request_duration_seconds_count{route="r",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"pylon_requests_total{route="unmatched",status="404"}"#,
+            1.0,
+        ),
         (r#"pylon_requests_total{route="dead",status="502"}"#, 1.0),
         (r#"pylon_requests_total{route="trap",status="500"}"#, 1.0),
-        (r#"pylon_upstream_request_duration_seconds_count{upstream="u"}"#, 2.0),
-        (r#"pylon_upstream_errors_total{upstream="dead",kind="connect"}"#, 1.0),
+        (
+            r#"pylon_upstream_request_duration_seconds_count{upstream="u"}"#,
+            2.0,
+        ),
+        (
+            r#"pylon_upstream_errors_total{upstream="dead",kind="connect"}"#,
+            1.0,
+        ),
         (r#"pylon_plugin_traps_total{plugin="trap"}"#, 1.0),
         ("pylon_runtimes_alive", 1.0),
     ];
     for (name, value) in expect {
         assert_eq!(series(&m, name), Some(value), "{name} in\n{m}");
     }
-    assert!(series(&m, r#"pylon_plugin_calls_total{plugin="hdr"}"#).unwrap() >= 3.0, "{m}");
-    assert!(series(&m, r#"pylon_plugin_call_duration_seconds_count{plugin="hdr"}"#).unwrap() >= 3.0, "{m}");
+    assert!(
+        series(&m, r#"pylon_plugin_calls_total{plugin="hdr"}"#).unwrap() >= 3.0,
+        "{m}"
+    );
+    assert!(
+        series(
+            &m,
+            r#"pylon_plugin_call_duration_seconds_count{plugin="hdr"}"#
+        )
+        .unwrap()
+            >= 3.0,
+        "{m}"
+    );
     assert!(m.contains("pylon_open_connections "), "{m}");
-    assert!(m.contains(r#"pylon_plugin_deadline_hits_total{plugin="trap"} 0"#), "{m}");
-    assert!(m.contains(r#"pylon_plugin_memory_hits_total{plugin="trap"} 0"#), "{m}");
+    assert!(
+        m.contains(r#"pylon_plugin_deadline_hits_total{plugin="trap"} 0"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"pylon_plugin_memory_hits_total{plugin="trap"} 0"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -401,7 +505,12 @@ async fn admin_token_is_required_when_configured() {
     .await;
     let url = format!("http://{}/admin/routes", gw.gateway.admin_addr().unwrap());
     let http = client();
-    for auth in [None, Some("Bearer wrong"), Some("Bearer s3cret-token-012345678"), Some("s3cret-token-0123456789")] {
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cret-token-012345678"),
+        Some("s3cret-token-0123456789"),
+    ] {
         let mut req = http.get(&url);
         if let Some(a) = auth {
             req = req.header("authorization", a);
@@ -410,10 +519,18 @@ async fn admin_token_is_required_when_configured() {
         assert_eq!(r.status(), 401, "{auth:?}");
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
     }
-    let r = http.get(&url).bearer_auth("s3cret-token-0123456789").send().await.unwrap();
+    let r = http
+        .get(&url)
+        .bearer_auth("s3cret-token-0123456789")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = http
-        .get(format!("http://{}/metrics", gw.gateway.admin_addr().unwrap()))
+        .get(format!(
+            "http://{}/metrics",
+            gw.gateway.admin_addr().unwrap()
+        ))
         .send()
         .await
         .unwrap();
@@ -441,11 +558,17 @@ async fn access_log_writes_one_json_line_per_request() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hello world");
-    assert_eq!(http.get(gw.url("/missing")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        http.get(gw.url("/missing")).send().await.unwrap().status(),
+        404
+    );
     // Shutdown flushes the log writer.
     gw.gateway.shutdown(Duration::from_secs(5)).await;
     let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2, "{text}");
     let a = &lines[0];
     assert_eq!(a["route"], "echo");
@@ -460,7 +583,10 @@ async fn access_log_writes_one_json_line_per_request() {
     assert!(a["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(a["trace_id"], trace);
     let time = a["time"].as_str().unwrap();
-    assert!(time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T", "{time}");
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
+        "{time}"
+    );
     let b = &lines[1];
     assert_eq!(b["route"], Value::Null);
     assert_eq!(b["status"], 404);
@@ -478,14 +604,32 @@ async fn traceparent_is_continued_to_the_upstream_with_a_new_parent_id() {
     .await;
     let http = client();
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    http.get(gw.url("/")).header("traceparent", incoming).send().await.unwrap();
-    let sent = up.last().headers["traceparent"].to_str().unwrap().to_owned();
+    http.get(gw.url("/"))
+        .header("traceparent", incoming)
+        .send()
+        .await
+        .unwrap();
+    let sent = up.last().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let parts: Vec<&str> = sent.split('-').collect();
     assert_eq!(parts.len(), 4, "{sent}");
     assert_eq!(parts[0], "00");
-    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "trace id kept");
-    assert_ne!(parts[2], "00f067aa0ba902b7", "parent id must be pylon's span");
-    assert!(parts[2].len() == 16 && parts[2].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert_eq!(
+        parts[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "trace id kept"
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "parent id must be pylon's span"
+    );
+    assert!(
+        parts[2].len() == 16
+            && parts[2]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     assert_ne!(parts[2], "0000000000000000");
     assert_eq!(parts[3], "01", "sampled flag kept");
 
@@ -496,7 +640,10 @@ async fn traceparent_is_continued_to_the_upstream_with_a_new_parent_id() {
             req = req.header("traceparent", h);
         }
         req.send().await.unwrap();
-        let sent = up.last().headers["traceparent"].to_str().unwrap().to_owned();
+        let sent = up.last().headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let parts: Vec<&str> = sent.split('-').collect();
         assert_eq!(parts.len(), 4, "{sent}");
         assert_eq!(parts[1].len(), 32);
@@ -553,7 +700,10 @@ config = {{ request = {{ set = {{ "x-a" = "1" }} }} }}
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let sent = up.last().headers["traceparent"].to_str().unwrap().to_owned();
+    let sent = up.last().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
 
     let mut spans: Vec<Span> = Vec::new();
     let mut posts = 0;
@@ -566,7 +716,13 @@ config = {{ request = {{ set = {{ "x-a" = "1" }} }} }}
         posts += 1;
         let req = ExportTraceServiceRequest::decode(body).unwrap();
         for rs in req.resource_spans {
-            let service = rs.resource.as_ref().unwrap().attributes.iter().find(|a| a.key == "service.name");
+            let service = rs
+                .resource
+                .as_ref()
+                .unwrap()
+                .attributes
+                .iter()
+                .find(|a| a.key == "service.name");
             assert!(format!("{service:?}").contains("pylon-test"), "{service:?}");
             for ss in rs.scope_spans {
                 spans.extend(ss.spans);
@@ -575,16 +731,34 @@ config = {{ request = {{ set = {{ "x-a" = "1" }} }} }}
     }
     assert!(posts >= 1);
     let trace = hex::decode(trace_hex).unwrap();
-    assert!(spans.iter().all(|s| s.trace_id == trace), "every span is in the client's trace");
-    let server = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("server span");
+    assert!(
+        spans.iter().all(|s| s.trace_id == trace),
+        "every span is in the client's trace"
+    );
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("server span");
     assert_eq!(server.name, "GET r");
-    assert_eq!(server.parent_span_id, hex::decode("00f067aa0ba902b7").unwrap());
-    let plugin_span = spans.iter().find(|s| s.name == "plugin hdr on-request").expect("plugin span");
+    assert_eq!(
+        server.parent_span_id,
+        hex::decode("00f067aa0ba902b7").unwrap()
+    );
+    let plugin_span = spans
+        .iter()
+        .find(|s| s.name == "plugin hdr on-request")
+        .expect("plugin span");
     assert_eq!(plugin_span.parent_span_id, server.span_id);
-    let upstream = spans.iter().find(|s| s.kind == SpanKind::Client as i32).expect("upstream span");
+    let upstream = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .expect("upstream span");
     assert_eq!(upstream.name, "upstream u");
     assert_eq!(upstream.parent_span_id, server.span_id);
-    assert_eq!(sent, format!("00-{trace_hex}-{}-01", hex::encode(&upstream.span_id)));
+    assert_eq!(
+        sent,
+        format!("00-{trace_hex}-{}-01", hex::encode(&upstream.span_id))
+    );
 }
 
 /// The real binary: SIGTERM while a slow request (the upstream takes 1s)
@@ -632,16 +806,22 @@ fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let line = lrx.recv_timeout(deadline - Instant::now()).expect("pylon never said it was listening");
+        let line = lrx
+            .recv_timeout(deadline - Instant::now())
+            .expect("pylon never said it was listening");
         if line.contains("listening") {
             break;
         }
     }
     let url = format!("http://127.0.0.1:{port}/slow");
     let slow = rt.spawn(async move { client().get(url).send().await.map(|r| r.status()) });
-    rx.recv_timeout(Duration::from_secs(10)).expect("the slow request never reached the upstream");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the slow request never reached the upstream");
     let sent_at = Instant::now();
-    let ok = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
 
     // The listener closes while the slow request is still in flight.
@@ -650,21 +830,33 @@ fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
         match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
             _ => {
-                assert!(sent_at.elapsed() < Duration::from_millis(800), "still accepting after SIGTERM");
+                assert!(
+                    sent_at.elapsed() < Duration::from_millis(800),
+                    "still accepting after SIGTERM"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
-    assert!(!slow.is_finished(), "the slow request finished before the listener closed");
+    assert!(
+        !slow.is_finished(),
+        "the slow request finished before the listener closed"
+    );
 
-    let status = rt.block_on(slow).unwrap().expect("in-flight request failed during shutdown");
+    let status = rt
+        .block_on(slow)
+        .unwrap()
+        .expect("in-flight request failed during shutdown");
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "pylon did not exit after draining");
+        assert!(
+            Instant::now() < deadline,
+            "pylon did not exit after draining"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(exit.code(), Some(0), "{exit:?}");
