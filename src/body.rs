@@ -4,7 +4,8 @@
 //! collected up to a limit and never beyond it.
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use futures::StreamExt;
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody, combinators::BoxBody};
 
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,4 +81,37 @@ pub async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Coll
         (Some(f), None) => f,
         (None, None) => Bytes::new(),
     })
+}
+
+/// A body buffered up to a limit, or — past the limit — handed back whole
+/// as a stream (what was read so far, then the rest), so nothing is lost.
+pub enum Buffered {
+    /// The whole body, within the limit.
+    Full(Bytes),
+    /// Longer than the limit: the same bytes, streaming.
+    TooLarge(Body),
+}
+
+/// Buffer `body` if it fits in `limit` bytes; otherwise give it back as a
+/// stream that replays the bytes already read, without buffering more.
+pub async fn buffer_or_stream(mut body: Body, limit: usize) -> Result<Buffered, BoxError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => {
+                if buf.len() + data.len() > limit {
+                    buf.extend_from_slice(&data);
+                    let head = http_body::Frame::data(buf.freeze());
+                    let stream = futures::stream::once(async move { Ok::<_, BoxError>(head) })
+                        .chain(BodyStream::new(body));
+                    return Ok(Buffered::TooLarge(BodyExt::boxed(StreamBody::new(stream))));
+                }
+                buf.extend_from_slice(&data);
+            }
+            // Trailers end the body; a buffered body carries none.
+            Err(_) => break,
+        }
+    }
+    Ok(Buffered::Full(buf.freeze()))
 }

@@ -39,14 +39,6 @@ pub enum ProxyError {
         #[source]
         source: body::BoxError,
     },
-    /// The upstream's body is larger than a plugin on the route accepts.
-    #[error("upstream response body exceeds the {limit}-byte limit of route `{route}`")]
-    ResponseBodyTooLarge {
-        /// The route.
-        route: String,
-        /// The limit.
-        limit: usize,
-    },
     /// A fail-closed plugin failed.
     #[error("route `{route}`")]
     Plugin {
@@ -86,9 +78,7 @@ impl ProxyError {
                 PluginError::Instantiate { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ProxyError::ResponseBodyTooLarge { .. } | ProxyError::NoUpstream { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::NoUpstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 UpstreamError::Connect { .. }
@@ -106,7 +96,6 @@ impl ProxyError {
             ProxyError::RequestBodyRead { .. } => "the request body could not be read",
             ProxyError::RequestBodyTooLarge { .. } => "request body too large",
             ProxyError::Plugin { .. } => "a policy on this route failed",
-            ProxyError::ResponseBodyTooLarge { .. } => "upstream response too large",
             ProxyError::NoUpstream { .. } => "no upstream for this route",
             ProxyError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout { .. } => "upstream timed out",

@@ -7,7 +7,7 @@ use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 
 use crate::{
-    body::{self, Body, CollectError},
+    body::{self, Body, Buffered, CollectError},
     error::ProxyError,
     pipeline::{PluginRequest, PluginResponse, RequestOutcome, Sessions},
     runtime::{RouteRuntime, Runtime},
@@ -81,29 +81,38 @@ async fn proxy(
         None
     };
     let original_path = parts.uri.path().to_string();
+    let mut headers = std::mem::take(&mut parts.headers);
+    // HTTP/2 carries the host in the URI; plugins always see a `host` header.
+    if !headers.contains_key(header::HOST)
+        && let Some(h) = &host_value
+    {
+        headers.insert(header::HOST, h.clone());
+    }
     let mut preq = PluginRequest {
         route: route.id.clone(),
         method: parts.method.clone(),
         path: original_path.clone(),
         query,
-        headers: std::mem::take(&mut parts.headers),
+        headers,
         client_addr: conn.client,
         scheme: conn.scheme,
         params: m.params,
         body: buffered,
+    };
+    let plugin_error = |source| ProxyError::Plugin {
+        route: route.id.to_string(),
+        source,
     };
     let mut sessions = Sessions::default();
     let outcome = route
         .pipeline
         .on_request(&mut preq, &mut sessions)
         .await
-        .map_err(|source| ProxyError::Plugin {
-            route: route.id.to_string(),
-            source,
-        })?;
+        .map_err(plugin_error)?;
 
-    let mut presp = match outcome {
-        RequestOutcome::Respond(resp) => resp,
+    let is_head = parts.method == http::Method::HEAD;
+    let (mut presp, passthrough) = match outcome {
+        RequestOutcome::Respond(resp) => (resp, None),
         RequestOutcome::Forward { upstream } => {
             let path = if preq.path != original_path {
                 preq.path.clone()
@@ -111,85 +120,82 @@ async fn proxy(
                 m.upstream_path
             };
             let pq = path_and_query(&path, preq.query.as_deref());
-            parts.headers = preq.headers.clone();
+            // The response phase sees the request as sent; without one the
+            // headers can move instead of being copied.
+            parts.headers = if sessions.is_empty() {
+                std::mem::take(&mut preq.headers)
+            } else {
+                preq.headers.clone()
+            };
             parts.method = preq.method.clone();
             let body = match &preq.body {
                 Some(b) => {
                     parts.headers.remove(header::CONTENT_LENGTH);
+                    parts.headers.remove(header::TRANSFER_ENCODING);
                     body::full(b.clone())
                 }
-                None => match body.take() {
-                    Some(b) => b,
-                    None => body::empty(),
-                },
+                None => body.take().unwrap_or_else(body::empty),
             };
             let resp = forward(rt, route, upstream, parts, &pq, host_value, conn, body).await?;
             if sessions.is_empty() {
                 return Ok(resp);
             }
             let (rparts, rbody) = resp.into_parts();
-            if !route.pipeline.wants_response_body() {
-                let mut presp = PluginResponse {
-                    status: rparts.status,
-                    headers: rparts.headers,
-                    body: None,
-                };
-                route
-                    .pipeline
-                    .on_response(&preq, &mut sessions, &mut presp)
-                    .await
-                    .map_err(|source| ProxyError::Plugin {
-                        route: route.id.to_string(),
-                        source,
-                    })?;
-                let mut out = Response::from_parts(rparts_with(presp.status, presp.headers), rbody);
-                if let Some(b) = presp.body {
-                    fix_length(out.headers_mut(), b.len());
-                    *out.body_mut() = body::full(b);
+            let (body, passthrough) = if route.pipeline.wants_response_body() && !is_head {
+                match body::buffer_or_stream(rbody, route.response_body_limit).await {
+                    Ok(Buffered::Full(b)) => (Some(b), None),
+                    // Too large for the plugins that asked: they see no body
+                    // and the response streams through unaltered.
+                    Ok(Buffered::TooLarge(stream)) => (None, Some(stream)),
+                    Err(source) => {
+                        return Err(ProxyError::Upstream {
+                            route: route.id.to_string(),
+                            source: crate::upstream::UpstreamError::Failed {
+                                upstream: upstream_name(route, &preq),
+                                target: "response body".into(),
+                                source,
+                            },
+                        });
+                    }
                 }
-                return Ok(out);
-            }
-            let bytes = match body::collect_limited(rbody, route.response_body_limit).await {
-                Ok(b) => b,
-                Err(CollectError::TooLarge { limit }) => {
-                    return Err(ProxyError::ResponseBodyTooLarge {
-                        route: route.id.to_string(),
-                        limit,
-                    });
-                }
-                Err(CollectError::Read(source)) => {
-                    return Err(ProxyError::Upstream {
-                        route: route.id.to_string(),
-                        source: crate::upstream::UpstreamError::Failed {
-                            upstream: "response body".into(),
-                            target: String::new(),
-                            source,
-                        },
-                    });
-                }
+            } else {
+                (None, Some(rbody))
             };
-            PluginResponse {
+            let presp = PluginResponse {
                 status: rparts.status,
                 headers: rparts.headers,
-                body: Some(bytes),
-            }
+                body,
+            };
+            (presp, passthrough)
         }
     };
     route
         .pipeline
         .on_response(&preq, &mut sessions, &mut presp)
         .await
-        .map_err(|source| ProxyError::Plugin {
-            route: route.id.to_string(),
-            source,
-        })?;
-    let body = presp.body.unwrap_or_default();
+        .map_err(plugin_error)?;
     let mut headers = presp.headers;
-    fix_length(&mut headers, body.len());
+    let body = match (presp.body, passthrough) {
+        (Some(b), _) => {
+            if !is_head {
+                fix_length(&mut headers, presp.status, b.len());
+            }
+            body::full(b)
+        }
+        (None, Some(stream)) => stream,
+        (None, None) => {
+            fix_length(&mut headers, presp.status, 0);
+            body::empty()
+        }
+    };
     Ok(Response::from_parts(
         rparts_with(presp.status, headers),
-        body::full(body),
+        body,
     ))
+}
+
+fn upstream_name(route: &RouteRuntime, _req: &PluginRequest) -> String {
+    route.config.upstream.clone().unwrap_or_default()
 }
 
 fn rparts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
@@ -199,9 +205,16 @@ fn rparts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts 
     parts
 }
 
-fn fix_length(headers: &mut HeaderMap, len: usize) {
+fn fix_length(headers: &mut HeaderMap, status: StatusCode, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        headers.remove(header::CONTENT_LENGTH);
+    } else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

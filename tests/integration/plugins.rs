@@ -321,7 +321,11 @@ upstream = "u"
 plugin = "memo-fresh"
 "#,
         up = up.addr,
-        pooled = def("memo-pooled", "memo", "isolation = \"pooled\"\npool-size = 1"),
+        pooled = def(
+            "memo-pooled",
+            "memo",
+            "isolation = \"pooled\"\npool-size = 1"
+        ),
         fresh = def("memo-fresh", "memo", "isolation = \"fresh\""),
     ))
     .await;
@@ -335,7 +339,11 @@ plugin = "memo-fresh"
         }
     };
     for _ in 0..3 {
-        assert_eq!(get("/fresh").await, (200, "1".to_string()), "fresh instances share nothing");
+        assert_eq!(
+            get("/fresh").await,
+            (200, "1".to_string()),
+            "fresh instances share nothing"
+        );
     }
     // One pooled instance serves requests in turn and keeps its memory,
     // until it traps on its third request; the trapped instance is thrown
@@ -352,7 +360,11 @@ async fn kv_is_shared_by_every_instance_of_a_plugin() {
     let up = Upstream::named("unused").await;
     let gw = gateway(
         &up,
-        &def("counter", "kv-counter", "capabilities = [\"kv\"]\nisolation = \"fresh\""),
+        &def(
+            "counter",
+            "kv-counter",
+            "capabilities = [\"kv\"]\nisolation = \"fresh\"",
+        ),
         "[[routes.plugins]]\nplugin = \"counter\"\n",
     )
     .await;
@@ -439,4 +451,70 @@ async fn python_plugin_runs_in_the_same_pipeline() {
     let r = client().get(gw.url("/items/3")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().headers["x-hello"], "hej");
+}
+
+#[tokio::test]
+async fn response_larger_than_the_plugin_limit_streams_through_unaltered() {
+    let big = "abc".repeat(2000);
+    let body = big.clone();
+    let up = Upstream::with(move |_| {
+        let body = body.clone();
+        async move { Response::new(Full::new(Bytes::from(body))) }
+    })
+    .await;
+    let gw = gateway(
+        &up,
+        &def("upper", "inspector", "max-body-size = \"1KiB\""),
+        "[[routes.plugins]]\nplugin = \"upper\"\nconfig = { respond = false, uppercase-response-body = true }\n",
+    )
+    .await;
+    let r = client().get(gw.url("/items/1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-inspector-saw-status"],
+        "200",
+        "the plugin still ran"
+    );
+    assert_eq!(
+        r.text().await.unwrap(),
+        big,
+        "body must arrive byte for byte"
+    );
+
+    let r = client().head(gw.url("/items/1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-length"],
+        big.len().to_string().as_str()
+    );
+}
+
+#[tokio::test]
+async fn http2_requests_show_plugins_a_host_header() {
+    let up = Upstream::named("unused").await;
+    let gw = gateway(
+        &up,
+        &def("inspector", "inspector", ""),
+        "[[routes.plugins]]\nplugin = \"inspector\"\n",
+    )
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let v: Value = h2
+        .get(gw.url("/items/1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let headers = v["headers"].as_array().unwrap();
+    let host = headers
+        .iter()
+        .find(|h| h[0] == "host")
+        .expect("host header");
+    assert_eq!(host[1], gw.addr.to_string());
 }

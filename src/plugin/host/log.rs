@@ -3,7 +3,6 @@
 
 use wasmtime::component::{HasData, Linker};
 
-use super::CapabilityDenied;
 use crate::plugin::{
     bindings::pylon::plugin::log::{self, Level},
     state::{GuestContext, HostState},
@@ -32,11 +31,14 @@ impl log::Host for LogView<'_> {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let ctx = self.ctx;
         if !ctx.grants.log {
-            return Err(wasmtime::Error::new(CapabilityDenied {
-                plugin: ctx.plugin.to_string(),
-                route: ctx.route.to_string(),
-                capability: "pylon:plugin/log",
-            }));
+            // Dropped rather than trapped: a log line is never worth failing
+            // a request for, and a plugin cannot know its grants.
+            tracing::trace!(
+                route = &*ctx.route,
+                plugin = &*ctx.plugin,
+                "log call dropped: `log` capability not granted"
+            );
+            return Ok(());
         }
         let message = truncate(&message, MAX_MESSAGE_BYTES);
         let (route, plugin) = (&*ctx.route, &*ctx.plugin);
