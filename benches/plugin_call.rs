@@ -1,0 +1,157 @@
+//! Per-request cost of a plugin: get an instance (fresh from the
+//! pre-instantiated component, or from the pool) and call `on-request`,
+//! for the example `headers` plugin. Prints median and p99 in µs.
+//!
+//! `cargo bench --bench plugin_call` (needs `build/plugins/headers.wasm`:
+//! `scripts/build-plugins`). `PLUGIN_CALL_ITERS` sets the sample count.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{HeaderMap, HeaderValue, Method};
+use pylon::{
+    config::{Grants, Isolation, KvBackend, Location, PluginDef, RuntimeSettings},
+    kv::MemoryKv,
+    pipeline::{Plugin, PluginRequest},
+    plugin::{HostServices, OutboundError, OutboundHttp, PluginRuntime},
+};
+
+struct NoHttp;
+
+#[async_trait::async_trait]
+impl OutboundHttp for NoHttp {
+    async fn send(
+        &self,
+        upstream: &str,
+        _req: http::Request<bytes::Bytes>,
+        _timeout: Option<Duration>,
+    ) -> Result<http::Response<bytes::Bytes>, OutboundError> {
+        Err(OutboundError::UnknownUpstream {
+            upstream: upstream.to_owned(),
+        })
+    }
+}
+
+fn request() -> PluginRequest {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("host", "api.example.test"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("x-request-id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
+        ("authorization", "Bearer abcdefghijklmnopqrstuvwxyz"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    PluginRequest {
+        route: Arc::from("users"),
+        method: Method::GET,
+        path: "/users/7".into(),
+        query: Some("full=1".into()),
+        headers,
+        client_addr: SocketAddr::from(([127, 0, 0, 1], 50000)),
+        scheme: "http",
+        params: vec![("id".into(), "7".into())],
+        body: None,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+async fn measure(name: &str, plugin: &Arc<dyn Plugin>, iters: usize) {
+    let req = request();
+    let once = async || {
+        let mut session = plugin.start().await.expect("instance");
+        session.on_request(&req).await.expect("on-request");
+    };
+    for _ in 0..iters / 10 {
+        once().await;
+    }
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        once().await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>().as_secs_f64() * 1e6 / iters as f64;
+    println!(
+        "{name:<16} median {:>7.2} µs   p99 {:>7.2} µs   mean {:>7.2} µs   ({iters} calls)",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        mean,
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects modes.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let iters: usize = std::env::var("PLUGIN_CALL_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let component = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/plugins/headers.wasm");
+    assert!(
+        component.is_file(),
+        "{} is missing: run scripts/build-plugins",
+        component.display()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let runtime = PluginRuntime::new(&RuntimeSettings {
+            cache_dir: None,
+            max_instances: 256,
+            max_memory_bytes: 64 << 20,
+            kv: KvBackend::Memory,
+        })
+        .expect("plugin runtime");
+        let host = HostServices {
+            kv: Arc::new(MemoryKv::new()),
+            http: Arc::new(NoHttp),
+        };
+        let config = r#"{"request": {"set": {"x-gateway": "pylon"}, "remove": ["authorization"]}}"#;
+        for (name, isolation) in [
+            ("headers/fresh", Isolation::Fresh),
+            ("headers/pooled", Isolation::Pooled { max_idle: 8 }),
+        ] {
+            if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+                continue;
+            }
+            let def = PluginDef {
+                name: "headers".into(),
+                component: component.clone(),
+                isolation,
+                deadline: Duration::from_millis(100),
+                memory_limit_bytes: 16 << 20,
+                max_body_bytes: 1 << 20,
+                grants: Grants::default(),
+                location: Location {
+                    file: Arc::from("bench"),
+                    line: 1,
+                    column: 1,
+                },
+            };
+            let compiled = runtime.compile(&def).expect("compile");
+            let plugin = runtime
+                .configure(&compiled, "users", config, host.clone())
+                .await
+                .expect("configure");
+            measure(name, &plugin, iters).await;
+        }
+    });
+}
