@@ -87,7 +87,8 @@ impl Observability {
         })
     }
 
-    /// Run `fut` (the proxy) inside `scope`, with the request body counted.
+    /// Run `fut` (the proxy) inside `scope`, where [`route_matched`],
+    /// [`plugin_call`] and [`upstream_call`] find it.
     pub async fn run<F: Future>(scope: Arc<RequestScope>, fut: F) -> F::Output {
         CURRENT.scope(scope, fut).await
     }
@@ -210,15 +211,15 @@ pub fn plugin_call(plugin: &str, phase: &'static str) -> PluginCall {
             if !s.obs.tracing.is_exporting() {
                 return None;
             }
-            Some(s.obs.tracing.child(
-                &s.trace,
-                format!("plugin {plugin} {phase}"),
-                SpanKind::Internal,
-                vec![
-                    KeyValue::new("pylon.plugin", plugin.to_owned()),
-                    KeyValue::new("pylon.phase", phase),
-                ],
-            ))
+            Some(s.obs.tracing.child(&s.trace, SpanKind::Internal, || {
+                (
+                    format!("plugin {plugin} {phase}"),
+                    vec![
+                        KeyValue::new("pylon.plugin", plugin.to_owned()),
+                        KeyValue::new("pylon.phase", phase),
+                    ],
+                )
+            }))
         })
         .flatten(),
     )
@@ -268,12 +269,12 @@ impl UpstreamCall {
 /// The proxy is about to call `upstream` for the current request.
 pub fn upstream_call(upstream: &Arc<str>, metrics: Option<&Arc<UpstreamMetrics>>) -> UpstreamCall {
     let span = with_scope(|s| {
-        s.obs.tracing.child(
-            &s.trace,
-            format!("upstream {upstream}"),
-            SpanKind::Client,
-            vec![KeyValue::new("pylon.upstream", upstream.to_string())],
-        )
+        s.obs.tracing.child(&s.trace, SpanKind::Client, || {
+            (
+                format!("upstream {upstream}"),
+                vec![KeyValue::new("pylon.upstream", upstream.to_string())],
+            )
+        })
     });
     UpstreamCall {
         name: upstream.clone(),
