@@ -154,6 +154,13 @@ async fn call(p: &Arc<dyn Plugin>, req: &PluginRequest) -> Result<RequestAction,
     p.start().await?.on_request(req).await
 }
 
+/// Like [`call`], for calls that must succeed (panics with the whole chain).
+async fn call_ok(p: &Arc<dyn Plugin>, req: &PluginRequest) -> RequestAction {
+    call(p, req)
+        .await
+        .unwrap_or_else(|e| panic!("{} failed: {}", p.id(), chain(&e)))
+}
+
 fn responded(action: RequestAction) -> PluginResponse {
     match action {
         RequestAction::Respond(resp) => resp,
@@ -304,7 +311,7 @@ async fn deadline_interrupts_looping_plugin() {
     });
     // While the spinning guest runs, other plugins keep serving.
     for _ in 0..3 {
-        call(&headers, &request("/")).await.unwrap();
+        call_ok(&headers, &request("/")).await;
     }
     let err = looping.await.unwrap().unwrap_err();
     let elapsed = started.elapsed();
@@ -319,7 +326,7 @@ async fn deadline_interrupts_looping_plugin() {
         call(&spin, &request("/")).await,
         Err(PluginError::Deadline { .. })
     ));
-    call(&headers, &request("/")).await.unwrap();
+    call_ok(&headers, &request("/")).await;
     assert_eq!(stats(&rt, "spin").deadline_hits, 2);
 }
 
@@ -339,7 +346,7 @@ async fn memory_cap_stops_memory_bomb() {
 
     // Below the cap the same guest completes.
     let (_rt, p) = loaded(&d, r#"{"mib": 8}"#).await;
-    let resp = responded(call(&p, &request("/")).await.unwrap());
+    let resp = responded(call_ok(&p, &request("/")).await);
     assert_eq!(body(&resp), "allocated 8 MiB");
 }
 
@@ -526,7 +533,7 @@ async fn compiled_components_are_cached_in_memory_and_on_disk() {
         .configure(&c, "r", "{}", host())
         .await
         .expect("a cached component works");
-    call(&p, &request("/")).await.unwrap();
+    call_ok(&p, &request("/")).await;
 
     // A corrupt entry is ignored and replaced. (Written as a new file: the
     // loaded runtimes map the old one, which must never change in place.)
@@ -554,7 +561,7 @@ async fn kv_is_denied_unless_granted_and_namespaced_per_plugin() {
     )
     .await
     .unwrap();
-    let resp = responded(call(&denied, &request("/")).await.unwrap());
+    let resp = responded(call_ok(&denied, &request("/")).await);
     assert_eq!(
         (resp.status, body(&resp).as_str()),
         (StatusCode::INTERNAL_SERVER_ERROR, "kv error: denied")
@@ -566,20 +573,14 @@ async fn kv_is_denied_unless_granted_and_namespaced_per_plugin() {
         .await
         .unwrap();
     for expected in ["1", "2"] {
-        assert_eq!(
-            body(&responded(call(&a, &request("/")).await.unwrap())),
-            expected
-        );
+        assert_eq!(body(&responded(call_ok(&a, &request("/")).await)), expected);
     }
     // Another plugin name has its own keys in the same store.
     granted.name = "other".into();
     let b = load(&rt, &granted, "r", "{}", services.clone())
         .await
         .unwrap();
-    assert_eq!(
-        body(&responded(call(&b, &request("/")).await.unwrap())),
-        "1"
-    );
+    assert_eq!(body(&responded(call_ok(&b, &request("/")).await)), "1");
     assert_eq!(
         services.kv.get("counter:hits").await.unwrap().as_deref(),
         Some(&b"2"[..])
@@ -627,7 +628,7 @@ async fn log_goes_to_tracing_with_route_and_plugin() {
     d.grants.log = true;
     d.grants.clock = true;
     let p = load(&rt, &d, "users", "{}", host()).await.unwrap();
-    let RequestAction::Continue(edits) = call(&p, &request("/hello")).await.unwrap() else {
+    let RequestAction::Continue(edits) = call_ok(&p, &request("/hello")).await else {
         panic!("logger continues");
     };
     assert_eq!(edits.headers.len(), 2, "both clocks were read");
@@ -656,7 +657,7 @@ async fn log_goes_to_tracing_with_route_and_plugin() {
     captured.0.lock().unwrap().clear();
     d.grants.log = false;
     let p = load(&rt, &d, "users", "{}", host()).await.unwrap();
-    let action = call(&p, &request("/")).await.unwrap();
+    let action = call_ok(&p, &request("/")).await;
     assert!(matches!(action, RequestAction::Continue(_)));
     let events = captured.0.lock().unwrap().clone();
     assert!(
@@ -691,7 +692,7 @@ async fn send_all_runs_requests_concurrently() {
     let p = load(&rt, &d, "r", config, services).await.unwrap();
 
     let started = Instant::now();
-    let resp = responded(call(&p, &request("/")).await.unwrap());
+    let resp = responded(call_ok(&p, &request("/")).await);
     let elapsed = started.elapsed();
     let json: serde_json::Value = serde_json::from_str(&body(&resp)).unwrap();
     assert_eq!(
@@ -720,7 +721,7 @@ async fn inspector_sees_the_request_without_loss() {
         .append("x-bytes", HeaderValue::from_bytes(b"caf\xe9").unwrap());
     req.params = vec![("id".into(), "7".into())];
     req.body = Some(Bytes::from_static(b"hello"));
-    let resp = responded(call(&p, &req).await.unwrap());
+    let resp = responded(call_ok(&p, &req).await);
     let json: serde_json::Value = serde_json::from_str(&body(&resp)).unwrap();
     assert_eq!(json["method"], "POST");
     assert_eq!(json["path"], "/a%20b");
@@ -740,7 +741,7 @@ async fn inspector_sees_the_request_without_loss() {
     // Without `want-body` the body is not handed over.
     let (_rt, p) = loaded(&def("inspector", "inspector"), "{}").await;
     let json: serde_json::Value =
-        serde_json::from_str(&body(&responded(call(&p, &req).await.unwrap()))).unwrap();
+        serde_json::from_str(&body(&responded(call_ok(&p, &req).await))).unwrap();
     assert_eq!(json["body_len"], serde_json::Value::Null);
 }
 
@@ -762,7 +763,7 @@ async fn python_component_loads_with_wasi_and_runs() {
         .await
         .unwrap_or_else(|e| panic!("{}", chain(&e)));
     for _ in 0..2 {
-        let RequestAction::Continue(edits) = call(&p, &request("/")).await.unwrap() else {
+        let RequestAction::Continue(edits) = call_ok(&p, &request("/")).await else {
             panic!("hello continues");
         };
         let mut headers = HeaderMap::new();
@@ -789,5 +790,5 @@ async fn python_component_loads_with_wasi_and_runs() {
         )
         .await
         .unwrap();
-    call(&fresh, &request("/")).await.unwrap();
+    call_ok(&fresh, &request("/")).await;
 }

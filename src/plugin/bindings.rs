@@ -3,8 +3,10 @@
 //!
 //! Host imports: `kv` and `http-client` are async (they await the store and
 //! the network; no thread blocks). `log` and `clock` are synchronous but
-//! trappable, so an ungranted call can trap. Exports are called async so
-//! epoch interruption and host awaits work inside them.
+//! trappable, so an ungranted call can trap (`clock` does; `log` drops). Exports are called async so
+//! epoch interruption and host awaits work inside them. Export parameters
+//! are borrowed (`Request<'a>`, `ResponseParam<'a>`): the request is lowered
+//! into the guest straight from the host model, without an owned copy.
 
 #![allow(missing_docs, unreachable_pub)]
 
@@ -18,5 +20,8 @@ wasmtime::component::bindgen!({
     },
     exports: {
         default: async,
+    },
+    ownership: Borrowing {
+        duplicate_if_necessary: true
     },
 });

@@ -17,42 +17,90 @@ use crate::pipeline::{
     ResponseEdits,
 };
 
-/// Every header value, in order, repeated names once per value.
-pub(crate) fn headers_to_wit(map: &HeaderMap) -> Vec<wit::Header> {
+/// Every header value, in order, repeated names once per value, borrowed.
+pub(crate) fn headers_to_wit(map: &HeaderMap) -> Vec<wit::HeaderParam<'_>> {
     map.iter()
-        .map(|(name, value)| wit::Header {
+        .map(|(name, value)| wit::HeaderParam {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect()
+}
+
+/// Every header value, owned (for results handed to the guest by imports).
+pub(crate) fn headers_to_wit_owned(map: &HeaderMap) -> Vec<wit::HeaderResult> {
+    map.iter()
+        .map(|(name, value)| wit::HeaderResult {
             name: name.as_str().to_owned(),
             value: value.as_bytes().to_vec(),
         })
         .collect()
 }
 
-/// The request as the guest sees it; the body only when the plugin asked.
-pub(crate) fn request_to_wit(req: &PluginRequest, with_body: bool) -> wit::Request {
-    wit::Request {
-        route: req.route.to_string(),
-        method: req.method.as_str().to_owned(),
-        path: req.path.clone(),
-        query: req.query.clone(),
-        headers: headers_to_wit(&req.headers),
-        client_addr: req.client_addr.to_string(),
-        scheme: req.scheme.to_owned(),
-        params: req.params.clone(),
-        body: if with_body {
-            req.body.as_ref().map(|b| b.to_vec())
-        } else {
-            None
-        },
+/// The parts of a [`wit::Request`] that the host model does not hold in
+/// the borrowed form the guest call needs. The request itself borrows the
+/// rest straight from the [`PluginRequest`], so nothing is copied twice.
+pub(crate) struct RequestParts<'a> {
+    req: &'a PluginRequest,
+    headers: Vec<wit::HeaderParam<'a>>,
+    params: Vec<(&'a str, &'a str)>,
+    client_addr: String,
+    with_body: bool,
+}
+
+impl<'a> RequestParts<'a> {
+    /// Prepare `req` for the guest; the body only when the plugin asked.
+    pub(crate) fn new(req: &'a PluginRequest, with_body: bool) -> Self {
+        Self {
+            req,
+            headers: headers_to_wit(&req.headers),
+            params: req
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            client_addr: req.client_addr.to_string(),
+            with_body,
+        }
+    }
+
+    /// The request as the guest sees it.
+    pub(crate) fn request(&self) -> wit::Request<'_> {
+        let req = self.req;
+        wit::Request {
+            route: &req.route,
+            method: req.method.as_str(),
+            path: &req.path,
+            query: req.query.as_deref(),
+            headers: &self.headers,
+            client_addr: &self.client_addr,
+            scheme: req.scheme,
+            params: &self.params,
+            body: if self.with_body {
+                req.body.as_deref()
+            } else {
+                None
+            },
+        }
     }
 }
 
+/// The headers of a response, ready to be borrowed by [`response_to_wit`].
+pub(crate) fn response_headers(resp: &PluginResponse) -> Vec<wit::HeaderParam<'_>> {
+    headers_to_wit(&resp.headers)
+}
+
 /// The response as the guest sees it; the body only when the plugin asked.
-pub(crate) fn response_to_wit(resp: &PluginResponse, with_body: bool) -> wit::Response {
-    wit::Response {
+pub(crate) fn response_to_wit<'a>(
+    resp: &'a PluginResponse,
+    headers: &'a [wit::HeaderParam<'a>],
+    with_body: bool,
+) -> wit::ResponseParam<'a> {
+    wit::ResponseParam {
         status: resp.status.as_u16(),
-        headers: headers_to_wit(&resp.headers),
+        headers,
         body: if with_body {
-            resp.body.as_ref().map(|b| b.to_vec())
+            resp.body.as_deref()
         } else {
             None
         },
@@ -116,7 +164,7 @@ impl Validate<'_> {
         })
     }
 
-    fn response(&self, resp: wit::Response) -> Result<PluginResponse, PluginError> {
+    fn response(&self, resp: wit::ResponseResult) -> Result<PluginResponse, PluginError> {
         let mut headers = HeaderMap::with_capacity(resp.headers.len());
         for h in resp.headers {
             let (name, value) = self.header(h)?;
@@ -154,7 +202,7 @@ impl Validate<'_> {
             .collect()
     }
 
-    fn header(&self, h: wit::Header) -> Result<(HeaderName, HeaderValue), PluginError> {
+    fn header(&self, h: wit::HeaderResult) -> Result<(HeaderName, HeaderValue), PluginError> {
         let name = self.header_name(&h.name)?;
         let value = HeaderValue::from_bytes(&h.value).map_err(|_| {
             self.invalid(
@@ -206,8 +254,8 @@ mod tests {
         }
     }
 
-    fn header(name: &str, value: &[u8]) -> wit::Header {
-        wit::Header {
+    fn header(name: &str, value: &[u8]) -> wit::HeaderResult {
+        wit::HeaderResult {
             name: name.into(),
             value: value.to_vec(),
         }
@@ -219,10 +267,17 @@ mod tests {
         map.append("x-a", HeaderValue::from_static("1"));
         map.append("x-a", HeaderValue::from_static("2"));
         map.append("x-b", HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        let wit = headers_to_wit(&map);
+        let wit = headers_to_wit_owned(&map);
         assert_eq!(wit.len(), 3);
+        let borrowed = headers_to_wit(&map);
+        assert!(
+            borrowed
+                .iter()
+                .zip(&wit)
+                .all(|(b, o)| b.name == o.name && b.value == o.value)
+        );
         let resp = v()
-            .response(wit::Response {
+            .response(wit::ResponseResult {
                 status: 200,
                 headers: wit,
                 body: None,
@@ -245,8 +300,11 @@ mod tests {
             params: vec![],
             body: Some(Bytes::from_static(b"hi")),
         };
-        assert_eq!(request_to_wit(&req, false).body, None);
-        assert_eq!(request_to_wit(&req, true).body.as_deref(), Some(&b"hi"[..]));
+        assert_eq!(RequestParts::new(&req, false).request().body, None);
+        assert_eq!(
+            RequestParts::new(&req, true).request().body,
+            Some(&b"hi"[..])
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::RuntimeSettings;
 
@@ -45,6 +45,8 @@ const TABLE_ELEMENTS: usize = 64 * 1024;
 /// checks of nearby offsets.
 const MEMORY_GUARD_BYTES: u64 = 2 << 20;
 const WASM_PAGE: usize = 64 * 1024;
+/// Dirty linear memory reset by hand (not `madvise`) when an instance is freed.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
 /// Build the engine: component model, epoch interruption, and the pooling
 /// allocator sized from `settings`.
@@ -77,10 +79,13 @@ pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engin
         .max_component_instance_size(16 << 20)
         .max_core_instance_size(4 << 20)
         .max_memory_size(max_memory)
-        // Reset small memories with memset rather than madvise: cheaper
-        // for plugins that touch a few pages per request.
-        .linear_memory_keep_resident(64 * 1024)
-        .table_keep_resident(16 * 1024);
+        // When an instance is freed, reset the pages it dirtied by hand
+        // (found with Linux's PAGEMAP_SCAN where available) instead of
+        // `madvise`: the next instance in the slot then takes no page faults
+        // and no TLB shootdown happens. Past these sizes, `madvise` as usual.
+        .pagemap_scan(Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(64 * 1024);
 
     let mut config = Config::new();
     config

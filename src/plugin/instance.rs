@@ -139,11 +139,12 @@ impl Instance {
         needs: Needs,
         req: &PluginRequest,
     ) -> Result<RequestAction, PluginError> {
-        let wit_req = convert::request_to_wit(req, needs.request_body);
+        let parts = convert::RequestParts::new(req, needs.request_body);
+        let wit_req = parts.request();
         let started = self.arm(policy.deadline);
         let result = tokio::time::timeout(
             policy.deadline,
-            self.guest.call_on_request(&mut self.store, &wit_req),
+            self.guest.call_on_request(&mut self.store, wit_req),
         )
         .await;
         let action = self.finish(policy, policy.deadline, started, result)?;
@@ -161,13 +162,15 @@ impl Instance {
         req: &PluginRequest,
         resp: &PluginResponse,
     ) -> Result<ResponseEdits, PluginError> {
-        let wit_req = convert::request_to_wit(req, needs.request_body);
-        let wit_resp = convert::response_to_wit(resp, needs.response_body);
+        let parts = convert::RequestParts::new(req, needs.request_body);
+        let wit_req = parts.request();
+        let resp_headers = convert::response_headers(resp);
+        let wit_resp = convert::response_to_wit(resp, &resp_headers, needs.response_body);
         let started = self.arm(policy.deadline);
         let result = tokio::time::timeout(
             policy.deadline,
             self.guest
-                .call_on_response(&mut self.store, &wit_req, &wit_resp),
+                .call_on_response(&mut self.store, wit_req, wit_resp),
         )
         .await;
         let edits = self.finish(policy, policy.deadline, started, result)?;

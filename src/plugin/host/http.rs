@@ -17,7 +17,7 @@ use wasmtime::component::{HasData, Linker};
 use crate::plugin::{
     bindings::pylon::plugin::{
         http_client::{self, HttpError, OutboundRequest},
-        types::{Header, Response},
+        types::{HeaderResult as Header, ResponseResult as Response},
     },
     chain,
     state::HostState,
@@ -175,7 +175,7 @@ fn from_http(resp: http::Response<Bytes>) -> Response {
     let (parts, body) = resp.into_parts();
     Response {
         status: parts.status.as_u16(),
-        headers: super::super::convert::headers_to_wit(&parts.headers),
+        headers: super::super::convert::headers_to_wit_owned(&parts.headers),
         body: Some(body.to_vec()),
     }
 }

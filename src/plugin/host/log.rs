@@ -1,5 +1,6 @@
 //! `pylon:plugin/log`: guest log lines become `tracing` events with `route`
-//! and `plugin` fields, under the target `pylon::plugin::guest`.
+//! and `plugin` fields, under the target `pylon::plugin::guest`. Without the
+//! `log` grant, lines are dropped (a log line never fails a request).
 
 use wasmtime::component::{HasData, Linker};
 

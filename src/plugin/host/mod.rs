@@ -1,8 +1,8 @@
 //! The host side of the plugin world's imports, one file per WIT interface
 //! (`log`, `clock`, `kv`, `http-client`) plus WASI for components that
 //! import it. Every capability is denied unless the plugin's grants say
-//! otherwise: `kv` and `http-client` answer `denied`, `log` and `clock`
-//! trap with [`CapabilityDenied`].
+//! otherwise: `kv` and `http-client` answer `denied`, ungranted `log`
+//! lines are dropped, and `clock` traps with [`CapabilityDenied`].
 
 pub(crate) mod clock;
 pub(crate) mod http;
@@ -14,7 +14,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{bindings::pylon::plugin::types, state::HostState};
 
-/// A plugin called a trapping capability (`log`, `clock`) it was not granted.
+/// A plugin called a trapping capability (`clock`) it was not granted.
 #[derive(Debug, thiserror::Error)]
 #[error("plugin \"{plugin}\" on route \"{route}\" called `{capability}` without that grant")]
 pub struct CapabilityDenied {
