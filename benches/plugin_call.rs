@@ -136,7 +136,7 @@ fn main() {
                 name: "headers".into(),
                 component: component.clone(),
                 isolation,
-                deadline: Duration::from_millis(100),
+                deadline: Duration::from_secs(1),
                 memory_limit_bytes: 16 << 20,
                 max_body_bytes: 1 << 20,
                 grants: Grants::default(),

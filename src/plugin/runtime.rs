@@ -47,8 +47,9 @@ struct RuntimeInner {
     with_wasi: Linker<HostState>,
     cache: ComponentCache,
     stats: Mutex<BTreeMap<String, Arc<PluginStats>>>,
-    // Declared last: dropped after everything that could still run guests.
-    _ticker: EpochTicker,
+    /// Shared with every compiled plugin: deadlines keep working as long as
+    /// any plugin can still run, even after the runtime itself is dropped.
+    ticker: Arc<EpochTicker>,
 }
 
 /// Where the compile caches answered from, since the runtime started.
@@ -84,6 +85,8 @@ pub struct CompiledPlugin {
     stats: Arc<PluginStats>,
     // Keeps the in-memory cache entry alive while this plugin is loaded.
     _component: Arc<CachedComponent>,
+    // Keeps the epoch advancing while this plugin can run.
+    _ticker: Arc<EpochTicker>,
 }
 
 impl CompiledPlugin {
@@ -165,7 +168,7 @@ impl PluginRuntime {
                 with_wasi,
                 cache,
                 stats: Mutex::new(BTreeMap::new()),
-                _ticker: ticker,
+                ticker: Arc::new(ticker),
             }),
         })
     }
@@ -242,6 +245,7 @@ impl PluginRuntime {
             pre,
             stats: self.stats_for(&def.name),
             _component: cached,
+            _ticker: rt.ticker.clone(),
         }))
     }
 
