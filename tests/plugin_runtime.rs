@@ -672,6 +672,36 @@ async fn log_goes_to_tracing_with_route_and_plugin() {
     assert!(text.contains("pylon:plugin/clock"), "{text}");
 }
 
+// Current-thread runtime, as above.
+#[tokio::test]
+async fn guest_stderr_goes_to_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let rt = runtime();
+    let p = load(&rt, &def("trap", "trap"), "users", "{}", host())
+        .await
+        .unwrap();
+    let err = call(&p, &request("/")).await.unwrap_err();
+    assert!(matches!(err, PluginError::Trap { .. }), "{err:?}");
+    drop(p);
+
+    let events = captured.0.lock().unwrap().clone();
+    let stderr: Vec<_> = events
+        .iter()
+        .filter(|e| e["target"] == "pylon::plugin::stdio")
+        .collect();
+    assert!(
+        stderr.iter().any(|e| e["stream"] == "stderr"
+            && e["plugin"] == "trap"
+            && e["route"] == "users"
+            && e["message"].contains("trap guest: deliberate panic in on-request")),
+        "{events:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_all_runs_requests_concurrently() {
     let delay = Duration::from_millis(200);
