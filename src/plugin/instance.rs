@@ -79,9 +79,9 @@ impl Instance {
             Ok(Err(err)) => classify(policy, &store, deadline, err),
             Err(_elapsed) => deadline_error(policy, deadline),
         };
-        // A trap or deadline while instantiating is the plugin's fault and
-        // keeps its class; anything else (pool exhausted, ...) is reported
-        // as an instantiation failure.
+        // Deadline and memory failures keep their class; a trap in a start
+        // function and everything else (pool exhausted, ...) is reported as
+        // an instantiation failure.
         let err = match err {
             PluginError::Trap { plugin, source } => PluginError::Instantiate { plugin, source },
             other => other,

@@ -1,7 +1,7 @@
 //! WebAssembly component plugins: the Wasm implementation of
 //! [`crate::pipeline::Plugin`].
 //!
-//! - [`bindings`]: the `pylon:plugin` WIT contract as Rust types;
+//! - `bindings`: the `pylon:plugin` WIT contract as Rust types;
 //! - `engine`: the one `Engine` (pooling allocator, epoch ticker) and the
 //!   compile caches (memory and disk);
 //! - `runtime`: [`PluginRuntime`] — compile, configure, stats;
@@ -17,7 +17,7 @@
 //! only instantiates from the pre-instantiated component, or reuses an
 //! instance from the pool.
 
-pub mod bindings;
+mod bindings;
 mod convert;
 mod engine;
 mod error;
