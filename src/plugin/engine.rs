@@ -28,17 +28,21 @@ use crate::config::RuntimeSettings;
 /// How often the epoch advances: the resolution of plugin deadlines.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Core instances the pool provisions per component instance, on average.
-/// A Rust plugin has 2–4 (module, WASI adapter, shim, fixup); a
-/// componentize-py component about a dozen.
+/// Core instances the pool provisions per component instance, on average:
+/// a Rust `wasm32-wasip2` plugin has a few (its module, shim and fixup
+/// modules); interpreters built with componentize-py or a WASI adapter more.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
-/// Linear memories (and tables) provisioned per component instance, on average.
-const MEMORIES_PER_COMPONENT: u32 = 4;
+/// Linear memories provisioned per component instance, on average: Rust
+/// and componentize-py components have one, adapter-based C components two.
+const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables provisioned per component instance (the plugins here have two).
+const TABLES_PER_COMPONENT: u32 = 4;
 /// Hard caps for one component, so one odd component cannot drain the pool.
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 const MAX_MEMORIES_PER_COMPONENT: u32 = 16;
 const MAX_TABLES_PER_COMPONENT: u32 = 32;
-/// Interpreters' function tables are large (CPython's has ~15k entries).
+/// Interpreters' function tables are large (the componentize-py CPython
+/// component starts with about 5,700 entries).
 const TABLE_ELEMENTS: usize = 64 * 1024;
 /// Guard pages after each linear memory. Bounds checks are explicit anyway
 /// (the reservation is the memory cap, not 4 GiB); this lets Cranelift fold
@@ -53,10 +57,11 @@ const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 ///
 /// Sizing: every linear memory slot reserves `max_memory_bytes` (rounded up
 /// to a Wasm page) plus a 2 MiB guard of address space, not the default
-/// 4 GiB + 32 MiB, so a pool of a few thousand memories stays in the tens of
-/// GiB of *virtual* space on a CI machine. The price is explicit bounds
-/// checks in compiled code, which plugins (short request handlers) do not
-/// notice. Memory is committed only when touched.
+/// 4 GiB + 32 MiB. With the defaults (1,000 instances, 256 MiB) that is
+/// 2,000 slots, about 500 GiB of *address space* (x86-64 offers 128 TiB)
+/// instead of 8 TiB; nothing is committed until touched. The price is
+/// explicit bounds checks in compiled code, which plugins (short request
+/// handlers) do not notice.
 pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engine> {
     let instances = settings.max_instances.max(1);
     let max_memory = settings
@@ -68,7 +73,7 @@ pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engin
     pool.total_component_instances(instances)
         .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
         .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
-        .total_tables(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
         .total_stacks(instances)
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
