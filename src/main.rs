@@ -119,6 +119,18 @@ async fn check(path: PathBuf) -> ExitCode {
 }
 
 async fn run(path: PathBuf, grace: Duration) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before the gateway starts serving: a signal that arrives
+    // during start-up must not kill the process with its default action
+    // (SIGTERM, SIGINT and SIGHUP all terminate); it is seen once running.
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("error: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
     let gateway = match Gateway::start_from_file(path).await {
         Ok(g) => g,
         Err(StartError::Config(err)) => {
@@ -130,17 +142,9 @@ async fn run(path: PathBuf, grace: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        eprintln!("error: cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
             // The reloader logs and counts the outcome either way.
             _ = hup.recv() => { let _ = gateway.reload().await; }

@@ -766,6 +766,16 @@ config = {{ request = {{ set = {{ "x-a" = "1" }} }} }}
 /// still completes with 200, and the process exits 0.
 #[test]
 fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
+    drains_on_signal("TERM");
+}
+
+/// The same for SIGINT (Ctrl-C).
+#[test]
+fn sigint_drains_in_flight_requests_and_exits_zero() {
+    drains_on_signal("INT");
+}
+
+fn drains_on_signal(signal: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let tx = std::sync::Mutex::new(tx);
@@ -819,7 +829,7 @@ fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
         .expect("the slow request never reached the upstream");
     let sent_at = Instant::now();
     let ok = Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
+        .args(["-s", signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
@@ -832,16 +842,22 @@ fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
             _ => {
                 assert!(
                     sent_at.elapsed() < Duration::from_millis(800),
-                    "still accepting after SIGTERM"
+                    "still accepting after SIG{signal}"
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
-    assert!(
-        !slow.is_finished(),
-        "the slow request finished before the listener closed"
-    );
+    if slow.is_finished() {
+        let early = rt.block_on(slow).unwrap();
+        let exit = child.wait();
+        let log: Vec<String> =
+            std::iter::from_fn(|| lrx.recv_timeout(Duration::from_secs(2)).ok()).collect();
+        panic!(
+            "the slow request ended before the listener closed: {early:?}\nexit: {exit:?}\n{}",
+            log.join("\n")
+        );
+    }
 
     let status = rt
         .block_on(slow)
