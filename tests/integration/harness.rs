@@ -179,6 +179,35 @@ pub fn parse(toml: &str) -> Result<config::Config, config::ConfigError> {
     config::parse(&text, Path::new("test.toml"), &root())
 }
 
+/// TOML for upstream `u` at `up`, the plugin `name` (its built component,
+/// plus the `def_extra` lines in its definition) and one route `r` on every
+/// path whose only plugin is `name`, configured by the
+/// `[routes.plugins.config]` TOML `config`.
+pub fn one_plugin_route(up: &str, name: &str, def_extra: &str, config: &str) -> String {
+    format!(
+        r#"
+[upstreams.u]
+targets = ["{up}"]
+
+[plugins.{name}]
+component = {component:?}
+{def_extra}
+
+[[routes]]
+id = "r"
+path-prefix = "/"
+upstream = "u"
+
+[[routes.plugins]]
+plugin = "{name}"
+
+[routes.plugins.config]
+{config}
+"#,
+        component = plugin(name),
+    )
+}
+
 /// One compile cache shared by the whole test run.
 pub fn cache_dir() -> PathBuf {
     root().join("target/test-pylon-cache")

@@ -427,18 +427,27 @@ async fn malformed_and_oversized_requests_get_4xx() {
 #[tokio::test]
 async fn slow_client_sending_headers_is_cut_off() {
     let up = Upstream::named("ok").await;
-    let cfg = format!("[upstreams.u]\ntargets = [\"{}\"]\n{}", up.addr, route("r", "/", "u"));
+    let cfg = format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n{}",
+        up.addr,
+        route("r", "/", "u")
+    );
     let mut config = crate::harness::parse(&cfg).unwrap();
     config.listeners[0].header_timeout = Duration::from_millis(300);
     let gw = pylon::Gateway::start(config).await.unwrap();
     let addr = gw.local_addrs()[0];
 
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "the gateway kept a slow client's connection open");
+    assert!(
+        read.is_ok(),
+        "the gateway kept a slow client's connection open"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(up.seen().is_empty());
 }

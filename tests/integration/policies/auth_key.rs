@@ -7,7 +7,7 @@ use pylon::Gateway;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{TestGateway, Upstream, client, parse, plugin};
+use crate::harness::{TestGateway, Upstream, client, one_plugin_route, parse};
 
 const ACME_KEY: &str = "acme-live-3f9a1c77d2";
 const GLOBEX_KEY: &str = "globex-live-88b20e4a19";
@@ -20,28 +20,7 @@ fn sha256_hex(key: &str) -> String {
 /// (with `def` lines in its definition) on route `r` for every path, whose
 /// config is the `[routes.plugins.config]` TOML `config`.
 fn toml(up: &str, def: &str, config: &str) -> String {
-    format!(
-        r#"
-[upstreams.u]
-targets = ["{up}"]
-
-[plugins.auth-key]
-component = {component:?}
-{def}
-
-[[routes]]
-id = "r"
-path-prefix = "/"
-upstream = "u"
-
-[[routes.plugins]]
-plugin = "auth-key"
-
-[routes.plugins.config]
-{config}
-"#,
-        component = plugin("auth-key"),
-    )
+    one_plugin_route(up, "auth-key", def, config)
 }
 
 async fn gateway(up: &Upstream, def: &str, config: &str) -> TestGateway {

@@ -13,7 +13,7 @@ use http::Response;
 use http_body_util::Full;
 use pylon::Gateway;
 
-use crate::harness::{Seen, TestGateway, Upstream, client, parse, plugin};
+use crate::harness::{Seen, TestGateway, Upstream, client, one_plugin_route, parse};
 
 /// An upstream whose answer depends on the path (see the match), each body
 /// ending in ` #<n>`, `n` counting the upstream's answers, so a body shows
@@ -61,29 +61,8 @@ async fn upstream() -> Upstream {
 }
 
 fn toml(up: &Upstream, capabilities: &str, config: &str) -> String {
-    format!(
-        r#"
-[upstreams.u]
-targets = ["{}"]
-
-[plugins.cache]
-component = {:?}
-capabilities = {capabilities}
-
-[[routes]]
-id = "r"
-path-prefix = "/"
-upstream = "u"
-
-[[routes.plugins]]
-plugin = "cache"
-
-[routes.plugins.config]
-{config}
-"#,
-        up.addr,
-        plugin("cache")
-    )
+    let def_extra = format!("capabilities = {capabilities}");
+    one_plugin_route(&up.addr.to_string(), "cache", &def_extra, config)
 }
 
 async fn gateway(up: &Upstream, config: &str) -> TestGateway {

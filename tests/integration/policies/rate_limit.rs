@@ -4,34 +4,15 @@ use std::{path::Path, time::Duration};
 
 use pylon::Gateway;
 
-use crate::harness::{Redis, TestGateway, Upstream, cache_dir, client, parse, plugin, root};
+use crate::harness::{
+    Redis, TestGateway, Upstream, cache_dir, client, one_plugin_route, parse, root,
+};
 
 /// Upstream, plugin definition (`capabilities` as given) and a route `r` on
 /// every path whose only plugin is `rate-limit` with `config`.
 fn toml(up: &Upstream, capabilities: &str, config: &str) -> String {
-    format!(
-        r#"
-[upstreams.u]
-targets = ["{}"]
-
-[plugins.rate-limit]
-component = {:?}
-capabilities = {capabilities}
-
-[[routes]]
-id = "r"
-path-prefix = "/"
-upstream = "u"
-
-[[routes.plugins]]
-plugin = "rate-limit"
-
-[routes.plugins.config]
-{config}
-"#,
-        up.addr,
-        plugin("rate-limit")
-    )
+    let def_extra = format!("capabilities = {capabilities}");
+    one_plugin_route(&up.addr.to_string(), "rate-limit", &def_extra, config)
 }
 
 async fn gateway(up: &Upstream, config: &str) -> TestGateway {

@@ -7,34 +7,13 @@ use http::Response;
 use http_body_util::Full;
 use pylon::Gateway;
 
-use crate::harness::{TestGateway, Upstream, client, parse, plugin};
+use crate::harness::{TestGateway, Upstream, client, one_plugin_route, parse};
 
 /// The TOML of a gateway with upstream `u` at `up`, the `transform` plugin
 /// (with `def_extra` lines in its definition) and one route `r` on every
 /// path whose plugin config is the `[routes.plugins.config]` TOML `config`.
 fn toml(up: &str, def_extra: &str, config: &str) -> String {
-    format!(
-        r#"
-[upstreams.u]
-targets = ["{up}"]
-
-[plugins.transform]
-component = {component:?}
-{def_extra}
-
-[[routes]]
-id = "r"
-path-prefix = "/"
-upstream = "u"
-
-[[routes.plugins]]
-plugin = "transform"
-
-[routes.plugins.config]
-{config}
-"#,
-        component = plugin("transform"),
-    )
+    one_plugin_route(up, "transform", def_extra, config)
 }
 
 async fn gateway(up: &Upstream, def_extra: &str, config: &str) -> TestGateway {
