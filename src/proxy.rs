@@ -114,6 +114,8 @@ async fn proxy(
     let (mut presp, passthrough) = match outcome {
         RequestOutcome::Respond(resp) => (resp, None),
         RequestOutcome::Forward { upstream } => {
+            // Only a plugin's override allocates here; named again only on error.
+            let chosen_upstream = upstream.clone();
             let path = if preq.path != original_path {
                 preq.path.clone()
             } else {
@@ -151,7 +153,9 @@ async fn proxy(
                         return Err(ProxyError::Upstream {
                             route: route.id.to_string(),
                             source: crate::upstream::UpstreamError::Failed {
-                                upstream: upstream_name(route, &preq),
+                                upstream: chosen_upstream
+                                    .or_else(|| route.config.upstream.clone())
+                                    .unwrap_or_default(),
                                 target: "response body".into(),
                                 source,
                             },
@@ -192,10 +196,6 @@ async fn proxy(
         rparts_with(presp.status, headers),
         body,
     ))
-}
-
-fn upstream_name(route: &RouteRuntime, _req: &PluginRequest) -> String {
-    route.config.upstream.clone().unwrap_or_default()
 }
 
 fn rparts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
