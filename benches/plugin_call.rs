@@ -118,6 +118,7 @@ fn main() {
             max_instances: 256,
             max_memory_bytes: 64 << 20,
             kv: KvBackend::Memory,
+            workers: None,
         })
         .expect("plugin runtime");
         let host = HostServices {

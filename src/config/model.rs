@@ -58,6 +58,8 @@ pub struct RuntimeSettings {
     pub max_memory_bytes: usize,
     /// The key-value store backing the `kv` capability.
     pub kv: KvBackend,
+    /// Data-plane worker threads; `None` means one per core.
+    pub workers: Option<usize>,
 }
 
 /// The key-value store backend.

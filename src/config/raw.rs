@@ -36,6 +36,7 @@ pub(crate) struct RawRuntime {
     pub(crate) max_instances: Option<Spanned<i64>>,
     pub(crate) max_memory: Option<Spanned<String>>,
     pub(crate) kv: Option<Spanned<RawKv>>,
+    pub(crate) workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -169,6 +169,7 @@ fn runtime(
         max_instances: 1000,
         max_memory_bytes: 256 << 20,
         kv: KvBackend::Memory,
+        workers: None,
     };
     let Some(raw) = raw else { return settings };
     let r = raw.get_ref();
@@ -186,6 +187,16 @@ fn runtime(
                 n,
                 Some("runtime".into()),
                 "max-instances must be between 1 and 100000",
+            ),
+        }
+    }
+    if let Some(n) = &r.workers {
+        match usize::try_from(*n.get_ref()) {
+            Ok(v) if (1..=1024).contains(&v) => settings.workers = Some(v),
+            _ => cx.error(
+                n,
+                Some("runtime".into()),
+                "workers must be between 1 and 1024",
             ),
         }
     }
@@ -382,7 +393,7 @@ fn upstreams(
         for t in r.targets.get_ref() {
             let ok = t.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
                 !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
+            }) && http::uri::Authority::try_from(t.get_ref().as_str()).is_ok();
             if ok {
                 targets.push(t.get_ref().clone());
             } else {

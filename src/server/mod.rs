@@ -1,8 +1,11 @@
 //! Client-facing listeners and the running gateway.
 //!
 //! A [`Gateway`] binds every listener, serves HTTP/1.1 and HTTP/2 (h2c) on
-//! each connection, hands each request the runtime in force when it
-//! arrived, swaps runtimes on reload, and drains connections on shutdown.
+//! each connection from its [`workers`], hands each request the runtime in
+//! force when it arrived, swaps runtimes on reload, and drains connections
+//! on shutdown.
+
+pub mod workers;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -13,6 +16,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use workers::Workers;
 
 use crate::{
     config::{self, AccessLogTarget, Config, ConfigError, Listener},
@@ -36,6 +40,9 @@ pub enum StartError {
     /// The configuration (or a plugin it names) is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The worker threads could not be started.
+    #[error("cannot start the worker threads")]
+    Workers(#[source] std::io::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {address}")]
     Bind {
@@ -70,6 +77,8 @@ pub struct Gateway {
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
     watcher: Option<FileWatcher>,
+    // Last: dropped after the tasks on it have drained.
+    workers: Workers,
 }
 
 impl Gateway {
@@ -92,11 +101,16 @@ impl Gateway {
         let shared = Arc::new(Shared::new(&config).await?);
         let obs = Arc::new(observability(&config, &shared.metrics)?);
         let listeners = config.listeners.clone();
+        let worker_count = config
+            .runtime
+            .workers
+            .unwrap_or_else(workers::default_count);
         let admin = config.admin.clone();
         let runtime = Runtime::build(config, &shared).await?;
         let current = Arc::new(ArcSwap::from_pointee(runtime));
         let reloader = Arc::new(Reloader::new(shared, current.clone(), path, obs.clone()));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let workers = Workers::start(worker_count).map_err(StartError::Workers)?;
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
         let bind = |address: SocketAddr| async move {
@@ -110,15 +124,26 @@ impl Gateway {
         };
         for l in listeners {
             let (tcp, addr) = bind(l.address).await?;
-            tracing::info!(%addr, "listening");
+            let bind_err = |source| StartError::Bind {
+                address: l.address,
+                source,
+            };
+            // Every worker accepts on the same socket: whichever is idle
+            // takes the next connection.
+            let tcp = tcp.into_std().map_err(bind_err)?;
+            for handle in workers.handles() {
+                let tcp = tcp.try_clone().map_err(bind_err)?;
+                let serve = serve(
+                    tcp,
+                    l.clone(),
+                    current.clone(),
+                    obs.clone(),
+                    shutdown_rx.clone(),
+                );
+                tasks.spawn_on(serve, handle);
+            }
+            tracing::info!(%addr, workers = workers.handles().len(), "listening");
             addrs.push(addr);
-            tasks.spawn(serve(
-                tcp,
-                l,
-                current.clone(),
-                obs.clone(),
-                shutdown_rx.clone(),
-            ));
         }
         let admin_addr = match admin {
             Some(admin) => {
@@ -142,12 +167,18 @@ impl Gateway {
             shutdown_tx,
             tasks,
             watcher: None,
+            workers,
         })
     }
 
     /// The bound listener addresses, in configuration order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// How many data-plane worker threads serve the listeners.
+    pub fn worker_count(&self) -> usize {
+        self.workers.handles().len()
     }
 
     /// The admin API's bound address, when `[admin]` is configured.
@@ -241,7 +272,7 @@ impl Drop for ConnectionGauge {
 }
 
 async fn serve(
-    tcp: TcpListener,
+    tcp: std::net::TcpListener,
     listener: Listener,
     current: Arc<ArcSwap<Runtime>>,
     obs: Arc<Observability>,
@@ -264,6 +295,13 @@ async fn serve(
         builder.http1_only()
     };
     let builder = Arc::new(builder);
+    let tcp = match TcpListener::from_std(tcp) {
+        Ok(tcp) => tcp,
+        Err(err) => {
+            tracing::error!(address = %listener.address, error = %err, "cannot register the listener");
+            return;
+        }
+    };
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, client) = tokio::select! {
@@ -280,10 +318,7 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let current = current.clone();
-        let info = ConnInfo {
-            client,
-            scheme: "http",
-        };
+        let info = ConnInfo::new(client, "http");
         let obs = obs.clone();
         obs.metrics.open_connections().inc();
         let gauge = ConnectionGauge(obs.metrics.open_connections().clone());
@@ -291,6 +326,7 @@ async fn serve(
             let rt = current.load_full();
             let scope = obs.begin(&req, client);
             let req = req.map(|b| crate::body::boxed(CountedBody::new(b, scope.clone())));
+            let info = info.clone();
             async move {
                 let resp = Observability::run(scope.clone(), proxy::handle(rt, req, info)).await;
                 Ok::<_, Infallible>(Observability::finish(scope, resp))

@@ -333,13 +333,15 @@ pub fn parse_traceparent(v: &[u8]) -> Option<SpanContext> {
 
 /// `00-<trace id>-<span id>-<flags>`.
 pub fn format_traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> HeaderValue {
-    let s = format!(
-        "00-{}-{}-{:02x}",
-        hex::encode(trace_id.to_bytes()),
-        hex::encode(span_id.to_bytes()),
-        flags.to_u8()
-    );
-    HeaderValue::try_from(s).expect("hex digits and dashes are a valid header value")
+    // Every proxied request sends one: built in place, not through `format!`.
+    let mut buf = [0u8; 55];
+    buf[..3].copy_from_slice(b"00-");
+    hex::encode_to_slice(trace_id.to_bytes(), &mut buf[3..35]).expect("32 hex digits fit");
+    buf[35] = b'-';
+    hex::encode_to_slice(span_id.to_bytes(), &mut buf[36..52]).expect("16 hex digits fit");
+    buf[52] = b'-';
+    hex::encode_to_slice([flags.to_u8()], &mut buf[53..55]).expect("2 hex digits fit");
+    HeaderValue::from_bytes(&buf).expect("hex digits and dashes are a valid header value")
 }
 
 enum Msg {

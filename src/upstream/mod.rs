@@ -14,13 +14,16 @@ pub use outbound::MAX_OUTBOUND_BODY;
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use http::{Request, Response, Uri, uri::PathAndQuery};
+use http::{
+    Request, Response, Uri,
+    uri::{Authority, PathAndQuery, Scheme},
+};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -30,6 +33,7 @@ use hyper_util::{
 use crate::{
     body::{Body, BoxError},
     config::{Upstream as UpstreamConfig, UpstreamProtocol},
+    server::workers,
 };
 
 /// Why an upstream call failed.
@@ -81,28 +85,48 @@ pub enum UpstreamError {
 /// One upstream at run time.
 pub struct UpstreamPool {
     config: UpstreamConfig,
-    client: Client<HttpConnector, Body>,
+    /// A connection pool per worker thread (slot 0 for everything off the
+    /// data plane): a pooled connection's task runs on the thread that
+    /// opened it, so sharing one pool across workers would wake another
+    /// thread on every request.
+    clients: Box<[OnceLock<Client<HttpConnector, Body>>]>,
+    /// The targets, parsed once (validation rejects what does not parse).
+    authorities: Vec<Option<Authority>>,
     next: AtomicUsize,
 }
 
 impl UpstreamPool {
     fn new(config: UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(config.max_idle_per_target)
-            .http2_only(config.protocol == UpstreamProtocol::H2c);
         Self {
-            client: builder.build(connector),
+            clients: (0..=workers::default_count())
+                .map(|_| OnceLock::new())
+                .collect(),
+            authorities: config
+                .targets
+                .iter()
+                .map(|t| Authority::try_from(t.as_str()).ok())
+                .collect(),
             config,
             next: AtomicUsize::new(0),
         }
+    }
+
+    fn client(&self) -> &Client<HttpConnector, Body> {
+        let slot = workers::current().map_or(0, |w| 1 + w % (self.clients.len() - 1));
+        self.clients[slot].get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(self.config.connect_timeout));
+            connector.set_nodelay(true);
+            connector.enforce_http(true);
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(self.config.max_idle_per_target)
+                .http2_only(self.config.protocol == UpstreamProtocol::H2c);
+            builder.build(connector)
+        })
     }
 
     /// The upstream's configuration.
@@ -110,9 +134,9 @@ impl UpstreamPool {
         &self.config
     }
 
-    fn pick(&self) -> &str {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.config.targets[n % self.config.targets.len()]
+    fn pick(&self) -> (&str, &Option<Authority>) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.config.targets.len();
+        (&self.config.targets[n], &self.authorities[n])
     }
 }
 
@@ -155,27 +179,30 @@ impl Upstreams {
             .pools
             .get(upstream)
             .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
-        let target = pool.pick();
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::builder()
-            .scheme("http")
-            .authority(target)
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| UpstreamError::InvalidRequest {
-                upstream: upstream.to_string(),
-                detail: format!("{e}"),
-            })?;
+        let (target, authority) = pool.pick();
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(
+            authority
+                .clone()
+                .ok_or_else(|| UpstreamError::InvalidRequest {
+                    upstream: upstream.to_string(),
+                    detail: format!("invalid target {target:?}"),
+                })?,
+        );
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(uri).map_err(|e| UpstreamError::InvalidRequest {
+            upstream: upstream.to_string(),
+            detail: format!("{e}"),
+        })?;
         if pool.config.protocol == UpstreamProtocol::H2c {
             *req.version_mut() = http::Version::HTTP_2;
         } else {
             *req.version_mut() = http::Version::HTTP_11;
         }
-        match tokio::time::timeout(timeout, pool.client.request(req)).await {
+        match tokio::time::timeout(timeout, pool.client().request(req)).await {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: upstream.to_string(),
                 timeout,
