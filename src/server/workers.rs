@@ -96,7 +96,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let _ = h.spawn(async move { tx.send(()).ok() });
+            drop(h.spawn(async move { tx.send(()).ok() }));
             if rx.recv_timeout(Duration::from_millis(50)).is_err() {
                 break;
             }
