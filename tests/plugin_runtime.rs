@@ -496,7 +496,7 @@ async fn load_errors_name_plugin_and_file() {
     not_plugin.component = empty;
     let err = rt.compile(&not_plugin).unwrap_err();
     assert!(
-        matches!(&err, PluginLoadError::NotAPlugin { detail, .. } if detail.contains("pylon:plugin/guest@0.1.0")),
+        matches!(&err, PluginLoadError::NotAPlugin { detail, .. } if detail.contains("pylon:plugin/guest@0.2.0")),
         "{err:?}"
     );
 }

@@ -39,10 +39,20 @@ pub enum RequestOutcome {
     Respond(PluginResponse),
 }
 
-/// The sessions that served the request phase, kept for the response phase.
+/// What the response phase owes each plugin that continued: its session
+/// (when it has a response phase) and the response edits it gave in the
+/// request phase.
 #[derive(Default)]
 pub struct Sessions {
-    active: Vec<(usize, Box<dyn PluginSession>)>,
+    active: Vec<Pending>,
+}
+
+struct Pending {
+    index: usize,
+    /// `None` when the plugin has no response phase, or skipped the request
+    /// phase (its instance is then taken when the response phase needs it).
+    session: Option<Box<dyn PluginSession>>,
+    response_headers: Vec<super::HeaderOp>,
 }
 
 impl Pipeline {
@@ -83,6 +93,16 @@ impl Pipeline {
         let mut upstream = None;
         for (index, entry) in self.entries.iter().enumerate() {
             let needs = entry.plugin.needs();
+            if !needs.request_phase {
+                if needs.response_phase {
+                    sessions.active.push(Pending {
+                        index,
+                        session: None,
+                        response_headers: Vec::new(),
+                    });
+                }
+                continue;
+            }
             let mut call = observe::plugin_call(entry.plugin.id(), "on-request");
             let result = match entry.plugin.start().await {
                 Ok(mut session) => match session.on_request(req).await {
@@ -124,8 +144,12 @@ impl Pipeline {
                     {
                         req.body = Some(body);
                     }
-                    if needs.response_phase {
-                        sessions.active.push((index, session));
+                    if needs.response_phase || !edits.response_headers.is_empty() {
+                        sessions.active.push(Pending {
+                            index,
+                            session: needs.response_phase.then_some(session),
+                            response_headers: edits.response_headers,
+                        });
                     }
                 }
                 RequestAction::Respond(resp) => return Ok(RequestOutcome::Respond(resp)),
@@ -141,11 +165,24 @@ impl Pipeline {
         sessions: &mut Sessions,
         resp: &mut PluginResponse,
     ) -> Result<(), PluginError> {
-        while let Some((index, mut session)) = sessions.active.pop() {
-            let entry = &self.entries[index];
+        while let Some(pending) = sessions.active.pop() {
+            let entry = &self.entries[pending.index];
             let needs = entry.plugin.needs();
+            for op in &pending.response_headers {
+                op.apply(&mut resp.headers);
+            }
+            if !needs.response_phase {
+                continue;
+            }
             let mut call = observe::plugin_call(entry.plugin.id(), "on-response");
-            let result = session.on_response(req, resp).await;
+            let result = match pending.session {
+                Some(session) => Ok(session),
+                None => entry.plugin.start().await,
+            };
+            let result = match result {
+                Ok(mut session) => session.on_response(req, resp).await,
+                Err(e) => Err(e),
+            };
             if let Err(err) = &result {
                 call.fail(err);
             }

@@ -11,8 +11,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use crate::body::BoxError;
 
 /// What a plugin asked of the host when it accepted its configuration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
+    /// Call the request phase at all.
+    pub request_phase: bool,
     /// Buffer the request body (bounded) and pass it to the request phase.
     pub request_body: bool,
     /// Call the response phase at all.
@@ -21,10 +23,23 @@ pub struct Needs {
     pub response_body: bool,
 }
 
+impl Default for Needs {
+    /// The request phase only, without bodies.
+    fn default() -> Self {
+        Needs {
+            request_phase: true,
+            request_body: false,
+            response_phase: false,
+            response_body: false,
+        }
+    }
+}
+
 impl Needs {
     /// The union of two sets of needs.
     pub fn union(self, other: Needs) -> Needs {
         Needs {
+            request_phase: self.request_phase || other.request_phase,
             request_body: self.request_body || other.request_body,
             response_phase: self.response_phase || other.response_phase,
             response_body: self.response_body || other.response_body,
@@ -119,6 +134,9 @@ pub struct RequestEdits {
     pub upstream: Option<String>,
     /// A new body (honoured only for plugins that asked for the body).
     pub body: Option<Bytes>,
+    /// Edits for the response, applied where this plugin's response phase
+    /// would run.
+    pub response_headers: Vec<HeaderOp>,
 }
 
 /// The request phase's decision.

@@ -59,7 +59,7 @@ impl<'a> RequestParts<'a> {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
-            client_addr: req.client_addr.to_string(),
+            client_addr: socket_addr_text(req.client_addr),
             with_body,
         }
     }
@@ -82,6 +82,48 @@ impl<'a> RequestParts<'a> {
                 None
             },
         }
+    }
+}
+
+/// `ip:port`, as `SocketAddr`'s `Display` writes it. IPv4 (the common
+/// case) is written by hand: the formatting machinery cost more than the
+/// rest of building the request for the guest.
+fn socket_addr_text(addr: std::net::SocketAddr) -> String {
+    use std::fmt::Write;
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            let mut out = String::with_capacity(21);
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(&mut out, u32::from(octet));
+            }
+            out.push(':');
+            push_decimal(&mut out, u32::from(v4.port()));
+            out
+        }
+        v6 => {
+            let mut out = String::with_capacity(48);
+            let _ = write!(out, "{v6}");
+            out
+        }
+    }
+}
+
+fn push_decimal(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
     }
 }
 
@@ -110,6 +152,7 @@ pub(crate) fn response_to_wit<'a>(
 /// The plugin's declared needs.
 pub(crate) fn needs_from_wit(n: wit::Needs) -> Needs {
     Needs {
+        request_phase: n.request_phase,
         request_body: n.request_body,
         response_phase: n.response_phase,
         response_body: n.response_body,
@@ -149,6 +192,7 @@ impl Validate<'_> {
             query,
             upstream: edits.upstream,
             body: edits.body.map(Bytes::from),
+            response_headers: self.header_ops(edits.response_headers)?,
         })
     }
 
@@ -316,6 +360,7 @@ mod tests {
             query: None,
             upstream: None,
             body: None,
+            response_headers: vec![],
         };
         let cases = [
             wit::RequestEdits {
@@ -340,6 +385,10 @@ mod tests {
             },
             wit::RequestEdits {
                 query: Some("a b".into()),
+                ..base()
+            },
+            wit::RequestEdits {
+                response_headers: vec![wit::HeaderOp::Set(header("x", b"a\rb"))],
                 ..base()
             },
         ];

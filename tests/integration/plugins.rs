@@ -112,6 +112,62 @@ config = { request = { append = { "x-step" = "two" } }, response = { set = { "x-
     assert!(seen.headers.get("x-secret").is_none());
 }
 
+/// Guest calls made so far by plugin `name` (load-time `configure` included).
+fn calls(gw: &TestGateway, name: &str) -> u64 {
+    gw.gateway
+        .shared()
+        .plugins
+        .stats()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, s)| s.calls)
+}
+
+#[tokio::test]
+async fn request_phase_is_skipped_when_not_needed_and_its_response_edits_keep_their_place() {
+    let up = Upstream::with(|_| async {
+        Response::builder()
+            .header("x-layer", "upstream")
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap()
+    })
+    .await;
+    // `resp-only` edits only responses, so it declares no request phase;
+    // `rl` (rate-limit) gives its headers as response edits from the
+    // request phase and declares no response phase.
+    let gw = gateway(
+        &up,
+        &(def("resp-only", "headers", "")
+            + &def("rl", "rate-limit", "capabilities = [\"kv\", \"clock\"]")),
+        r#"
+[[routes.plugins]]
+plugin = "resp-only"
+config = { response = { set = { "x-layer" = "resp-only", "ratelimit-limit" = "overridden" } } }
+
+[[routes.plugins]]
+plugin = "rl"
+config = { key = "ip", limits = [{ requests = 100, per = "1m" }] }
+"#,
+    )
+    .await;
+    let before = (calls(&gw, "resp-only"), calls(&gw, "rl"));
+    for _ in 0..3 {
+        let r = client().get(gw.url("/items/1")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        // Reverse order: rl's request-phase response edits land first, then
+        // resp-only's response phase overrides what both set.
+        assert_eq!(r.headers()["x-layer"], "resp-only");
+        assert_eq!(r.headers()["ratelimit-limit"], "overridden");
+        assert!(r.headers().contains_key("ratelimit-remaining"), "{r:?}");
+    }
+    let after = (calls(&gw, "resp-only"), calls(&gw, "rl"));
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (3, 3),
+        "one call per plugin per request: resp-only's on-response, rl's on-request"
+    );
+}
+
 #[tokio::test]
 async fn plugin_gets_bodies_only_when_it_asks() {
     let up = Upstream::with(|s| async move { Response::new(Full::new(s.body)) }).await;

@@ -70,6 +70,9 @@ impl Plugin for Headers {
             return Err(format!("invalid headers config: {}", problems.join("; ")));
         }
         let mut needs = Needs::none();
+        if request.is_empty() {
+            needs = needs.without_request_phase();
+        }
         if !response.is_empty() {
             needs = needs.with_response_phase();
         }

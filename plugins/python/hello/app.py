@@ -58,7 +58,9 @@ class Guest(exports.Guest):
     def configure(self, config: str) -> Needs:
         global _greeting
         _greeting = _parse_config(config)
-        return Needs(request_body=False, response_phase=False, response_body=False)
+        return Needs(
+            request_phase=True, request_body=False, response_phase=False, response_body=False
+        )
 
     def on_request(self, request: Request) -> RequestAction:
         if _greeting is None:
@@ -69,6 +71,7 @@ class Guest(exports.Guest):
             query=None,
             upstream=None,
             body=None,
+            response_headers=[],
         )
         return RequestAction_Continue(edits)
 

@@ -12,9 +12,9 @@ wit_bindgen::generate!({
     default_bindings_module: "pylon_plugin_sdk::__private::bindings",
     additional_derives: [Clone, PartialEq, Eq],
     additional_type_attributes: {
-        // `Default` = empty edits / nothing needed: the no-op answers.
-        "pylon:plugin/types@0.1.0/needs": [#[derive(Default)]],
-        "pylon:plugin/types@0.1.0/request-edits": [#[derive(Default)]],
-        "pylon:plugin/types@0.1.0/response-edits": [#[derive(Default)]],
+        // `Default` = empty edits: the no-op answers (`Needs` has its own
+        // `Default` in `types.rs`: the request phase is on).
+        "pylon:plugin/types@0.2.0/request-edits": [#[derive(Default)]],
+        "pylon:plugin/types@0.2.0/response-edits": [#[derive(Default)]],
     },
 });

@@ -211,6 +211,28 @@ impl RequestEdits {
         self.body = Some(body.into());
         self
     }
+
+    /// Add an edit for the response, applied on its way back as if
+    /// `on_response` had returned it, without an `on_response` call.
+    pub fn response_header_op(mut self, op: HeaderOp) -> Self {
+        self.response_headers.push(op);
+        self
+    }
+
+    /// Set header `name` on the response (see [`Self::response_header_op`]).
+    pub fn set_response_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.response_header_op(HeaderOp::set(name, value))
+    }
+
+    /// Add a value to header `name` on the response.
+    pub fn append_response_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.response_header_op(HeaderOp::append(name, value))
+    }
+
+    /// Remove header `name` from the response.
+    pub fn remove_response_header(self, name: impl Into<String>) -> Self {
+        self.response_header_op(HeaderOp::remove(name))
+    }
 }
 
 impl RequestAction {
@@ -274,10 +296,30 @@ impl ResponseEdits {
     }
 }
 
+impl Default for Needs {
+    /// The request phase only: no bodies, no response phase.
+    fn default() -> Self {
+        Needs {
+            request_phase: true,
+            request_body: false,
+            response_phase: false,
+            response_body: false,
+        }
+    }
+}
+
 impl Needs {
-    /// Nothing needed (same as `default()`): no bodies, no response phase.
+    /// Nothing beyond the request phase (same as `default()`): no bodies, no
+    /// response phase.
     pub fn none() -> Self {
         Self::default()
+    }
+
+    /// Do not call `on_request` (for plugins that only edit responses; the
+    /// instance then serves only `on_response`).
+    pub fn without_request_phase(mut self) -> Self {
+        self.request_phase = false;
+        self
     }
 
     /// Ask for the buffered request body in `on_request`.

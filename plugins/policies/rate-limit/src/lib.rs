@@ -11,7 +11,7 @@
 //!
 //! A request must pass every limit. One over any limit is answered `429`
 //! with `Retry-After` (seconds) and is not counted. Every response — the 429s
-//! and, through the response phase, the proxied ones — carries
+//! and, as response edits given in the request phase, the proxied ones — carries
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` for the most
 //! restrictive limit (the fewest remaining; on a tie the latest reset).
 //! The counting itself is in [`algo`]; this module picks keys and speaks HTTP.
@@ -23,7 +23,7 @@ mod algo;
 mod config;
 
 use pylon_plugin_sdk::{
-    HeaderOp, Needs, Plugin, Request, RequestAction, Response, ResponseEdits, clock, export_plugin,
+    HeaderOp, Needs, Plugin, Request, RequestAction, RequestEdits, Response, clock, export_plugin,
     kv::{self, KvError},
 };
 
@@ -32,11 +32,9 @@ use crate::{
     config::{Algorithm, Key, Limit, MissingKey, Settings},
 };
 
-/// The configured plugin, plus the headers computed for the current request
-/// (handed out in its response phase).
+/// The configured plugin.
 struct RateLimit {
     settings: Settings,
-    pending: Vec<HeaderOp>,
 }
 
 /// The host's kv store.
@@ -57,22 +55,12 @@ impl Store for HostKv {
 impl Plugin for RateLimit {
     fn configure(text: &str) -> Result<(Self, Needs), String> {
         let settings = config::parse(text)?;
-        let needs = if settings.headers {
-            Needs::none().with_response_phase()
-        } else {
-            Needs::none()
-        };
-        Ok((
-            RateLimit {
-                settings,
-                pending: Vec::new(),
-            },
-            needs,
-        ))
+        // The `RateLimit-*` headers are known in the request phase and go
+        // back as response edits from there: no response phase.
+        Ok((RateLimit { settings }, Needs::none()))
     }
 
     fn on_request(&mut self, req: Request) -> RequestAction {
-        self.pending.clear();
         let client = match client_key(&self.settings.key, &req) {
             Ok(k) => k,
             Err(missing) => match self.settings.missing_key {
@@ -128,8 +116,11 @@ impl Plugin for RateLimit {
             Vec::new()
         };
         if allowed {
-            self.pending = headers;
-            return RequestAction::proceed();
+            return RequestEdits {
+                response_headers: headers,
+                ..RequestEdits::default()
+            }
+            .into();
         }
         let retry_ms = views.iter().map(|v| v.retry_ms).max().unwrap_or(0);
         let mut resp = Response::text(429, "too many requests\n")
@@ -140,13 +131,6 @@ impl Plugin for RateLimit {
             }
         }
         resp.into()
-    }
-
-    fn on_response(&mut self, _req: Request, _resp: Response) -> ResponseEdits {
-        ResponseEdits {
-            headers: std::mem::take(&mut self.pending),
-            ..ResponseEdits::default()
-        }
     }
 }
 

@@ -34,6 +34,13 @@ impl Plugin for Transform {
     fn configure(text: &str) -> Result<(Self, Needs), String> {
         let rules = config::validate(pylon_plugin_sdk::config::parse(text)?)?;
         let mut needs = Needs::none();
+        if rules.request_headers.is_empty()
+            && rules.path.is_none()
+            && rules.query.is_empty()
+            && rules.request_json.is_empty()
+        {
+            needs = needs.without_request_phase();
+        }
         if !rules.request_json.is_empty() {
             needs = needs.with_request_body();
         }
