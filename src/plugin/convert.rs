@@ -291,6 +291,21 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn socket_addresses_print_as_display_does() {
+        for addr in [
+            "127.0.0.1:9",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.20.30.40:8080",
+            "[::1]:443",
+            "[2001:db8::7]:65535",
+        ] {
+            let a: SocketAddr = addr.parse().unwrap();
+            assert_eq!(socket_addr_text(a), a.to_string());
+        }
+    }
+
     fn v() -> Validate<'static> {
         static NAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         Validate {
