@@ -299,7 +299,7 @@ async fn forward(
     let (mut rparts, rbody) = resp.into_parts();
     headers::remove_hop_by_hop(&mut rparts.headers);
     headers::append_via(&mut rparts.headers, rparts.version);
-    Ok(Response::from_parts(rparts, body::boxed(rbody)))
+    Ok(Response::from_parts(rparts, rbody))
 }
 
 fn path_and_query(path: &str, query: Option<&str>) -> String {

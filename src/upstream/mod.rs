@@ -6,6 +6,7 @@
 //! This module forwards requests it is given; header hygiene is done by
 //! [`headers`] and called by the proxy.
 
+mod h1;
 pub mod headers;
 mod outbound;
 
@@ -22,9 +23,8 @@ use std::{
 
 use http::{
     Request, Response, Uri,
-    uri::{Authority, PathAndQuery, Scheme},
+    uri::{Authority, Scheme},
 };
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -85,20 +85,28 @@ pub enum UpstreamError {
 /// One upstream at run time.
 pub struct UpstreamPool {
     config: UpstreamConfig,
-    /// A connection pool per worker thread (slot 0 for everything off the
-    /// data plane): a pooled connection's task runs on the thread that
-    /// opened it, so sharing one pool across workers would wake another
-    /// thread on every request.
-    clients: Box<[OnceLock<Client<HttpConnector, Body>>]>,
+    /// Connections per worker thread (slot 0 for everything off the data
+    /// plane): a connection's task runs on the thread that opened it, so
+    /// sharing connections across workers would wake another thread on
+    /// every request.
+    transports: Box<[OnceLock<Transport>]>,
     /// The targets, parsed once (validation rejects what does not parse).
     authorities: Vec<Option<Authority>>,
     next: AtomicUsize,
 }
 
+/// How one worker reaches the upstream's targets.
+enum Transport {
+    /// HTTP/1.1: pylon's pool per target (`None` for an unparsable target).
+    Http1(Vec<Option<Arc<h1::TargetPool>>>),
+    /// h2c: hyper-util's client, which multiplexes one connection per target.
+    H2c(Box<Client<HttpConnector, Body>>),
+}
+
 impl UpstreamPool {
     fn new(config: UpstreamConfig) -> Self {
         Self {
-            clients: (0..=workers::default_count())
+            transports: (0..=workers::default_count())
                 .map(|_| OnceLock::new())
                 .collect(),
             authorities: config
@@ -111,21 +119,37 @@ impl UpstreamPool {
         }
     }
 
-    fn client(&self) -> &Client<HttpConnector, Body> {
-        let slot = workers::current().map_or(0, |w| 1 + w % (self.clients.len() - 1));
-        self.clients[slot].get_or_init(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(self.config.connect_timeout));
-            connector.set_nodelay(true);
-            connector.enforce_http(true);
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(self.config.max_idle_per_target)
-                .http2_only(self.config.protocol == UpstreamProtocol::H2c);
-            builder.build(connector)
+    fn transport(&self) -> &Transport {
+        let slot = workers::current().map_or(0, |w| 1 + w % (self.transports.len() - 1));
+        self.transports[slot].get_or_init(|| match self.config.protocol {
+            UpstreamProtocol::Http1 => Transport::Http1(
+                self.authorities
+                    .iter()
+                    .map(|a| {
+                        a.clone().map(|a| {
+                            Arc::new(h1::TargetPool::new(
+                                a,
+                                self.config.connect_timeout,
+                                self.config.max_idle_per_target,
+                            ))
+                        })
+                    })
+                    .collect(),
+            ),
+            UpstreamProtocol::H2c => {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(self.config.connect_timeout));
+                connector.set_nodelay(true);
+                connector.enforce_http(true);
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(self.config.max_idle_per_target)
+                    .http2_only(true);
+                Transport::H2c(Box::new(builder.build(connector)))
+            }
         })
     }
 
@@ -134,9 +158,8 @@ impl UpstreamPool {
         &self.config
     }
 
-    fn pick(&self) -> (&str, &Option<Authority>) {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.config.targets.len();
-        (&self.config.targets[n], &self.authorities[n])
+    fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.config.targets.len()
     }
 }
 
@@ -174,55 +197,73 @@ impl Upstreams {
         upstream: &str,
         mut req: Request<Body>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let pool = self
             .pools
             .get(upstream)
             .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
-        let (target, authority) = pool.pick();
-        let mut uri = std::mem::take(req.uri_mut()).into_parts();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(
-            authority
-                .clone()
-                .ok_or_else(|| UpstreamError::InvalidRequest {
-                    upstream: upstream.to_string(),
-                    detail: format!("invalid target {target:?}"),
-                })?,
-        );
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() = Uri::from_parts(uri).map_err(|e| UpstreamError::InvalidRequest {
+        let n = pool.pick();
+        let target = &pool.config.targets[n];
+        let invalid_target = || UpstreamError::InvalidRequest {
             upstream: upstream.to_string(),
-            detail: format!("{e}"),
-        })?;
-        if pool.config.protocol == UpstreamProtocol::H2c {
-            *req.version_mut() = http::Version::HTTP_2;
-        } else {
-            *req.version_mut() = http::Version::HTTP_11;
+            detail: format!("invalid target {target:?}"),
+        };
+        let timed_out = || UpstreamError::Timeout {
+            upstream: upstream.to_string(),
+            timeout,
+        };
+        if req.uri().path_and_query().is_none() {
+            *req.uri_mut() = Uri::from_static("/");
         }
-        match tokio::time::timeout(timeout, pool.client().request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: upstream.to_string(),
-                timeout,
-            }),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(err)) => {
-                let upstream = upstream.to_string();
-                let target = target.to_string();
-                if err.is_connect() {
-                    Err(UpstreamError::Connect {
-                        upstream,
-                        target,
-                        source: Box::new(err),
-                    })
-                } else {
-                    Err(UpstreamError::Failed {
-                        upstream,
-                        target,
-                        source: Box::new(err),
-                    })
+        match pool.transport() {
+            Transport::Http1(targets) => {
+                let target_pool = targets[n].as_ref().ok_or_else(invalid_target)?;
+                *req.version_mut() = http::Version::HTTP_11;
+                match tokio::time::timeout(timeout, target_pool.send(req)).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(h1::SendError::Connect(source))) => Err(UpstreamError::Connect {
+                        upstream: upstream.to_string(),
+                        target: target.clone(),
+                        source,
+                    }),
+                    Ok(Err(h1::SendError::Failed(source))) => Err(UpstreamError::Failed {
+                        upstream: upstream.to_string(),
+                        target: target.clone(),
+                        source,
+                    }),
+                }
+            }
+            Transport::H2c(client) => {
+                let mut uri = std::mem::take(req.uri_mut()).into_parts();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(pool.authorities[n].clone().ok_or_else(invalid_target)?);
+                *req.uri_mut() =
+                    Uri::from_parts(uri).map_err(|e| UpstreamError::InvalidRequest {
+                        upstream: upstream.to_string(),
+                        detail: format!("{e}"),
+                    })?;
+                *req.version_mut() = http::Version::HTTP_2;
+                match tokio::time::timeout(timeout, client.request(req)).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(Ok(resp)) => Ok(resp.map(crate::body::boxed)),
+                    Ok(Err(err)) => {
+                        let upstream = upstream.to_string();
+                        let target = target.clone();
+                        if err.is_connect() {
+                            Err(UpstreamError::Connect {
+                                upstream,
+                                target,
+                                source: Box::new(err),
+                            })
+                        } else {
+                            Err(UpstreamError::Failed {
+                                upstream,
+                                target,
+                                source: Box::new(err),
+                            })
+                        }
+                    }
                 }
             }
         }

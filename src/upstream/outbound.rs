@@ -54,7 +54,7 @@ impl OutboundHttp for Upstreams {
                 })?;
             let (mut parts, incoming) = resp.into_parts();
             super::headers::remove_hop_by_hop(&mut parts.headers);
-            let bytes = body::collect_limited(body::boxed(incoming), MAX_OUTBOUND_BODY)
+            let bytes = body::collect_limited(incoming, MAX_OUTBOUND_BODY)
                 .await
                 .map_err(|e| match e {
                     CollectError::TooLarge { .. } | CollectError::Read(_) => {
