@@ -11,6 +11,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{TestGateway, Upstream, client};
 
+/// A gateway whose one route "r" sends everything to the upstream at `addr`.
+async fn proxy_to(addr: std::net::SocketAddr) -> TestGateway {
+    TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{addr}\"]\n{}",
+        route("r", "/", "u")
+    ))
+    .await
+}
+
 fn route(id: &str, path: &str, upstream: &str) -> String {
     format!("[[routes]]\nid = \"{id}\"\npath-prefix = \"{path}\"\nupstream = \"{upstream}\"\n")
 }
@@ -255,11 +264,7 @@ async fn large_bodies_stream_in_both_directions() {
             .unwrap();
     });
 
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{up_addr}\"]\n{}",
-        route("r", "/", "u")
-    ))
-    .await;
+    let gw = proxy_to(up_addr).await;
 
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let sender = tokio::spawn(async move {
@@ -332,11 +337,7 @@ async fn refused_upstream_gets_502() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{closed}\"]\n{}",
-        route("r", "/", "u")
-    ))
-    .await;
+    let gw = proxy_to(closed).await;
     let r = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let body = r.text().await.unwrap();
@@ -358,11 +359,7 @@ async fn upstream_that_resets_gets_502() {
             drop(s);
         }
     });
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{addr}\"]\n{}",
-        route("r", "/", "u")
-    ))
-    .await;
+    let gw = proxy_to(addr).await;
     let r = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 502);
 }
@@ -417,11 +414,7 @@ async fn counting_upstream(
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let (addr, conns) = counting_upstream(false).await;
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{addr}\"]\n{}",
-        route("r", "/", "u")
-    ))
-    .await;
+    let gw = proxy_to(addr).await;
     let c = client();
     for _ in 0..5 {
         let r = c.get(gw.url("/x")).send().await.unwrap();
@@ -436,11 +429,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 #[tokio::test]
 async fn an_upstream_closing_idle_connections_costs_no_failed_request() {
     let (addr, conns) = counting_upstream(true).await;
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{addr}\"]\n{}",
-        route("r", "/", "u")
-    ))
-    .await;
+    let gw = proxy_to(addr).await;
     let c = client();
     for i in 0..5 {
         let r = c.get(gw.url("/x")).send().await.unwrap();
