@@ -13,8 +13,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -103,36 +102,100 @@ pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engin
     Engine::new(&config)
 }
 
-/// Bumps the engine's epoch every [`EPOCH_TICK`] on a small thread, until
-/// dropped.
+/// Ticks without a plugin call before the ticker parks its thread.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 100;
+
+/// Bumps the engine's epoch every [`EPOCH_TICK`] on a small thread while
+/// plugin calls happen, and parks the thread when none has for
+/// [`IDLE_TICKS_BEFORE_PARKING`] ticks (an idle gateway then wakes no core
+/// a thousand times a second). Every call holds a [`CallGuard`], which
+/// wakes the ticker if it is parked. Stops when dropped.
 pub(crate) struct EpochTicker {
-    stop: Option<mpsc::Sender<()>>,
+    shared: Arc<TickerState>,
     thread: Option<JoinHandle<()>>,
+}
+
+struct TickerState {
+    in_flight: AtomicUsize,
+    started: AtomicU64,
+    parked: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// Keeps the epoch ticking for the duration of one call.
+pub(crate) struct CallGuard<'a>(&'a TickerState);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl EpochTicker {
     pub(crate) fn start(engine: &Engine) -> io::Result<Self> {
-        let (stop, stopped) = mpsc::channel::<()>();
+        let shared = Arc::new(TickerState {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let state = shared.clone();
         let engine = engine.clone();
         let thread = std::thread::Builder::new()
             .name("pylon-epoch".into())
             .spawn(move || {
-                // `recv_timeout` returns `Disconnected` when the ticker drops.
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                let mut idle_ticks = 0;
+                let mut last_started = state.started.load(Ordering::Relaxed);
+                while !state.stop.load(Ordering::SeqCst) {
+                    if idle_ticks >= IDLE_TICKS_BEFORE_PARKING {
+                        // Either a call sees `parked` and unparks us, or we
+                        // see its `in_flight` and do not park (both SeqCst).
+                        state.parked.store(true, Ordering::SeqCst);
+                        if state.in_flight.load(Ordering::SeqCst) == 0
+                            && !state.stop.load(Ordering::SeqCst)
+                        {
+                            std::thread::park();
+                        }
+                        state.parked.store(false, Ordering::SeqCst);
+                        idle_ticks = 0;
+                        continue;
+                    }
+                    std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
+                    let started = state.started.load(Ordering::Relaxed);
+                    if started == last_started && state.in_flight.load(Ordering::SeqCst) == 0 {
+                        idle_ticks += 1;
+                    } else {
+                        idle_ticks = 0;
+                        last_started = started;
+                    }
                 }
             })?;
         Ok(Self {
-            stop: Some(stop),
+            shared,
             thread: Some(thread),
         })
+    }
+
+    /// Register a call into Wasm; the epoch advances until the guard drops.
+    pub(crate) fn call(&self) -> CallGuard<'_> {
+        let s = &*self.shared;
+        s.in_flight.fetch_add(1, Ordering::SeqCst);
+        s.started.fetch_add(1, Ordering::Relaxed);
+        if s.parked.load(Ordering::SeqCst)
+            && let Some(t) = &self.thread
+        {
+            t.thread().unpark();
+        }
+        CallGuard(s)
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -363,6 +426,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn ticker_parks_when_idle_and_keeps_ticking_while_a_call_runs() {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).unwrap();
+        let ticker = EpochTicker::start(&engine).unwrap();
+        let parked = || ticker.shared.parked.load(Ordering::SeqCst);
+        eventually("parked while idle", parked);
+        {
+            let _call = ticker.call();
+            eventually("woken by a call", || !parked());
+            // A call longer than the idle threshold keeps it awake.
+            std::thread::sleep(EPOCH_TICK * (IDLE_TICKS_BEFORE_PARKING * 2));
+            assert!(!parked(), "parked during a call");
+        }
+        eventually("parked again after the call", parked);
+        drop(ticker); // joins the thread: must not hang while parked
+    }
 
     #[test]
     fn deadline_ticks_round_up_and_add_one() {

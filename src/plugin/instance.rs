@@ -25,7 +25,7 @@ use super::{
     CompiledPlugin,
     bindings::exports::pylon::plugin::guest::Guest,
     convert::{self, Validate},
-    engine::deadline_ticks,
+    engine::{EpochTicker, deadline_ticks},
     state::{GuestContext, HostState},
     stats::PluginStats,
 };
@@ -37,6 +37,8 @@ use crate::pipeline::{
 /// How calls into one plugin's instances are bounded and accounted.
 pub(crate) struct CallPolicy {
     pub(crate) plugin: Arc<str>,
+    /// Keeps the epoch advancing while a call runs.
+    pub(crate) ticker: Arc<EpochTicker>,
     pub(crate) deadline: Duration,
     pub(crate) memory_limit: usize,
     pub(crate) stats: Arc<PluginStats>,
@@ -67,8 +69,10 @@ impl Instance {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(deadline));
         policy.stats.record_instantiation();
+        let ticking = policy.ticker.call();
         let result =
             tokio::time::timeout(deadline, compiled.pre().instantiate_async(&mut store)).await;
+        drop(ticking);
         let err = match result {
             Ok(Ok(bindings)) => {
                 return Ok(Self {
@@ -124,11 +128,13 @@ impl Instance {
         config_json: &str,
     ) -> Result<ConfigureResult, PluginError> {
         let started = self.arm(deadline);
+        let ticking = policy.ticker.call();
         let result = tokio::time::timeout(
             deadline,
             self.guest.call_configure(&mut self.store, config_json),
         )
         .await;
+        drop(ticking);
         let answer = self.finish(policy, deadline, started, result)?;
         Ok(answer.map(convert::needs_from_wit))
     }
@@ -142,11 +148,13 @@ impl Instance {
         let parts = convert::RequestParts::new(req, needs.request_body);
         let wit_req = parts.request();
         let started = self.arm(policy.deadline);
+        let ticking = policy.ticker.call();
         let result = tokio::time::timeout(
             policy.deadline,
             self.guest.call_on_request(&mut self.store, wit_req),
         )
         .await;
+        drop(ticking);
         let action = self.finish(policy, policy.deadline, started, result)?;
         Validate {
             plugin: &policy.plugin,
@@ -167,12 +175,14 @@ impl Instance {
         let resp_headers = convert::response_headers(resp);
         let wit_resp = convert::response_to_wit(resp, &resp_headers, needs.response_body);
         let started = self.arm(policy.deadline);
+        let ticking = policy.ticker.call();
         let result = tokio::time::timeout(
             policy.deadline,
             self.guest
                 .call_on_response(&mut self.store, wit_req, wit_resp),
         )
         .await;
+        drop(ticking);
         let edits = self.finish(policy, policy.deadline, started, result)?;
         Validate {
             plugin: &policy.plugin,

@@ -85,8 +85,9 @@ pub struct CompiledPlugin {
     stats: Arc<PluginStats>,
     // Keeps the in-memory cache entry alive while this plugin is loaded.
     _component: Arc<CachedComponent>,
-    // Keeps the epoch advancing while this plugin can run.
-    _ticker: Arc<EpochTicker>,
+    // Keeps the epoch ticker alive while this plugin can run; its calls
+    // register with it.
+    ticker: Arc<EpochTicker>,
 }
 
 impl CompiledPlugin {
@@ -245,7 +246,7 @@ impl PluginRuntime {
             pre,
             stats: self.stats_for(&def.name),
             _component: cached,
-            _ticker: rt.ticker.clone(),
+            ticker: rt.ticker.clone(),
         }))
     }
 
@@ -271,6 +272,7 @@ impl PluginRuntime {
         });
         let policy = CallPolicy {
             plugin: compiled.name.clone(),
+            ticker: compiled.ticker.clone(),
             deadline: def.deadline,
             memory_limit: def.memory_limit_bytes,
             stats: compiled.stats.clone(),

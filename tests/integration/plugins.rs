@@ -269,6 +269,9 @@ upstream = "u"
         ),
     ))
     .await;
+    // Idle, the gateway parks its epoch ticker; the looping calls must wake
+    // it, or their deadline would never come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let http = client();
     let started = Instant::now();
     let looping: Vec<_> = (0..4)
