@@ -85,7 +85,10 @@ impl Runtime {
     /// each route's plugins their config, and report every problem with its
     /// location, route and plugin.
     pub async fn build(config: Config, shared: &Shared) -> Result<Runtime, ConfigError> {
-        let upstreams = Arc::new(Upstreams::new(&config.upstreams));
+        let upstreams = Arc::new(Upstreams::new(
+            &config.upstreams,
+            config.runtime.worker_count(),
+        ));
         let mut problems = Vec::new();
 
         let mut compiled = std::collections::BTreeMap::new();

@@ -62,6 +62,15 @@ pub struct RuntimeSettings {
     pub workers: Option<usize>,
 }
 
+impl RuntimeSettings {
+    /// Data-plane worker threads: as configured, else one per available core.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
 /// The key-value store backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvBackend {

@@ -44,6 +44,19 @@ pub(crate) struct CallPolicy {
     pub(crate) stats: Arc<PluginStats>,
 }
 
+impl CallPolicy {
+    /// Run one call into Wasm: the epoch ticks while it runs, and a tokio
+    /// timeout of `deadline` bounds host awaits inside it too.
+    async fn bounded<F: Future>(
+        &self,
+        deadline: Duration,
+        call: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+        let _ticking = self.ticker.call();
+        tokio::time::timeout(deadline, call).await
+    }
+}
+
 /// One live instance and its store.
 pub(crate) struct Instance {
     store: Store<HostState>,
@@ -69,10 +82,9 @@ impl Instance {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(deadline));
         policy.stats.record_instantiation();
-        let ticking = policy.ticker.call();
-        let result =
-            tokio::time::timeout(deadline, compiled.pre().instantiate_async(&mut store)).await;
-        drop(ticking);
+        let result = policy
+            .bounded(deadline, compiled.pre().instantiate_async(&mut store))
+            .await;
         let err = match result {
             Ok(Ok(bindings)) => {
                 return Ok(Self {
@@ -128,13 +140,12 @@ impl Instance {
         config_json: &str,
     ) -> Result<ConfigureResult, PluginError> {
         let started = self.arm(deadline);
-        let ticking = policy.ticker.call();
-        let result = tokio::time::timeout(
-            deadline,
-            self.guest.call_configure(&mut self.store, config_json),
-        )
-        .await;
-        drop(ticking);
+        let result = policy
+            .bounded(
+                deadline,
+                self.guest.call_configure(&mut self.store, config_json),
+            )
+            .await;
         let answer = self.finish(policy, deadline, started, result)?;
         Ok(answer.map(convert::needs_from_wit))
     }
@@ -148,13 +159,12 @@ impl Instance {
         let parts = convert::RequestParts::new(req, needs.request_body);
         let wit_req = parts.request();
         let started = self.arm(policy.deadline);
-        let ticking = policy.ticker.call();
-        let result = tokio::time::timeout(
-            policy.deadline,
-            self.guest.call_on_request(&mut self.store, wit_req),
-        )
-        .await;
-        drop(ticking);
+        let result = policy
+            .bounded(
+                policy.deadline,
+                self.guest.call_on_request(&mut self.store, wit_req),
+            )
+            .await;
         let action = self.finish(policy, policy.deadline, started, result)?;
         Validate {
             plugin: &policy.plugin,
@@ -175,14 +185,13 @@ impl Instance {
         let resp_headers = convert::response_headers(resp);
         let wit_resp = convert::response_to_wit(resp, &resp_headers, needs.response_body);
         let started = self.arm(policy.deadline);
-        let ticking = policy.ticker.call();
-        let result = tokio::time::timeout(
-            policy.deadline,
-            self.guest
-                .call_on_response(&mut self.store, wit_req, wit_resp),
-        )
-        .await;
-        drop(ticking);
+        let result = policy
+            .bounded(
+                policy.deadline,
+                self.guest
+                    .call_on_response(&mut self.store, wit_req, wit_resp),
+            )
+            .await;
         let edits = self.finish(policy, policy.deadline, started, result)?;
         Validate {
             plugin: &policy.plugin,

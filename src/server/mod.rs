@@ -101,10 +101,7 @@ impl Gateway {
         let shared = Arc::new(Shared::new(&config).await?);
         let obs = Arc::new(observability(&config, &shared.metrics)?);
         let listeners = config.listeners.clone();
-        let worker_count = config
-            .runtime
-            .workers
-            .unwrap_or_else(workers::default_count);
+        let worker_count = config.runtime.worker_count();
         let admin = config.admin.clone();
         let runtime = Runtime::build(config, &shared).await?;
         let current = Arc::new(ArcSwap::from_pointee(runtime));

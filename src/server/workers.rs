@@ -7,7 +7,7 @@
 //! cost about a quarter of the throughput on two cores). The control plane
 //! (admin API, reloads, file watching) keeps running on the caller's runtime.
 
-use std::{cell::Cell, num::NonZeroUsize, thread, time::Duration};
+use std::{cell::Cell, thread, time::Duration};
 
 use tokio::{runtime, sync::oneshot};
 
@@ -19,12 +19,6 @@ thread_local! {
 /// data plane (control-plane tasks, tests, benchmarks).
 pub fn current() -> Option<usize> {
     WORKER.with(Cell::get)
-}
-
-/// The number of workers used when the configuration does not say: one per
-/// available core.
-pub fn default_count() -> usize {
-    thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
 /// Running worker threads. Dropping stops them; the tasks still on them are

@@ -24,19 +24,11 @@ use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::{self, Body, BoxError};
+use super::SendError;
+use crate::body::{self, Body};
 
 /// How long a connection may sit idle before it is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Why a request did not get a response head.
-#[derive(Debug)]
-pub(super) enum SendError {
-    /// No connection could be made (refused, unreachable, timed out).
-    Connect(BoxError),
-    /// The connection failed while the request was sent or answered.
-    Failed(BoxError),
-}
 
 /// Idle connections to one target.
 pub(super) struct TargetPool {

@@ -82,13 +82,23 @@ pub enum UpstreamError {
     },
 }
 
+/// Why a transport got no response head (mapped to [`UpstreamError`] with
+/// the upstream's name in [`Upstreams::forward`]).
+#[derive(Debug)]
+enum SendError {
+    /// No connection could be made (refused, unreachable, timed out).
+    Connect(BoxError),
+    /// The connection failed while the request was sent or answered.
+    Failed(BoxError),
+}
+
 /// One upstream at run time.
 pub struct UpstreamPool {
     config: UpstreamConfig,
     /// Connections per worker thread (slot 0 for everything off the data
-    /// plane): a connection's task runs on the thread that opened it, so
-    /// sharing connections across workers would wake another thread on
-    /// every request.
+    /// plane, then one per worker): a connection's task runs on the thread
+    /// that opened it, so sharing connections across workers would wake
+    /// another thread on every request.
     transports: Box<[OnceLock<Transport>]>,
     /// The targets, parsed once (validation rejects what does not parse).
     authorities: Vec<Option<Authority>>,
@@ -104,11 +114,9 @@ enum Transport {
 }
 
 impl UpstreamPool {
-    fn new(config: UpstreamConfig) -> Self {
+    fn new(config: UpstreamConfig, workers: usize) -> Self {
         Self {
-            transports: (0..=workers::default_count())
-                .map(|_| OnceLock::new())
-                .collect(),
+            transports: (0..=workers.max(1)).map(|_| OnceLock::new()).collect(),
             authorities: config
                 .targets
                 .iter()
@@ -170,12 +178,18 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Build a pool per configured upstream.
-    pub fn new(configs: &BTreeMap<String, UpstreamConfig>) -> Self {
+    /// Build a pool per configured upstream, with connections kept apart
+    /// for each of `workers` data-plane threads.
+    pub fn new(configs: &BTreeMap<String, UpstreamConfig>, workers: usize) -> Self {
         Self {
             pools: configs
                 .iter()
-                .map(|(name, c)| (name.clone(), Arc::new(UpstreamPool::new(c.clone()))))
+                .map(|(name, c)| {
+                    (
+                        name.clone(),
+                        Arc::new(UpstreamPool::new(c.clone(), workers)),
+                    )
+                })
                 .collect(),
         }
     }
@@ -215,24 +229,11 @@ impl Upstreams {
         if req.uri().path_and_query().is_none() {
             *req.uri_mut() = Uri::from_static("/");
         }
-        match pool.transport() {
+        let sent = match pool.transport() {
             Transport::Http1(targets) => {
                 let target_pool = targets[n].as_ref().ok_or_else(invalid_target)?;
                 *req.version_mut() = http::Version::HTTP_11;
-                match tokio::time::timeout(timeout, target_pool.send(req)).await {
-                    Err(_) => Err(timed_out()),
-                    Ok(Ok(resp)) => Ok(resp),
-                    Ok(Err(h1::SendError::Connect(source))) => Err(UpstreamError::Connect {
-                        upstream: upstream.to_string(),
-                        target: target.clone(),
-                        source,
-                    }),
-                    Ok(Err(h1::SendError::Failed(source))) => Err(UpstreamError::Failed {
-                        upstream: upstream.to_string(),
-                        target: target.clone(),
-                        source,
-                    }),
-                }
+                tokio::time::timeout(timeout, target_pool.send(req)).await
             }
             Transport::H2c(client) => {
                 let mut uri = std::mem::take(req.uri_mut()).into_parts();
@@ -244,28 +245,35 @@ impl Upstreams {
                         detail: format!("{e}"),
                     })?;
                 *req.version_mut() = http::Version::HTTP_2;
-                match tokio::time::timeout(timeout, client.request(req)).await {
-                    Err(_) => Err(timed_out()),
-                    Ok(Ok(resp)) => Ok(resp.map(crate::body::boxed)),
-                    Ok(Err(err)) => {
-                        let upstream = upstream.to_string();
-                        let target = target.clone();
-                        if err.is_connect() {
-                            Err(UpstreamError::Connect {
-                                upstream,
-                                target,
-                                source: Box::new(err),
-                            })
-                        } else {
-                            Err(UpstreamError::Failed {
-                                upstream,
-                                target,
-                                source: Box::new(err),
-                            })
-                        }
-                    }
-                }
+                let send = async {
+                    client
+                        .request(req)
+                        .await
+                        .map(|resp| resp.map(crate::body::boxed))
+                        .map_err(|err| {
+                            if err.is_connect() {
+                                SendError::Connect(Box::new(err))
+                            } else {
+                                SendError::Failed(Box::new(err))
+                            }
+                        })
+                };
+                tokio::time::timeout(timeout, send).await
             }
+        };
+        match sent {
+            Err(_) => Err(timed_out()),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(SendError::Connect(source))) => Err(UpstreamError::Connect {
+                upstream: upstream.to_string(),
+                target: target.clone(),
+                source,
+            }),
+            Ok(Err(SendError::Failed(source))) => Err(UpstreamError::Failed {
+                upstream: upstream.to_string(),
+                target: target.clone(),
+                source,
+            }),
         }
     }
 }
