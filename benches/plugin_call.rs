@@ -67,10 +67,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 async fn measure(name: &str, plugin: &Arc<dyn Plugin>, iters: usize) {
-    let req = request();
-    let once = async || {
+    let mut req = request();
+    let mut once = async || {
         let mut session = plugin.start().await.expect("instance");
-        session.on_request(&req).await.expect("on-request");
+        session.on_request(&mut req).await.expect("on-request");
     };
     for _ in 0..iters / 10 {
         once().await;

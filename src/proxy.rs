@@ -188,7 +188,7 @@ async fn proxy(
     };
     route
         .pipeline
-        .on_response(&preq, &mut sessions, &mut presp)
+        .on_response(&mut preq, &mut sessions, &mut presp)
         .await
         .map_err(plugin_error)?;
     let mut headers = presp.headers;

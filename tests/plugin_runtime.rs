@@ -152,7 +152,7 @@ fn request(path: &str) -> PluginRequest {
 
 /// Run the request phase on a new session.
 async fn call(p: &Arc<dyn Plugin>, req: &PluginRequest) -> Result<RequestAction, PluginError> {
-    p.start().await?.on_request(req).await
+    p.start().await?.on_request(&mut req.clone()).await
 }
 
 /// Like [`call`], for calls that must succeed (panics with the whole chain).
@@ -276,9 +276,9 @@ async fn headers_plugin_edits_both_phases() {
     let (_rt, p) = loaded(&def("headers", "headers"), config).await;
     assert!(p.needs().response_phase);
     assert!(!p.needs().request_body);
-    let req = request("/");
+    let mut req = request("/");
     let mut session = p.start().await.unwrap();
-    let RequestAction::Continue(edits) = session.on_request(&req).await.unwrap() else {
+    let RequestAction::Continue(edits) = session.on_request(&mut req).await.unwrap() else {
         panic!("headers continues");
     };
     let mut headers = req.headers.clone();
@@ -286,7 +286,7 @@ async fn headers_plugin_edits_both_phases() {
     assert_eq!(headers.get("x-a").unwrap(), "1");
     assert!(headers.get("host").is_none());
     let edits = session
-        .on_response(&req, &PluginResponse::new(StatusCode::OK))
+        .on_response(&mut req, &mut PluginResponse::new(StatusCode::OK))
         .await
         .unwrap();
     let mut headers = HeaderMap::new();
@@ -369,12 +369,12 @@ async fn trap_fails_only_its_request_and_pooled_instance_is_discarded() {
     // Pooled, trapping in the response phase: the instance is not reused.
     let d = pooled(def("trap-pooled", "trap"), 4);
     let (rt, p) = loaded(&d, r#"{"phase": "response", "how": "unreachable"}"#).await;
-    let req = request("/");
+    let mut req = request("/");
     for _ in 0..2 {
         let mut session = p.start().await.unwrap();
-        session.on_request(&req).await.unwrap();
+        session.on_request(&mut req).await.unwrap();
         let err = session
-            .on_response(&req, &PluginResponse::new(StatusCode::OK))
+            .on_response(&mut req, &mut PluginResponse::new(StatusCode::OK))
             .await
             .unwrap_err();
         assert!(matches!(err, PluginError::Trap { .. }), "{err:?}");
@@ -496,7 +496,7 @@ async fn load_errors_name_plugin_and_file() {
     not_plugin.component = empty;
     let err = rt.compile(&not_plugin).unwrap_err();
     assert!(
-        matches!(&err, PluginLoadError::NotAPlugin { detail, .. } if detail.contains("pylon:plugin/guest@0.2.0")),
+        matches!(&err, PluginLoadError::NotAPlugin { detail, .. } if detail.contains("pylon:plugin/guest@0.3.0")),
         "{err:?}"
     );
 }

@@ -40,18 +40,23 @@ pub trait Plugin: Send + Sync + 'static {
 /// if the plugin asked for the response phase and the request got a
 /// response, [`on_response`](PluginSession::on_response) once. Dropping the
 /// session releases the instance (back to its pool unless it failed).
+///
+/// The request and response are lent mutably so that a session can move
+/// them where its plugin reads them (a Wasm session swaps them into the
+/// instance's store for the call); a session returns them as it got them
+/// and reports its changes as edits, which the pipeline applies.
 #[async_trait]
 pub trait PluginSession: Send {
     /// The request phase. Default: continue without edits.
-    async fn on_request(&mut self, _req: &PluginRequest) -> Result<RequestAction, PluginError> {
+    async fn on_request(&mut self, _req: &mut PluginRequest) -> Result<RequestAction, PluginError> {
         Ok(RequestAction::Continue(RequestEdits::default()))
     }
 
     /// The response phase. Default: no edits.
     async fn on_response(
         &mut self,
-        _req: &PluginRequest,
-        _resp: &PluginResponse,
+        _req: &mut PluginRequest,
+        _resp: &mut PluginResponse,
     ) -> Result<ResponseEdits, PluginError> {
         Ok(ResponseEdits::default())
     }

@@ -161,7 +161,7 @@ impl Pipeline {
     /// Run the response phase over the sessions that continued, in reverse.
     pub async fn on_response(
         &self,
-        req: &PluginRequest,
+        req: &mut PluginRequest,
         sessions: &mut Sessions,
         resp: &mut PluginResponse,
     ) -> Result<(), PluginError> {

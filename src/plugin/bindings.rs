@@ -4,9 +4,9 @@
 //! Host imports: `kv` and `http-client` are async (they await the store and
 //! the network; no thread blocks). `log` and `clock` are synchronous but
 //! trappable, so an ungranted call can trap (`clock` does; `log` drops). Exports are called async so
-//! epoch interruption and host awaits work inside them. Export parameters
-//! are borrowed (`Request<'a>`, `ResponseParam<'a>`): the request is lowered
-//! into the guest straight from the host model, without an owned copy.
+//! epoch interruption and host awaits work inside them. The `types`
+//! resources (`request`, `response-view`) are synchronous accessors over the
+//! host model (see `host::exchange`).
 
 #![allow(missing_docs, unreachable_pub)]
 
@@ -16,12 +16,12 @@ wasmtime::component::bindgen!({
     imports: {
         "pylon:plugin/log": trappable,
         "pylon:plugin/clock": trappable,
+        // The request/response accessors only read host memory: synchronous,
+        // and trappable so a handle used outside its call traps.
+        "pylon:plugin/types": trappable,
         default: async,
     },
     exports: {
         default: async,
-    },
-    ownership: Borrowing {
-        duplicate_if_necessary: true
     },
 });

@@ -1,6 +1,7 @@
 //! Conversions between the host model (`crate::pipeline`) and the WIT
 //! types, both ways, without loss: header values stay bytes and repeated
-//! headers stay repeated.
+//! headers stay repeated. (The request and response a hook reads are
+//! resources, served field by field by `host::exchange`.)
 //!
 //! Everything a guest returns is validated here; anything the host cannot
 //! apply (a bad header name or value, a status outside 200–599, a path that
@@ -13,82 +14,23 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, uri::PathAndQuery};
 
 use super::bindings::pylon::plugin::types as wit;
 use crate::pipeline::{
-    HeaderOp, Needs, PluginError, PluginRequest, PluginResponse, RequestAction, RequestEdits,
-    ResponseEdits,
+    HeaderOp, Needs, PluginError, PluginResponse, RequestAction, RequestEdits, ResponseEdits,
 };
 
-/// Every header value, in order, repeated names once per value, borrowed.
-pub(crate) fn headers_to_wit(map: &HeaderMap) -> Vec<wit::HeaderParam<'_>> {
-    map.iter()
-        .map(|(name, value)| wit::HeaderParam {
-            name: name.as_str(),
-            value: value.as_bytes(),
-        })
-        .collect()
-}
-
 /// Every header value, owned (for results handed to the guest by imports).
-pub(crate) fn headers_to_wit_owned(map: &HeaderMap) -> Vec<wit::HeaderResult> {
+pub(crate) fn headers_to_wit_owned(map: &HeaderMap) -> Vec<wit::Header> {
     map.iter()
-        .map(|(name, value)| wit::HeaderResult {
+        .map(|(name, value)| wit::Header {
             name: name.as_str().to_owned(),
             value: value.as_bytes().to_vec(),
         })
         .collect()
 }
 
-/// The parts of a [`wit::Request`] that the host model does not hold in
-/// the borrowed form the guest call needs. The request itself borrows the
-/// rest straight from the [`PluginRequest`], so nothing is copied twice.
-pub(crate) struct RequestParts<'a> {
-    req: &'a PluginRequest,
-    headers: Vec<wit::HeaderParam<'a>>,
-    params: Vec<(&'a str, &'a str)>,
-    client_addr: String,
-    with_body: bool,
-}
-
-impl<'a> RequestParts<'a> {
-    /// Prepare `req` for the guest; the body only when the plugin asked.
-    pub(crate) fn new(req: &'a PluginRequest, with_body: bool) -> Self {
-        Self {
-            req,
-            headers: headers_to_wit(&req.headers),
-            params: req
-                .params
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            client_addr: socket_addr_text(req.client_addr),
-            with_body,
-        }
-    }
-
-    /// The request as the guest sees it.
-    pub(crate) fn request(&self) -> wit::Request<'_> {
-        let req = self.req;
-        wit::Request {
-            route: &req.route,
-            method: req.method.as_str(),
-            path: &req.path,
-            query: req.query.as_deref(),
-            headers: &self.headers,
-            client_addr: &self.client_addr,
-            scheme: req.scheme,
-            params: &self.params,
-            body: if self.with_body {
-                req.body.as_deref()
-            } else {
-                None
-            },
-        }
-    }
-}
-
 /// `ip:port`, as `SocketAddr`'s `Display` writes it. IPv4 (the common
 /// case) is written by hand: the formatting machinery cost more than the
 /// rest of building the request for the guest.
-fn socket_addr_text(addr: std::net::SocketAddr) -> String {
+pub(crate) fn socket_addr_text(addr: std::net::SocketAddr) -> String {
     use std::fmt::Write;
     match addr {
         std::net::SocketAddr::V4(v4) => {
@@ -124,28 +66,6 @@ fn push_decimal(out: &mut String, mut n: u32) {
     }
     for &d in &digits[i..] {
         out.push(char::from(d));
-    }
-}
-
-/// The headers of a response, ready to be borrowed by [`response_to_wit`].
-pub(crate) fn response_headers(resp: &PluginResponse) -> Vec<wit::HeaderParam<'_>> {
-    headers_to_wit(&resp.headers)
-}
-
-/// The response as the guest sees it; the body only when the plugin asked.
-pub(crate) fn response_to_wit<'a>(
-    resp: &'a PluginResponse,
-    headers: &'a [wit::HeaderParam<'a>],
-    with_body: bool,
-) -> wit::ResponseParam<'a> {
-    wit::ResponseParam {
-        status: resp.status.as_u16(),
-        headers,
-        body: if with_body {
-            resp.body.as_deref()
-        } else {
-            None
-        },
     }
 }
 
@@ -208,7 +128,7 @@ impl Validate<'_> {
         })
     }
 
-    fn response(&self, resp: wit::ResponseResult) -> Result<PluginResponse, PluginError> {
+    fn response(&self, resp: wit::Response) -> Result<PluginResponse, PluginError> {
         let mut headers = HeaderMap::with_capacity(resp.headers.len());
         for h in resp.headers {
             let (name, value) = self.header(h)?;
@@ -246,7 +166,7 @@ impl Validate<'_> {
             .collect()
     }
 
-    fn header(&self, h: wit::HeaderResult) -> Result<(HeaderName, HeaderValue), PluginError> {
+    fn header(&self, h: wit::Header) -> Result<(HeaderName, HeaderValue), PluginError> {
         let name = self.header_name(&h.name)?;
         let value = HeaderValue::from_bytes(&h.value).map_err(|_| {
             self.invalid(
@@ -287,8 +207,6 @@ impl Validate<'_> {
 mod tests {
     use std::net::SocketAddr;
 
-    use http::Method;
-
     use super::*;
 
     #[test]
@@ -313,8 +231,8 @@ mod tests {
         }
     }
 
-    fn header(name: &str, value: &[u8]) -> wit::HeaderResult {
-        wit::HeaderResult {
+    fn header(name: &str, value: &[u8]) -> wit::Header {
+        wit::Header {
             name: name.into(),
             value: value.to_vec(),
         }
@@ -328,15 +246,8 @@ mod tests {
         map.append("x-b", HeaderValue::from_bytes(b"caf\xe9").unwrap());
         let wit = headers_to_wit_owned(&map);
         assert_eq!(wit.len(), 3);
-        let borrowed = headers_to_wit(&map);
-        assert!(
-            borrowed
-                .iter()
-                .zip(&wit)
-                .all(|(b, o)| b.name == o.name && b.value == o.value)
-        );
         let resp = v()
-            .response(wit::ResponseResult {
+            .response(wit::Response {
                 status: 200,
                 headers: wit,
                 body: None,
@@ -344,26 +255,6 @@ mod tests {
             .unwrap();
         assert_eq!(resp.headers, map);
         assert_eq!(resp.body.as_deref(), Some(&b""[..]));
-    }
-
-    #[test]
-    fn body_is_passed_only_when_asked_for() {
-        let req = PluginRequest {
-            route: "r".into(),
-            method: Method::POST,
-            path: "/x".into(),
-            query: None,
-            headers: HeaderMap::new(),
-            client_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
-            scheme: "http",
-            params: vec![],
-            body: Some(Bytes::from_static(b"hi")),
-        };
-        assert_eq!(RequestParts::new(&req, false).request().body, None);
-        assert_eq!(
-            RequestParts::new(&req, true).request().body,
-            Some(&b"hi"[..])
-        );
     }
 
     #[test]

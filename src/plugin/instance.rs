@@ -150,21 +150,28 @@ impl Instance {
         Ok(answer.map(convert::needs_from_wit))
     }
 
+    /// The request phase. `req` is lent to the store for the call (see
+    /// `host::exchange`) and is back in place when this returns, whatever
+    /// the outcome; only a cancelled call leaves it behind, with the request.
     async fn on_request(
         &mut self,
         policy: &CallPolicy,
         needs: Needs,
-        req: &PluginRequest,
+        req: &mut PluginRequest,
     ) -> Result<RequestAction, PluginError> {
-        let parts = convert::RequestParts::new(req, needs.request_body);
-        let wit_req = parts.request();
+        let handle = self
+            .store
+            .data_mut()
+            .exchange
+            .lend_request(req, needs.request_body);
         let started = self.arm(policy.deadline);
         let result = policy
             .bounded(
                 policy.deadline,
-                self.guest.call_on_request(&mut self.store, wit_req),
+                self.guest.call_on_request(&mut self.store, handle),
             )
             .await;
+        self.store.data_mut().exchange.give_back(req, None);
         let action = self.finish(policy, policy.deadline, started, result)?;
         Validate {
             plugin: &policy.plugin,
@@ -173,25 +180,26 @@ impl Instance {
         .inspect_err(|e| policy.stats.record_error(e))
     }
 
+    /// The response phase; `req` and `resp` are lent as in `on_request`.
     async fn on_response(
         &mut self,
         policy: &CallPolicy,
         needs: Needs,
-        req: &PluginRequest,
-        resp: &PluginResponse,
+        req: &mut PluginRequest,
+        resp: &mut PluginResponse,
     ) -> Result<ResponseEdits, PluginError> {
-        let parts = convert::RequestParts::new(req, needs.request_body);
-        let wit_req = parts.request();
-        let resp_headers = convert::response_headers(resp);
-        let wit_resp = convert::response_to_wit(resp, &resp_headers, needs.response_body);
+        let exchange = &mut self.store.data_mut().exchange;
+        let req_handle = exchange.lend_request(req, needs.request_body);
+        let resp_handle = exchange.lend_response(resp, needs.response_body);
         let started = self.arm(policy.deadline);
         let result = policy
             .bounded(
                 policy.deadline,
                 self.guest
-                    .call_on_response(&mut self.store, wit_req, wit_resp),
+                    .call_on_response(&mut self.store, req_handle, resp_handle),
             )
             .await;
+        self.store.data_mut().exchange.give_back(req, Some(resp));
         let edits = self.finish(policy, policy.deadline, started, result)?;
         Validate {
             plugin: &policy.plugin,
@@ -387,7 +395,7 @@ impl WasmSession {
 
 #[async_trait]
 impl PluginSession for WasmSession {
-    async fn on_request(&mut self, req: &PluginRequest) -> Result<RequestAction, PluginError> {
+    async fn on_request(&mut self, req: &mut PluginRequest) -> Result<RequestAction, PluginError> {
         let plugin = self.plugin.clone();
         let result = self
             .instance()?
@@ -398,8 +406,8 @@ impl PluginSession for WasmSession {
 
     async fn on_response(
         &mut self,
-        req: &PluginRequest,
-        resp: &PluginResponse,
+        req: &mut PluginRequest,
+        resp: &mut PluginResponse,
     ) -> Result<ResponseEdits, PluginError> {
         let plugin = self.plugin.clone();
         let result = self

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The export every plugin must have, semver-compatibly.
-const GUEST_EXPORT: &str = "pylon:plugin/guest@0.2.0";
+const GUEST_EXPORT: &str = "pylon:plugin/guest@0.3.0";
 
 /// Calls at load time (instantiate + `configure`) get at least this long:
 /// the first instantiation of a large component touches cold pages.

@@ -1,6 +1,7 @@
 //! What a plugin's `Store` holds: the context of the route plugin it serves
-//! (shared, immutable), the memory limiter, and — only for components that
-//! import WASI, created on first use — the WASI context.
+//! (shared, immutable), the memory limiter, the request and response lent
+//! to the current hook call, and — only for components that import WASI,
+//! created on first use — the WASI context.
 //!
 //! Host capability implementations never see this struct whole; each gets
 //! a small view (`crate::plugin::host::*View`) with just what it needs.
@@ -9,7 +10,10 @@ use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 
-use super::{HostServices, host::wasi::WasiState};
+use super::{
+    HostServices,
+    host::{exchange::Exchange, wasi::WasiState},
+};
 use crate::config::Grants;
 
 /// The route plugin a store serves: fixed when the plugin is configured on
@@ -32,11 +36,14 @@ pub(crate) struct HostState {
     pub(crate) ctx: Arc<GuestContext>,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) wasi: Option<Box<WasiState>>,
+    /// The request (and response) lent to the guest during a hook call.
+    pub(crate) exchange: Exchange,
 }
 
 impl HostState {
     pub(crate) fn new(ctx: Arc<GuestContext>, memory_limit: usize) -> Self {
         Self {
+            exchange: Exchange::new(ctx.route.clone()),
             ctx,
             limiter: MemoryLimiter::new(memory_limit),
             wasi: None,

@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 use pylon_plugin_sdk::{
-    HeaderOp, Needs, Plugin, Request, RequestAction, RequestEdits, Response, ResponseEdits, config,
-    export_plugin,
+    HeaderOp, Needs, Plugin, Request, RequestAction, RequestEdits, ResponseEdits, ResponseView,
+    config, export_plugin,
 };
 use serde::Deserialize;
 
@@ -79,14 +79,14 @@ impl Plugin for Headers {
         Ok((Headers { request, response }, needs))
     }
 
-    fn on_request(&mut self, _req: Request) -> RequestAction {
+    fn on_request(&mut self, _req: &Request) -> RequestAction {
         RequestAction::Continue(RequestEdits {
             headers: self.request.clone(),
             ..RequestEdits::default()
         })
     }
 
-    fn on_response(&mut self, _req: Request, _resp: Response) -> ResponseEdits {
+    fn on_response(&mut self, _req: &Request, _resp: &ResponseView) -> ResponseEdits {
         ResponseEdits {
             headers: self.response.clone(),
             ..ResponseEdits::default()

@@ -22,8 +22,8 @@ from wit_world.imports.types import (
     RequestAction,
     RequestAction_Continue,
     RequestEdits,
-    Response,
     ResponseEdits,
+    ResponseView,
 )
 
 ALLOWED_KEYS = {"greeting"}
@@ -62,6 +62,9 @@ class Guest(exports.Guest):
             request_phase=True, request_body=False, response_phase=False, response_body=False
         )
 
+    # `request` / `response` are borrowed resource handles, valid only during
+    # the call: read the parts you need on demand (`request.header("x-a")`,
+    # `request.path()`, `response.status()`, ...) and do not keep the handle.
     def on_request(self, request: Request) -> RequestAction:
         if _greeting is None:
             raise RuntimeError("hello-python: on-request called before configure")
@@ -75,5 +78,5 @@ class Guest(exports.Guest):
         )
         return RequestAction_Continue(edits)
 
-    def on_response(self, request: Request, response: Response) -> ResponseEdits:
+    def on_response(self, request: Request, response: ResponseView) -> ResponseEdits:
         return ResponseEdits(status=None, headers=[], body=None)

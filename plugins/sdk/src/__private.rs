@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use crate::{Needs, Plugin, Request, RequestAction, Response, ResponseEdits};
+use crate::{Needs, Plugin, Request, RequestAction, ResponseEdits, ResponseView};
 
 pub use crate::bindings;
 pub use crate::bindings::exports::pylon::plugin::guest::Guest;
@@ -27,12 +27,12 @@ impl<P: Plugin> Slot<P> {
     }
 
     /// Run `P::on_request` on the configured value.
-    pub fn on_request(&self, request: Request) -> RequestAction {
+    pub fn on_request(&self, request: &Request) -> RequestAction {
         self.with_plugin("on-request", |p| p.on_request(request))
     }
 
     /// Run `P::on_response` on the configured value.
-    pub fn on_response(&self, request: Request, response: Response) -> ResponseEdits {
+    pub fn on_response(&self, request: &Request, response: &ResponseView) -> ResponseEdits {
         self.with_plugin("on-response", |p| p.on_response(request, response))
     }
 

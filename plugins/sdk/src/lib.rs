@@ -1,7 +1,7 @@
 //! Write [pylon](https://example.invalid/pylon) gateway plugins in Rust.
 //!
 //! A pylon plugin is a WebAssembly component exporting the
-//! `pylon:plugin/guest@0.2.0` interface (see `wit/plugin.wit`). With this SDK
+//! `pylon:plugin/guest@0.3.0` interface (see `wit/plugin.wit`). With this SDK
 //! a plugin is a type plus an implementation of [`Plugin`], exported once with
 //! [`export_plugin!`]:
 //!
@@ -15,7 +15,7 @@
 //!         Ok((Hello, Needs::default()))
 //!     }
 //!
-//!     fn on_request(&mut self, _req: Request) -> RequestAction {
+//!     fn on_request(&mut self, _req: &Request) -> RequestAction {
 //!         RequestEdits::default().set_header("x-hello", "world").into()
 //!     }
 //! }
@@ -29,7 +29,9 @@
 //! What the SDK gives besides the trait:
 //!
 //! - the contract's types ([`Request`], [`Response`], [`RequestEdits`], ...)
-//!   with small helpers (header lookup, builders), see [`types`];
+//!   with small helpers (header lookup, builders), see [`types`]; the
+//!   request and response a hook is handed are resources read on demand
+//!   through [`ReadRequest`] / [`ReadResponse`];
 //! - safe wrappers over the host imports: [`log`], [`clock`], [`kv`],
 //!   [`http`];
 //! - [`config::parse`] to turn the JSON config into a serde struct with a
@@ -37,7 +39,8 @@
 //!
 //! What it does not do: run anything natively. The imports exist only inside
 //! the gateway, so plugin logic worth unit-testing natively should live in
-//! plain functions that take and return these types.
+//! plain functions that take `&impl ReadRequest` (tested with
+//! [`RequestData`]) or `&impl ReadResponse` (tested with [`Response`]).
 
 #![warn(missing_docs)]
 
@@ -55,7 +58,8 @@ pub mod types;
 pub mod __private;
 
 pub use types::{
-    Header, HeaderOp, Headers, Needs, Request, RequestAction, RequestEdits, Response, ResponseEdits,
+    Header, HeaderOp, Headers, Needs, ReadRequest, ReadResponse, Request, RequestAction,
+    RequestData, RequestEdits, Response, ResponseEdits, ResponseView,
 };
 
 /// Re-exported so plugins can name serde without a direct dependency
@@ -92,16 +96,19 @@ pub trait Plugin: Sized + 'static {
     fn configure(config: &str) -> Result<(Self, Needs), String>;
 
     /// The request phase. The default continues without edits.
-    fn on_request(&mut self, req: Request) -> RequestAction {
+    ///
+    /// `req` is lent for this call only; every accessor asks the host, so
+    /// read each part once.
+    fn on_request(&mut self, req: &Request) -> RequestAction {
         let _ = req;
         RequestAction::Continue(RequestEdits::default())
     }
 
     /// The response phase, called only when `configure` returned
     /// `Needs { response_phase: true, .. }`. `req` is the request as it was
-    /// sent upstream, after every plugin's edits; `resp.body` is present only
-    /// with `Needs::response_body`. The default changes nothing.
-    fn on_response(&mut self, req: Request, resp: Response) -> ResponseEdits {
+    /// sent upstream, after every plugin's edits; `resp.body()` is present
+    /// only with `Needs::response_body`. The default changes nothing.
+    fn on_response(&mut self, req: &Request, resp: &ResponseView) -> ResponseEdits {
         let _ = (req, resp);
         ResponseEdits::default()
     }
@@ -132,13 +139,13 @@ macro_rules! export_plugin {
                     __PYLON_PLUGIN_SLOT.with(|slot| slot.configure(&config))
                 }
 
-                fn on_request(request: $crate::Request) -> $crate::RequestAction {
+                fn on_request(request: &$crate::Request) -> $crate::RequestAction {
                     __PYLON_PLUGIN_SLOT.with(|slot| slot.on_request(request))
                 }
 
                 fn on_response(
-                    request: $crate::Request,
-                    response: $crate::Response,
+                    request: &$crate::Request,
+                    response: &$crate::ResponseView,
                 ) -> $crate::ResponseEdits {
                     __PYLON_PLUGIN_SLOT.with(|slot| slot.on_response(request, response))
                 }

@@ -1,7 +1,14 @@
 //! The contract's data types (`pylon:plugin/types`) and helpers on them.
 //!
-//! The structs are the generated bindings, so every field is public and can
+//! The records are the generated bindings, so every field is public and can
 //! be built or matched directly; the methods here only save boilerplate.
+//!
+//! The request and the response a hook is handed are resources
+//! ([`Request`], [`ResponseView`]): every accessor asks the host for just
+//! that part, so read what you need once and keep it in a local. Code that
+//! should also run on plain values (unit tests on the native target, where
+//! there is no host) takes `&impl ReadRequest` / `&impl ReadResponse`,
+//! implemented by the resources and by [`RequestData`] / [`Response`].
 //! Header names handed to the helpers are lowercased, as the contract wants;
 //! lookups compare names ASCII-case-insensitively. Header values are bytes
 //! (HTTP allows non-UTF-8 values): helpers take anything `AsRef<[u8]>`
@@ -9,7 +16,8 @@
 //! `None` for values that are not UTF-8.
 
 pub use crate::bindings::pylon::plugin::types::{
-    Header, HeaderOp, Headers, Needs, Request, RequestAction, RequestEdits, Response, ResponseEdits,
+    Header, HeaderOp, Headers, Needs, Request, RequestAction, RequestEdits, Response,
+    ResponseEdits, ResponseView,
 };
 
 fn lower(name: impl Into<String>) -> String {
@@ -65,36 +73,229 @@ impl HeaderOp {
     }
 }
 
-impl Request {
-    /// The first value of header `name`, if present.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        first(&self.headers, name)
-    }
+/// Read access to a request: the live [`Request`] a hook is handed (each
+/// call asks the host) or a plain [`RequestData`].
+pub trait ReadRequest {
+    /// The matched route's id.
+    fn route(&self) -> String;
+    /// The method, exactly as sent.
+    fn method(&self) -> String;
+    /// The path, percent-encoding untouched, without the query.
+    fn path(&self) -> String;
+    /// The raw query string without `?`, if any.
+    fn query(&self) -> Option<String>;
+    /// The first value of header `name` (any case), if present.
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Every value of header `name` (any case), in wire order.
+    fn header_all(&self, name: &str) -> Vec<Vec<u8>>;
+    /// Every header, in wire order.
+    fn headers(&self) -> Headers;
+    /// The peer's address, `ip:port`.
+    fn client_addr(&self) -> String;
+    /// `http` or `https`.
+    fn scheme(&self) -> String;
+    /// The path parameter `name` captured by the route pattern.
+    fn param(&self, name: &str) -> Option<String>;
+    /// The body, when the plugin asked for it.
+    fn body(&self) -> Option<Vec<u8>>;
 
     /// The first value of header `name`, if present and UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// Every value of header `name`, in wire order.
-    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        all(&self.headers, name)
-    }
-
-    /// The path parameter `name` captured by the route pattern.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+    fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
     }
 
     /// The path plus `?query` when there is a query.
-    pub fn path_and_query(&self) -> String {
-        match &self.query {
-            Some(q) => format!("{}?{q}", self.path),
-            None => self.path.clone(),
+    fn path_and_query(&self) -> String {
+        let mut path = self.path();
+        if let Some(q) = self.query() {
+            path.push('?');
+            path.push_str(&q);
         }
+        path
+    }
+}
+
+impl ReadRequest for Request {
+    fn route(&self) -> String {
+        Request::route(self)
+    }
+    fn method(&self) -> String {
+        Request::method(self)
+    }
+    fn path(&self) -> String {
+        Request::path(self)
+    }
+    fn query(&self) -> Option<String> {
+        Request::query(self)
+    }
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        Request::header(self, name)
+    }
+    fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        Request::header_all(self, name)
+    }
+    fn headers(&self) -> Headers {
+        Request::headers(self)
+    }
+    fn client_addr(&self) -> String {
+        Request::client_addr(self)
+    }
+    fn scheme(&self) -> String {
+        Request::scheme(self)
+    }
+    fn param(&self, name: &str) -> Option<String> {
+        Request::param(self, name)
+    }
+    fn body(&self) -> Option<Vec<u8>> {
+        Request::body(self)
+    }
+}
+
+/// A request as a plain value: what a test hands to code written against
+/// [`ReadRequest`], or a copy of the parts a plugin wants to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestData {
+    /// The matched route's id.
+    pub route: String,
+    /// The method.
+    pub method: String,
+    /// The path without the query.
+    pub path: String,
+    /// The query without `?`.
+    pub query: Option<String>,
+    /// Headers in wire order.
+    pub headers: Headers,
+    /// `ip:port`.
+    pub client_addr: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Path parameters.
+    pub params: Vec<(String, String)>,
+    /// The body.
+    pub body: Option<Vec<u8>>,
+}
+
+impl RequestData {
+    /// A `method` request for `path_and_query` (split at the first `?`) on
+    /// route `test` from `127.0.0.1:1`, no headers, no body.
+    pub fn new(method: &str, path_and_query: &str) -> Self {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q.to_owned())),
+            None => (path_and_query, None),
+        };
+        RequestData {
+            route: "test".into(),
+            method: method.into(),
+            path: path.into(),
+            query,
+            headers: Vec::new(),
+            client_addr: "127.0.0.1:1".into(),
+            scheme: "http".into(),
+            params: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// Append a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.headers.push(Header::new(name, value));
+        self
+    }
+}
+
+impl ReadRequest for RequestData {
+    fn route(&self) -> String {
+        self.route.clone()
+    }
+    fn method(&self) -> String {
+        self.method.clone()
+    }
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+    fn query(&self) -> Option<String> {
+        self.query.clone()
+    }
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        first(&self.headers, name).map(<[u8]>::to_vec)
+    }
+    fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        all(&self.headers, name).map(<[u8]>::to_vec).collect()
+    }
+    fn headers(&self) -> Headers {
+        self.headers.clone()
+    }
+    fn client_addr(&self) -> String {
+        self.client_addr.clone()
+    }
+    fn scheme(&self) -> String {
+        self.scheme.clone()
+    }
+    fn param(&self, name: &str) -> Option<String> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+    fn body(&self) -> Option<Vec<u8>> {
+        self.body.clone()
+    }
+}
+
+/// Read access to a response: the live [`ResponseView`] of the response
+/// phase or a plain [`Response`].
+pub trait ReadResponse {
+    /// The status code.
+    fn status(&self) -> u16;
+    /// The first value of header `name` (any case), if present.
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Every value of header `name` (any case), in wire order.
+    fn header_all(&self, name: &str) -> Vec<Vec<u8>>;
+    /// Every header, in wire order.
+    fn headers(&self) -> Headers;
+    /// The body, when present (for a [`ResponseView`]: when the plugin
+    /// asked for it).
+    fn body(&self) -> Option<Vec<u8>>;
+
+    /// The first value of header `name`, if present and UTF-8.
+    fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
+    }
+}
+
+impl ReadResponse for ResponseView {
+    fn status(&self) -> u16 {
+        ResponseView::status(self)
+    }
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        ResponseView::header(self, name)
+    }
+    fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        ResponseView::header_all(self, name)
+    }
+    fn headers(&self) -> Headers {
+        ResponseView::headers(self)
+    }
+    fn body(&self) -> Option<Vec<u8>> {
+        ResponseView::body(self)
+    }
+}
+
+impl ReadResponse for Response {
+    fn status(&self) -> u16 {
+        self.status
+    }
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        first(&self.headers, name).map(<[u8]>::to_vec)
+    }
+    fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        all(&self.headers, name).map(<[u8]>::to_vec).collect()
+    }
+    fn headers(&self) -> Headers {
+        self.headers.clone()
+    }
+    fn body(&self) -> Option<Vec<u8>> {
+        self.body.clone()
     }
 }
 

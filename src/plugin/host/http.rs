@@ -17,7 +17,7 @@ use wasmtime::component::{HasData, Linker};
 use crate::plugin::{
     bindings::pylon::plugin::{
         http_client::{self, HttpError, OutboundRequest},
-        types::{HeaderResult as Header, ResponseResult as Response},
+        types::{Header, Response},
     },
     chain,
     state::HostState,

@@ -1,10 +1,12 @@
 //! The host side of the plugin world's imports, one file per WIT interface
-//! (`log`, `clock`, `kv`, `http-client`) plus WASI for components that
-//! import it. Every capability is denied unless the plugin's grants say
+//! (`log`, `clock`, `kv`, `http-client`), the `types` resources a hook reads
+//! the request and response through (`exchange`), plus WASI for components
+//! that import it. Every capability is denied unless the plugin's grants say
 //! otherwise: `kv` and `http-client` answer `denied`, ungranted `log`
 //! lines are dropped, and `clock` traps with [`CapabilityDenied`].
 
 pub(crate) mod clock;
+pub(crate) mod exchange;
 pub(crate) mod http;
 pub(crate) mod kv;
 pub(crate) mod log;
@@ -25,8 +27,6 @@ pub struct CapabilityDenied {
     /// The WIT interface, e.g. `pylon:plugin/log`.
     pub capability: &'static str,
 }
-
-impl types::Host for HostState {}
 
 /// Add the `pylon:plugin` imports (all of them: grants are checked per
 /// call, so one linker serves every plugin).

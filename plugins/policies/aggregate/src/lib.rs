@@ -20,11 +20,13 @@ mod template;
 use std::collections::{BTreeMap, HashMap};
 
 use pylon_plugin_sdk::http::{self, HttpError, OutboundRequest};
-use pylon_plugin_sdk::{Needs, Plugin, Request, RequestAction, Response, config, export_plugin};
+use pylon_plugin_sdk::{
+    Needs, Plugin, ReadRequest, Request, RequestAction, Response, config, export_plugin,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::template::{Missing, Template};
+use crate::template::{Missing, Reads, Template};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -107,6 +109,8 @@ struct Aggregate {
     then: Vec<Call>,
     merge: Merge,
     on_failure: OnFailure,
+    /// What the templates of every call read from the client's request.
+    reads: Reads,
 }
 
 impl Plugin for Aggregate {
@@ -155,16 +159,24 @@ impl Plugin for Aggregate {
         if !problems.is_empty() {
             return Err(format!("invalid aggregate config: {}", problems.join("; ")));
         }
+        let mut reads = Reads::default();
+        for call in calls.iter().chain(&then) {
+            call.templates().for_each(|t| reads.add(t));
+        }
         let plugin = Aggregate {
             calls,
             then,
             merge: raw.merge,
             on_failure: raw.on_failure,
+            reads,
         };
         Ok((plugin, Needs::none()))
     }
 
-    fn on_request(&mut self, req: Request) -> RequestAction {
+    fn on_request(&mut self, req: &Request) -> RequestAction {
+        // Every template is checked and rendered against this copy, so each
+        // part of the request is read from the host once.
+        let req = self.reads.snapshot(req);
         for call in self.calls.iter().chain(&self.then) {
             for template in call.templates() {
                 match template.check(&req) {
@@ -232,7 +244,7 @@ impl Aggregate {
     fn run(
         &self,
         group: &[Call],
-        req: &Request,
+        req: &impl ReadRequest,
         answers: &HashMap<&str, Value>,
     ) -> Vec<Result<Value, String>> {
         if group.is_empty() {
@@ -268,7 +280,7 @@ impl Call {
 
     fn build(
         &self,
-        req: &Request,
+        req: &impl ReadRequest,
         answers: &HashMap<&str, Value>,
     ) -> Result<OutboundRequest, String> {
         let path = self.path.render(req, answers, true)?;

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use pylon_plugin_sdk::Request;
+use pylon_plugin_sdk::{Header, ReadRequest, RequestData};
 use serde_json::Value;
 
 /// A parsed template.
@@ -89,7 +89,7 @@ impl Template {
     }
 
     /// Check that `req` has every request-derived value the template needs.
-    pub(crate) fn check(&self, req: &Request) -> Result<(), Missing> {
+    pub(crate) fn check(&self, req: &impl ReadRequest) -> Result<(), Missing> {
         for part in &self.0 {
             match part {
                 Part::Param(name) if req.param(name).is_none() => {
@@ -114,7 +114,7 @@ impl Template {
     /// the error is a value missing from an earlier call's answer.
     pub(crate) fn render(
         &self,
-        req: &Request,
+        req: &impl ReadRequest,
         answers: &HashMap<&str, Value>,
         encode: bool,
     ) -> Result<Vec<u8>, String> {
@@ -128,13 +128,13 @@ impl Template {
                 Part::Param(name) => {
                     let raw = req.param(name).unwrap_or_default();
                     if encode {
-                        percent_decode(raw)
+                        percent_decode(&raw)
                     } else {
                         raw.as_bytes().to_vec()
                     }
                 }
                 Part::Query(name) => query_param(req, name).unwrap_or_default(),
-                Part::Header(name) => req.header(name).unwrap_or_default().to_vec(),
+                Part::Header(name) => req.header(name).unwrap_or_default(),
                 Part::Value { key, path, text } => {
                     let Some(answer) = answers.get(key.as_str()) else {
                         return Err(format!("no value for {{{text}}}: call {key:?} failed"));
@@ -162,6 +162,59 @@ impl Template {
             }
         }
         Ok(out)
+    }
+}
+
+/// The parts of the client's request a set of templates reads: path
+/// parameters, header names (lowercase) and whether any reads the query.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    params: Vec<String>,
+    headers: Vec<String>,
+    query: bool,
+}
+
+impl Reads {
+    /// Add what `template` reads.
+    pub(crate) fn add(&mut self, template: &Template) {
+        for part in &template.0 {
+            match part {
+                Part::Param(name) if !self.params.contains(name) => {
+                    self.params.push(name.clone());
+                }
+                Part::Header(name) if !self.headers.contains(name) => {
+                    self.headers.push(name.clone());
+                }
+                Part::Query(_) => self.query = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Copy what the templates read from `req` (one host call per part,
+    /// each part once) into a plain request to check and render them
+    /// against: the parameters the request has, the first value of each
+    /// header it has and the query. Everything else is left empty.
+    pub(crate) fn snapshot(&self, req: &impl ReadRequest) -> RequestData {
+        RequestData {
+            route: String::new(),
+            method: String::new(),
+            path: String::new(),
+            query: if self.query { req.query() } else { None },
+            headers: self
+                .headers
+                .iter()
+                .filter_map(|name| Some(Header::new(name.as_str(), req.header(name)?)))
+                .collect(),
+            client_addr: String::new(),
+            scheme: String::new(),
+            params: self
+                .params
+                .iter()
+                .filter_map(|name| Some((name.clone(), req.param(name)?)))
+                .collect(),
+            body: None,
+        }
     }
 }
 
@@ -236,8 +289,8 @@ fn lookup<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value> {
 }
 
 /// The first value of query parameter `name`, form-decoded.
-fn query_param(req: &Request, name: &str) -> Option<Vec<u8>> {
-    req.query.as_deref()?.split('&').find_map(|pair| {
+fn query_param(req: &impl ReadRequest, name: &str) -> Option<Vec<u8>> {
+    req.query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (form_decode(k) == name.as_bytes()).then(|| form_decode(v))
     })
@@ -285,18 +338,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn req(query: Option<&str>) -> Request {
-        Request {
-            route: "r".into(),
-            method: "GET".into(),
-            path: "/u/a%20b".into(),
-            query: query.map(str::to_string),
-            headers: vec![pylon_plugin_sdk::Header::new("x-tenant", "acme co")],
-            client_addr: "127.0.0.1:1".into(),
-            scheme: "http".into(),
-            params: vec![("id".into(), "a%20b".into())],
-            body: None,
-        }
+    fn req(query: Option<&str>) -> RequestData {
+        let mut req = RequestData::new("GET", "/u/a%20b").with_header("x-tenant", "acme co");
+        req.route = "r".into();
+        req.query = query.map(str::to_string);
+        req.params = vec![("id".into(), "a%20b".into())];
+        req
     }
 
     fn render(t: &str, answers: &HashMap<&str, Value>, encode: bool) -> Result<String, String> {
@@ -365,5 +412,29 @@ mod tests {
             let err = Template::parse(t).unwrap_err();
             assert!(err.contains(needle), "{t}: {err}");
         }
+    }
+
+    #[test]
+    fn snapshots_hold_only_what_the_templates_read() {
+        let mut reads = Reads::default();
+        for t in [
+            "/p/{id}/{id}?x={query.x}",
+            "{header.x-tenant} {header.x-absent}",
+        ] {
+            reads.add(&Template::parse(t).unwrap());
+        }
+        let full = req(Some("x=1+2"))
+            .with_header("x-other", "o")
+            .with_header("x-tenant", "second");
+        let snap = reads.snapshot(&full);
+        assert_eq!(snap.query.as_deref(), Some("x=1+2"));
+        assert_eq!(snap.params, [("id".to_string(), "a%20b".to_string())]);
+        assert_eq!(snap.headers, [Header::new("x-tenant", "acme co")]);
+        assert_eq!(snap.body, None);
+        let empty = Reads::default().snapshot(&full);
+        assert_eq!(
+            (empty.query, empty.headers, empty.params),
+            (None, vec![], vec![])
+        );
     }
 }

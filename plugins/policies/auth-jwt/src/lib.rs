@@ -21,7 +21,8 @@ mod keys;
 mod token;
 
 use pylon_plugin_sdk::{
-    Needs, Plugin, Request, RequestAction, RequestEdits, Response, clock, export_plugin,
+    Needs, Plugin, ReadRequest, Request, RequestAction, RequestEdits, Response, clock,
+    export_plugin,
 };
 use serde_json::{Map, Value, json};
 
@@ -57,8 +58,8 @@ impl Plugin for AuthJwt {
         Ok((AuthJwt { config, jwks }, Needs::none()))
     }
 
-    fn on_request(&mut self, req: Request) -> RequestAction {
-        match self.authenticate(&req) {
+    fn on_request(&mut self, req: &Request) -> RequestAction {
+        match self.authenticate(req) {
             Ok(claims) => self.forward(&claims).into(),
             Err(failure) => self.refuse(failure).into(),
         }
@@ -69,9 +70,9 @@ export_plugin!(AuthJwt);
 
 impl AuthJwt {
     /// The verified claims of the request's token.
-    fn authenticate(&mut self, req: &Request) -> Result<Map<String, Value>, Failure> {
+    fn authenticate(&mut self, req: &impl ReadRequest) -> Result<Map<String, Value>, Failure> {
         let token = bearer_token(req)?;
-        let parsed = token::parse(token).map_err(Failure::Invalid)?;
+        let parsed = token::parse(&token).map_err(Failure::Invalid)?;
         let alg = parsed.alg;
         if let Some(allowed) = &self.config.algorithms
             && !allowed.contains(&alg)
@@ -178,16 +179,18 @@ impl AuthJwt {
 }
 
 /// The token of the request's `Authorization: Bearer` header.
-fn bearer_token(req: &Request) -> Result<&str, Failure> {
-    let mut values = req.header_all("authorization");
-    let Some(value) = values.next() else {
-        return Err(Failure::Missing);
+fn bearer_token(req: &impl ReadRequest) -> Result<String, Failure> {
+    // Every value in one host call: a second one is refused.
+    let values = req.header_all("authorization");
+    let value = match values.as_slice() {
+        [] => return Err(Failure::Missing),
+        [value] => value,
+        _ => {
+            return Err(Failure::BadRequest(
+                "more than one Authorization header".to_string(),
+            ));
+        }
     };
-    if values.next().is_some() {
-        return Err(Failure::BadRequest(
-            "more than one Authorization header".to_string(),
-        ));
-    }
     let Ok(value) = std::str::from_utf8(value) else {
         return Err(Failure::Invalid("malformed token: not ASCII".to_string()));
     };
@@ -201,7 +204,7 @@ fn bearer_token(req: &Request) -> Result<&str, Failure> {
     if token.is_empty() {
         return Err(Failure::Invalid("malformed token: empty".to_string()));
     }
-    Ok(token)
+    Ok(token.to_string())
 }
 
 fn has_kid(keys: &[Key], kid: &str) -> bool {
@@ -232,5 +235,39 @@ fn header_value(value: &Value) -> Vec<u8> {
     match value {
         Value::String(s) if valid(s) => s.clone().into_bytes(),
         other => other.to_string().replace('\u{7f}', "\\u007f").into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pylon_plugin_sdk::RequestData;
+
+    use super::*;
+
+    fn token(headers: &[&[u8]]) -> Result<String, Failure> {
+        let req = headers.iter().fold(RequestData::new("GET", "/"), |r, v| {
+            r.with_header("Authorization", v)
+        });
+        bearer_token(&req)
+    }
+
+    #[test]
+    fn bearer_token_extraction() {
+        assert!(matches!(token(&[b"Bearer abc"]).as_deref(), Ok("abc")));
+        assert!(matches!(
+            token(&[b" bearer \t abc \t"]).as_deref(),
+            Ok("abc")
+        ));
+        assert!(matches!(token(&[]), Err(Failure::Missing)));
+        assert!(matches!(
+            token(&[b"Basic dXNlcjpwdw=="]),
+            Err(Failure::Missing)
+        ));
+        assert!(matches!(token(&[b"Bearer"]), Err(Failure::Invalid(_))));
+        assert!(matches!(token(&[b"Bearer \xff"]), Err(Failure::Invalid(_))));
+        assert!(matches!(
+            token(&[b"Bearer a", b"Bearer b"]),
+            Err(Failure::BadRequest(_))
+        ));
     }
 }

@@ -16,8 +16,8 @@
 //! See README.md for the config reference.
 
 use pylon_plugin_sdk::{
-    Needs, Plugin, Request, RequestAction, RequestEdits, Response, config, export_plugin, kv,
-    serde_json::json,
+    Needs, Plugin, ReadRequest, Request, RequestAction, RequestEdits, Response, config,
+    export_plugin, kv, serde_json::json,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -181,8 +181,14 @@ impl Plugin for AuthKey {
         Ok((plugin, Needs::none()))
     }
 
-    fn on_request(&mut self, req: Request) -> RequestAction {
-        let Some(key) = self.presented_key(&req) else {
+    fn on_request(&mut self, req: &Request) -> RequestAction {
+        // With `in = "query"` the query is read once: it holds the key and,
+        // stripped of it, goes upstream.
+        let query = match self.source {
+            Source::Header => None,
+            Source::Query => req.query(),
+        };
+        let Some(key) = self.presented_key(req, query.as_deref()) else {
             return Response::json(
                 401,
                 &json!({ "error": "unauthorized", "error_description": "an API key is required" }),
@@ -214,7 +220,7 @@ impl Plugin for AuthKey {
             edits = match self.source {
                 Source::Header => edits.remove_header(&self.name),
                 Source::Query => {
-                    let query = req.query.as_deref().unwrap_or_default();
+                    let query = query.as_deref().unwrap_or_default();
                     edits.with_query(without_param(query, &self.name))
                 }
             };
@@ -227,11 +233,12 @@ export_plugin!(AuthKey);
 
 impl AuthKey {
     /// The key the request presents: the first non-empty value of the
-    /// header or query parameter.
-    fn presented_key(&self, req: &Request) -> Option<Vec<u8>> {
+    /// header (read from `req`) or of the query parameter (looked up in
+    /// `query`, the request's query as the caller read it).
+    fn presented_key(&self, req: &impl ReadRequest, query: Option<&str>) -> Option<Vec<u8>> {
         let key = match self.source {
-            Source::Header => req.header(&self.name).map(trim)?.to_vec(),
-            Source::Query => query_params(req.query.as_deref()?)
+            Source::Header => trim(&req.header(&self.name)?).to_vec(),
+            Source::Query => query_params(query?)
                 .find(|(name, _)| *name == self.name.as_bytes())
                 .map(|(_, value)| value)?,
         };
@@ -368,4 +375,54 @@ fn is_field_value(value: &str) -> bool {
         && value
             .bytes()
             .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+#[cfg(test)]
+mod tests {
+    use pylon_plugin_sdk::RequestData;
+
+    use super::*;
+
+    const HASH: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+    fn plugin(config: &str) -> AuthKey {
+        match AuthKey::configure(config) {
+            Ok((plugin, _)) => plugin,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// What `on_request` passes: the query only with `in = "query"`.
+    fn key(plugin: &AuthKey, req: &RequestData) -> Option<Vec<u8>> {
+        let query = match plugin.source {
+            Source::Header => None,
+            Source::Query => req.query(),
+        };
+        plugin.presented_key(req, query.as_deref())
+    }
+
+    #[test]
+    fn key_from_header() {
+        let p = plugin(&format!(
+            r#"{{"keys":[{{"consumer":"c","sha256":"{HASH}"}}]}}"#
+        ));
+        let req = RequestData::new("GET", "/?api_key=q").with_header("X-Api-Key", " \tfoo ");
+        assert_eq!(key(&p, &req).as_deref(), Some(&b"foo"[..]));
+        let blank = RequestData::new("GET", "/").with_header("x-api-key", "  ");
+        assert_eq!(key(&p, &blank), None);
+        assert_eq!(key(&p, &RequestData::new("GET", "/")), None);
+    }
+
+    #[test]
+    fn key_from_query() {
+        let p = plugin(&format!(
+            r#"{{"in":"query","name":"k","keys":[{{"consumer":"c","sha256":"{HASH}"}}]}}"#
+        ));
+        let req = RequestData::new("GET", "/?a=1&k=f%6Fo+x&k=bar").with_header("k", "hdr");
+        assert_eq!(key(&p, &req).as_deref(), Some(&b"foo x"[..]));
+        assert_eq!(key(&p, &RequestData::new("GET", "/?k=")), None);
+        assert_eq!(key(&p, &RequestData::new("GET", "/")), None);
+        assert_eq!(without_param("a=1&k=x&b=2&k", "k"), "a=1&b=2");
+        assert_eq!(without_param("k=x", "k"), "");
+    }
 }

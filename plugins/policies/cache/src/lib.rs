@@ -31,8 +31,8 @@ mod entry;
 mod policy;
 
 use pylon_plugin_sdk::{
-    Header, HeaderOp, Needs, Plugin, Request, RequestAction, Response, ResponseEdits, clock,
-    export_plugin, kv,
+    Header, HeaderOp, Needs, Plugin, ReadRequest, ReadResponse, Request, RequestAction, Response,
+    ResponseEdits, ResponseView, clock, export_plugin, kv,
 };
 
 use crate::{
@@ -75,17 +75,14 @@ impl Plugin for Cache {
         ))
     }
 
-    fn on_request(&mut self, req: Request) -> RequestAction {
+    fn on_request(&mut self, req: &Request) -> RequestAction {
         self.pending = Pending::Bypass;
-        if !self.settings.methods.contains(&req.method) || bypass_requested(&req) {
+        let method = req.method();
+        if !self.settings.methods.contains(&method) || bypass_requested(req) {
             return RequestAction::proceed();
         }
-        let head = req.method == "HEAD";
-        let full_key = cache_key(
-            &req,
-            if head { "GET" } else { &req.method },
-            &self.settings.vary,
-        );
+        let head = method == "HEAD";
+        let full_key = cache_key(req, if head { "GET" } else { &method }, &self.settings.vary);
         let kv_key = format!("e:{:032x}", fnv1a128(&full_key));
         // A kv error is a miss: the cache must never break traffic.
         if let Ok(Some(bytes)) = kv::get(&kv_key)
@@ -104,7 +101,7 @@ impl Plugin for Cache {
         RequestAction::proceed()
     }
 
-    fn on_response(&mut self, _req: Request, resp: Response) -> ResponseEdits {
+    fn on_response(&mut self, _req: &Request, resp: &ResponseView) -> ResponseEdits {
         let verdict = match std::mem::replace(&mut self.pending, Pending::Nothing) {
             Pending::Nothing => return ResponseEdits::default(),
             Pending::Bypass => "BYPASS",
@@ -128,9 +125,18 @@ impl Plugin for Cache {
 
 impl Cache {
     /// Store `resp` when it is cacheable; `true` when it was (a failed kv
-    /// write still counts: the response was cacheable).
-    fn store(&self, kv_key: &str, key: Vec<u8>, authorized: bool, resp: Response) -> bool {
-        let Some(body) = resp.body else { return false };
+    /// write still counts: the response was cacheable). Reads the body, then
+    /// (when it fits) the status and every header, each once.
+    fn store(
+        &self,
+        kv_key: &str,
+        key: Vec<u8>,
+        authorized: bool,
+        resp: &impl ReadResponse,
+    ) -> bool {
+        let Some(body) = resp.body() else {
+            return false;
+        };
         if body.len() > self.settings.max_entry_size {
             return false;
         }
@@ -143,15 +149,17 @@ impl Cache {
             authorized,
             now_ms,
         };
-        let Ok(ttl_ms) = policy::freshness(resp.status, &resp.headers, &rules) else {
+        let status = resp.status();
+        let headers = resp.headers();
+        let Ok(ttl_ms) = policy::freshness(status, &headers, &rules) else {
             return false;
         };
         let entry = Entry {
             stored_at_ms: now_ms,
-            age_at_store_s: policy::age(&resp.headers),
+            age_at_store_s: policy::age(&headers),
             key,
-            status: resp.status,
-            headers: stored_headers(resp.headers),
+            status,
+            headers: stored_headers(headers),
             body,
         };
         if let Some(bytes) = entry.encode() {
@@ -162,14 +170,16 @@ impl Cache {
 }
 
 /// The request asks not to be served from (or stored in) the cache.
-fn bypass_requested(req: &Request) -> bool {
-    let has_cc = req.header("cache-control").is_some();
-    let cc = CacheControl::parse(&req.headers);
+/// `Pragma` counts only when there is no `Cache-Control`.
+fn bypass_requested(req: &impl ReadRequest) -> bool {
+    let cc_lines = req.header_all("cache-control");
+    let cc = CacheControl::from_lines(&cc_lines);
     cc.no_store
         || cc.no_cache
-        || (!has_cc
+        || (cc_lines.is_empty()
             && req
                 .header_all("pragma")
+                .iter()
                 .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"no-cache")))
 }
 
@@ -227,24 +237,24 @@ fn stored_headers(headers: Vec<Header>) -> Vec<Header> {
 
 /// The full cache key: every part length-prefixed so no two requests share
 /// a key by accident; a request header absent and present-but-empty differ.
-fn cache_key(req: &Request, method: &str, vary: &[String]) -> Vec<u8> {
+fn cache_key(req: &impl ReadRequest, method: &str, vary: &[String]) -> Vec<u8> {
     let mut key = Vec::new();
     let mut part = |bytes: &[u8]| {
         key.extend_from_slice(bytes.len().to_string().as_bytes());
         key.push(b':');
         key.extend_from_slice(bytes);
     };
-    part(req.route.as_bytes());
-    part(req.scheme.as_bytes());
+    part(req.route().as_bytes());
+    part(req.scheme().as_bytes());
     part(method.as_bytes());
     part(&req.header("host").unwrap_or_default().to_ascii_lowercase());
-    part(req.path.as_bytes());
-    match &req.query {
+    part(req.path().as_bytes());
+    match req.query() {
         Some(q) => part(format!("?{q}").as_bytes()),
         None => part(b""),
     }
     for name in vary {
-        let values: Vec<&[u8]> = req.header_all(name).collect();
+        let values = req.header_all(name);
         if values.is_empty() {
             part(b"-");
         } else {
@@ -265,26 +275,24 @@ export_plugin!(Cache);
 
 #[cfg(test)]
 mod tests {
+    use pylon_plugin_sdk::RequestData;
+
     use super::*;
 
-    fn request(method: &str, query: Option<&str>, headers: &[(&str, &str)]) -> Request {
-        Request {
-            route: "r".into(),
-            method: method.into(),
-            path: "/a".into(),
-            query: query.map(Into::into),
-            headers: headers.iter().map(|(n, v)| Header::new(*n, *v)).collect(),
-            client_addr: "127.0.0.1:1".into(),
-            scheme: "http".into(),
-            params: Vec::new(),
-            body: None,
+    fn request(method: &str, query: Option<&str>, headers: &[(&str, &str)]) -> RequestData {
+        let mut req = RequestData::new(method, "/a");
+        req.route = "r".into();
+        req.query = query.map(Into::into);
+        for (name, value) in headers {
+            req = req.with_header(*name, *value);
         }
+        req
     }
 
     #[test]
     fn keys_separate_what_they_must() {
         let vary = ["accept-language".to_string()];
-        let key = |r: &Request| cache_key(r, &r.method, &vary);
+        let key = |r: &RequestData| cache_key(r, &r.method, &vary);
         let base = key(&request("GET", None, &[("host", "a.example")]));
         assert_eq!(base, key(&request("GET", None, &[("host", "A.example")])));
         for other in [

@@ -1,6 +1,6 @@
 //! HTTP caching rules (RFC 9111, as a shared cache): `Cache-Control`
 //! directives, freshness lifetime, `Vary`, and HTTP dates. Pure functions
-//! over header lists, so they are unit-tested natively.
+//! over header lists and values, so they are unit-tested natively.
 
 use pylon_plugin_sdk::Header;
 
@@ -24,9 +24,24 @@ pub(crate) struct CacheControl {
 impl CacheControl {
     /// Parse every `cache-control` line of `headers`.
     pub(crate) fn parse(headers: &[Header]) -> CacheControl {
+        Self::parse_lines(
+            headers
+                .iter()
+                .filter(|h| h.name == "cache-control")
+                .map(|h| h.value.as_slice()),
+        )
+    }
+
+    /// Parse these `cache-control` field values (every line of the header,
+    /// in order, as `header_all("cache-control")` gives them).
+    pub(crate) fn from_lines(lines: &[Vec<u8>]) -> CacheControl {
+        Self::parse_lines(lines.iter().map(Vec::as_slice))
+    }
+
+    fn parse_lines<'v>(lines: impl Iterator<Item = &'v [u8]>) -> CacheControl {
         let mut cc = CacheControl::default();
-        for h in headers.iter().filter(|h| h.name == "cache-control") {
-            for (name, value) in directives(&h.value) {
+        for line in lines {
+            for (name, value) in directives(line) {
                 match name.as_str() {
                     "no-store" => cc.no_store = true,
                     // `no-cache="field"` and `private="field"` restrict

@@ -27,7 +27,8 @@
 mod config;
 
 use pylon_plugin_sdk::{
-    Header, HeaderOp, Needs, Plugin, Request, RequestAction, Response, ResponseEdits, export_plugin,
+    Header, HeaderOp, Needs, Plugin, ReadRequest, ReadResponse, Request, RequestAction, Response,
+    ResponseEdits, ResponseView, export_plugin,
 };
 
 use crate::config::{List, Origins, Pattern, Settings};
@@ -53,21 +54,20 @@ impl Plugin for Cors {
         ))
     }
 
-    fn on_request(&mut self, req: Request) -> RequestAction {
+    fn on_request(&mut self, req: &Request) -> RequestAction {
         self.pending.clear();
         self.vary = self.settings.origins != Origins::Any;
-        let origin = single_origin(&req);
-        if req.method == "OPTIONS"
-            && origin.is_some()
-            && req.header("access-control-request-method").is_some()
-        {
-            return self.preflight(&req, origin.unwrap_or_default()).into();
-        }
-        let Some(origin) = origin else {
+        // Without an origin this is no CORS request: nothing else is read.
+        let Some(origin) = single_origin(req) else {
             return RequestAction::proceed();
         };
-        if allowed_origin(&self.settings.origins, origin) {
-            self.pending = self.actual_headers(origin);
+        if req.method() == "OPTIONS"
+            && let Some(method) = req.header("access-control-request-method")
+        {
+            return self.preflight(req, &origin, &method).into();
+        }
+        if allowed_origin(&self.settings.origins, &origin) {
+            self.pending = self.actual_headers(&origin);
         } else {
             self.pending = vec![
                 HeaderOp::remove("access-control-allow-origin"),
@@ -78,9 +78,9 @@ impl Plugin for Cors {
         RequestAction::proceed()
     }
 
-    fn on_response(&mut self, _req: Request, resp: Response) -> ResponseEdits {
+    fn on_response(&mut self, _req: &Request, resp: &ResponseView) -> ResponseEdits {
         let mut headers = std::mem::take(&mut self.pending);
-        if self.vary && !varies_on_origin(&resp.headers) {
+        if self.vary && !varies_on_origin(resp) {
             headers.push(HeaderOp::append("vary", "Origin"));
         }
         ResponseEdits {
@@ -91,8 +91,9 @@ impl Plugin for Cors {
 }
 
 impl Cors {
-    /// The answer to a preflight.
-    fn preflight(&self, req: &Request, origin: &str) -> Response {
+    /// The answer to a preflight from `origin` asking for `method` (the
+    /// `Access-Control-Request-Method` value, as the caller read it).
+    fn preflight(&self, req: &impl ReadRequest, origin: &str, method: &[u8]) -> Response {
         let s = &self.settings;
         let vary = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
         let deny = |why: &str| {
@@ -105,9 +106,6 @@ impl Cors {
         if !allowed_origin(&s.origins, origin) {
             return deny("origin not allowed");
         }
-        let method = req
-            .header("access-control-request-method")
-            .unwrap_or_default();
         let Ok(method) = std::str::from_utf8(method) else {
             return deny("method not allowed");
         };
@@ -209,13 +207,12 @@ impl Cors {
 }
 
 /// The request's `Origin`, when there is exactly one and it is UTF-8.
-fn single_origin(req: &Request) -> Option<&str> {
-    let mut all = req.header_all("origin");
-    let first = all.next()?;
-    if all.next().is_some() {
+fn single_origin(req: &impl ReadRequest) -> Option<String> {
+    let all = req.header_all("origin");
+    let [only] = all.as_slice() else {
         return None;
-    }
-    std::str::from_utf8(first).ok().map(str::trim)
+    };
+    std::str::from_utf8(only).ok().map(|o| o.trim().to_string())
 }
 
 fn is_token(s: &str) -> bool {
@@ -269,9 +266,9 @@ fn allowed_origin(origins: &Origins, origin: &str) -> bool {
 }
 
 /// The response already varies on `Origin` (or on everything).
-fn varies_on_origin(headers: &[Header]) -> bool {
-    headers.iter().filter(|h| h.name == "vary").any(|h| {
-        h.value.split(|&b| b == b',').any(|n| {
+fn varies_on_origin(resp: &impl ReadResponse) -> bool {
+    resp.header_all("vary").iter().any(|v| {
+        v.split(|&b| b == b',').any(|n| {
             let n = n.trim_ascii();
             n == b"*" || n.eq_ignore_ascii_case(b"origin")
         })
@@ -282,6 +279,8 @@ export_plugin!(Cors);
 
 #[cfg(test)]
 mod tests {
+    use pylon_plugin_sdk::RequestData;
+
     use super::*;
 
     fn origins(list: &[&str]) -> Origins {
@@ -332,8 +331,72 @@ mod tests {
 
     #[test]
     fn vary_detection() {
-        assert!(varies_on_origin(&[Header::new("vary", "Accept, origin")]));
-        assert!(varies_on_origin(&[Header::new("vary", "*")]));
-        assert!(!varies_on_origin(&[Header::new("vary", "accept-origin")]));
+        let vary = |values: &[&str]| {
+            let resp = values
+                .iter()
+                .fold(Response::new(200), |r, v| r.with_header("vary", v));
+            varies_on_origin(&resp)
+        };
+        assert!(vary(&["Accept, origin"]));
+        assert!(vary(&["*"]));
+        assert!(vary(&["accept", "Origin"]));
+        assert!(!vary(&["accept-origin"]));
+        assert!(!vary(&[]));
+    }
+
+    #[test]
+    fn origin_must_be_single() {
+        let req = |origins: &[&str]| {
+            let r = origins.iter().fold(RequestData::new("GET", "/"), |r, o| {
+                r.with_header("Origin", o)
+            });
+            single_origin(&r)
+        };
+        assert_eq!(
+            req(&[" https://a.test "]).as_deref(),
+            Some("https://a.test")
+        );
+        assert_eq!(req(&[]), None);
+        assert_eq!(req(&["https://a.test", "https://b.test"]), None);
+        let bad = RequestData::new("GET", "/").with_header("origin", b"\xff");
+        assert_eq!(single_origin(&bad), None);
+    }
+
+    #[test]
+    fn preflight_answers() {
+        let (cors, _) = Cors::configure(
+            r#"{"allow-origins":["https://a.test"],"allow-methods":["GET","PUT"],
+                "allow-headers":["content-type","x-id"],"max-age":"10m"}"#,
+        )
+        .unwrap();
+        let req = RequestData::new("OPTIONS", "/")
+            .with_header("access-control-request-headers", "Content-Type, x-id")
+            .with_header("access-control-request-headers", "");
+        let ok = cors.preflight(&req, "https://a.test", b"put");
+        assert_eq!(ok.status, 204);
+        assert_eq!(
+            ok.header_str("access-control-allow-origin"),
+            Some("https://a.test")
+        );
+        assert_eq!(
+            ok.header_str("access-control-allow-methods"),
+            Some("GET, PUT")
+        );
+        assert_eq!(
+            ok.header_str("access-control-allow-headers"),
+            Some("content-type, x-id")
+        );
+        assert_eq!(ok.header_str("access-control-max-age"), Some("600"));
+        assert_eq!(cors.preflight(&req, "https://b.test", b"PUT").status, 403);
+        assert_eq!(
+            cors.preflight(&req, "https://a.test", b"DELETE").status,
+            403
+        );
+        assert_eq!(cors.preflight(&req, "https://a.test", b"\xff").status, 403);
+        let other = RequestData::new("OPTIONS", "/")
+            .with_header("access-control-request-headers", "x-other");
+        let refused = cors.preflight(&other, "https://a.test", b"GET");
+        assert_eq!(refused.status, 403);
+        assert_eq!(refused.header("access-control-allow-origin"), None);
     }
 }

@@ -23,7 +23,8 @@ mod algo;
 mod config;
 
 use pylon_plugin_sdk::{
-    HeaderOp, Needs, Plugin, Request, RequestAction, RequestEdits, Response, clock, export_plugin,
+    HeaderOp, Needs, Plugin, ReadRequest, Request, RequestAction, RequestEdits, Response, clock,
+    export_plugin,
     kv::{self, KvError},
 };
 
@@ -60,18 +61,26 @@ impl Plugin for RateLimit {
         Ok((RateLimit { settings }, Needs::none()))
     }
 
-    fn on_request(&mut self, req: Request) -> RequestAction {
-        let client = match client_key(&self.settings.key, &req) {
+    fn on_request(&mut self, req: &Request) -> RequestAction {
+        let client = match client_key(&self.settings.key, req) {
             Ok(k) => k,
             Err(missing) => match self.settings.missing_key {
-                MissingKey::Ip => ip_key(&req),
+                MissingKey::Ip => ip_key(req),
                 MissingKey::Allow => return RequestAction::proceed(),
                 MissingKey::Deny => {
                     return Response::text(400, format!("missing {missing} header\n")).into();
                 }
             },
         };
-        let group = self.settings.group.as_deref().unwrap_or(&req.route);
+        // The route is asked of the host only when no group replaces it.
+        let route;
+        let group = match &self.settings.group {
+            Some(group) => group.as_str(),
+            None => {
+                route = req.route();
+                route.as_str()
+            }
+        };
         let now = clock::now_ms();
 
         let mut store = HostKv;
@@ -164,22 +173,22 @@ fn secs(ms: u64) -> u64 {
 
 /// The client part of the counter keys, or the name of the header the key
 /// needs when the request lacks it (or it is empty).
-fn client_key<'a>(key: &'a Key, req: &Request) -> Result<String, &'a str> {
+fn client_key<'a>(key: &'a Key, req: &impl ReadRequest) -> Result<String, &'a str> {
     match key {
         Key::Ip => Ok(ip_key(req)),
         Key::Route => Ok("route".to_string()),
         Key::Header(name) => match req.header(name).filter(|v| !v.is_empty()) {
-            Some(v) => Ok(format!("h:{}", encode(v))),
+            Some(v) => Ok(format!("h:{}", encode(&v))),
             None => Err(name),
         },
     }
 }
 
-fn ip_key(req: &Request) -> String {
-    let addr = req.client_addr.as_str();
+fn ip_key(req: &impl ReadRequest) -> String {
+    let addr = req.client_addr();
     let ip = match addr.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => addr,
+        _ => addr.as_str(),
     };
     let ip = ip.trim_start_matches('[').trim_end_matches(']');
     format!("ip:{}", encode(ip.as_bytes()))
@@ -217,7 +226,31 @@ export_plugin!(RateLimit);
 
 #[cfg(test)]
 mod tests {
+    use pylon_plugin_sdk::RequestData;
+
     use super::*;
+
+    fn from(addr: &str) -> RequestData {
+        RequestData {
+            client_addr: addr.to_string(),
+            ..RequestData::new("GET", "/")
+        }
+    }
+
+    #[test]
+    fn client_keys() {
+        assert_eq!(ip_key(&from("10.0.0.7:5123")), "ip:10.0.0.7");
+        assert_eq!(ip_key(&from("[::1]:443")), "ip:%3A%3A1");
+        assert_eq!(ip_key(&from("unix")), "ip:unix");
+        let req = from("10.0.0.7:1").with_header("X-Key", "a b");
+        assert_eq!(client_key(&Key::Ip, &req), Ok("ip:10.0.0.7".to_string()));
+        assert_eq!(client_key(&Key::Route, &req), Ok("route".to_string()));
+        let header = Key::Header("x-key".into());
+        assert_eq!(client_key(&header, &req), Ok("h:a%20b".to_string()));
+        let empty = from("10.0.0.7:1").with_header("x-key", "");
+        assert_eq!(client_key(&header, &empty), Err("x-key"));
+        assert_eq!(client_key(&header, &from("10.0.0.7:1")), Err("x-key"));
+    }
 
     #[test]
     fn keys_are_escaped_and_bounded() {

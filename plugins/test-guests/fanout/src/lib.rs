@@ -37,7 +37,7 @@ impl Plugin for Fanout {
         Ok((Fanout(config), Needs::none()))
     }
 
-    fn on_request(&mut self, _req: Request) -> RequestAction {
+    fn on_request(&mut self, _req: &Request) -> RequestAction {
         let requests: Vec<OutboundRequest> = self
             .0
             .upstreams

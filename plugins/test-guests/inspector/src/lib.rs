@@ -17,7 +17,8 @@
 //!   replaces it with its ASCII-uppercase form.
 
 use pylon_plugin_sdk::{
-    Needs, Plugin, Request, RequestAction, Response, ResponseEdits, config, export_plugin,
+    Needs, Plugin, ReadRequest, Request, RequestAction, Response, ResponseEdits, ResponseView,
+    config, export_plugin,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -62,18 +63,22 @@ impl Plugin for Inspector {
         Ok((Inspector(config), needs))
     }
 
-    fn on_request(&mut self, req: Request) -> RequestAction {
+    fn on_request(&mut self, req: &Request) -> RequestAction {
         if !self.0.respond {
             return RequestAction::proceed();
         }
-        Response::json(200, &describe(&req, self.0.want_body)).into()
+        Response::json(200, &describe(req, self.0.want_body)).into()
     }
 
-    fn on_response(&mut self, req: Request, resp: Response) -> ResponseEdits {
+    fn on_response(&mut self, req: &Request, resp: &ResponseView) -> ResponseEdits {
         let mut edits = ResponseEdits::new()
-            .set_header("x-inspector-saw-status", resp.status.to_string())
+            .set_header("x-inspector-saw-status", resp.status().to_string())
             .set_header("x-inspector-saw-path", req.path_and_query());
-        if let (true, Some(body)) = (self.0.uppercase_response_body, resp.body) {
+        // Fetch the body only when rewriting it (without `response-body`
+        // the host hands none anyway).
+        if self.0.uppercase_response_body
+            && let Some(body) = resp.body()
+        {
             edits = edits.with_body(body.to_ascii_uppercase());
         }
         edits
@@ -82,28 +87,27 @@ impl Plugin for Inspector {
 
 export_plugin!(Inspector);
 
+/// Reads every part of the request once, through the accessors.
 fn describe(req: &Request, want_body: bool) -> Value {
     let headers: Vec<Value> = req
-        .headers
+        .headers()
         .iter()
         .map(|h| json!([h.name, bytes(&h.value)]))
         .collect();
-    let params: Vec<Value> = req.params.iter().map(|(k, v)| json!([k, v])).collect();
+    let params: Vec<Value> = req.params().iter().map(|(k, v)| json!([k, v])).collect();
+    let body = req.body();
     let mut out = Map::new();
-    out.insert("route".into(), json!(req.route));
-    out.insert("method".into(), json!(req.method));
-    out.insert("path".into(), json!(req.path));
-    out.insert("query".into(), json!(req.query));
+    out.insert("route".into(), json!(req.route()));
+    out.insert("method".into(), json!(req.method()));
+    out.insert("path".into(), json!(req.path()));
+    out.insert("query".into(), json!(req.query()));
     out.insert("headers".into(), Value::Array(headers));
-    out.insert("client_addr".into(), json!(req.client_addr));
-    out.insert("scheme".into(), json!(req.scheme));
+    out.insert("client_addr".into(), json!(req.client_addr()));
+    out.insert("scheme".into(), json!(req.scheme()));
     out.insert("params".into(), Value::Array(params));
-    out.insert("body_len".into(), json!(req.body.as_ref().map(Vec::len)));
+    out.insert("body_len".into(), json!(body.as_ref().map(Vec::len)));
     if want_body {
-        out.insert(
-            "body".into(),
-            req.body.as_deref().map_or(Value::Null, bytes),
-        );
+        out.insert("body".into(), body.as_deref().map_or(Value::Null, bytes));
     }
     Value::Object(out)
 }

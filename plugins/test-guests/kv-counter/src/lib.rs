@@ -15,7 +15,7 @@ impl Plugin for KvCounter {
         Ok((KvCounter, Needs::none()))
     }
 
-    fn on_request(&mut self, _req: Request) -> RequestAction {
+    fn on_request(&mut self, _req: &Request) -> RequestAction {
         match kv::incr("hits", 1, None) {
             Ok(n) => Response::text(200, n.to_string()).into(),
             Err(e) => {

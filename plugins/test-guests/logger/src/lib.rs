@@ -17,7 +17,9 @@ impl Plugin for Logger {
         Ok((Logger, Needs::none()))
     }
 
-    fn on_request(&mut self, req: Request) -> RequestAction {
+    fn on_request(&mut self, req: &Request) -> RequestAction {
+        // Each accessor asks the host: read once, before the timed part.
+        let (method, path) = (req.method(), req.path());
         let start = clock::monotonic_ns();
         let levels = [
             (Level::Trace, "trace"),
@@ -27,10 +29,7 @@ impl Plugin for Logger {
             (Level::Error, "error"),
         ];
         for (level, name) in levels {
-            log::log(
-                level,
-                &format!("logger: {name} {} {}", req.method, req.path),
-            );
+            log::log(level, &format!("logger: {name} {method} {path}"));
         }
         let now = clock::now_ms();
         let elapsed = clock::monotonic_ns().saturating_sub(start);

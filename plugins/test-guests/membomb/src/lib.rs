@@ -27,7 +27,7 @@ impl Plugin for Membomb {
         Ok((Membomb { mib }, Needs::none()))
     }
 
-    fn on_request(&mut self, _req: Request) -> RequestAction {
+    fn on_request(&mut self, _req: &Request) -> RequestAction {
         let mut blocks: Vec<Vec<u8>> = Vec::new();
         while self.mib.is_none_or(|limit| (blocks.len() as u64) < limit) {
             let mut block = vec![0u8; MIB];

@@ -33,7 +33,7 @@ impl Plugin for Memo {
         Ok((Memo { served: 0, trap_at }, Needs::none()))
     }
 
-    fn on_request(&mut self, _req: Request) -> RequestAction {
+    fn on_request(&mut self, _req: &Request) -> RequestAction {
         self.served += 1;
         if self.trap_at == Some(self.served) {
             panic!("memo guest: deliberate trap at request {}", self.served);

@@ -11,7 +11,7 @@ impl Plugin for Spin {
         Ok((Spin, Needs::none()))
     }
 
-    fn on_request(&mut self, _req: Request) -> RequestAction {
+    fn on_request(&mut self, _req: &Request) -> RequestAction {
         let mut n: u64 = 0;
         loop {
             // black_box keeps the loop from being folded away.

@@ -8,7 +8,7 @@
 //! response phase is requested.
 
 use pylon_plugin_sdk::{
-    Needs, Plugin, Request, RequestAction, Response, ResponseEdits, config, export_plugin,
+    Needs, Plugin, Request, RequestAction, ResponseEdits, ResponseView, config, export_plugin,
 };
 use serde::Deserialize;
 
@@ -63,14 +63,14 @@ impl Plugin for Trap {
         Ok((Trap { phase, how }, needs))
     }
 
-    fn on_request(&mut self, _req: Request) -> RequestAction {
+    fn on_request(&mut self, _req: &Request) -> RequestAction {
         if self.phase == Phase::Request {
             trap(self.how, "on-request");
         }
         RequestAction::proceed()
     }
 
-    fn on_response(&mut self, _req: Request, _resp: Response) -> ResponseEdits {
+    fn on_response(&mut self, _req: &Request, _resp: &ResponseView) -> ResponseEdits {
         trap(self.how, "on-response")
     }
 }
