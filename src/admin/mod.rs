@@ -8,7 +8,7 @@
 //! | `GET /admin/ready` | 200 once the configuration is loaded and listeners are bound, 503 otherwise (and while shutting down) |
 //! | `GET /admin/routes` | the routes in force, in match order |
 //! | `GET /admin/upstreams` | the upstreams and their targets |
-//! | `GET /admin/plugins` | each component: file, sha256, load time, origin, stats |
+//! | `GET /admin/plugins` | each component: file, sha256, contract version, load time, origin, stats |
 //! | `POST /admin/reload` | reload from the configuration file: 200 with what changed, or 422 with every problem (the old configuration keeps serving) |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
 //!
@@ -238,6 +238,7 @@ fn plugins(reloader: &Reloader) -> Value {
                 "name": c.name(),
                 "component": def.component.display().to_string(),
                 "sha256": c.sha256_hex(),
+                "contract": c.contract().as_str(),
                 "loaded_at": time(c.loaded_at()),
                 "origin": match c.origin() {
                     CompileOrigin::Compiled => "compiled",

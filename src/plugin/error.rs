@@ -47,8 +47,8 @@ pub enum PluginLoadError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The component does not export `pylon:plugin/guest@0.1.x` with the
-    /// expected functions.
+    /// The component does not export `pylon:plugin/guest` at a contract
+    /// version the host serves, or not with the expected functions.
     #[error("plugin \"{plugin}\": {} is not a pylon plugin: {detail}", path.display())]
     NotAPlugin {
         /// The plugin's name.

@@ -12,6 +12,11 @@
 //! Every call — instantiation included — gets a fresh epoch deadline (so
 //! nothing carries over between requests) and a tokio timeout of the same
 //! length that bounds host awaits (kv, http) as well.
+//!
+//! An instance speaks the contract version its component exports: 0.3.0
+//! hooks get the request and response lent through `host::exchange`; 0.2.0
+//! hooks get them as records (`compat`), and what they return is converted
+//! to 0.3.0 types, so both go through the same validation.
 
 use std::{
     sync::{Arc, Mutex},
@@ -22,10 +27,11 @@ use async_trait::async_trait;
 use wasmtime::{Store, Trap};
 
 use super::{
-    CompiledPlugin,
-    bindings::exports::pylon::plugin::guest::Guest,
+    CompiledPlugin, bindings, bindings_v0_2,
+    compat::{RequestParts, ResponseParts},
     convert::{self, Validate},
     engine::{EpochTicker, deadline_ticks},
+    runtime::GuestPre,
     state::{GuestContext, HostState},
     stats::PluginStats,
 };
@@ -63,6 +69,12 @@ pub(crate) struct Instance {
     guest: Guest,
 }
 
+/// An instance's `guest` export, in the contract version it speaks.
+enum Guest {
+    V0_3(bindings::exports::pylon::plugin::guest::Guest),
+    V0_2(bindings_v0_2::exports::pylon::plugin::guest::Guest),
+}
+
 /// A `configure` that ran: the plugin's answer to its config.
 pub(crate) type ConfigureResult = Result<Needs, String>;
 
@@ -82,16 +94,25 @@ impl Instance {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(deadline));
         policy.stats.record_instantiation();
-        let result = policy
-            .bounded(deadline, compiled.pre().instantiate_async(&mut store))
-            .await;
+        let instantiate = async {
+            wasmtime::Result::Ok(match compiled.pre() {
+                GuestPre::V0_3(pre) => Guest::V0_3(
+                    pre.instantiate_async(&mut store)
+                        .await?
+                        .pylon_plugin_guest()
+                        .clone(),
+                ),
+                GuestPre::V0_2(pre) => Guest::V0_2(
+                    pre.instantiate_async(&mut store)
+                        .await?
+                        .pylon_plugin_guest()
+                        .clone(),
+                ),
+            })
+        };
+        let result = policy.bounded(deadline, instantiate).await;
         let err = match result {
-            Ok(Ok(bindings)) => {
-                return Ok(Self {
-                    guest: bindings.pylon_plugin_guest().clone(),
-                    store,
-                });
-            }
+            Ok(Ok(guest)) => return Ok(Self { store, guest }),
             Ok(Err(err)) => classify(policy, &store, deadline, err),
             Err(_elapsed) => deadline_error(policy, deadline),
         };
@@ -106,32 +127,6 @@ impl Instance {
         Err(err)
     }
 
-    /// Arm the store for one call: a fresh deadline, no memory refusal yet.
-    fn arm(&mut self, deadline: Duration) -> Instant {
-        self.store.set_epoch_deadline(deadline_ticks(deadline));
-        self.store.data_mut().limiter.reset_denied();
-        Instant::now()
-    }
-
-    /// Account for a finished call and turn its failure into a [`PluginError`].
-    fn finish<R>(
-        &self,
-        policy: &CallPolicy,
-        deadline: Duration,
-        started: Instant,
-        result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
-    ) -> Result<R, PluginError> {
-        let result = match result {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(err)) => Err(classify(policy, &self.store, deadline, err)),
-            Err(_elapsed) => Err(deadline_error(policy, deadline)),
-        };
-        policy
-            .stats
-            .record_call(started.elapsed(), result.as_ref().err());
-        result
-    }
-
     /// Call `configure`.
     pub(crate) async fn configure(
         &mut self,
@@ -139,40 +134,59 @@ impl Instance {
         deadline: Duration,
         config_json: &str,
     ) -> Result<ConfigureResult, PluginError> {
-        let started = self.arm(deadline);
-        let result = policy
-            .bounded(
-                deadline,
-                self.guest.call_configure(&mut self.store, config_json),
-            )
-            .await;
-        let answer = self.finish(policy, deadline, started, result)?;
+        let Self { store, guest } = self;
+        let started = arm(store, deadline);
+        let call = async {
+            match guest {
+                Guest::V0_3(guest) => guest.call_configure(&mut *store, config_json).await,
+                Guest::V0_2(guest) => Ok(guest
+                    .call_configure(&mut *store, config_json)
+                    .await?
+                    .map(Into::into)),
+            }
+        };
+        let result = policy.bounded(deadline, call).await;
+        let answer = finish(store, policy, deadline, started, result)?;
         Ok(answer.map(convert::needs_from_wit))
     }
 
-    /// The request phase. `req` is lent to the store for the call (see
-    /// `host::exchange`) and is back in place when this returns, whatever
-    /// the outcome; only a cancelled call leaves it behind, with the request.
+    /// The request phase. For 0.3.0, `req` is lent to the store for the call
+    /// (see `host::exchange`) and is back in place when this returns,
+    /// whatever the outcome; only a cancelled call leaves it behind, with the
+    /// request. For 0.2.0 it is only read, into the record the guest gets.
     async fn on_request(
         &mut self,
         policy: &CallPolicy,
         needs: Needs,
         req: &mut PluginRequest,
     ) -> Result<RequestAction, PluginError> {
-        let handle = self
-            .store
-            .data_mut()
-            .exchange
-            .lend_request(req, needs.request_body);
-        let started = self.arm(policy.deadline);
-        let result = policy
-            .bounded(
-                policy.deadline,
-                self.guest.call_on_request(&mut self.store, handle),
-            )
-            .await;
-        self.store.data_mut().exchange.give_back(req, None);
-        let action = self.finish(policy, policy.deadline, started, result)?;
+        let Self { store, guest } = self;
+        let deadline = policy.deadline;
+        let action = match guest {
+            Guest::V0_3(guest) => {
+                let handle = store
+                    .data_mut()
+                    .exchange
+                    .lend_request(req, needs.request_body);
+                let started = arm(store, deadline);
+                let result = policy
+                    .bounded(deadline, guest.call_on_request(&mut *store, handle))
+                    .await;
+                store.data_mut().exchange.give_back(req, None);
+                finish(store, policy, deadline, started, result)?
+            }
+            Guest::V0_2(guest) => {
+                let parts = RequestParts::new(req, needs.request_body);
+                let started = arm(store, deadline);
+                let result = policy
+                    .bounded(
+                        deadline,
+                        guest.call_on_request(&mut *store, parts.request()),
+                    )
+                    .await;
+                finish(store, policy, deadline, started, result)?.into()
+            }
+        };
         Validate {
             plugin: &policy.plugin,
         }
@@ -180,7 +194,8 @@ impl Instance {
         .inspect_err(|e| policy.stats.record_error(e))
     }
 
-    /// The response phase; `req` and `resp` are lent as in `on_request`.
+    /// The response phase; `req` and `resp` are lent (0.3.0) or read (0.2.0)
+    /// as in `on_request`.
     async fn on_response(
         &mut self,
         policy: &CallPolicy,
@@ -188,25 +203,72 @@ impl Instance {
         req: &mut PluginRequest,
         resp: &mut PluginResponse,
     ) -> Result<ResponseEdits, PluginError> {
-        let exchange = &mut self.store.data_mut().exchange;
-        let req_handle = exchange.lend_request(req, needs.request_body);
-        let resp_handle = exchange.lend_response(resp, needs.response_body);
-        let started = self.arm(policy.deadline);
-        let result = policy
-            .bounded(
-                policy.deadline,
-                self.guest
-                    .call_on_response(&mut self.store, req_handle, resp_handle),
-            )
-            .await;
-        self.store.data_mut().exchange.give_back(req, Some(resp));
-        let edits = self.finish(policy, policy.deadline, started, result)?;
+        let Self { store, guest } = self;
+        let deadline = policy.deadline;
+        let edits = match guest {
+            Guest::V0_3(guest) => {
+                let exchange = &mut store.data_mut().exchange;
+                let req_handle = exchange.lend_request(req, needs.request_body);
+                let resp_handle = exchange.lend_response(resp, needs.response_body);
+                let started = arm(store, deadline);
+                let result = policy
+                    .bounded(
+                        deadline,
+                        guest.call_on_response(&mut *store, req_handle, resp_handle),
+                    )
+                    .await;
+                store.data_mut().exchange.give_back(req, Some(resp));
+                finish(store, policy, deadline, started, result)?
+            }
+            Guest::V0_2(guest) => {
+                let req_parts = RequestParts::new(req, needs.request_body);
+                let resp_parts = ResponseParts::new(resp, needs.response_body);
+                let started = arm(store, deadline);
+                let result = policy
+                    .bounded(
+                        deadline,
+                        guest.call_on_response(
+                            &mut *store,
+                            req_parts.request(),
+                            resp_parts.response(),
+                        ),
+                    )
+                    .await;
+                finish(store, policy, deadline, started, result)?.into()
+            }
+        };
         Validate {
             plugin: &policy.plugin,
         }
         .response_edits(edits)
         .inspect_err(|e| policy.stats.record_error(e))
     }
+}
+
+/// Arm a store for one call: a fresh deadline, no memory refusal yet.
+fn arm(store: &mut Store<HostState>, deadline: Duration) -> Instant {
+    store.set_epoch_deadline(deadline_ticks(deadline));
+    store.data_mut().limiter.reset_denied();
+    Instant::now()
+}
+
+/// Account for a finished call and turn its failure into a [`PluginError`].
+fn finish<R>(
+    store: &Store<HostState>,
+    policy: &CallPolicy,
+    deadline: Duration,
+    started: Instant,
+    result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+) -> Result<R, PluginError> {
+    let result = match result {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(err)) => Err(classify(policy, store, deadline, err)),
+        Err(_elapsed) => Err(deadline_error(policy, deadline)),
+    };
+    policy
+        .stats
+        .record_call(started.elapsed(), result.as_ref().err());
+    result
 }
 
 /// Classify a failed call by what wasmtime and the limiter report (never

@@ -2,6 +2,9 @@
 //! [`crate::pipeline::Plugin`].
 //!
 //! - `bindings`: the `pylon:plugin` WIT contract as Rust types;
+//!   `bindings_v0_2` the same for the previous contract version, 0.2.0;
+//! - `compat`: 0.2.0 served on top of 0.3.0 (records built for its hooks,
+//!   its types converted to the current ones);
 //! - `engine`: the one `Engine` (pooling allocator, epoch ticker) and the
 //!   compile caches (memory and disk);
 //! - `runtime`: [`PluginRuntime`] — compile, configure, stats;
@@ -18,6 +21,8 @@
 //! instance from the pool.
 
 mod bindings;
+mod bindings_v0_2;
+mod compat;
 mod convert;
 mod engine;
 mod error;
@@ -33,7 +38,7 @@ pub use host::{
     CapabilityDenied,
     http::{MAX_SEND_ALL, OutboundError, OutboundHttp},
 };
-pub use runtime::{CacheStats, CompiledPlugin, HostServices, PluginRuntime};
+pub use runtime::{CacheStats, CompiledPlugin, ContractVersion, HostServices, PluginRuntime};
 pub use stats::{LATENCY_BUCKETS_US, PluginStatsSnapshot};
 
 /// An error with its whole `source` chain, `a: b: c`, for the places where

@@ -1,6 +1,7 @@
 //! [`PluginRuntime`]: the engine, linkers, compile caches and stats shared
 //! by every plugin of the process; [`CompiledPlugin`]: one plugin definition
-//! compiled and pre-instantiated, ready to be configured on routes.
+//! compiled and pre-instantiated, ready to be configured on routes;
+//! [`ContractVersion`]: the versions of the plugin contract the host serves.
 
 use std::{
     collections::BTreeMap,
@@ -12,8 +13,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, component::Linker};
 
 use super::{
-    PluginLoadError,
-    bindings::PluginPre,
+    PluginLoadError, bindings, bindings_v0_2,
     engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
     host,
     instance::{CallPolicy, Instance, WasmPlugin},
@@ -25,8 +25,46 @@ use crate::{
     pipeline::Plugin,
 };
 
-/// The export every plugin must have, semver-compatibly.
-const GUEST_EXPORT: &str = "pylon:plugin/guest@0.3.0";
+/// A version of the `pylon:plugin` contract the host serves. A plugin is
+/// served under the version whose `guest` interface it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ContractVersion {
+    /// `pylon:plugin@0.3.0`, the current contract (`wit/plugin.wit`): the
+    /// hooks read the request and response through resources.
+    V0_3,
+    /// `pylon:plugin@0.2.0`, the previous one (`wit/compat/0.2.0`): the
+    /// hooks get the request and response as records copied whole.
+    V0_2,
+}
+
+impl ContractVersion {
+    /// Every version served, newest first (a component exporting several
+    /// is served under the newest).
+    pub const SUPPORTED: [Self; 2] = [Self::V0_3, Self::V0_2];
+
+    /// `0.3.0`, `0.2.0`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0_3 => "0.3.0",
+            Self::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The export a plugin of this version has (looked up semver-compatibly).
+    pub fn guest_export(self) -> &'static str {
+        match self {
+            Self::V0_3 => "pylon:plugin/guest@0.3.0",
+            Self::V0_2 => "pylon:plugin/guest@0.2.0",
+        }
+    }
+}
+
+impl std::fmt::Display for ContractVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Calls at load time (instantiate + `configure`) get at least this long:
 /// the first instantiation of a large component touches cold pages.
@@ -41,7 +79,8 @@ pub struct PluginRuntime {
 
 struct RuntimeInner {
     engine: Engine,
-    /// Linker for components that import nothing but `pylon:plugin`.
+    /// Linker for components that import nothing but `pylon:plugin` (of
+    /// every contract version served).
     plain: Linker<HostState>,
     /// The same plus WASI, for components that import `wasi:*`.
     with_wasi: Linker<HostState>,
@@ -81,7 +120,7 @@ pub struct CompiledPlugin {
     loaded_at: SystemTime,
     origin: CompileOrigin,
     uses_wasi: bool,
-    pre: PluginPre<HostState>,
+    pre: GuestPre,
     stats: Arc<PluginStats>,
     // Keeps the in-memory cache entry alive while this plugin is loaded.
     _component: Arc<CachedComponent>,
@@ -121,13 +160,31 @@ impl CompiledPlugin {
         self.uses_wasi
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        self.pre.engine()
+    /// The contract version it is served under.
+    pub fn contract(&self) -> ContractVersion {
+        match self.pre {
+            GuestPre::V0_3(_) => ContractVersion::V0_3,
+            GuestPre::V0_2(_) => ContractVersion::V0_2,
+        }
     }
 
-    pub(crate) fn pre(&self) -> &PluginPre<HostState> {
+    pub(crate) fn engine(&self) -> &Engine {
+        match &self.pre {
+            GuestPre::V0_3(pre) => pre.engine(),
+            GuestPre::V0_2(pre) => pre.engine(),
+        }
+    }
+
+    pub(crate) fn pre(&self) -> &GuestPre {
         &self.pre
     }
+}
+
+/// A component pre-instantiated with the bindings of the contract version
+/// it exports.
+pub(crate) enum GuestPre {
+    V0_3(bindings::PluginPre<HostState>),
+    V0_2(bindings_v0_2::PluginPre<HostState>),
 }
 
 impl std::fmt::Debug for CompiledPlugin {
@@ -137,6 +194,7 @@ impl std::fmt::Debug for CompiledPlugin {
             .field("sha256", &self.sha256_hex)
             .field("origin", &self.origin)
             .field("uses_wasi", &self.uses_wasi)
+            .field("contract", &self.contract())
             .finish_non_exhaustive()
     }
 }
@@ -204,13 +262,22 @@ impl PluginRuntime {
         let component = &cached.component;
         let ty = component.component_type();
 
-        let exports: Vec<&str> = ty.exports(&rt.engine).map(|(name, _)| name).collect();
-        if component.get_export_index(None, GUEST_EXPORT).is_none() {
+        let version = ContractVersion::SUPPORTED
+            .into_iter()
+            .find(|v| component.get_export_index(None, v.guest_export()).is_some());
+        let Some(version) = version else {
+            let supported: Vec<String> = ContractVersion::SUPPORTED
+                .iter()
+                .map(|v| format!("`{}`", v.guest_export()))
+                .collect();
+            let exports: Vec<&str> = ty.exports(&rt.engine).map(|(name, _)| name).collect();
             return Err(PluginLoadError::NotAPlugin {
                 plugin: plugin(),
                 path: path(),
                 detail: format!(
-                    "it does not export `{GUEST_EXPORT}` (exports: {})",
+                    "it exports neither {} (the contract versions this host serves); \
+                     its exports: {}",
+                    supported.join(" nor "),
                     if exports.is_empty() {
                         "none".to_owned()
                     } else {
@@ -218,7 +285,7 @@ impl PluginRuntime {
                     }
                 ),
             });
-        }
+        };
 
         let uses_wasi = ty
             .imports(&rt.engine)
@@ -230,11 +297,21 @@ impl PluginRuntime {
                 plugin: plugin(),
                 source: source.into_boxed_dyn_error(),
             })?;
-        let pre = PluginPre::new(pre).map_err(|err| PluginLoadError::NotAPlugin {
+        let pre = match version {
+            ContractVersion::V0_3 => bindings::PluginPre::new(pre).map(GuestPre::V0_3),
+            ContractVersion::V0_2 => bindings_v0_2::PluginPre::new(pre).map(GuestPre::V0_2),
+        }
+        .map_err(|err| PluginLoadError::NotAPlugin {
             plugin: plugin(),
             path: path(),
             detail: format!("{err:#}"),
         })?;
+        tracing::info!(
+            plugin = %def.name,
+            component = %def.component.display(),
+            contract = version.as_str(),
+            "plugin component ready"
+        );
 
         Ok(Arc::new(CompiledPlugin {
             def: def.clone(),

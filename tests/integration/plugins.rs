@@ -1,5 +1,6 @@
 //! Plugins through the running gateway: each decision of the contract,
-//! failure policies, the sandbox limits, and a non-Rust plugin.
+//! failure policies, the sandbox limits, a non-Rust plugin, and a plugin
+//! built against the previous contract (0.2.0).
 
 use std::time::{Duration, Instant};
 
@@ -576,4 +577,92 @@ async fn http2_requests_show_plugins_a_host_header() {
         .find(|h| h[0] == "host")
         .expect("host header");
     assert_eq!(host[1], gw.addr.to_string());
+}
+
+#[tokio::test]
+async fn legacy_v0_2_plugin_runs_in_the_same_pipeline_as_current_ones() {
+    let up = Upstream::with(|_| async {
+        Response::builder()
+            .status(201)
+            .body(Full::new(Bytes::from_static(b"made")))
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(
+        &up,
+        &(def(
+            "legacy",
+            "legacy-v0-2",
+            "capabilities = [\"kv\", \"http\"]\nhttp-upstreams = [\"u\"]",
+        ) + &def("h", "headers", "")),
+        r#"
+[[routes.plugins]]
+plugin = "legacy"
+config = { fetch = "u" }
+
+[[routes.plugins]]
+plugin = "h"
+config = { request = { set = { "x-step" = "current" } }, response = { set = { "x-order" = "h" } } }
+"#,
+    )
+    .await;
+    let contracts: Vec<_> = gw
+        .gateway
+        .runtime()
+        .components()
+        .iter()
+        .map(|c| (c.name().to_owned(), c.contract().as_str()))
+        .collect();
+    assert_eq!(
+        contracts,
+        [("h".to_owned(), "0.3.0"), ("legacy".to_owned(), "0.2.0")]
+    );
+
+    for hits in ["1", "2"] {
+        let r = client()
+            .get(gw.url("/items/42?full=1"))
+            .header("user-agent", "legacy-client/1.0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["x-order"], "h");
+        assert_eq!(r.headers()["x-legacy-status"], "201");
+        assert_eq!(r.headers()["x-legacy-saw-path"], "/items/42");
+        assert_eq!(r.headers()["x-legacy-early"], "1");
+        assert_eq!(r.text().await.unwrap(), "made");
+
+        let seen = up.last();
+        assert_eq!(seen.uri.path(), "/items/42");
+        assert_eq!(seen.uri.query(), Some("full=1"));
+        assert_eq!(seen.headers["x-legacy-path"], "/items/42");
+        assert_eq!(seen.headers["x-legacy-agent"], "legacy-client/1.0");
+        assert_eq!(seen.headers["x-legacy-hits"], hits);
+        assert_eq!(seen.headers["x-legacy-fetch"], "201");
+        assert_eq!(seen.headers["x-step"], "current");
+    }
+    let fetched = up
+        .seen()
+        .iter()
+        .filter(|s| s.uri.path() == "/legacy-fetch")
+        .count();
+    assert_eq!(
+        fetched, 2,
+        "the plugin's outbound calls reached the upstream"
+    );
+
+    let before = up.seen().len();
+    let r = client()
+        .get(gw.url("/items/9"))
+        .header("x-legacy-respond", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "legacy-v0-2 answered /items/9");
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "a response from the plugin skips the upstream"
+    );
 }

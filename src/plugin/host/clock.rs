@@ -1,6 +1,7 @@
 //! `pylon:plugin/clock`: wall time in milliseconds and a monotonic clock in
 //! nanoseconds (from a process-wide origin, so it never goes backwards even
-//! across instances).
+//! across instances). Serves `clock` of every contract version the host
+//! serves (0.3.0, 0.2.0).
 
 use std::{
     sync::OnceLock,
@@ -12,6 +13,7 @@ use wasmtime::component::{HasData, Linker};
 use super::CapabilityDenied;
 use crate::plugin::{
     bindings::pylon::plugin::clock,
+    bindings_v0_2::pylon::plugin::clock as clock_v0_2,
     state::{GuestContext, HostState},
 };
 
@@ -27,7 +29,8 @@ impl HasData for ClockData {
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    clock::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })
+    clock::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })?;
+    clock_v0_2::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })
 }
 
 impl ClockView<'_> {
@@ -42,10 +45,9 @@ impl ClockView<'_> {
             }))
         }
     }
-}
 
-impl clock::Host for ClockView<'_> {
-    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+    /// `now-ms`, whatever the contract version.
+    fn wall_ms(&self) -> wasmtime::Result<u64> {
         self.check()?;
         // A clock before 1970 reads as 0 rather than failing the plugin.
         let ms = SystemTime::now()
@@ -54,10 +56,31 @@ impl clock::Host for ClockView<'_> {
         Ok(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 
-    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+    /// `monotonic-ns`, whatever the contract version.
+    fn monotonic(&self) -> wasmtime::Result<u64> {
         self.check()?;
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
         let ns = ORIGIN.get_or_init(Instant::now).elapsed().as_nanos();
         Ok(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+}
+
+impl clock::Host for ClockView<'_> {
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        self.wall_ms()
+    }
+
+    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+        self.monotonic()
+    }
+}
+
+impl clock_v0_2::Host for ClockView<'_> {
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        self.wall_ms()
+    }
+
+    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+        self.monotonic()
     }
 }

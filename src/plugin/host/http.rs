@@ -4,7 +4,8 @@
 //! The transport is the [`OutboundHttp`] trait, implemented by the gateway
 //! over its upstream pools (and by fakes in tests). `send-all` runs its
 //! requests concurrently on the calling task (`join_all`): the guest waits
-//! for all of them while the host thread serves other work.
+//! for all of them while the host thread serves other work. Serves
+//! `http-client` of every contract version the host serves (0.3.0, 0.2.0).
 
 use std::time::Duration;
 
@@ -19,7 +20,9 @@ use crate::plugin::{
         http_client::{self, HttpError, OutboundRequest},
         types::{Header, Response},
     },
+    bindings_v0_2::pylon::plugin::http_client as http_v0_2,
     chain,
+    compat::each,
     state::HostState,
 };
 
@@ -89,10 +92,16 @@ impl HasData for HttpData {
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    http_client::add_to_linker::<HostState, HttpData>(linker, |s| HttpView {
+    http_client::add_to_linker::<HostState, HttpData>(linker, view)?;
+    http_v0_2::add_to_linker::<HostState, HttpData>(linker, view)
+}
+
+/// The view of `s` every version's import functions get.
+fn view(s: &mut HostState) -> HttpView<'_> {
+    HttpView {
         allowed: &s.ctx.grants.http_upstreams,
         client: &*s.ctx.services.http,
-    })
+    }
 }
 
 impl http_client::Host for HttpView<'_> {
@@ -104,21 +113,50 @@ impl http_client::Host for HttpView<'_> {
         &mut self,
         requests: Vec<OutboundRequest>,
     ) -> Vec<Result<Response, HttpError>> {
-        if requests.len() > MAX_SEND_ALL {
-            let err = format!("send-all accepts at most {MAX_SEND_ALL} requests");
-            return requests
-                .iter()
-                .map(|_| Err(HttpError::Invalid(err.clone())))
-                .collect();
-        }
-        let (allowed, client) = (self.allowed, self.client);
-        join_all(
-            requests
-                .into_iter()
-                .map(|request| send_one(allowed, client, request)),
-        )
-        .await
+        send_many(self.allowed, self.client, requests).await
     }
+}
+
+impl http_v0_2::Host for HttpView<'_> {
+    async fn send(
+        &mut self,
+        request: http_v0_2::OutboundRequest,
+    ) -> Result<http_v0_2::Response, http_v0_2::HttpError> {
+        let response = send_one(self.allowed, self.client, request.into()).await?;
+        Ok(response.into())
+    }
+
+    async fn send_all(
+        &mut self,
+        requests: Vec<http_v0_2::OutboundRequest>,
+    ) -> Vec<Result<http_v0_2::Response, http_v0_2::HttpError>> {
+        send_many(self.allowed, self.client, each(requests))
+            .await
+            .into_iter()
+            .map(|result| result.map(Into::into).map_err(Into::into))
+            .collect()
+    }
+}
+
+/// `send-all`: every request at once, answers in request order.
+async fn send_many(
+    allowed: &[String],
+    client: &dyn OutboundHttp,
+    requests: Vec<OutboundRequest>,
+) -> Vec<Result<Response, HttpError>> {
+    if requests.len() > MAX_SEND_ALL {
+        let err = format!("send-all accepts at most {MAX_SEND_ALL} requests");
+        return requests
+            .iter()
+            .map(|_| Err(HttpError::Invalid(err.clone())))
+            .collect();
+    }
+    join_all(
+        requests
+            .into_iter()
+            .map(|request| send_one(allowed, client, request)),
+    )
+    .await
 }
 
 async fn send_one(

@@ -1,5 +1,6 @@
 //! `pylon:plugin/kv`: the gateway's [`KvStore`] with every key prefixed by
-//! `<plugin>:`, so plugins never see each other's keys.
+//! `<plugin>:`, so plugins never see each other's keys. Serves `kv` of every
+//! contract version the host serves (0.3.0, 0.2.0).
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use crate::{
     kv::{KvError, KvStore},
     plugin::{
         bindings::pylon::plugin::kv::{self, KvError as WitKvError},
+        bindings_v0_2::pylon::plugin::kv as kv_v0_2,
         chain,
         state::HostState,
     },
@@ -29,11 +31,17 @@ impl HasData for KvData {
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    kv::add_to_linker::<HostState, KvData>(linker, |s| KvView {
+    kv::add_to_linker::<HostState, KvData>(linker, view)?;
+    kv_v0_2::add_to_linker::<HostState, KvData>(linker, view)
+}
+
+/// The view of `s` every version's import functions get.
+fn view(s: &mut HostState) -> KvView<'_> {
+    KvView {
         granted: s.ctx.grants.kv,
         prefix: &s.ctx.kv_prefix,
         store: &*s.ctx.services.kv,
-    })
+    }
 }
 
 impl KvView<'_> {
@@ -56,15 +64,16 @@ fn to_wit(err: KvError) -> WitKvError {
     }
 }
 
-impl kv::Host for KvView<'_> {
-    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, WitKvError> {
+/// The operations, whatever the contract version.
+impl KvView<'_> {
+    async fn get_value(&self, key: String) -> Result<Option<Vec<u8>>, WitKvError> {
         let key = self.key(&key)?;
         let value = self.store.get(&key).await.map_err(to_wit)?;
         Ok(value.map(|v| v.to_vec()))
     }
 
-    async fn set(
-        &mut self,
+    async fn set_value(
+        &self,
         key: String,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
@@ -76,9 +85,36 @@ impl kv::Host for KvView<'_> {
             .map_err(to_wit)
     }
 
-    async fn delete(&mut self, key: String) -> Result<bool, WitKvError> {
+    async fn delete_key(&self, key: String) -> Result<bool, WitKvError> {
         let key = self.key(&key)?;
         self.store.delete(&key).await.map_err(to_wit)
+    }
+
+    async fn add(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, WitKvError> {
+        let key = self.key(&key)?;
+        self.store
+            .incr(&key, delta, ttl(ttl_ms))
+            .await
+            .map_err(to_wit)
+    }
+}
+
+impl kv::Host for KvView<'_> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, WitKvError> {
+        self.get_value(key).await
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), WitKvError> {
+        self.set_value(key, value, ttl_ms).await
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, WitKvError> {
+        self.delete_key(key).await
     }
 
     async fn incr(
@@ -87,10 +123,34 @@ impl kv::Host for KvView<'_> {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, WitKvError> {
-        let key = self.key(&key)?;
-        self.store
-            .incr(&key, delta, ttl(ttl_ms))
-            .await
-            .map_err(to_wit)
+        self.add(key, delta, ttl_ms).await
+    }
+}
+
+impl kv_v0_2::Host for KvView<'_> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv_v0_2::KvError> {
+        Ok(self.get_value(key).await?)
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), kv_v0_2::KvError> {
+        Ok(self.set_value(key, value, ttl_ms).await?)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, kv_v0_2::KvError> {
+        Ok(self.delete_key(key).await?)
+    }
+
+    async fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, kv_v0_2::KvError> {
+        Ok(self.add(key, delta, ttl_ms).await?)
     }
 }

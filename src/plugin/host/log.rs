@@ -1,11 +1,13 @@
 //! `pylon:plugin/log`: guest log lines become `tracing` events with `route`
 //! and `plugin` fields, under the target `pylon::plugin::guest`. Without the
 //! `log` grant, lines are dropped (a log line never fails a request).
+//! Serves `log` of every contract version the host serves (0.3.0, 0.2.0).
 
 use wasmtime::component::{HasData, Linker};
 
 use crate::plugin::{
     bindings::pylon::plugin::log::{self, Level},
+    bindings_v0_2::pylon::plugin::log as log_v0_2,
     state::{GuestContext, HostState},
 };
 
@@ -25,11 +27,27 @@ impl HasData for LogData {
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    log::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })
+    log::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })?;
+    log_v0_2::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })
 }
 
 impl log::Host for LogView<'_> {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.emit(level, &message);
+        Ok(())
+    }
+}
+
+impl log_v0_2::Host for LogView<'_> {
+    fn log(&mut self, level: log_v0_2::Level, message: String) -> wasmtime::Result<()> {
+        self.emit(level.into(), &message);
+        Ok(())
+    }
+}
+
+impl LogView<'_> {
+    /// One `log` call, whatever the contract version.
+    fn emit(&self, level: Level, message: &str) {
         let ctx = self.ctx;
         if !ctx.grants.log {
             // Dropped rather than trapped: a log line is never worth failing
@@ -39,9 +57,9 @@ impl log::Host for LogView<'_> {
                 plugin = &*ctx.plugin,
                 "log call dropped: `log` capability not granted"
             );
-            return Ok(());
+            return;
         }
-        let message = truncate(&message, MAX_MESSAGE_BYTES);
+        let message = truncate(message, MAX_MESSAGE_BYTES);
         let (route, plugin) = (&*ctx.route, &*ctx.plugin);
         match level {
             Level::Trace => {
@@ -60,7 +78,6 @@ impl log::Host for LogView<'_> {
                 tracing::error!(target: "pylon::plugin::guest", route, plugin, "{message}")
             }
         }
-        Ok(())
     }
 }
 

@@ -4,6 +4,10 @@
 //! that import it. Every capability is denied unless the plugin's grants say
 //! otherwise: `kv` and `http-client` answer `denied`, ungranted `log`
 //! lines are dropped, and `clock` traps with [`CapabilityDenied`].
+//!
+//! Each file serves its interface for every contract version the host
+//! serves (0.3.0 and 0.2.0, see `crate::plugin::compat`): one
+//! implementation, written against 0.3.0, behind both generated traits.
 
 pub(crate) mod clock;
 pub(crate) mod exchange;
@@ -14,7 +18,10 @@ pub(crate) mod wasi;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{bindings::pylon::plugin::types, state::HostState};
+use super::{
+    bindings::pylon::plugin::types, bindings_v0_2::pylon::plugin::types as types_v0_2,
+    state::HostState,
+};
 
 /// A plugin called a trapping capability (`clock`) it was not granted.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +35,14 @@ pub struct CapabilityDenied {
     pub capability: &'static str,
 }
 
-/// Add the `pylon:plugin` imports (all of them: grants are checked per
-/// call, so one linker serves every plugin).
+// 0.2.0's `types` holds records only: there is nothing to serve.
+impl types_v0_2::Host for HostState {}
+
+/// Add the `pylon:plugin` imports of every contract version served (all of
+/// them: grants are checked per call, so one linker serves every plugin).
 pub(crate) fn add_plugin_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    types_v0_2::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     log::add_to_linker(linker)?;
     clock::add_to_linker(linker)?;
     kv::add_to_linker(linker)?;

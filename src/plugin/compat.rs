@@ -1,0 +1,413 @@
+//! The previous contract, `pylon:plugin@0.2.0`, served beside the current
+//! one (0.3.0) so plugins built against it keep loading.
+//!
+//! The two differ only in how the hooks receive the request and response:
+//! 0.2.0 copies them whole into the guest as records, built here from the
+//! host model (borrowed, as the 0.2.0 host did, so nothing is copied twice).
+//! Everything else — the imports, `needs`, the edits, the actions — is
+//! structurally identical, so the generated 0.2.0 types convert field by
+//! field into their 0.3.0 twins (and back, for import results). The logic
+//! itself exists once, written against 0.3.0: host capabilities in
+//! `crate::plugin::host`, output validation in `convert::Validate`.
+//!
+//! Not a place for behaviour: a 0.2.0 plugin must see exactly what a 0.3.0
+//! plugin sees, only in the older shape.
+
+use http::HeaderMap;
+
+use super::{
+    bindings::pylon::plugin as current, bindings_v0_2::pylon::plugin as v0_2,
+    convert::socket_addr_text,
+};
+use crate::pipeline::{PluginRequest, PluginResponse};
+
+/// Every item converted, in order.
+pub(crate) fn each<A: Into<B>, B>(items: Vec<A>) -> Vec<B> {
+    items.into_iter().map(Into::into).collect()
+}
+
+// ------------------------------------------------ host model -> 0.2.0 records
+
+/// Every header value, in order, repeated names once per value, borrowed.
+fn headers_param(map: &HeaderMap) -> Vec<v0_2::types::HeaderParam<'_>> {
+    map.iter()
+        .map(|(name, value)| v0_2::types::HeaderParam {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect()
+}
+
+/// The parts of a 0.2.0 `request` record that the host model does not hold
+/// in the borrowed form the guest call needs. The record borrows the rest
+/// straight from the [`PluginRequest`].
+pub(crate) struct RequestParts<'a> {
+    req: &'a PluginRequest,
+    headers: Vec<v0_2::types::HeaderParam<'a>>,
+    params: Vec<(&'a str, &'a str)>,
+    client_addr: String,
+    with_body: bool,
+}
+
+impl<'a> RequestParts<'a> {
+    /// Prepare `req` for the guest; the body only when the plugin asked.
+    pub(crate) fn new(req: &'a PluginRequest, with_body: bool) -> Self {
+        Self {
+            req,
+            headers: headers_param(&req.headers),
+            params: req
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            client_addr: socket_addr_text(req.client_addr),
+            with_body,
+        }
+    }
+
+    /// The request as a 0.2.0 guest sees it.
+    pub(crate) fn request(&self) -> v0_2::types::Request<'_> {
+        let req = self.req;
+        v0_2::types::Request {
+            route: &req.route,
+            method: req.method.as_str(),
+            path: &req.path,
+            query: req.query.as_deref(),
+            headers: &self.headers,
+            client_addr: &self.client_addr,
+            scheme: req.scheme,
+            params: &self.params,
+            body: req.body.as_deref().filter(|_| self.with_body),
+        }
+    }
+}
+
+/// The headers of a 0.2.0 `response` record, borrowed by [`ResponseParts::response`].
+pub(crate) struct ResponseParts<'a> {
+    resp: &'a PluginResponse,
+    headers: Vec<v0_2::types::HeaderParam<'a>>,
+    with_body: bool,
+}
+
+impl<'a> ResponseParts<'a> {
+    /// Prepare `resp` for the guest; the body only when the plugin asked.
+    pub(crate) fn new(resp: &'a PluginResponse, with_body: bool) -> Self {
+        Self {
+            resp,
+            headers: headers_param(&resp.headers),
+            with_body,
+        }
+    }
+
+    /// The response as a 0.2.0 guest sees it.
+    pub(crate) fn response(&self) -> v0_2::types::ResponseParam<'_> {
+        v0_2::types::ResponseParam {
+            status: self.resp.status.as_u16(),
+            headers: &self.headers,
+            body: self.resp.body.as_deref().filter(|_| self.with_body),
+        }
+    }
+}
+
+// ------------------------------------------- what a 0.2.0 guest returns -> 0.3.0
+
+impl From<v0_2::types::HeaderResult> for current::types::Header {
+    fn from(h: v0_2::types::HeaderResult) -> Self {
+        let v0_2::types::HeaderResult { name, value } = h;
+        Self { name, value }
+    }
+}
+
+impl From<v0_2::types::HeaderOp> for current::types::HeaderOp {
+    fn from(op: v0_2::types::HeaderOp) -> Self {
+        match op {
+            v0_2::types::HeaderOp::Set(h) => Self::Set(h.into()),
+            v0_2::types::HeaderOp::Append(h) => Self::Append(h.into()),
+            v0_2::types::HeaderOp::Remove(name) => Self::Remove(name),
+        }
+    }
+}
+
+impl From<v0_2::types::ResponseResult> for current::types::Response {
+    fn from(r: v0_2::types::ResponseResult) -> Self {
+        let v0_2::types::ResponseResult {
+            status,
+            headers,
+            body,
+        } = r;
+        Self {
+            status,
+            headers: each(headers),
+            body,
+        }
+    }
+}
+
+impl From<v0_2::types::RequestEdits> for current::types::RequestEdits {
+    fn from(e: v0_2::types::RequestEdits) -> Self {
+        let v0_2::types::RequestEdits {
+            headers,
+            path,
+            query,
+            upstream,
+            body,
+            response_headers,
+        } = e;
+        Self {
+            headers: each(headers),
+            path,
+            query,
+            upstream,
+            body,
+            response_headers: each(response_headers),
+        }
+    }
+}
+
+impl From<v0_2::types::RequestAction> for current::types::RequestAction {
+    fn from(a: v0_2::types::RequestAction) -> Self {
+        match a {
+            v0_2::types::RequestAction::Continue(edits) => Self::Continue(edits.into()),
+            v0_2::types::RequestAction::Respond(resp) => Self::Respond(resp.into()),
+        }
+    }
+}
+
+impl From<v0_2::types::ResponseEdits> for current::types::ResponseEdits {
+    fn from(e: v0_2::types::ResponseEdits) -> Self {
+        let v0_2::types::ResponseEdits {
+            status,
+            headers,
+            body,
+        } = e;
+        Self {
+            status,
+            headers: each(headers),
+            body,
+        }
+    }
+}
+
+impl From<v0_2::types::Needs> for current::types::Needs {
+    fn from(n: v0_2::types::Needs) -> Self {
+        let v0_2::types::Needs {
+            request_phase,
+            request_body,
+            response_phase,
+            response_body,
+        } = n;
+        Self {
+            request_phase,
+            request_body,
+            response_phase,
+            response_body,
+        }
+    }
+}
+
+// ------------------------------------------ import arguments 0.2.0 -> 0.3.0
+
+impl From<v0_2::log::Level> for current::log::Level {
+    fn from(level: v0_2::log::Level) -> Self {
+        match level {
+            v0_2::log::Level::Trace => Self::Trace,
+            v0_2::log::Level::Debug => Self::Debug,
+            v0_2::log::Level::Info => Self::Info,
+            v0_2::log::Level::Warn => Self::Warn,
+            v0_2::log::Level::Error => Self::Error,
+        }
+    }
+}
+
+impl From<v0_2::http_client::OutboundRequest> for current::http_client::OutboundRequest {
+    fn from(r: v0_2::http_client::OutboundRequest) -> Self {
+        let v0_2::http_client::OutboundRequest {
+            upstream,
+            method,
+            path_and_query,
+            headers,
+            body,
+            timeout_ms,
+        } = r;
+        Self {
+            upstream,
+            method,
+            path_and_query,
+            headers: each(headers),
+            body,
+            timeout_ms,
+        }
+    }
+}
+
+// -------------------------------------------- import results 0.3.0 -> 0.2.0
+
+impl From<current::types::Header> for v0_2::types::HeaderResult {
+    fn from(h: current::types::Header) -> Self {
+        let current::types::Header { name, value } = h;
+        Self { name, value }
+    }
+}
+
+impl From<current::types::Response> for v0_2::types::ResponseResult {
+    fn from(r: current::types::Response) -> Self {
+        let current::types::Response {
+            status,
+            headers,
+            body,
+        } = r;
+        Self {
+            status,
+            headers: each(headers),
+            body,
+        }
+    }
+}
+
+impl From<current::kv::KvError> for v0_2::kv::KvError {
+    fn from(e: current::kv::KvError) -> Self {
+        match e {
+            current::kv::KvError::Denied => Self::Denied,
+            current::kv::KvError::Unavailable(detail) => Self::Unavailable(detail),
+            current::kv::KvError::NotANumber => Self::NotANumber,
+        }
+    }
+}
+
+impl From<current::http_client::HttpError> for v0_2::http_client::HttpError {
+    fn from(e: current::http_client::HttpError) -> Self {
+        use current::http_client::HttpError as E;
+        match e {
+            E::Denied(upstream) => Self::Denied(upstream),
+            E::UnknownUpstream(upstream) => Self::UnknownUpstream(upstream),
+            E::Failed(detail) => Self::Failed(detail),
+            E::Timeout => Self::Timeout,
+            E::Invalid(detail) => Self::Invalid(detail),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, sync::Arc};
+
+    use bytes::Bytes;
+    use http::{HeaderValue, Method, StatusCode};
+
+    use super::*;
+    use crate::{
+        pipeline::{HeaderOp, PluginError, RequestAction},
+        plugin::convert::Validate,
+    };
+
+    fn request() -> PluginRequest {
+        let mut req = PluginRequest {
+            route: Arc::from("r"),
+            method: Method::POST,
+            path: "/a%20b".into(),
+            query: Some("x=1".into()),
+            headers: HeaderMap::new(),
+            client_addr: SocketAddr::from(([10, 0, 0, 1], 4000)),
+            scheme: "https",
+            params: vec![("id".into(), "7".into())],
+            body: Some(Bytes::from_static(b"hi")),
+        };
+        req.headers.append("x-a", HeaderValue::from_static("1"));
+        req.headers.append("x-a", HeaderValue::from_static("2"));
+        req.headers
+            .append("x-b", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        req
+    }
+
+    #[test]
+    fn request_record_holds_the_whole_request_and_the_body_only_when_asked() {
+        let req = request();
+        let parts = RequestParts::new(&req, false);
+        let r = parts.request();
+        assert_eq!(
+            (r.route, r.method, r.path, r.query, r.scheme),
+            ("r", "POST", "/a%20b", Some("x=1"), "https")
+        );
+        assert_eq!(r.client_addr, "10.0.0.1:4000");
+        assert_eq!(r.params, [("id", "7")]);
+        let headers: Vec<_> = r.headers.iter().map(|h| (h.name, h.value)).collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-a", &b"1"[..]),
+                ("x-a", &b"2"[..]),
+                ("x-b", &b"caf\xe9"[..])
+            ]
+        );
+        assert_eq!(r.body, None);
+        assert_eq!(
+            RequestParts::new(&req, true).request().body,
+            Some(&b"hi"[..])
+        );
+
+        let mut resp = PluginResponse::new(StatusCode::CREATED);
+        resp.body = Some(Bytes::from_static(b"out"));
+        assert_eq!(ResponseParts::new(&resp, false).response().body, None);
+        let parts = ResponseParts::new(&resp, true);
+        assert_eq!(parts.response().status, 201);
+        assert_eq!(parts.response().body, Some(&b"out"[..]));
+    }
+
+    #[test]
+    fn guest_output_converts_and_validates_as_0_3_0_output_does() {
+        let plugin: Arc<str> = Arc::from("legacy");
+        let v = Validate { plugin: &plugin };
+        let header = |name: &str, value: &[u8]| v0_2::types::HeaderResult {
+            name: name.into(),
+            value: value.to_vec(),
+        };
+        let edits = v0_2::types::RequestEdits {
+            headers: vec![
+                v0_2::types::HeaderOp::Set(header("x-a", b"1")),
+                v0_2::types::HeaderOp::Append(header("x-a", b"\xff")),
+                v0_2::types::HeaderOp::Remove("x-b".into()),
+            ],
+            path: Some("/new".into()),
+            query: Some("q=1".into()),
+            upstream: Some("other".into()),
+            body: Some(b"body".to_vec()),
+            response_headers: vec![v0_2::types::HeaderOp::Set(header("x-r", b"2"))],
+        };
+        let action = v0_2::types::RequestAction::Continue(edits);
+        let RequestAction::Continue(edits) = v.action(action.into()).unwrap() else {
+            panic!("continues");
+        };
+        assert_eq!(edits.headers.len(), 3);
+        assert!(
+            matches!(&edits.headers[1], HeaderOp::Append(n, v) if n == "x-a" && v.as_bytes() == b"\xff")
+        );
+        assert!(matches!(&edits.headers[2], HeaderOp::Remove(n) if n == "x-b"));
+        assert_eq!(edits.path.as_deref(), Some("/new"));
+        assert_eq!(edits.query.as_deref(), Some("q=1"));
+        assert_eq!(edits.upstream.as_deref(), Some("other"));
+        assert_eq!(edits.body.as_deref(), Some(&b"body"[..]));
+        assert_eq!(edits.response_headers.len(), 1);
+
+        let respond = v0_2::types::RequestAction::Respond(v0_2::types::ResponseResult {
+            status: 418,
+            headers: vec![header("x-c", b"3")],
+            body: None,
+        });
+        let RequestAction::Respond(resp) = v.action(respond.into()).unwrap() else {
+            panic!("responds");
+        };
+        assert_eq!(resp.status, StatusCode::IM_A_TEAPOT);
+        assert_eq!(resp.headers["x-c"], "3");
+        assert_eq!(resp.body.as_deref(), Some(&b""[..]));
+
+        let bad = v0_2::types::ResponseEdits {
+            status: Some(99),
+            headers: vec![],
+            body: None,
+        };
+        assert!(matches!(
+            v.response_edits(bad.into()),
+            Err(PluginError::InvalidOutput { what: "status", .. })
+        ));
+    }
+}
