@@ -751,6 +751,40 @@ async fn send_all_runs_requests_concurrently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_bounds_a_plugin_waiting_on_a_slow_upstream() {
+    // The epoch cannot interrupt a guest suspended in a host await; the
+    // call's own timer (armed only when it first waits) must.
+    let upstreams = Upstreams {
+        targets: HashMap::from([(
+            "slow".to_owned(),
+            slow_server("late", Duration::from_secs(3)).await,
+        )]),
+    };
+    let services = HostServices {
+        kv: Arc::new(MemoryKv::new()),
+        http: Arc::new(upstreams),
+    };
+    let rt = runtime();
+    let mut d = pooled(def("fanout", "fanout"), 2);
+    d.grants.http_upstreams = vec!["slow".into()];
+    d.deadline = Duration::from_millis(200);
+    let p = load(&rt, &d, "r", r#"{"upstreams": ["slow"]}"#, services)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let err = call(&p, &request("/")).await.unwrap_err();
+        let elapsed = started.elapsed();
+        assert!(matches!(err, PluginError::Deadline { .. }), "{err:?}");
+        assert!(
+            elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(1500),
+            "{elapsed:?}"
+        );
+    }
+    assert_eq!(stats(&rt, "fanout").deadline_hits, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspector_sees_the_request_without_loss() {
     let config = r#"{"want-body": true}"#;
     let (_rt, p) = loaded(&def("inspector", "inspector"), config).await;

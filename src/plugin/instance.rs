@@ -10,8 +10,9 @@
 //!   memory) is dropped, never reused.
 //!
 //! Every call — instantiation included — gets a fresh epoch deadline (so
-//! nothing carries over between requests) and a tokio timeout of the same
-//! length that bounds host awaits (kv, http) as well.
+//! nothing carries over between requests) and a timer of the same length,
+//! armed only if the call waits on a host await (kv, http), which bounds
+//! those waits as well.
 //!
 //! An instance speaks the contract version its component exports: 0.3.0
 //! hooks get the request and response lent through `host::exchange`; 0.2.0
@@ -19,7 +20,9 @@
 //! to 0.3.0 types, so both go through the same validation.
 
 use std::{
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -51,17 +54,35 @@ pub(crate) struct CallPolicy {
 }
 
 impl CallPolicy {
-    /// Run one call into Wasm: the epoch ticks while it runs, and a tokio
-    /// timeout of `deadline` bounds host awaits inside it too.
-    async fn bounded<F: Future>(
-        &self,
-        deadline: Duration,
-        call: F,
-    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+    /// Run one call into Wasm: the epoch ticks while it runs, and
+    /// `deadline` also bounds the time the guest waits on host awaits (kv,
+    /// http, WASI polls), which the epoch cannot interrupt.
+    ///
+    /// The timer is armed only once the call first waits: most calls finish
+    /// in their first poll, and registering a tokio timer per call (and
+    /// clearing it after) cost more than some plugins' whole call.
+    async fn bounded<F: Future>(&self, deadline: Duration, call: F) -> Result<F::Output, Elapsed> {
         let _ticking = self.ticker.call();
-        tokio::time::timeout(deadline, call).await
+        let until = tokio::time::Instant::now() + deadline;
+        let mut call = std::pin::pin!(call);
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = call.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 }
+
+/// A call's deadline passed while it waited on the host.
+#[derive(Debug)]
+pub(crate) struct Elapsed;
 
 /// One live instance and its store.
 pub(crate) struct Instance {
@@ -258,7 +279,7 @@ fn finish<R>(
     policy: &CallPolicy,
     deadline: Duration,
     started: Instant,
-    result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    result: Result<wasmtime::Result<R>, Elapsed>,
 ) -> Result<R, PluginError> {
     let result = match result {
         Ok(Ok(r)) => Ok(r),
