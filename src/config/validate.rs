@@ -133,6 +133,7 @@ pub(super) fn validate(
     let upstreams = upstreams(&mut cx, &raw.upstreams);
     let plugins = plugins(&mut cx, &raw.plugins, &upstreams, &runtime, base_dir);
     let routes = routes(&mut cx, &raw.routes, &upstreams, &plugins);
+    instance_budget(&mut cx, &runtime, &plugins, &routes);
 
     if cx.problems.is_empty() {
         Ok(Config {
@@ -156,6 +157,48 @@ pub(super) fn validate(
         Err(ConfigError {
             diagnostics: cx.problems,
         })
+    }
+}
+
+/// Every pooled plugin on a route keeps up to `pool-size` idle instances
+/// for as long as the configuration lives, and they hold slots of the one
+/// instance pool (`max-instances`). If the routes can keep more idle
+/// instances than the pool holds, after a burst some routes' plugins could
+/// no longer be instantiated at all: refuse that at load, at the route use
+/// that goes over, rather than fail requests later. A fresh plugin counts
+/// one slot per route (the instance serving a request).
+fn instance_budget(
+    cx: &mut Ctx<'_>,
+    runtime: &RuntimeSettings,
+    plugins: &BTreeMap<String, PluginDef>,
+    routes: &[Route],
+) {
+    let max = u64::from(runtime.max_instances);
+    let mut reserved: u64 = 0;
+    for route in routes {
+        for r in &route.plugins {
+            let Some(def) = plugins.get(&r.plugin) else {
+                continue;
+            };
+            let slots = match def.isolation {
+                Isolation::Pooled { max_idle } => max_idle as u64,
+                Isolation::Fresh => 1,
+            };
+            reserved += slots;
+            if reserved > max {
+                cx.problems.push(Diagnostic {
+                    location: Some(r.location.clone()),
+                    subject: Some(format!("route {:?}, plugin {:?}", route.id, r.plugin)),
+                    message: format!(
+                        "the routes up to here keep up to {reserved} plugin instances \
+                         (pool-size of each pooled plugin per route, 1 per fresh one), \
+                         more than [runtime] max-instances = {max}; \
+                         lower pool-size or raise max-instances"
+                    ),
+                });
+                return;
+            }
+        }
     }
 }
 
