@@ -125,7 +125,12 @@ impl TargetPool {
                 }
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        // One flattened write per message rather than writev: requests and
+        // responses through a gateway are mostly small, where the kernel's
+        // per-iovec work cost more than copying the body into the buffer.
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
         tokio::spawn(async move {
