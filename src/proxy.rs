@@ -11,8 +11,8 @@ use crate::{
     error::ProxyError,
     pipeline::{PluginRequest, PluginResponse, RequestOutcome, Sessions},
     runtime::{RouteRuntime, Runtime},
-    telemetry::{metrics::UpstreamErrorKind, observe, trace::TRACEPARENT},
-    upstream::{UpstreamError, headers},
+    telemetry::{observe, trace::TRACEPARENT},
+    upstream::headers,
 };
 
 /// What the server knows about the connection a request came on.
@@ -288,9 +288,7 @@ async fn forward(
         .await;
     call.finish(match &result {
         Ok(resp) => Ok(resp.status().as_u16()),
-        Err(UpstreamError::Timeout { .. }) => Err(UpstreamErrorKind::Timeout),
-        Err(UpstreamError::Connect { .. }) => Err(UpstreamErrorKind::Connect),
-        Err(_) => Err(UpstreamErrorKind::Failed),
+        Err(e) => Err(e.kind()),
     });
     let resp = result.map_err(|source| ProxyError::Upstream {
         route: route.id.to_string(),

@@ -34,6 +34,7 @@ use crate::{
     body::{Body, BoxError},
     config::{Upstream as UpstreamConfig, UpstreamProtocol},
     server::workers,
+    telemetry::metrics::UpstreamErrorKind,
 };
 
 /// Why an upstream call failed.
@@ -80,6 +81,17 @@ pub enum UpstreamError {
         /// What was wrong.
         detail: String,
     },
+}
+
+impl UpstreamError {
+    /// The class recorded in metrics and spans.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            UpstreamError::Timeout { .. } => UpstreamErrorKind::Timeout,
+            UpstreamError::Connect { .. } => UpstreamErrorKind::Connect,
+            _ => UpstreamErrorKind::Failed,
+        }
+    }
 }
 
 /// Why a transport got no response head (mapped to [`UpstreamError`] with

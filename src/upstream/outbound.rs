@@ -1,8 +1,10 @@
 //! Plugins' outbound HTTP (`pylon:plugin/http-client`) over the same
 //! upstream pools the proxy uses: same targets, balancing and connection
 //! reuse. Responses are buffered whole, bounded by [`MAX_OUTBOUND_BODY`].
+//! Each call is a client span of the request being served (when the plugin
+//! runs for one) and carries its `traceparent`, like the proxy's own call.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,6 +14,7 @@ use super::{UpstreamError, Upstreams};
 use crate::{
     body::{self, CollectError},
     plugin::{OutboundError, OutboundHttp},
+    telemetry::{metrics::UpstreamErrorKind, observe, trace::TRACEPARENT},
 };
 
 /// The largest response body a plugin's outbound request may receive.
@@ -29,29 +32,36 @@ impl OutboundHttp for Upstreams {
         timeout: Option<Duration>,
     ) -> Result<http::Response<Bytes>, OutboundError> {
         let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let call = observe::upstream_call(&Arc::from(upstream), None);
+        let traceparent = call.traceparent();
+        // What the span records: the response head's status, or why none came.
+        let mut head = Err(UpstreamErrorKind::Timeout);
         let exchange = async {
             let (mut parts, bytes) = req.into_parts();
             super::headers::remove_hop_by_hop(&mut parts.headers);
+            if let Some(tp) = traceparent {
+                parts.headers.insert(TRACEPARENT, tp);
+            }
             if !bytes.is_empty() {
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             }
             let req = http::Request::from_parts(parts, body::full(bytes));
-            let resp = self
-                .forward(upstream, req, timeout)
-                .await
-                .map_err(|e| match e {
-                    UpstreamError::Unknown(upstream) => OutboundError::UnknownUpstream { upstream },
-                    UpstreamError::Timeout { upstream, .. } => OutboundError::Timeout { upstream },
-                    UpstreamError::InvalidRequest { detail, .. } => {
-                        OutboundError::Invalid { detail }
-                    }
-                    other => OutboundError::Failed {
-                        upstream: upstream.to_string(),
-                        source: Box::new(other),
-                    },
-                })?;
+            let resp = self.forward(upstream, req, timeout).await;
+            head = resp
+                .as_ref()
+                .map(|r| r.status().as_u16())
+                .map_err(UpstreamError::kind);
+            let resp = resp.map_err(|e| match e {
+                UpstreamError::Unknown(upstream) => OutboundError::UnknownUpstream { upstream },
+                UpstreamError::Timeout { upstream, .. } => OutboundError::Timeout { upstream },
+                UpstreamError::InvalidRequest { detail, .. } => OutboundError::Invalid { detail },
+                other => OutboundError::Failed {
+                    upstream: upstream.to_string(),
+                    source: Box::new(other),
+                },
+            })?;
             let (mut parts, incoming) = resp.into_parts();
             super::headers::remove_hop_by_hop(&mut parts.headers);
             let bytes = body::collect_limited(incoming, MAX_OUTBOUND_BODY)
@@ -66,11 +76,13 @@ impl OutboundHttp for Upstreams {
                 })?;
             Ok(http::Response::from_parts(parts, bytes))
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(OutboundError::Timeout {
                 upstream: upstream.to_string(),
             }),
-        }
+        };
+        call.finish(head);
+        result
     }
 }

@@ -496,6 +496,51 @@ config = {{ upstreams = ["a", "b"], path = "/x" }}
 }
 
 #[tokio::test]
+async fn plugin_outbound_calls_continue_the_request_trace() {
+    let up = Upstream::named("a").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[upstreams.a]
+targets = ["{a}"]
+[plugins.fanout]
+component = {comp:?}
+capabilities = ["http"]
+http-upstreams = ["a"]
+
+[[routes]]
+id = "agg"
+path = "/agg"
+[[routes.plugins]]
+plugin = "fanout"
+config = {{ upstreams = ["a"], path = "/x" }}
+"#,
+        a = up.addr,
+        comp = plugin("fanout"),
+    ))
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = client()
+        .get(gw.url("/agg"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = up.last().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!(
+        parts[1], trace,
+        "the plugin's call is part of the request's trace"
+    );
+    assert_ne!(parts[2], "00f067aa0ba902b7", "its parent is pylon's span");
+    assert_eq!(parts[2].len(), 16);
+}
+
+#[tokio::test]
 async fn python_plugin_runs_in_the_same_pipeline() {
     let up = Upstream::named("ok").await;
     let gw = gateway(
