@@ -362,31 +362,70 @@ impl Response {
     }
 }
 
+/// The builder methods for one header-edit list of an edits record: add an
+/// op, set, append, remove. Three lists have them (request edits, response
+/// edits, and the response edits given in the request phase).
+macro_rules! header_edit_builders {
+    ($ty:ty, $field:ident, $what:literal,
+     $op:ident, $set:ident, $append:ident, $remove:ident) => {
+        impl $ty {
+            #[doc = concat!("Add an edit to ", $what, ".")]
+            pub fn $op(mut self, op: HeaderOp) -> Self {
+                self.$field.push(op);
+                self
+            }
+
+            #[doc = concat!("Replace every value of header `name` with `value` in ", $what, ".")]
+            pub fn $set(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+                self.$op(HeaderOp::set(name, value))
+            }
+
+            #[doc = concat!("Add a value to header `name` in ", $what, ".")]
+            pub fn $append(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+                self.$op(HeaderOp::append(name, value))
+            }
+
+            #[doc = concat!("Remove every value of header `name` from ", $what, ".")]
+            pub fn $remove(self, name: impl Into<String>) -> Self {
+                self.$op(HeaderOp::remove(name))
+            }
+        }
+    };
+}
+
+header_edit_builders!(
+    RequestEdits,
+    headers,
+    "the request's headers",
+    header_op,
+    set_header,
+    append_header,
+    remove_header
+);
+header_edit_builders!(
+    RequestEdits,
+    response_headers,
+    "the response's headers, applied on its way back as if `on_response` had \
+     returned them, without an `on_response` call",
+    response_header_op,
+    set_response_header,
+    append_response_header,
+    remove_response_header
+);
+header_edit_builders!(
+    ResponseEdits,
+    headers,
+    "the response's headers",
+    header_op,
+    set_header,
+    append_header,
+    remove_header
+);
+
 impl RequestEdits {
     /// No edits (same as `default()`).
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Add a header edit.
-    pub fn header_op(mut self, op: HeaderOp) -> Self {
-        self.headers.push(op);
-        self
-    }
-
-    /// Replace every value of header `name` with `value`.
-    pub fn set_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.header_op(HeaderOp::set(name, value))
-    }
-
-    /// Add a value to header `name`.
-    pub fn append_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.header_op(HeaderOp::append(name, value))
-    }
-
-    /// Remove every value of header `name`.
-    pub fn remove_header(self, name: impl Into<String>) -> Self {
-        self.header_op(HeaderOp::remove(name))
     }
 
     /// Send this path upstream instead (query unchanged).
@@ -411,28 +450,6 @@ impl RequestEdits {
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = Some(body.into());
         self
-    }
-
-    /// Add an edit for the response, applied on its way back as if
-    /// `on_response` had returned it, without an `on_response` call.
-    pub fn response_header_op(mut self, op: HeaderOp) -> Self {
-        self.response_headers.push(op);
-        self
-    }
-
-    /// Set header `name` on the response (see [`Self::response_header_op`]).
-    pub fn set_response_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.response_header_op(HeaderOp::set(name, value))
-    }
-
-    /// Add a value to header `name` on the response.
-    pub fn append_response_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.response_header_op(HeaderOp::append(name, value))
-    }
-
-    /// Remove header `name` from the response.
-    pub fn remove_response_header(self, name: impl Into<String>) -> Self {
-        self.response_header_op(HeaderOp::remove(name))
     }
 }
 
@@ -461,27 +478,6 @@ impl ResponseEdits {
     /// No edits (same as `default()`).
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Add a header edit.
-    pub fn header_op(mut self, op: HeaderOp) -> Self {
-        self.headers.push(op);
-        self
-    }
-
-    /// Replace every value of header `name` with `value`.
-    pub fn set_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.header_op(HeaderOp::set(name, value))
-    }
-
-    /// Add a value to header `name`.
-    pub fn append_header(self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.header_op(HeaderOp::append(name, value))
-    }
-
-    /// Remove every value of header `name`.
-    pub fn remove_header(self, name: impl Into<String>) -> Self {
-        self.header_op(HeaderOp::remove(name))
     }
 
     /// Replace the status code.
