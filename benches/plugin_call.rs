@@ -1,9 +1,15 @@
 //! Per-request cost of a plugin: get an instance (fresh from the
-//! pre-instantiated component, or from the pool) and call `on-request`,
-//! for the example `headers` plugin. Prints median and p99 in µs.
+//! pre-instantiated component, or from the pool) and call `on-request`.
+//! Measured for the example `headers` plugin (which reads nothing of the
+//! request, only returns its edits) in both isolation modes, and for
+//! `auth-key` pooled (reads one header, hashes it, compares, forwards the
+//! consumer): a plugin that does real work on the request. Prints median and
+//! p99 in µs.
 //!
-//! `cargo bench --bench plugin_call` (needs `build/plugins/headers.wasm`:
-//! `scripts/build-plugins`). `PLUGIN_CALL_ITERS` sets the sample count.
+//! `cargo bench --bench plugin_call` (needs `build/plugins/*.wasm`:
+//! `scripts/build-plugins`). A filter argument selects cases
+//! (`cargo bench --bench plugin_call -- pooled`). `PLUGIN_CALL_ITERS` sets
+//! the sample count.
 
 use std::{
     net::SocketAddr,
@@ -19,6 +25,7 @@ use pylon::{
     pipeline::{Plugin, PluginRequest},
     plugin::{HostServices, OutboundError, OutboundHttp, PluginRuntime},
 };
+use sha2::{Digest, Sha256};
 
 struct NoHttp;
 
@@ -36,6 +43,9 @@ impl OutboundHttp for NoHttp {
     }
 }
 
+/// The key `auth-key` is configured with (by its SHA-256) and finds.
+const API_KEY: &str = "bench-key-0123456789";
+
 fn request() -> PluginRequest {
     let mut headers = HeaderMap::new();
     for (name, value) in [
@@ -45,6 +55,7 @@ fn request() -> PluginRequest {
         ("accept-encoding", "gzip, br"),
         ("x-request-id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
         ("authorization", "Bearer abcdefghijklmnopqrstuvwxyz"),
+        ("x-api-key", API_KEY),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
@@ -101,12 +112,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let component = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/plugins/headers.wasm");
-    assert!(
-        component.is_file(),
-        "{} is missing: run scripts/build-plugins",
-        component.display()
-    );
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/plugins");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,17 +131,39 @@ fn main() {
             kv: Arc::new(MemoryKv::new()),
             http: Arc::new(NoHttp),
         };
-        let config = r#"{"request": {"set": {"x-gateway": "pylon"}, "remove": ["authorization"]}}"#;
-        for (name, isolation) in [
-            ("headers/fresh", Isolation::Fresh),
-            ("headers/pooled", Isolation::Pooled { max_idle: 8 }),
+        let headers =
+            r#"{"request": {"set": {"x-gateway": "pylon"}, "remove": ["authorization"]}}"#;
+        let auth_key = format!(
+            r#"{{"keys": [{{"consumer": "bench", "sha256": "{}"}}]}}"#,
+            hex::encode(Sha256::digest(API_KEY))
+        );
+        for (name, plugin, config, isolation) in [
+            ("headers/fresh", "headers", headers, Isolation::Fresh),
+            (
+                "headers/pooled",
+                "headers",
+                headers,
+                Isolation::Pooled { max_idle: 8 },
+            ),
+            (
+                "auth-key/pooled",
+                "auth-key",
+                auth_key.as_str(),
+                Isolation::Pooled { max_idle: 8 },
+            ),
         ] {
             if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
                 continue;
             }
+            let component = built.join(format!("{plugin}.wasm"));
+            assert!(
+                component.is_file(),
+                "{} is missing: run scripts/build-plugins",
+                component.display()
+            );
             let def = PluginDef {
-                name: "headers".into(),
-                component: component.clone(),
+                name: plugin.into(),
+                component,
                 isolation,
                 deadline: Duration::from_secs(1),
                 memory_limit_bytes: 16 << 20,
