@@ -3,7 +3,8 @@
 //! Measured for the example `headers` plugin (which reads nothing of the
 //! request, only returns its edits) in both isolation modes, and for
 //! `auth-key` pooled (reads one header, hashes it, compares, forwards the
-//! consumer): a plugin that does real work on the request. Prints median and
+//! consumer) and `rate-limit` pooled (client IP, clock, a kv increment and
+//! a kv read, `RateLimit-*` headers): plugins that do real work. Prints median and
 //! p99 in µs.
 //!
 //! `cargo bench --bench plugin_call` (needs `build/plugins/*.wasm`:
@@ -137,19 +138,40 @@ fn main() {
             r#"{{"keys": [{{"consumer": "bench", "sha256": "{}"}}]}}"#,
             hex::encode(Sha256::digest(API_KEY))
         );
-        for (name, plugin, config, isolation) in [
-            ("headers/fresh", "headers", headers, Isolation::Fresh),
+        let rate_limit = r#"{"key": "ip", "limits": [{"requests": 1000000000, "per": "1h"}]}"#;
+        let kv_and_clock = Grants {
+            kv: true,
+            clock: true,
+            ..Grants::default()
+        };
+        for (name, plugin, config, isolation, grants) in [
+            (
+                "headers/fresh",
+                "headers",
+                headers,
+                Isolation::Fresh,
+                Grants::default(),
+            ),
             (
                 "headers/pooled",
                 "headers",
                 headers,
                 Isolation::Pooled { max_idle: 8 },
+                Grants::default(),
             ),
             (
                 "auth-key/pooled",
                 "auth-key",
                 auth_key.as_str(),
                 Isolation::Pooled { max_idle: 8 },
+                Grants::default(),
+            ),
+            (
+                "rate-limit/pooled",
+                "rate-limit",
+                rate_limit,
+                Isolation::Pooled { max_idle: 8 },
+                kv_and_clock,
             ),
         ] {
             if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
@@ -168,7 +190,7 @@ fn main() {
                 deadline: Duration::from_secs(1),
                 memory_limit_bytes: 16 << 20,
                 max_body_bytes: 1 << 20,
-                grants: Grants::default(),
+                grants,
                 location: Location {
                     file: Arc::from("bench"),
                     line: 1,
