@@ -138,6 +138,18 @@ impl Upstream {
     pub fn last(&self) -> Seen {
         self.seen().pop().expect("upstream saw no request")
     }
+
+    /// The `traceparent` of the last request received, split into its four
+    /// fields (version, trace id, parent id, flags).
+    pub fn last_traceparent(&self) -> Vec<String> {
+        let sent = self.last().headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let parts: Vec<String> = sent.split('-').map(str::to_owned).collect();
+        assert_eq!(parts.len(), 4, "{sent}");
+        parts
+    }
 }
 
 impl Drop for Upstream {

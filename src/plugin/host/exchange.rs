@@ -15,6 +15,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use wasmtime::component::Resource;
 
@@ -128,6 +129,11 @@ fn first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     headers.get(name).map(|v| v.as_bytes().to_vec())
 }
 
+/// The buffered body, only when the plugin asked for it.
+fn visible(body: &Option<Bytes>, asked: bool) -> Option<Vec<u8>> {
+    body.as_ref().filter(|_| asked).map(|b| b.to_vec())
+}
+
 fn every(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
     headers
         .get_all(name)
@@ -192,13 +198,8 @@ impl types::HostRequest for HostState {
     }
 
     fn body(&mut self, _: Resource<Request>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let exchange = &self.exchange;
-        let req = exchange.request()?;
-        Ok(req
-            .body
-            .as_ref()
-            .filter(|_| exchange.request_body)
-            .map(|b| b.to_vec()))
+        let body = &self.exchange.request()?.body;
+        Ok(visible(body, self.exchange.request_body))
     }
 
     fn drop(&mut self, _: Resource<Request>) -> wasmtime::Result<()> {
@@ -233,13 +234,8 @@ impl types::HostResponseView for HostState {
     }
 
     fn body(&mut self, _: Resource<ResponseView>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let exchange = &self.exchange;
-        let resp = exchange.response()?;
-        Ok(resp
-            .body
-            .as_ref()
-            .filter(|_| exchange.response_body)
-            .map(|b| b.to_vec()))
+        let body = &self.exchange.response()?.body;
+        Ok(visible(body, self.exchange.response_body))
     }
 
     fn drop(&mut self, _: Resource<ResponseView>) -> wasmtime::Result<()> {
@@ -249,7 +245,6 @@ impl types::HostResponseView for HostState {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use types::{HostRequest, HostResponseView};
 
     use super::*;
