@@ -429,6 +429,89 @@ async fn pooled_instances_are_reused_and_fresh_ones_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_instances_start_from_the_configured_snapshot() {
+    let count = |r: Result<RequestAction, PluginError>| body(&responded(r.unwrap()));
+    let (rt, p) = loaded(&def("memo-snap", "memo"), r#"{"trap-at": 2}"#).await;
+    for _ in 0..3 {
+        assert_eq!(count(call(&p, &request("/")).await), "1");
+    }
+    // `configure` ran once, at load (the snapshot's own run is not a call a
+    // request paid for); each request then made its one `on-request` call.
+    let s = stats(&rt, "memo-snap");
+    assert_eq!((s.calls, s.instantiations), (1 + 3, 1 + 3));
+
+    // What configure set up is in the snapshot: trapping at the first
+    // request is the configured state of every fresh instance.
+    let (rt, p) = loaded(&def("memo-trap", "memo"), r#"{"trap-at": 1}"#).await;
+    for _ in 0..2 {
+        assert!(matches!(
+            call(&p, &request("/")).await,
+            Err(PluginError::Trap { .. })
+        ));
+    }
+    assert_eq!(stats(&rt, "memo-trap").traps, 2);
+
+    // Two routes, two configs: each gets its own snapshot.
+    let rt = runtime();
+    let compiled = {
+        let (rt, d) = (rt.clone(), def("memo-two", "memo"));
+        tokio::task::spawn_blocking(move || rt.compile(&d))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let a = rt
+        .configure(&compiled, "a", r#"{"trap-at": 1}"#, host())
+        .await
+        .unwrap();
+    let b = rt.configure(&compiled, "b", "{}", host()).await.unwrap();
+    assert!(call(&a, &request("/")).await.is_err());
+    assert_eq!(count(call(&b, &request("/")).await), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_compiled_once_and_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "cwasm")
+            })
+            .count()
+    };
+    let load_memo = |config: &'static str| {
+        let rt = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+        async move {
+            let p = load(&rt, &def("memo", "memo"), "r", config, host())
+                .await
+                .unwrap();
+            (rt, p)
+        }
+    };
+    let (rt, p) = load_memo("{}").await;
+    assert_eq!(body(&responded(call_ok(&p, &request("/")).await)), "1");
+    // The component, its instrumented copy and the snapshot.
+    assert_eq!(rt.cache_stats().compiled, 3);
+    assert_eq!(cached(), 3);
+
+    // A restart with the same config compiles nothing.
+    let (rt, p) = load_memo("{}").await;
+    assert_eq!(body(&responded(call_ok(&p, &request("/")).await)), "1");
+    assert_eq!(rt.cache_stats().compiled, 0);
+    assert_eq!(rt.cache_stats().disk_hits, 3);
+
+    // Another config is another snapshot; the instrumented copy is reused.
+    let (rt, _p) = load_memo(r#"{"trap-at": 5}"#).await;
+    assert_eq!(rt.cache_stats().compiled, 1);
+    assert_eq!(cached(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_rejection_names_route_and_plugin() {
     let rt = runtime();
     let err = load(
@@ -600,6 +683,11 @@ async fn kv_is_denied_unless_granted_and_namespaced_per_plugin() {
     );
 }
 
+/// Held by the tests that capture events with a thread-local subscriber:
+/// registering and dropping one recomputes tracing's global level filter,
+/// and two tests doing so at once can leave it off for the one still running.
+static TRACING_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Collects `tracing` events: target, message and string fields.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<HashMap<String, String>>>>);
@@ -634,7 +722,11 @@ async fn log_goes_to_tracing_with_route_and_plugin() {
     use tracing_subscriber::layer::SubscriberExt;
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _serial = TRACING_TESTS.lock().await;
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Another thread may have registered a callsite while no subscriber
+    // wanted it (cached as never): ask again.
+    tracing::callsite::rebuild_interest_cache();
 
     let rt = runtime();
     let mut d = def("logger", "logger");
@@ -691,7 +783,11 @@ async fn guest_stderr_goes_to_tracing() {
     use tracing_subscriber::layer::SubscriberExt;
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _serial = TRACING_TESTS.lock().await;
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Another thread may have registered a callsite while no subscriber
+    // wanted it (cached as never): ask again.
+    tracing::callsite::rebuild_interest_cache();
 
     let rt = runtime();
     let p = load(&rt, &def("trap", "trap"), "users", "{}", host())
@@ -897,7 +993,11 @@ async fn legacy_v0_2_plugin_sees_the_request_record_and_edits_both_phases() {
     use tracing_subscriber::layer::SubscriberExt;
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _serial = TRACING_TESTS.lock().await;
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Another thread may have registered a callsite while no subscriber
+    // wanted it (cached as never): ask again.
+    tracing::callsite::rebuild_interest_cache();
 
     let rt = runtime();
     assert_eq!(

@@ -35,6 +35,7 @@ use super::{
     convert::{self, Validate},
     engine::{EpochTicker, deadline_ticks},
     runtime::GuestPre,
+    snapshot::Snapshot,
     state::{GuestContext, HostState},
     stats::PluginStats,
 };
@@ -61,7 +62,11 @@ impl CallPolicy {
     /// The timer is armed only once the call first waits: most calls finish
     /// in their first poll, and registering a tokio timer per call (and
     /// clearing it after) cost more than some plugins' whole call.
-    async fn bounded<F: Future>(&self, deadline: Duration, call: F) -> Result<F::Output, Elapsed> {
+    pub(crate) async fn bounded<F: Future>(
+        &self,
+        deadline: Duration,
+        call: F,
+    ) -> Result<F::Output, Elapsed> {
         let _ticking = self.ticker.call();
         let until = tokio::time::Instant::now() + deadline;
         let mut call = std::pin::pin!(call);
@@ -102,13 +107,13 @@ pub(crate) type ConfigureResult = Result<Needs, String>;
 impl Instance {
     /// Instantiate `compiled` for the route plugin `ctx`, within `deadline`.
     pub(crate) async fn new(
-        compiled: &CompiledPlugin,
+        pre: &GuestPre,
         ctx: &Arc<GuestContext>,
         policy: &CallPolicy,
         deadline: Duration,
     ) -> Result<Self, PluginError> {
         let mut store = Store::new(
-            compiled.engine(),
+            pre.engine(),
             HostState::new(ctx.clone(), policy.memory_limit),
         );
         store.limiter(|s| &mut s.limiter);
@@ -116,7 +121,7 @@ impl Instance {
         store.set_epoch_deadline(deadline_ticks(deadline));
         policy.stats.record_instantiation();
         let instantiate = async {
-            wasmtime::Result::Ok(match compiled.pre() {
+            wasmtime::Result::Ok(match pre {
                 GuestPre::V0_3(pre) => Guest::V0_3(
                     pre.instantiate_async(&mut store)
                         .await?
@@ -328,10 +333,57 @@ fn instance_survives(err: &PluginError) -> bool {
     matches!(err, PluginError::InvalidOutput { .. })
 }
 
-/// Instances kept for reuse, for `pooled` isolation.
+/// Instances kept for reuse, for `pooled` isolation: a stack per data-plane
+/// worker (and one for calls off the data plane), so an instance keeps
+/// serving the core whose caches hold its memory and store. The stacks
+/// share `pool-size` between them; a worker whose stack is empty takes an
+/// idle instance from another before creating one, and one whose stack is
+/// full gives its instance to another with room.
 struct IdlePool {
-    max_idle: usize,
+    shards: Box<[Shard]>,
+}
+
+/// One worker's idle instances, on its own cache lines.
+#[repr(align(128))]
+struct Shard {
+    cap: usize,
     idle: Mutex<Vec<Instance>>,
+}
+
+impl IdlePool {
+    fn new(max_idle: usize, workers: usize) -> Self {
+        let n = workers.max(1) + 1;
+        let shards = (0..n)
+            .map(|i| Shard {
+                cap: max_idle / n + usize::from(i < max_idle % n),
+                idle: Mutex::new(Vec::new()),
+            })
+            .collect();
+        Self { shards }
+    }
+
+    /// Worker `w` uses stack `w`; everything off the data plane the last.
+    fn home(&self) -> usize {
+        let workers = self.shards.len() - 1;
+        crate::server::workers::current().map_or(workers, |w| w % workers)
+    }
+
+    fn take(&self) -> Option<Instance> {
+        let (home, n) = (self.home(), self.shards.len());
+        (0..n).find_map(|i| lock(&self.shards[(home + i) % n].idle).pop())
+    }
+
+    fn put(&self, instance: Instance) {
+        let (home, n) = (self.home(), self.shards.len());
+        for i in 0..n {
+            let shard = &self.shards[(home + i) % n];
+            let mut idle = lock(&shard.idle);
+            if idle.len() < shard.cap {
+                idle.push(instance);
+                return;
+            }
+        }
+    }
 }
 
 /// A plugin configured on one route.
@@ -347,6 +399,9 @@ struct Inner {
     needs: Needs,
     /// `None` for `fresh` isolation.
     pool: Option<IdlePool>,
+    /// For `fresh` isolation: the component already configured for this
+    /// route, whose instances need no `configure` call.
+    snapshot: Option<Snapshot>,
 }
 
 /// A `configure` at request time answered differently from load time.
@@ -366,12 +421,11 @@ impl WasmPlugin {
         config_json: String,
         needs: Needs,
         max_idle: Option<usize>,
+        workers: usize,
         first: Instance,
+        snapshot: Option<Snapshot>,
     ) -> Self {
-        let pool = max_idle.map(|max_idle| IdlePool {
-            max_idle,
-            idle: Mutex::new(Vec::with_capacity(max_idle)),
-        });
+        let pool = max_idle.map(|max_idle| IdlePool::new(max_idle, workers));
         let inner = Arc::new(Inner {
             compiled,
             ctx,
@@ -379,6 +433,7 @@ impl WasmPlugin {
             config_json,
             needs,
             pool,
+            snapshot,
         });
         inner.release(first);
         Self { inner }
@@ -387,22 +442,22 @@ impl WasmPlugin {
 
 impl Inner {
     fn take_idle(&self) -> Option<Instance> {
-        lock(&self.pool.as_ref()?.idle).pop()
+        self.pool.as_ref()?.take()
     }
 
     fn release(&self, instance: Instance) {
         if let Some(pool) = &self.pool {
-            let mut idle = lock(&pool.idle);
-            if idle.len() < pool.max_idle {
-                idle.push(instance);
-            }
+            pool.put(instance);
         }
     }
 
     async fn new_configured(&self) -> Result<Instance, PluginError> {
         let policy = &self.policy;
+        if let Some(snapshot) = &self.snapshot {
+            return Instance::new(&snapshot.pre, &self.ctx, policy, policy.deadline).await;
+        }
         let mut instance =
-            Instance::new(&self.compiled, &self.ctx, policy, policy.deadline).await?;
+            Instance::new(self.compiled.pre(), &self.ctx, policy, policy.deadline).await?;
         match instance
             .configure(policy, policy.deadline, &self.config_json)
             .await?

@@ -12,7 +12,9 @@
 //!   calls (deadline, memory cap, trap classification, pooling);
 //! - `host`: the capabilities plugins import (`log`, `clock`, `kv`,
 //!   `http-client`, WASI), each denied unless granted;
-//! - `convert`: host model ⇄ WIT types, validating what guests return.
+//! - `convert`: host model ⇄ WIT types, validating what guests return;
+//! - `snapshot`: `fresh` plugins pre-initialised with their route's config
+//!   (wasmtime-wizer), so a fresh instance needs no `configure` call.
 //!
 //! Loading is `compile` (blocking, once per component, cached) then
 //! `configure` per route (instantiates and asks the plugin to accept its
@@ -29,6 +31,7 @@ mod error;
 mod host;
 mod instance;
 mod runtime;
+mod snapshot;
 mod state;
 mod stats;
 

@@ -17,6 +17,7 @@ use super::{
     engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
     host,
     instance::{CallPolicy, Instance, WasmPlugin},
+    snapshot,
     state::{GuestContext, HostState},
     stats::{PluginStats, PluginStatsSnapshot},
 };
@@ -84,8 +85,10 @@ struct RuntimeInner {
     plain: Linker<HostState>,
     /// The same plus WASI, for components that import `wasi:*`.
     with_wasi: Linker<HostState>,
-    cache: ComponentCache,
+    cache: Arc<ComponentCache>,
     stats: Mutex<BTreeMap<String, Arc<PluginStats>>>,
+    /// Data-plane worker threads: pooled plugins keep idle instances per worker.
+    workers: usize,
     /// Shared with every compiled plugin: deadlines keep working as long as
     /// any plugin can still run, even after the runtime itself is dropped.
     ticker: Arc<EpochTicker>,
@@ -121,6 +124,9 @@ pub struct CompiledPlugin {
     origin: CompileOrigin,
     uses_wasi: bool,
     pre: GuestPre,
+    /// The component's bytes, kept for `fresh` plugins: each route they are
+    /// configured on snapshots them (see `snapshot`).
+    bytes: Option<Arc<[u8]>>,
     stats: Arc<PluginStats>,
     // Keeps the in-memory cache entry alive while this plugin is loaded.
     _component: Arc<CachedComponent>,
@@ -169,10 +175,7 @@ impl CompiledPlugin {
     }
 
     pub(crate) fn engine(&self) -> &Engine {
-        match &self.pre {
-            GuestPre::V0_3(pre) => pre.engine(),
-            GuestPre::V0_2(pre) => pre.engine(),
-        }
+        self.pre.engine()
     }
 
     pub(crate) fn pre(&self) -> &GuestPre {
@@ -185,6 +188,26 @@ impl CompiledPlugin {
 pub(crate) enum GuestPre {
     V0_3(bindings::PluginPre<HostState>),
     V0_2(bindings_v0_2::PluginPre<HostState>),
+}
+
+impl GuestPre {
+    /// Check `pre` exports `version`'s guest interface and bind it.
+    pub(crate) fn new(
+        version: ContractVersion,
+        pre: wasmtime::component::InstancePre<HostState>,
+    ) -> wasmtime::Result<Self> {
+        match version {
+            ContractVersion::V0_3 => bindings::PluginPre::new(pre).map(GuestPre::V0_3),
+            ContractVersion::V0_2 => bindings_v0_2::PluginPre::new(pre).map(GuestPre::V0_2),
+        }
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        match self {
+            GuestPre::V0_3(pre) => pre.engine(),
+            GuestPre::V0_2(pre) => pre.engine(),
+        }
+    }
 }
 
 impl std::fmt::Debug for CompiledPlugin {
@@ -225,7 +248,8 @@ impl PluginRuntime {
                 engine,
                 plain,
                 with_wasi,
-                cache,
+                cache: Arc::new(cache),
+                workers: settings.worker_count(),
                 stats: Mutex::new(BTreeMap::new()),
                 ticker: Arc::new(ticker),
             }),
@@ -297,11 +321,7 @@ impl PluginRuntime {
                 plugin: plugin(),
                 source: source.into_boxed_dyn_error(),
             })?;
-        let pre = match version {
-            ContractVersion::V0_3 => bindings::PluginPre::new(pre).map(GuestPre::V0_3),
-            ContractVersion::V0_2 => bindings_v0_2::PluginPre::new(pre).map(GuestPre::V0_2),
-        }
-        .map_err(|err| PluginLoadError::NotAPlugin {
+        let pre = GuestPre::new(version, pre).map_err(|err| PluginLoadError::NotAPlugin {
             plugin: plugin(),
             path: path(),
             detail: format!("{err:#}"),
@@ -321,6 +341,7 @@ impl PluginRuntime {
             origin,
             uses_wasi,
             pre,
+            bytes: matches!(def.isolation, Isolation::Fresh).then(|| Arc::from(bytes)),
             stats: self.stats_for(&def.name),
             _component: cached,
             ticker: rt.ticker.clone(),
@@ -355,7 +376,7 @@ impl PluginRuntime {
             stats: compiled.stats.clone(),
         };
         let load_deadline = def.deadline.max(LOAD_DEADLINE_FLOOR);
-        let mut instance = Instance::new(compiled, &ctx, &policy, load_deadline)
+        let mut instance = Instance::new(compiled.pre(), &ctx, &policy, load_deadline)
             .await
             .map_err(|source| PluginLoadError::Instantiate {
                 route: route.to_owned(),
@@ -386,6 +407,42 @@ impl PluginRuntime {
             Isolation::Fresh => None,
             Isolation::Pooled { max_idle } => Some(max_idle),
         };
+        let snapshot = match &compiled.bytes {
+            Some(bytes) => {
+                let linker = if compiled.uses_wasi {
+                    &self.inner.with_wasi
+                } else {
+                    &self.inner.plain
+                };
+                let taken = snapshot::take(
+                    &self.inner.cache,
+                    linker,
+                    compiled,
+                    bytes,
+                    &ctx,
+                    &policy,
+                    load_deadline,
+                    config_json,
+                )
+                .await;
+                match taken {
+                    Ok(snapshot) => {
+                        tracing::debug!(plugin = %def.name, route, "fresh instances start from a snapshot");
+                        Some(snapshot)
+                    }
+                    Err(why) => {
+                        tracing::warn!(
+                            plugin = %def.name,
+                            route,
+                            reason = %crate::plugin::chain(&why),
+                            "fresh instances will call configure each: no snapshot"
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(Arc::new(WasmPlugin::new(
             compiled.clone(),
             ctx,
@@ -393,7 +450,9 @@ impl PluginRuntime {
             config_json.to_owned(),
             needs,
             max_idle,
+            self.inner.workers,
             instance,
+            snapshot,
         )))
     }
 

@@ -60,6 +60,13 @@ impl WasiState {
     }
 }
 
+impl WasiState {
+    /// Whether no WASI resource (stream, pollable, ...) is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let (route, plugin) = (&self.ctx.route, &self.ctx.plugin);

@@ -1,0 +1,266 @@
+//! Snapshots for `fresh` isolation: the component pre-initialised with one
+//! route's config, so a fresh instance starts configured instead of running
+//! `configure` on every request.
+//!
+//! At load, the component is instrumented (wasmtime-wizer adds an export
+//! that reads every core instance's memories and globals), instantiated,
+//! `configure`d with the route's config, and its state is written back into
+//! a copy of the component as data segments and global initialisers. That
+//! copy is compiled through the same caches as any component (keyed by its
+//! hash, so a restart or a reload with the same config compiles nothing) and
+//! pre-instantiated. Each request then gets a new instance of it: the same
+//! state every time, nothing carried over from another request.
+//!
+//! Not every component can be captured, and those keep calling `configure`
+//! per instance (the reason is logged): wizer refuses some shapes (nested
+//! components, a module instantiated twice, component start functions), and
+//! a `configure` that leaves host resources alive (a WASI stream kept in a
+//! static) cannot be, since those live in the host, not in the instance.
+//! Host calls `configure` makes (log, clock, kv) happen once, at load.
+
+use std::{sync::Arc, time::Duration};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Store,
+    component::{Instance as ComponentInstance, Lift, WasmList},
+};
+use wasmtime_wizer::{ComponentInstanceState, Wizer};
+
+use super::{
+    CompiledPlugin, bindings, bindings_v0_2,
+    engine::{CachedComponent, ComponentCache, deadline_ticks},
+    instance::CallPolicy,
+    runtime::{ContractVersion, GuestPre},
+    state::{GuestContext, HostState},
+};
+
+/// The instance export wizer's instrumentation adds.
+const ACCESS_EXPORT: &str = "wasmtime:wizer/access";
+
+/// A component pre-initialised for one route, ready to instantiate.
+pub(crate) struct Snapshot {
+    pub(crate) pre: GuestPre,
+    /// Keeps the compiled snapshot in the memory cache while in use.
+    _component: Arc<CachedComponent>,
+}
+
+/// Why a plugin is served without a snapshot (it then calls `configure`
+/// per instance, as before).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoSnapshot {
+    /// wizer cannot instrument or rewrite this component.
+    #[error("the component cannot be snapshotted")]
+    Unsupported(#[source] wasmtime::Error),
+    /// Instantiating or configuring the instrumented copy failed.
+    #[error("configuring the instrumented component failed")]
+    Configure(#[source] wasmtime::Error),
+    /// `configure` answered otherwise than it did for the same config.
+    #[error("configure rejected the config it accepted just before: {0}")]
+    Inconsistent(String),
+    /// `configure` did not finish within the plugin's deadline.
+    #[error("configure did not finish within {0:?}")]
+    Deadline(Duration),
+    /// `configure` left host resources open that a snapshot cannot hold.
+    #[error("configure left host resources open (a WASI stream or pollable)")]
+    LiveResources,
+    /// A compile of the instrumented component or of the snapshot failed.
+    #[error("compiling the snapshot failed")]
+    Compile(#[source] wasmtime::Error),
+}
+
+/// Take a snapshot of `compiled` configured with `config_json` for the
+/// route plugin `ctx`. Compiles (blocking work, moved off the async
+/// threads); the instrumented copy and the snapshot are each cached by hash.
+pub(crate) async fn take(
+    cache: &Arc<ComponentCache>,
+    linker: &wasmtime::component::Linker<HostState>,
+    compiled: &CompiledPlugin,
+    bytes: &Arc<[u8]>,
+    ctx: &Arc<GuestContext>,
+    policy: &CallPolicy,
+    deadline: Duration,
+    config_json: &str,
+) -> Result<Snapshot, NoSnapshot> {
+    let wizer = Wizer::new();
+    let instrumented = {
+        let bytes = bytes.clone();
+        blocking(move || {
+            let (_, instrumented) = Wizer::new().instrument_component(&bytes)?;
+            Ok(instrumented)
+        })
+        .await
+        .map_err(NoSnapshot::Unsupported)?
+    };
+    let instrumented_component = compile(cache, instrumented).await?;
+    let pre = linker
+        .instantiate_pre(&instrumented_component.component)
+        .map_err(NoSnapshot::Configure)?;
+
+    let mut store = Store::new(
+        compiled.engine(),
+        HostState::new(ctx.clone(), policy.memory_limit),
+    );
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks(deadline));
+    let version = compiled.contract();
+    let configure = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        let answer = match version {
+            ContractVersion::V0_3 => bindings::Plugin::new(&mut store, &instance)?
+                .pylon_plugin_guest()
+                .call_configure(&mut store, config_json)
+                .await?
+                .map(|_| ()),
+            ContractVersion::V0_2 => bindings_v0_2::Plugin::new(&mut store, &instance)?
+                .pylon_plugin_guest()
+                .call_configure(&mut store, config_json)
+                .await?
+                .map(|_| ()),
+        };
+        wasmtime::Result::Ok((instance, answer))
+    };
+    let instance = match policy.bounded(deadline, configure).await {
+        Ok(Ok((instance, Ok(())))) => instance,
+        Ok(Ok((_, Err(message)))) => return Err(NoSnapshot::Inconsistent(message)),
+        Ok(Err(err)) => return Err(NoSnapshot::Configure(err)),
+        Err(_) => return Err(NoSnapshot::Deadline(deadline)),
+    };
+    if store.data().wasi.as_ref().is_some_and(|w| !w.is_empty()) {
+        return Err(NoSnapshot::LiveResources);
+    }
+
+    // The instrumented module has to be parsed again: its context borrows
+    // the bytes, and the bytes had to move to the blocking thread.
+    let (cx, _) = wizer
+        .instrument_component(bytes)
+        .map_err(NoSnapshot::Unsupported)?;
+    let mut access = Access {
+        store: &mut store,
+        instance,
+        error: None,
+    };
+    let snapshot = {
+        let _ticking = policy.ticker.call();
+        wizer.snapshot_component(&cx, &mut access).await
+    };
+    if let Some(err) = access.error {
+        return Err(NoSnapshot::Unsupported(err));
+    }
+    let snapshot = snapshot.map_err(NoSnapshot::Unsupported)?;
+    drop(store);
+
+    let component = compile(cache, snapshot).await?;
+    let pre = linker
+        .instantiate_pre(&component.component)
+        .map_err(NoSnapshot::Compile)?;
+    let pre = GuestPre::new(version, pre).map_err(NoSnapshot::Compile)?;
+    Ok(Snapshot {
+        pre,
+        _component: component,
+    })
+}
+
+async fn compile(
+    cache: &Arc<ComponentCache>,
+    bytes: Vec<u8>,
+) -> Result<Arc<CachedComponent>, NoSnapshot> {
+    let cache = cache.clone();
+    blocking(move || {
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        cache
+            .get_or_compile(&sha256, &bytes)
+            .map(|(component, _)| component)
+            .map_err(|failure| failure.0)
+    })
+    .await
+    .map_err(NoSnapshot::Compile)
+}
+
+/// Run CPU-heavy load work off the async threads.
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> wasmtime::Result<R> + Send + 'static,
+) -> wasmtime::Result<R> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join| wasmtime::format_err!("snapshot task failed: {join}"))?
+}
+
+/// wizer's view of the configured instance: calls the accessor functions
+/// its instrumentation exported. The trait cannot fail, so a failure is
+/// kept in `error` (and a default value returned) for the caller to check.
+struct Access<'a> {
+    store: &'a mut Store<HostState>,
+    instance: ComponentInstance,
+    error: Option<wasmtime::Error>,
+}
+
+impl Access<'_> {
+    async fn call<R: Lift + Send + Sync + 'static>(
+        &mut self,
+        interface: &str,
+        func: &str,
+    ) -> Option<R> {
+        if self.error.is_some() {
+            return None;
+        }
+        let result = async {
+            let iface = self
+                .instance
+                .get_export_index(&mut *self.store, None, interface)
+                .ok_or_else(|| wasmtime::format_err!("no export `{interface}`"))?;
+            let index = self
+                .instance
+                .get_export_index(&mut *self.store, Some(&iface), func)
+                .ok_or_else(|| wasmtime::format_err!("no export `{interface}#{func}`"))?;
+            let func = self
+                .instance
+                .get_typed_func::<(), (R,)>(&mut *self.store, index)?;
+            Ok(func.call_async(&mut *self.store, ()).await?.0)
+        }
+        .await;
+        match result {
+            Ok(r) => Some(r),
+            Err(err) => {
+                self.error = Some(err);
+                None
+            }
+        }
+    }
+}
+
+impl ComponentInstanceState for Access<'_> {
+    async fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) {
+        debug_assert_eq!(instance, ACCESS_EXPORT);
+        match self.call::<WasmList<u8>>(instance, func).await {
+            Some(list) => contents(list.as_le_slice(&*self.store)),
+            None => contents(&[]),
+        }
+    }
+
+    async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
+        self.call(instance, func).await.unwrap_or_default()
+    }
+
+    async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
+        self.call(instance, func).await.unwrap_or_default()
+    }
+
+    async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
+        self.call::<f32>(instance, func)
+            .await
+            .map_or(0, f32::to_bits)
+    }
+
+    async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
+        self.call::<f64>(instance, func)
+            .await
+            .map_or(0, f64::to_bits)
+    }
+}
