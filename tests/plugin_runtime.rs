@@ -688,6 +688,26 @@ async fn kv_is_denied_unless_granted_and_namespaced_per_plugin() {
 /// and two tests doing so at once can leave it off for the one still running.
 static TRACING_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Make `subscriber` this thread's default. With a single subscriber
+/// registered, tracing decides whether a callsite is enabled from the
+/// default of whichever thread hits it first, and caches that: a guest
+/// writing to stderr in another test, with no subscriber, would turn the
+/// callsite off for this one. A global no-op subscriber keeps two
+/// registered, so the decision covers every subscriber.
+fn capture_on_this_thread(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        let _ = tracing::dispatcher::set_global_default(tracing::Dispatch::new(
+            tracing::subscriber::NoSubscriber::default(),
+        ));
+    });
+    let guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    guard
+}
+
 /// Collects `tracing` events: target, message and string fields.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<HashMap<String, String>>>>);
@@ -723,10 +743,7 @@ async fn log_goes_to_tracing_with_route_and_plugin() {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     let _serial = TRACING_TESTS.lock().await;
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Another thread may have registered a callsite while no subscriber
-    // wanted it (cached as never): ask again.
-    tracing::callsite::rebuild_interest_cache();
+    let _guard = capture_on_this_thread(subscriber);
 
     let rt = runtime();
     let mut d = def("logger", "logger");
@@ -784,10 +801,7 @@ async fn guest_stderr_goes_to_tracing() {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     let _serial = TRACING_TESTS.lock().await;
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Another thread may have registered a callsite while no subscriber
-    // wanted it (cached as never): ask again.
-    tracing::callsite::rebuild_interest_cache();
+    let _guard = capture_on_this_thread(subscriber);
 
     let rt = runtime();
     let p = load(&rt, &def("trap", "trap"), "users", "{}", host())
@@ -994,10 +1008,7 @@ async fn legacy_v0_2_plugin_sees_the_request_record_and_edits_both_phases() {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     let _serial = TRACING_TESTS.lock().await;
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Another thread may have registered a callsite while no subscriber
-    // wanted it (cached as never): ask again.
-    tracing::callsite::rebuild_interest_cache();
+    let _guard = capture_on_this_thread(subscriber);
 
     let rt = runtime();
     assert_eq!(

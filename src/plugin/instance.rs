@@ -112,13 +112,7 @@ impl Instance {
         policy: &CallPolicy,
         deadline: Duration,
     ) -> Result<Self, PluginError> {
-        let mut store = Store::new(
-            pre.engine(),
-            HostState::new(ctx.clone(), policy.memory_limit),
-        );
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(deadline));
+        let mut store = new_store(pre.engine(), ctx, policy, deadline);
         policy.stats.record_instantiation();
         let instantiate = async {
             wasmtime::Result::Ok(match pre {
@@ -271,6 +265,21 @@ impl Instance {
     }
 }
 
+/// A store for one instance of the route plugin `ctx`: its memory cap, and
+/// an epoch deadline (with epochs on, a store without one traps at once).
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    ctx: &Arc<GuestContext>,
+    policy: &CallPolicy,
+    deadline: Duration,
+) -> Store<HostState> {
+    let mut store = Store::new(engine, HostState::new(ctx.clone(), policy.memory_limit));
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks(deadline));
+    store
+}
+
 /// Arm a store for one call: a fresh deadline, no memory refusal yet.
 fn arm(store: &mut Store<HostState>, deadline: Duration) -> Instant {
     store.set_epoch_deadline(deadline_ticks(deadline));
@@ -411,21 +420,38 @@ struct ConfigureRejectedLater {
     message: String,
 }
 
+/// How a plugin that accepted its config at load serves requests.
+pub(crate) enum Ready {
+    /// From an idle pool of up to `max_idle` instances over `workers`
+    /// worker threads, starting with the instance configured at load.
+    Pooled {
+        max_idle: usize,
+        workers: usize,
+        first: Instance,
+    },
+    /// From a new instance per request: of the snapshot if one was taken,
+    /// else of the component, configured each time.
+    Fresh { snapshot: Option<Snapshot> },
+}
+
 impl WasmPlugin {
-    /// Wrap an instance that accepted its config at load. For `pooled`
-    /// isolation it becomes the first idle instance.
+    /// Wrap a plugin that accepted its config at load.
     pub(crate) fn new(
         compiled: Arc<CompiledPlugin>,
         ctx: Arc<GuestContext>,
         policy: CallPolicy,
         config_json: String,
         needs: Needs,
-        max_idle: Option<usize>,
-        workers: usize,
-        first: Instance,
-        snapshot: Option<Snapshot>,
+        ready: Ready,
     ) -> Self {
-        let pool = max_idle.map(|max_idle| IdlePool::new(max_idle, workers));
+        let (pool, snapshot, first) = match ready {
+            Ready::Pooled {
+                max_idle,
+                workers,
+                first,
+            } => (Some(IdlePool::new(max_idle, workers)), None, Some(first)),
+            Ready::Fresh { snapshot } => (None, snapshot, None),
+        };
         let inner = Arc::new(Inner {
             compiled,
             ctx,
@@ -435,7 +461,9 @@ impl WasmPlugin {
             pool,
             snapshot,
         });
-        inner.release(first);
+        if let Some(first) = first {
+            inner.release(first);
+        }
         Self { inner }
     }
 }

@@ -16,7 +16,7 @@ use super::{
     PluginLoadError, bindings, bindings_v0_2,
     engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
     host,
-    instance::{CallPolicy, Instance, WasmPlugin},
+    instance::{CallPolicy, Instance, Ready, WasmPlugin},
     snapshot,
     state::{GuestContext, HostState},
     stats::{PluginStats, PluginStatsSnapshot},
@@ -164,6 +164,11 @@ impl CompiledPlugin {
     /// Whether the component imports WASI (and is linked with it).
     pub fn uses_wasi(&self) -> bool {
         self.uses_wasi
+    }
+
+    /// The component's bytes, kept for `fresh` plugins to snapshot.
+    pub(crate) fn bytes(&self) -> Option<&Arc<[u8]>> {
+        self.bytes.as_ref()
     }
 
     /// The contract version it is served under.
@@ -403,45 +408,20 @@ impl PluginRuntime {
                 });
             }
         };
-        let max_idle = match def.isolation {
-            Isolation::Fresh => None,
-            Isolation::Pooled { max_idle } => Some(max_idle),
-        };
-        let snapshot = match &compiled.bytes {
-            Some(bytes) => {
-                let linker = if compiled.uses_wasi {
-                    &self.inner.with_wasi
-                } else {
-                    &self.inner.plain
-                };
-                let taken = snapshot::take(
-                    &self.inner.cache,
-                    linker,
-                    compiled,
-                    bytes,
-                    &ctx,
-                    &policy,
-                    load_deadline,
-                    config_json,
-                )
-                .await;
-                match taken {
-                    Ok(snapshot) => {
-                        tracing::debug!(plugin = %def.name, route, "fresh instances start from a snapshot");
-                        Some(snapshot)
-                    }
-                    Err(why) => {
-                        tracing::warn!(
-                            plugin = %def.name,
-                            route,
-                            reason = %crate::plugin::chain(&why),
-                            "fresh instances will call configure each: no snapshot"
-                        );
-                        None
-                    }
+        let ready = match def.isolation {
+            Isolation::Pooled { max_idle } => Ready::Pooled {
+                max_idle,
+                workers: self.inner.workers,
+                first: instance,
+            },
+            Isolation::Fresh => {
+                drop(instance);
+                Ready::Fresh {
+                    snapshot: self
+                        .snapshot(compiled, &ctx, &policy, load_deadline, config_json, route)
+                        .await,
                 }
             }
-            None => None,
         };
         Ok(Arc::new(WasmPlugin::new(
             compiled.clone(),
@@ -449,11 +429,50 @@ impl PluginRuntime {
             policy,
             config_json.to_owned(),
             needs,
-            max_idle,
-            self.inner.workers,
-            instance,
-            snapshot,
+            ready,
         )))
+    }
+
+    /// The snapshot fresh instances of `compiled` on `route` start from, or
+    /// `None` (logged) when it cannot be taken.
+    async fn snapshot(
+        &self,
+        compiled: &CompiledPlugin,
+        ctx: &Arc<GuestContext>,
+        policy: &CallPolicy,
+        deadline: Duration,
+        config_json: &str,
+        route: &str,
+    ) -> Option<snapshot::Snapshot> {
+        let linker = if compiled.uses_wasi {
+            &self.inner.with_wasi
+        } else {
+            &self.inner.plain
+        };
+        let taken = snapshot::take(
+            &self.inner.cache,
+            linker,
+            compiled,
+            (ctx, policy),
+            deadline,
+            config_json,
+        )
+        .await;
+        match taken {
+            Ok(snapshot) => {
+                tracing::debug!(plugin = %compiled.name, route, "fresh instances start from a snapshot");
+                Some(snapshot)
+            }
+            Err(why) => {
+                tracing::warn!(
+                    plugin = %compiled.name,
+                    route,
+                    reason = %crate::plugin::chain(&why),
+                    "fresh instances will call configure each: no snapshot"
+                );
+                None
+            }
+        }
     }
 
     /// Counters per plugin name (all routes and reloads together).

@@ -29,8 +29,8 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::{
     CompiledPlugin, bindings, bindings_v0_2,
-    engine::{CachedComponent, ComponentCache, deadline_ticks},
-    instance::CallPolicy,
+    engine::{CachedComponent, ComponentCache},
+    instance::{CallPolicy, new_store},
     runtime::{ContractVersion, GuestPre},
     state::{GuestContext, HostState},
 };
@@ -70,18 +70,19 @@ pub(crate) enum NoSnapshot {
 }
 
 /// Take a snapshot of `compiled` configured with `config_json` for the
-/// route plugin `ctx`. Compiles (blocking work, moved off the async
+/// route plugin `ctx` (its calls bounded by `policy` and `deadline`). Compiles (blocking work, moved off the async
 /// threads); the instrumented copy and the snapshot are each cached by hash.
 pub(crate) async fn take(
     cache: &Arc<ComponentCache>,
     linker: &wasmtime::component::Linker<HostState>,
     compiled: &CompiledPlugin,
-    bytes: &Arc<[u8]>,
-    ctx: &Arc<GuestContext>,
-    policy: &CallPolicy,
+    (ctx, policy): (&Arc<GuestContext>, &CallPolicy),
     deadline: Duration,
     config_json: &str,
 ) -> Result<Snapshot, NoSnapshot> {
+    let bytes = compiled.bytes().ok_or_else(|| {
+        NoSnapshot::Unsupported(wasmtime::format_err!("the component's bytes were not kept"))
+    })?;
     let wizer = Wizer::new();
     let instrumented = {
         let bytes = bytes.clone();
@@ -97,13 +98,7 @@ pub(crate) async fn take(
         .instantiate_pre(&instrumented_component.component)
         .map_err(NoSnapshot::Configure)?;
 
-    let mut store = Store::new(
-        compiled.engine(),
-        HostState::new(ctx.clone(), policy.memory_limit),
-    );
-    store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(deadline_ticks(deadline));
+    let mut store = new_store(compiled.engine(), ctx, policy, deadline);
     let version = compiled.contract();
     let configure = async {
         let instance = pre.instantiate_async(&mut store).await?;
