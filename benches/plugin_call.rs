@@ -1,5 +1,6 @@
 //! Per-request cost of a plugin: get an instance (fresh from the
-//! pre-instantiated component, or from the pool) and call `on-request`.
+//! pre-instantiated snapshot of the configured component, or from the pool)
+//! and call `on-request`, then release it (a fresh instance is freed).
 //! Measured for the example `headers` plugin (which reads nothing of the
 //! request, only returns its edits) in both isolation modes, and for
 //! `auth-key` pooled (reads one header, hashes it, compares, forwards the
