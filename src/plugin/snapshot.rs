@@ -29,7 +29,7 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::{
     CompiledPlugin, bindings, bindings_v0_2,
-    engine::{CachedComponent, ComponentCache},
+    engine::{CachedComponent, ComponentCache, deadline_ticks},
     instance::{CallPolicy, new_store},
     runtime::{ContractVersion, GuestPre},
     state::{GuestContext, HostState},
@@ -70,8 +70,9 @@ pub(crate) enum NoSnapshot {
 }
 
 /// Take a snapshot of `compiled` configured with `config_json` for the
-/// route plugin `ctx` (its calls bounded by `policy` and `deadline`). Compiles (blocking work, moved off the async
-/// threads); the instrumented copy and the snapshot are each cached by hash.
+/// route plugin `ctx`, its calls bounded by `policy` and `deadline`.
+/// Compiles (blocking work, moved off the async threads); the instrumented
+/// copy and the snapshot are each cached by hash.
 pub(crate) async fn take(
     cache: &Arc<ComponentCache>,
     linker: &wasmtime::component::Linker<HostState>,
@@ -131,6 +132,8 @@ pub(crate) async fn take(
     let (cx, _) = wizer
         .instrument_component(bytes)
         .map_err(NoSnapshot::Unsupported)?;
+    // The reads get a deadline of their own, not what configure left.
+    store.set_epoch_deadline(deadline_ticks(deadline));
     let mut access = Access {
         store: &mut store,
         instance,
