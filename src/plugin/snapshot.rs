@@ -127,27 +127,31 @@ pub(crate) async fn take(
         return Err(NoSnapshot::LiveResources);
     }
 
-    // The instrumented module has to be parsed again: its context borrows
-    // the bytes, and the bytes had to move to the blocking thread.
-    let (cx, _) = wizer
-        .instrument_component(bytes)
-        .map_err(NoSnapshot::Unsupported)?;
-    // The reads get a deadline of their own, not what configure left.
+    // Reading the state back (the whole linear memory) and rewriting the
+    // component take seconds for a large one: off the async threads too,
+    // driving the accessor calls from there. The instrumented module is
+    // parsed again there, since its context borrows the bytes.
     store.set_epoch_deadline(deadline_ticks(deadline));
-    let mut access = Access {
-        store: &mut store,
-        instance,
-        error: None,
-    };
     let snapshot = {
-        let _ticking = policy.ticker.call();
-        wizer.snapshot_component(&cx, &mut access).await
+        let (bytes, ticker) = (bytes.clone(), policy.ticker.clone());
+        let handle = tokio::runtime::Handle::current();
+        blocking(move || {
+            let _ticking = ticker.call();
+            let (cx, _) = wizer.instrument_component(&bytes)?;
+            let mut access = Access {
+                store: &mut store,
+                instance,
+                error: None,
+            };
+            let snapshot = handle.block_on(wizer.snapshot_component(&cx, &mut access));
+            match access.error {
+                Some(err) => Err(err),
+                None => snapshot,
+            }
+        })
+        .await
+        .map_err(NoSnapshot::Unsupported)?
     };
-    if let Some(err) = access.error {
-        return Err(NoSnapshot::Unsupported(err));
-    }
-    let snapshot = snapshot.map_err(NoSnapshot::Unsupported)?;
-    drop(store);
 
     let component = compile(cache, snapshot).await?;
     let pre = linker
