@@ -45,6 +45,7 @@ use crate::pipeline::{
 };
 
 /// How calls into one plugin's instances are bounded and accounted.
+#[derive(Clone)]
 pub(crate) struct CallPolicy {
     pub(crate) plugin: Arc<str>,
     /// Keeps the epoch advancing while a call runs.

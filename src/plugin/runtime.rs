@@ -82,9 +82,9 @@ struct RuntimeInner {
     engine: Engine,
     /// Linker for components that import nothing but `pylon:plugin` (of
     /// every contract version served).
-    plain: Linker<HostState>,
+    plain: Arc<Linker<HostState>>,
     /// The same plus WASI, for components that import `wasi:*`.
-    with_wasi: Linker<HostState>,
+    with_wasi: Arc<Linker<HostState>>,
     cache: Arc<ComponentCache>,
     stats: Mutex<BTreeMap<String, Arc<PluginStats>>>,
     /// Data-plane worker threads: pooled plugins keep idle instances per worker.
@@ -251,8 +251,8 @@ impl PluginRuntime {
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
-                plain,
-                with_wasi,
+                plain: Arc::new(plain),
+                with_wasi: Arc::new(with_wasi),
                 cache: Arc::new(cache),
                 workers: settings.worker_count(),
                 stats: Mutex::new(BTreeMap::new()),

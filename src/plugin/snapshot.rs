@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Store,
-    component::{Instance as ComponentInstance, Lift, WasmList},
+    component::{Instance as ComponentInstance, Lift, Linker, WasmList},
 };
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
@@ -75,83 +75,82 @@ pub(crate) enum NoSnapshot {
 /// copy and the snapshot are each cached by hash.
 pub(crate) async fn take(
     cache: &Arc<ComponentCache>,
-    linker: &wasmtime::component::Linker<HostState>,
+    linker: &Arc<Linker<HostState>>,
     compiled: &CompiledPlugin,
     (ctx, policy): (&Arc<GuestContext>, &CallPolicy),
     deadline: Duration,
     config_json: &str,
 ) -> Result<Snapshot, NoSnapshot> {
-    let bytes = compiled.bytes().ok_or_else(|| {
+    let bytes = compiled.bytes().cloned().ok_or_else(|| {
         NoSnapshot::Unsupported(wasmtime::format_err!("the component's bytes were not kept"))
     })?;
-    let wizer = Wizer::new();
-    let instrumented = {
-        let bytes = bytes.clone();
-        blocking(move || {
-            let (_, instrumented) = Wizer::new().instrument_component(&bytes)?;
-            Ok(instrumented)
-        })
-        .await
-        .map_err(NoSnapshot::Unsupported)?
-    };
-    let instrumented_component = compile(cache, instrumented).await?;
-    let pre = linker
-        .instantiate_pre(&instrumented_component.component)
-        .map_err(NoSnapshot::Configure)?;
-
-    let mut store = new_store(compiled.engine(), ctx, policy, deadline);
     let version = compiled.contract();
-    let configure = async {
-        let instance = pre.instantiate_async(&mut store).await?;
-        let answer = match version {
-            ContractVersion::V0_3 => bindings::Plugin::new(&mut store, &instance)?
-                .pylon_plugin_guest()
-                .call_configure(&mut store, config_json)
-                .await?
-                .map(|_| ()),
-            ContractVersion::V0_2 => bindings_v0_2::Plugin::new(&mut store, &instance)?
-                .pylon_plugin_guest()
-                .call_configure(&mut store, config_json)
-                .await?
-                .map(|_| ()),
-        };
-        wasmtime::Result::Ok((instance, answer))
-    };
-    let instance = match policy.bounded(deadline, configure).await {
-        Ok(Ok((instance, Ok(())))) => instance,
-        Ok(Ok((_, Err(message)))) => return Err(NoSnapshot::Inconsistent(message)),
-        Ok(Err(err)) => return Err(NoSnapshot::Configure(err)),
-        Err(_) => return Err(NoSnapshot::Deadline(deadline)),
-    };
-    if store.data().wasi.as_ref().is_some_and(|w| !w.is_empty()) {
-        return Err(NoSnapshot::LiveResources);
-    }
+    let engine = compiled.engine().clone();
+    let (cache_, linker_) = (cache.clone(), linker.clone());
+    let (ctx, policy, config_json) = (ctx.clone(), policy.clone(), config_json.to_owned());
+    // Instrumenting, configuring and reading the state back (the whole
+    // linear memory) take seconds for a large component: all of it runs on
+    // a blocking thread, which drives the guest calls itself. The
+    // instrumentation context borrows the bytes, so it stays there too.
+    let handle = tokio::runtime::Handle::current();
+    let snapshot = tokio::task::spawn_blocking(move || {
+        let wizer = Wizer::new();
+        let (cx, instrumented) = wizer
+            .instrument_component(&bytes)
+            .map_err(NoSnapshot::Unsupported)?;
+        let sha256: [u8; 32] = Sha256::digest(&instrumented).into();
+        let (instrumented, _) = cache_
+            .get_or_compile(&sha256, &instrumented)
+            .map_err(|failure| NoSnapshot::Compile(failure.0))?;
+        let pre = linker_
+            .instantiate_pre(&instrumented.component)
+            .map_err(NoSnapshot::Configure)?;
 
-    // Reading the state back (the whole linear memory) and rewriting the
-    // component take seconds for a large one: off the async threads too,
-    // driving the accessor calls from there. The instrumented module is
-    // parsed again there, since its context borrows the bytes.
-    store.set_epoch_deadline(deadline_ticks(deadline));
-    let snapshot = {
-        let (bytes, ticker) = (bytes.clone(), policy.ticker.clone());
-        let handle = tokio::runtime::Handle::current();
-        blocking(move || {
-            let _ticking = ticker.call();
-            let (cx, _) = wizer.instrument_component(&bytes)?;
-            let mut access = Access {
-                store: &mut store,
-                instance,
-                error: None,
+        let mut store = new_store(&engine, &ctx, &policy, deadline);
+        let configure = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let answer = match version {
+                ContractVersion::V0_3 => bindings::Plugin::new(&mut store, &instance)?
+                    .pylon_plugin_guest()
+                    .call_configure(&mut store, &config_json)
+                    .await?
+                    .map(|_| ()),
+                ContractVersion::V0_2 => bindings_v0_2::Plugin::new(&mut store, &instance)?
+                    .pylon_plugin_guest()
+                    .call_configure(&mut store, &config_json)
+                    .await?
+                    .map(|_| ()),
             };
-            let snapshot = handle.block_on(wizer.snapshot_component(&cx, &mut access));
-            match access.error {
-                Some(err) => Err(err),
-                None => snapshot,
-            }
-        })
-        .await
-        .map_err(NoSnapshot::Unsupported)?
-    };
+            wasmtime::Result::Ok((instance, answer))
+        };
+        let instance = match handle.block_on(policy.bounded(deadline, configure)) {
+            Ok(Ok((instance, Ok(())))) => instance,
+            Ok(Ok((_, Err(message)))) => return Err(NoSnapshot::Inconsistent(message)),
+            Ok(Err(err)) => return Err(NoSnapshot::Configure(err)),
+            Err(_) => return Err(NoSnapshot::Deadline(deadline)),
+        };
+        if store.data().wasi.as_ref().is_some_and(|w| !w.is_empty()) {
+            return Err(NoSnapshot::LiveResources);
+        }
+
+        // The reads get a deadline of their own, not what configure left.
+        store.set_epoch_deadline(deadline_ticks(deadline));
+        let _ticking = policy.ticker.call();
+        let mut access = Access {
+            store: &mut store,
+            instance,
+            error: None,
+        };
+        let snapshot = handle.block_on(wizer.snapshot_component(&cx, &mut access));
+        match access.error {
+            Some(err) => Err(NoSnapshot::Unsupported(err)),
+            None => snapshot.map_err(NoSnapshot::Unsupported),
+        }
+    })
+    .await
+    .map_err(|join| {
+        NoSnapshot::Unsupported(wasmtime::format_err!("snapshot task failed: {join}"))
+    })??;
 
     let component = compile(cache, snapshot).await?;
     let pre = linker

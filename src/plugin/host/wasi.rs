@@ -58,9 +58,7 @@ impl WasiState {
             table: ResourceTable::new(),
         }
     }
-}
 
-impl WasiState {
     /// Whether no WASI resource (stream, pollable, ...) is open.
     pub(crate) fn is_empty(&self) -> bool {
         self.table.is_empty()
