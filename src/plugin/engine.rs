@@ -22,7 +22,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::config::RuntimeSettings;
+use crate::{config::RuntimeSettings, server::workers::Striped};
 
 /// How often the epoch advances: the resolution of plugin deadlines.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -116,14 +116,36 @@ pub(crate) struct EpochTicker {
 }
 
 struct TickerState {
-    in_flight: AtomicUsize,
-    started: AtomicU64,
+    /// Per worker, so that calls on different cores touch different lines.
+    calls: Striped<CallCounts>,
     parked: AtomicBool,
     stop: AtomicBool,
 }
 
+#[derive(Default)]
+struct CallCounts {
+    in_flight: AtomicUsize,
+    started: AtomicU64,
+}
+
+impl TickerState {
+    fn in_flight(&self) -> usize {
+        self.calls
+            .iter()
+            .map(|c| c.in_flight.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    fn started(&self) -> u64 {
+        self.calls
+            .iter()
+            .map(|c| c.started.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// Keeps the epoch ticking for the duration of one call.
-pub(crate) struct CallGuard<'a>(&'a TickerState);
+pub(crate) struct CallGuard<'a>(&'a CallCounts);
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
@@ -134,8 +156,7 @@ impl Drop for CallGuard<'_> {
 impl EpochTicker {
     pub(crate) fn start(engine: &Engine) -> io::Result<Self> {
         let shared = Arc::new(TickerState {
-            in_flight: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
+            calls: Striped::default(),
             parked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -145,15 +166,13 @@ impl EpochTicker {
             .name("pylon-epoch".into())
             .spawn(move || {
                 let mut idle_ticks = 0;
-                let mut last_started = state.started.load(Ordering::Relaxed);
+                let mut last_started = state.started();
                 while !state.stop.load(Ordering::SeqCst) {
                     if idle_ticks >= IDLE_TICKS_BEFORE_PARKING {
                         // Either a call sees `parked` and unparks us, or we
-                        // see its `in_flight` and do not park (both SeqCst).
+                        // see its `in_flight` and do not park (all SeqCst).
                         state.parked.store(true, Ordering::SeqCst);
-                        if state.in_flight.load(Ordering::SeqCst) == 0
-                            && !state.stop.load(Ordering::SeqCst)
-                        {
+                        if state.in_flight() == 0 && !state.stop.load(Ordering::SeqCst) {
                             std::thread::park();
                         }
                         state.parked.store(false, Ordering::SeqCst);
@@ -162,8 +181,8 @@ impl EpochTicker {
                     }
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
-                    let started = state.started.load(Ordering::Relaxed);
-                    if started == last_started && state.in_flight.load(Ordering::SeqCst) == 0 {
+                    let started = state.started();
+                    if started == last_started && state.in_flight() == 0 {
                         idle_ticks += 1;
                     } else {
                         idle_ticks = 0;
@@ -180,14 +199,15 @@ impl EpochTicker {
     /// Register a call into Wasm; the epoch advances until the guard drops.
     pub(crate) fn call(&self) -> CallGuard<'_> {
         let s = &*self.shared;
-        s.in_flight.fetch_add(1, Ordering::SeqCst);
-        s.started.fetch_add(1, Ordering::Relaxed);
+        let counts = s.calls.local();
+        counts.in_flight.fetch_add(1, Ordering::SeqCst);
+        counts.started.fetch_add(1, Ordering::Relaxed);
         if s.parked.load(Ordering::SeqCst)
             && let Some(t) = &self.thread
         {
             t.thread().unpark();
         }
-        CallGuard(s)
+        CallGuard(counts)
     }
 }
 

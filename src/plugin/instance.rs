@@ -56,30 +56,35 @@ pub(crate) struct CallPolicy {
 }
 
 impl CallPolicy {
-    /// Run one call into Wasm: the epoch ticks while it runs, and
-    /// `deadline` also bounds the time the guest waits on host awaits (kv,
-    /// http, WASI polls), which the epoch cannot interrupt.
+    /// Run one call into Wasm, armed at `started`: the epoch ticks while it
+    /// runs, and `deadline` also bounds the time the guest waits on host
+    /// awaits (kv, http, WASI polls), which the epoch cannot interrupt.
     ///
     /// The timer is armed only once the call first waits: most calls finish
     /// in their first poll, and registering a tokio timer per call (and
-    /// clearing it after) cost more than some plugins' whole call.
+    /// clearing it after) cost more than some plugins' whole call; and
+    /// `started` is the clock reading the caller took anyway.
     pub(crate) async fn bounded<F: Future>(
         &self,
+        started: Instant,
         deadline: Duration,
         call: F,
     ) -> Result<F::Output, Elapsed> {
         let _ticking = self.ticker.call();
-        let until = tokio::time::Instant::now() + deadline;
         let mut call = std::pin::pin!(call);
-        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // `Some(None)`: a deadline past the end of time, which never fires.
+        let mut timer: Option<Option<Pin<Box<tokio::time::Sleep>>>> = None;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = call.as_mut().poll(cx) {
                 return Poll::Ready(Ok(out));
             }
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-            match timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
-                Poll::Pending => Poll::Pending,
+            let timer = timer.get_or_insert_with(|| {
+                let until = started.checked_add(deadline)?;
+                Some(Box::pin(tokio::time::sleep_until(until.into())))
+            });
+            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed)),
+                Some(Poll::Pending) | None => Poll::Pending,
             }
         })
         .await
@@ -131,7 +136,7 @@ impl Instance {
                 ),
             })
         };
-        let result = policy.bounded(deadline, instantiate).await;
+        let result = policy.bounded(Instant::now(), deadline, instantiate).await;
         let err = match result {
             Ok(Ok(guest)) => return Ok(Self { store, guest }),
             Ok(Err(err)) => classify(policy, &store, deadline, err),
@@ -166,7 +171,7 @@ impl Instance {
                     .map(Into::into)),
             }
         };
-        let result = policy.bounded(deadline, call).await;
+        let result = policy.bounded(started, deadline, call).await;
         let answer = finish(store, policy, deadline, started, result)?;
         Ok(answer.map(convert::needs_from_wit))
     }
@@ -191,7 +196,11 @@ impl Instance {
                     .lend_request(req, needs.request_body);
                 let started = arm(store, deadline);
                 let result = policy
-                    .bounded(deadline, guest.call_on_request(&mut *store, handle))
+                    .bounded(
+                        started,
+                        deadline,
+                        guest.call_on_request(&mut *store, handle),
+                    )
                     .await;
                 store.data_mut().exchange.give_back(req, None);
                 finish(store, policy, deadline, started, result)?
@@ -201,6 +210,7 @@ impl Instance {
                 let started = arm(store, deadline);
                 let result = policy
                     .bounded(
+                        started,
                         deadline,
                         guest.call_on_request(&mut *store, parts.request()),
                     )
@@ -234,6 +244,7 @@ impl Instance {
                 let started = arm(store, deadline);
                 let result = policy
                     .bounded(
+                        started,
                         deadline,
                         guest.call_on_response(&mut *store, req_handle, resp_handle),
                     )
@@ -247,6 +258,7 @@ impl Instance {
                 let started = arm(store, deadline);
                 let result = policy
                     .bounded(
+                        started,
                         deadline,
                         guest.call_on_response(
                             &mut *store,

@@ -123,12 +123,13 @@ pub(crate) async fn take(
             };
             wasmtime::Result::Ok((instance, answer))
         };
-        let instance = match handle.block_on(policy.bounded(deadline, configure)) {
-            Ok(Ok((instance, Ok(())))) => instance,
-            Ok(Ok((_, Err(message)))) => return Err(NoSnapshot::Inconsistent(message)),
-            Ok(Err(err)) => return Err(NoSnapshot::Configure(err)),
-            Err(_) => return Err(NoSnapshot::Deadline(deadline)),
-        };
+        let instance =
+            match handle.block_on(policy.bounded(std::time::Instant::now(), deadline, configure)) {
+                Ok(Ok((instance, Ok(())))) => instance,
+                Ok(Ok((_, Err(message)))) => return Err(NoSnapshot::Inconsistent(message)),
+                Ok(Err(err)) => return Err(NoSnapshot::Configure(err)),
+                Err(_) => return Err(NoSnapshot::Deadline(deadline)),
+            };
         if store.data().wasi.as_ref().is_some_and(|w| !w.is_empty()) {
             return Err(NoSnapshot::LiveResources);
         }

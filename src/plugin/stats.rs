@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::pipeline::PluginError;
+use crate::{pipeline::PluginError, server::workers::Striped};
 
 /// Upper bounds of the latency histogram's buckets, in microseconds; a
 /// last, unbounded bucket follows.
@@ -14,9 +14,15 @@ pub const LATENCY_BUCKETS_US: [u64; 12] = [
     5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 10_000, 50_000, 250_000,
 ];
 
-/// Live counters of one plugin (all routes together).
+/// Live counters of one plugin (all routes together), kept per worker and
+/// added up when read.
 #[derive(Default)]
 pub(crate) struct PluginStats {
+    counters: Striped<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
     calls: AtomicU64,
     failures: AtomicU64,
     traps: AtomicU64,
@@ -55,15 +61,16 @@ pub struct PluginStatsSnapshot {
 impl PluginStats {
     /// Count one guest call, failed or not.
     pub(crate) fn record_call(&self, elapsed: Duration, error: Option<&PluginError>) {
-        self.calls.fetch_add(1, Relaxed);
+        let c = self.counters.local();
+        c.calls.fetch_add(1, Relaxed);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.total_call_nanos.fetch_add(nanos, Relaxed);
+        c.total_call_nanos.fetch_add(nanos, Relaxed);
         let us = nanos / 1_000;
         let bucket = LATENCY_BUCKETS_US
             .iter()
             .position(|&bound| us <= bound)
             .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.latency[bucket].fetch_add(1, Relaxed);
+        c.latency[bucket].fetch_add(1, Relaxed);
         if let Some(err) = error {
             self.record_error(err);
         }
@@ -72,32 +79,43 @@ impl PluginStats {
     /// Count one failure by its class (also for failures outside calls,
     /// such as instantiation or invalid output).
     pub(crate) fn record_error(&self, err: &PluginError) {
-        self.failures.fetch_add(1, Relaxed);
+        let c = self.counters.local();
+        c.failures.fetch_add(1, Relaxed);
         let counter = match err {
-            PluginError::Deadline { .. } => &self.deadline_hits,
-            PluginError::Memory { .. } => &self.memory_hits,
-            PluginError::Trap { .. } => &self.traps,
-            PluginError::InvalidOutput { .. } => &self.invalid_outputs,
+            PluginError::Deadline { .. } => &c.deadline_hits,
+            PluginError::Memory { .. } => &c.memory_hits,
+            PluginError::Trap { .. } => &c.traps,
+            PluginError::InvalidOutput { .. } => &c.invalid_outputs,
             PluginError::Instantiate { .. } => return,
         };
         counter.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn record_instantiation(&self) {
-        self.instantiations.fetch_add(1, Relaxed);
+        self.counters.local().instantiations.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> PluginStatsSnapshot {
+        let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
+            self.counters.iter().map(|c| f(c).load(Relaxed)).sum()
+        };
         PluginStatsSnapshot {
-            calls: self.calls.load(Relaxed),
-            failures: self.failures.load(Relaxed),
-            traps: self.traps.load(Relaxed),
-            deadline_hits: self.deadline_hits.load(Relaxed),
-            memory_hits: self.memory_hits.load(Relaxed),
-            invalid_outputs: self.invalid_outputs.load(Relaxed),
-            total_call_nanos: self.total_call_nanos.load(Relaxed),
-            instantiations: self.instantiations.load(Relaxed),
-            latency_buckets: self.latency.iter().map(|c| c.load(Relaxed)).collect(),
+            calls: sum(|c| &c.calls),
+            failures: sum(|c| &c.failures),
+            traps: sum(|c| &c.traps),
+            deadline_hits: sum(|c| &c.deadline_hits),
+            memory_hits: sum(|c| &c.memory_hits),
+            invalid_outputs: sum(|c| &c.invalid_outputs),
+            total_call_nanos: sum(|c| &c.total_call_nanos),
+            instantiations: sum(|c| &c.instantiations),
+            latency_buckets: (0..=LATENCY_BUCKETS_US.len())
+                .map(|b| {
+                    self.counters
+                        .iter()
+                        .map(|c| c.latency[b].load(Relaxed))
+                        .sum()
+                })
+                .collect(),
         }
     }
 }

@@ -36,6 +36,10 @@ use crate::{
 /// The configured plugin.
 struct RateLimit {
     settings: Settings,
+    /// Per limit, the part of its counter keys that names it.
+    limit_ids: Vec<String>,
+    /// The route, asked of the host once: an instance serves one route.
+    route: Option<String>,
 }
 
 /// The host's kv store.
@@ -58,7 +62,17 @@ impl Plugin for RateLimit {
         let settings = config::parse(text)?;
         // The `RateLimit-*` headers are known in the request phase and go
         // back as response edits from there: no response phase.
-        Ok((RateLimit { settings }, Needs::none()))
+        let limit_ids = settings
+            .limits
+            .iter()
+            .map(|l| limit_id(settings.algorithm, l))
+            .collect();
+        let plugin = RateLimit {
+            settings,
+            limit_ids,
+            route: None,
+        };
+        Ok((plugin, Needs::none()))
     }
 
     fn on_request(&mut self, req: &Request) -> RequestAction {
@@ -73,23 +87,16 @@ impl Plugin for RateLimit {
             },
         };
         // The route is asked of the host only when no group replaces it.
-        let route;
         let group = match &self.settings.group {
             Some(group) => group.as_str(),
-            None => {
-                route = req.route();
-                route.as_str()
-            }
+            None => self.route.get_or_insert_with(|| req.route()).as_str(),
         };
         let now = clock::now_ms();
 
         let mut store = HostKv;
         let mut usages = Vec::with_capacity(self.settings.limits.len());
-        for limit in &self.settings.limits {
-            let prefix = format!(
-                "{group}|{}|{client}",
-                limit_id(self.settings.algorithm, limit)
-            );
+        for (limit, id) in self.settings.limits.iter().zip(&self.limit_ids) {
+            let prefix = [group, id, &client].join("|");
             let usage = match self.settings.algorithm {
                 Algorithm::SlidingWindow => algo::sliding_window(&mut store, &prefix, limit, now),
                 Algorithm::TokenBucket => algo::token_bucket(&mut store, &prefix, limit, now),
