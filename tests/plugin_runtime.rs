@@ -354,6 +354,28 @@ async fn memory_cap_stops_memory_bomb() {
     assert_eq!(body(&resp), "allocated 8 MiB");
 }
 
+/// A pool too large for 4 GiB linear memory slots gets slots sized to the
+/// memory cap (with explicit bounds checks): the cap holds there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_cap_holds_with_slots_sized_to_the_cap() {
+    let rt = PluginRuntime::new(&RuntimeSettings {
+        max_instances: 20_000,
+        max_memory_bytes: 64 << 20,
+        ..settings(None)
+    })
+    .expect("runtime starts");
+    let mut d = def("membomb", "membomb");
+    d.memory_limit_bytes = 32 << 20;
+    let p = load(&rt, &d, "r", "{}", host()).await.expect("loads");
+    let err = call(&p, &request("/")).await.unwrap_err();
+    assert!(matches!(&err, PluginError::Memory { .. }), "{err:?}");
+    let p = load(&rt, &d, "r", r#"{"mib": 8}"#, host())
+        .await
+        .expect("loads");
+    let resp = responded(call_ok(&p, &request("/")).await);
+    assert_eq!(body(&resp), "allocated 8 MiB");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_fails_only_its_request_and_pooled_instance_is_discarded() {
     let (rt, p) = loaded(&def("trap", "trap"), r#"{"phase": "request"}"#).await;

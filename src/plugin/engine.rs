@@ -43,9 +43,19 @@ const MAX_TABLES_PER_COMPONENT: u32 = 32;
 /// Interpreters' function tables are large (the componentize-py CPython
 /// component starts with about 5,700 entries).
 const TABLE_ELEMENTS: usize = 64 * 1024;
-/// Guard pages after each linear memory. Bounds checks are explicit anyway
-/// (the reservation is the memory cap, not 4 GiB); this lets Cranelift fold
-/// checks of nearby offsets.
+/// A linear memory slot with 4 GiB of address space and this guard after
+/// it lets Cranelift drop the bounds check of every load and store whose
+/// static offset is below the guard (measured: the guest part of a call,
+/// a quarter of it in some plugins, was paying for these checks).
+const FULL_RESERVATION: u64 = 4 << 30;
+const FULL_GUARD_BYTES: u64 = 32 << 20;
+/// Full slots are used while all of them together take at most this much
+/// address space (a quarter of x86-64's 128 TiB): 1,000 instances (2,000
+/// slots) take 8 TiB. A larger pool, or a machine that refuses that much,
+/// gets slots sized to the memory cap instead.
+const FULL_RESERVATION_BUDGET: u64 = 32 << 40;
+/// Guard pages after a slot sized to the memory cap, where bounds checks
+/// are explicit; this lets Cranelift fold checks of nearby offsets.
 const MEMORY_GUARD_BYTES: u64 = 2 << 20;
 const WASM_PAGE: usize = 64 * 1024;
 /// Dirty linear memory reset by hand (not `madvise`) when an instance is freed.
@@ -54,20 +64,38 @@ const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// Build the engine: component model, epoch interruption, and the pooling
 /// allocator sized from `settings`.
 ///
-/// Sizing: every linear memory slot reserves `max_memory_bytes` (rounded up
-/// to a Wasm page) plus a 2 MiB guard of address space, not the default
-/// 4 GiB + 32 MiB. With the defaults (1,000 instances, 256 MiB) that is
-/// 2,000 slots, about 500 GiB of *address space* (x86-64 offers 128 TiB)
-/// instead of 8 TiB; nothing is committed until touched. The price is
-/// explicit bounds checks in compiled code, which plugins (short request
-/// handlers) do not notice.
+/// Sizing: every linear memory slot reserves 4 GiB plus a 32 MiB guard of
+/// address space, so that compiled code needs no explicit bounds checks,
+/// while that fits [`FULL_RESERVATION_BUDGET`] and the system grants it;
+/// else `max_memory_bytes` (rounded up to a Wasm page) plus a 2 MiB guard,
+/// with explicit checks. Nothing is committed until touched.
 pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engine> {
     let instances = settings.max_instances.max(1);
     let max_memory = settings
         .max_memory_bytes
         .max(WASM_PAGE)
         .next_multiple_of(WASM_PAGE);
+    let slots = u64::from(instances) * u64::from(MEMORIES_PER_COMPONENT);
+    let full = FULL_RESERVATION.max(max_memory as u64);
+    if slots.saturating_mul(full + FULL_GUARD_BYTES) <= FULL_RESERVATION_BUDGET {
+        match engine_with(settings, max_memory, full, FULL_GUARD_BYTES) {
+            Ok(engine) => return Ok(engine),
+            Err(err) => tracing::warn!(
+                error = %err,
+                "4 GiB linear memory slots refused; sizing them to the memory cap (with bounds checks)"
+            ),
+        }
+    }
+    engine_with(settings, max_memory, max_memory as u64, MEMORY_GUARD_BYTES)
+}
 
+fn engine_with(
+    settings: &RuntimeSettings,
+    max_memory: usize,
+    reservation: u64,
+    guard: u64,
+) -> wasmtime::Result<Engine> {
+    let instances = settings.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
@@ -95,8 +123,8 @@ pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engin
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
-        .memory_reservation(max_memory as u64)
-        .memory_guard_size(MEMORY_GUARD_BYTES)
+        .memory_reservation(reservation)
+        .memory_guard_size(guard)
         .memory_reservation_for_growth(0)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
