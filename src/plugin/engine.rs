@@ -327,6 +327,14 @@ impl ComponentCache {
         )))
     }
 
+    /// [`Self::get_or_compile`] for bytes whose hash the caller has no
+    /// other use for.
+    pub(crate) fn compile(&self, bytes: &[u8]) -> Result<Arc<CachedComponent>, CompileFailure> {
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        self.get_or_compile(&sha256, bytes)
+            .map(|(component, _)| component)
+    }
+
     /// The compiled component for `bytes`, from memory, disk, or Cranelift.
     /// Blocking: compiling a large component takes seconds.
     pub(crate) fn get_or_compile(

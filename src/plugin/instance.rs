@@ -71,20 +71,22 @@ impl CallPolicy {
         call: F,
     ) -> Result<F::Output, Elapsed> {
         let _ticking = self.ticker.call();
+        // `None`: a deadline past the end of time, which never fires.
+        let until = started.checked_add(deadline);
         let mut call = std::pin::pin!(call);
-        // `Some(None)`: a deadline past the end of time, which never fires.
-        let mut timer: Option<Option<Pin<Box<tokio::time::Sleep>>>> = None;
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = call.as_mut().poll(cx) {
                 return Poll::Ready(Ok(out));
             }
-            let timer = timer.get_or_insert_with(|| {
-                let until = started.checked_add(deadline)?;
-                Some(Box::pin(tokio::time::sleep_until(until.into())))
-            });
-            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed)),
-                Some(Poll::Pending) | None => Poll::Pending,
+            let Some(until) = until else {
+                return Poll::Pending;
+            };
+            let timer =
+                timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until.into())));
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+                Poll::Pending => Poll::Pending,
             }
         })
         .await

@@ -20,7 +20,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sha2::{Digest, Sha256};
 use wasmtime::{
     Store,
     component::{Instance as ComponentInstance, Lift, Linker, WasmList},
@@ -98,9 +97,8 @@ pub(crate) async fn take(
         let (cx, instrumented) = wizer
             .instrument_component(&bytes)
             .map_err(NoSnapshot::Unsupported)?;
-        let sha256: [u8; 32] = Sha256::digest(&instrumented).into();
-        let (instrumented, _) = cache_
-            .get_or_compile(&sha256, &instrumented)
+        let instrumented = cache_
+            .compile(&instrumented)
             .map_err(|failure| NoSnapshot::Compile(failure.0))?;
         let pre = linker_
             .instantiate_pre(&instrumented.component)
@@ -169,15 +167,9 @@ async fn compile(
     bytes: Vec<u8>,
 ) -> Result<Arc<CachedComponent>, NoSnapshot> {
     let cache = cache.clone();
-    blocking(move || {
-        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        cache
-            .get_or_compile(&sha256, &bytes)
-            .map(|(component, _)| component)
-            .map_err(|failure| failure.0)
-    })
-    .await
-    .map_err(NoSnapshot::Compile)
+    blocking(move || cache.compile(&bytes).map_err(|failure| failure.0))
+        .await
+        .map_err(NoSnapshot::Compile)
 }
 
 /// Run CPU-heavy load work off the async threads.
