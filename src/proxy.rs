@@ -93,7 +93,6 @@ async fn proxy(
     } else {
         None
     };
-    let original_path = parts.uri.path().to_string();
     let mut headers = std::mem::take(&mut parts.headers);
     // HTTP/2 carries the host in the URI; plugins always see a `host` header.
     if !headers.contains_key(header::HOST)
@@ -104,7 +103,7 @@ async fn proxy(
     let mut preq = PluginRequest {
         route: route.id.clone(),
         method: parts.method.clone(),
-        path: original_path.clone(),
+        path: parts.uri.path().to_owned(),
         query,
         headers,
         client_addr: conn.client,
@@ -129,18 +128,20 @@ async fn proxy(
         RequestOutcome::Forward { upstream } => {
             // Only a plugin's override allocates here; named again only on error.
             let chosen_upstream = upstream.clone();
-            let path = if preq.path != original_path {
+            // `parts.uri` is still the request as received.
+            let path = if preq.path != parts.uri.path() {
                 preq.path.clone()
             } else {
                 m.upstream_path
             };
             let pq = path_and_query(&path, preq.query.as_deref());
-            // The response phase sees the request as sent; without one the
-            // headers can move instead of being copied.
-            parts.headers = if sessions.is_empty() {
-                std::mem::take(&mut preq.headers)
-            } else {
+            // A response-phase call sees the request as sent; without one
+            // (no plugin left, or only header edits to apply on the way
+            // back) the headers can move instead of being copied.
+            parts.headers = if sessions.calls_response_phase() {
                 preq.headers.clone()
+            } else {
+                std::mem::take(&mut preq.headers)
             };
             parts.method = preq.method.clone();
             let body = match &preq.body {

@@ -42,6 +42,7 @@ const GUESTS: &[&str] = &[
     "memo",
     "hello-python",
     "legacy-v0-2",
+    "legacy-v0-3",
 ];
 
 /// `build/plugins`, built by `scripts/build-plugins` if any guest is missing.
@@ -273,29 +274,29 @@ async fn slow_server(body: &'static str, delay: Duration) -> SocketAddr {
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headers_plugin_edits_both_phases() {
+async fn headers_plugin_declares_its_edits_as_fixed_and_asks_for_no_call() {
     let config = r#"{"request": {"set": {"x-a": "1"}, "remove": ["host"]},
                      "response": {"append": {"x-b": ["2", "3"]}}}"#;
-    let (_rt, p) = loaded(&def("headers", "headers"), config).await;
-    assert!(p.needs().response_phase);
-    assert!(!p.needs().request_body);
-    let mut req = request("/");
-    let mut session = p.start().await.unwrap();
-    let RequestAction::Continue(edits) = session.on_request(&mut req).await.unwrap() else {
-        panic!("headers continues");
-    };
-    let mut headers = req.headers.clone();
-    edits.headers.iter().for_each(|op| op.apply(&mut headers));
+    let (rt, p) = loaded(&def("headers", "headers"), config).await;
+    let needs = p.needs();
+    assert!(!needs.request_phase && !needs.response_phase, "{needs:?}");
+    assert!(!needs.request_body && !needs.response_body);
+    let mut headers = request("/").headers;
+    assert!(headers.contains_key("host"));
+    p.fixed()
+        .request
+        .iter()
+        .for_each(|op| op.apply(&mut headers));
     assert_eq!(headers.get("x-a").unwrap(), "1");
     assert!(headers.get("host").is_none());
-    let edits = session
-        .on_response(&mut req, &mut PluginResponse::new(StatusCode::OK))
-        .await
-        .unwrap();
     let mut headers = HeaderMap::new();
-    edits.headers.iter().for_each(|op| op.apply(&mut headers));
+    p.fixed()
+        .response
+        .iter()
+        .for_each(|op| op.apply(&mut headers));
     let values: Vec<_> = headers.get_all("x-b").iter().collect();
     assert_eq!(values, ["2", "3"]);
+    assert_eq!(stats(&rt, "headers").calls, 1, "only configure ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,8 +612,8 @@ async fn load_errors_name_plugin_and_file() {
         chain(&err),
         format!(
             "plugin \"empty\": {} is not a pylon plugin: it exports neither \
-             `pylon:plugin/guest@0.3.0` nor `pylon:plugin/guest@0.2.0` (the contract versions \
-             this host serves); its exports: none",
+             `pylon:plugin/guest@0.4.0` nor `pylon:plugin/guest@0.3.0` nor \
+             `pylon:plugin/guest@0.2.0` (the contract versions this host serves); its exports: none",
             not_plugin.component.display()
         )
     );
@@ -1035,7 +1036,7 @@ async fn legacy_v0_2_plugin_sees_the_request_record_and_edits_both_phases() {
     let rt = runtime();
     assert_eq!(
         rt.compile(&def("headers", "headers")).unwrap().contract(),
-        ContractVersion::V0_3
+        ContractVersion::V0_4
     );
     let mut d = def("legacy", "legacy-v0-2");
     d.grants.log = true;

@@ -11,8 +11,8 @@ mod types;
 
 pub use run::{Pipeline, PipelineEntry, RequestOutcome, Sessions};
 pub use types::{
-    FailurePolicy, HeaderOp, Needs, PluginError, PluginRequest, PluginResponse, RequestAction,
-    RequestEdits, ResponseEdits,
+    FailurePolicy, FixedEdits, HeaderOp, Needs, PluginError, PluginRequest, PluginResponse,
+    RequestAction, RequestEdits, ResponseEdits,
 };
 
 use async_trait::async_trait;
@@ -29,6 +29,12 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// What the plugin declared when it accepted its configuration.
     fn needs(&self) -> Needs;
+
+    /// The header edits it declared for every request, which the pipeline
+    /// applies itself. Default: none.
+    fn fixed(&self) -> &FixedEdits {
+        FixedEdits::none()
+    }
 
     /// Get an instance ready to serve one request (fresh or from a pool).
     async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError>;

@@ -1,14 +1,19 @@
 //! Drives a route's plugins through the request phase (in order) and the
 //! response phase (in reverse), applying each plugin's edits and its
 //! failure policy.
+//!
+//! At each plugin's place, in either direction, the edits it declared at
+//! configure ([`FixedEdits`]) go first, then (on the way back) the response
+//! edits it gave in the request phase, then whatever its hook returns; the
+//! hook sees the message with the earlier edits applied.
 
 use std::sync::Arc;
 
 use crate::telemetry::observe;
 
 use super::{
-    FailurePolicy, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
-    RequestAction,
+    FailurePolicy, FixedEdits, Needs, Plugin, PluginError, PluginRequest, PluginResponse,
+    PluginSession, RequestAction,
 };
 
 /// One plugin on a route, with the route's failure policy for it.
@@ -40,8 +45,8 @@ pub enum RequestOutcome {
 }
 
 /// What the response phase owes each plugin that continued: its session
-/// (when it has a response phase) and the response edits it gave in the
-/// request phase.
+/// (when it has a response phase), and the response edits it declared at
+/// configure and gave in the request phase.
 #[derive(Default)]
 pub struct Sessions {
     active: Vec<Pending>,
@@ -52,6 +57,8 @@ struct Pending {
     /// `None` when the plugin has no response phase, or skipped the request
     /// phase (its instance is then taken when the response phase needs it).
     session: Option<Box<dyn PluginSession>>,
+    /// Call its response phase (false after a fail-open request phase).
+    call: bool,
     response_headers: Vec<super::HeaderOp>,
 }
 
@@ -93,11 +100,17 @@ impl Pipeline {
         let mut upstream = None;
         for (index, entry) in self.entries.iter().enumerate() {
             let needs = entry.plugin.needs();
+            let fixed = entry.plugin.fixed();
+            for op in &fixed.request {
+                op.apply(&mut req.headers);
+            }
+            let fixed_response = !fixed.response.is_empty();
             if !needs.request_phase {
-                if needs.response_phase {
+                if needs.response_phase || fixed_response {
                     sessions.active.push(Pending {
                         index,
                         session: None,
+                        call: needs.response_phase,
                         response_headers: Vec::new(),
                     });
                 }
@@ -121,6 +134,15 @@ impl Pipeline {
                     FailurePolicy::FailClosed => return Err(err),
                     FailurePolicy::FailOpen => {
                         tracing::warn!(route = %req.route, plugin = entry.plugin.id(), error = %err, "plugin failed; fail-open skips it");
+                        // Its hooks are skipped; what the host applies for it is not.
+                        if fixed_response {
+                            sessions.active.push(Pending {
+                                index,
+                                session: None,
+                                call: false,
+                                response_headers: Vec::new(),
+                            });
+                        }
                         continue;
                     }
                 },
@@ -144,10 +166,12 @@ impl Pipeline {
                     {
                         req.body = Some(body);
                     }
-                    if needs.response_phase || !edits.response_headers.is_empty() {
+                    if needs.response_phase || fixed_response || !edits.response_headers.is_empty()
+                    {
                         sessions.active.push(Pending {
                             index,
                             session: needs.response_phase.then_some(session),
+                            call: needs.response_phase,
                             response_headers: edits.response_headers,
                         });
                     }
@@ -168,10 +192,13 @@ impl Pipeline {
         while let Some(pending) = sessions.active.pop() {
             let entry = &self.entries[pending.index];
             let needs = entry.plugin.needs();
-            for op in &pending.response_headers {
+            let FixedEdits {
+                response: fixed, ..
+            } = entry.plugin.fixed();
+            for op in fixed.iter().chain(&pending.response_headers) {
                 op.apply(&mut resp.headers);
             }
-            if !needs.response_phase {
+            if !pending.call {
                 continue;
             }
             let mut call = observe::plugin_call(entry.plugin.id(), "on-response");
@@ -217,5 +244,11 @@ impl Sessions {
     /// True when no plugin waits for the response phase.
     pub fn is_empty(&self) -> bool {
         self.active.is_empty()
+    }
+
+    /// True when a plugin's response phase will be called (and will read
+    /// the request); false when the response phase only applies edits.
+    pub fn calls_response_phase(&self) -> bool {
+        self.active.iter().any(|p| p.call)
     }
 }

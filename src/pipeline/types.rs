@@ -47,6 +47,34 @@ impl Needs {
     }
 }
 
+/// Header edits a plugin declared once, at configure, for every request:
+/// the host applies them at the plugin's place in the pipeline without
+/// calling it (see `needs.fixed-*-headers` in the contract).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FixedEdits {
+    /// Applied to the request before the plugin's request phase.
+    pub request: Vec<HeaderOp>,
+    /// Applied to the response before the plugin's response phase.
+    pub response: Vec<HeaderOp>,
+}
+
+static NO_FIXED_EDITS: FixedEdits = FixedEdits {
+    request: Vec::new(),
+    response: Vec::new(),
+};
+
+impl FixedEdits {
+    /// No edits (what a plugin that declares none has).
+    pub fn none() -> &'static FixedEdits {
+        &NO_FIXED_EDITS
+    }
+
+    /// True when there are no edits in either direction.
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+}
+
 /// The request as plugins see it; edits of earlier plugins are applied
 /// before later plugins see it.
 #[derive(Debug, Clone)]

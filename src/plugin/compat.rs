@@ -1,29 +1,223 @@
-//! The previous contract, `pylon:plugin@0.2.0`, served beside the current
-//! one (0.3.0) so plugins built against it keep loading.
+//! The earlier contracts, `pylon:plugin@0.3.0` and `@0.2.0`, served beside
+//! the current one (0.4.0) so plugins built against them keep loading.
 //!
-//! The two differ only in how the hooks receive the request and response:
-//! 0.2.0 copies them whole into the guest as records, built here from the
-//! host model (borrowed, as the 0.2.0 host did, so nothing is copied twice).
-//! Everything else — the imports, `needs`, the edits, the actions — is
-//! structurally identical, so the generated 0.2.0 types convert field by
-//! field into their 0.3.0 twins (and back, for import results). The logic
-//! itself exists once, written against 0.3.0: host capabilities in
-//! `crate::plugin::host`, output validation in `convert::Validate`.
+//! 0.3.0 differs from 0.4.0 only in `needs`, which has no fixed header
+//! edits: a 0.3.0 plugin declares none. Its resources are the same, so its
+//! hooks get the same lent handles (`handle`), and every other type converts
+//! field by field into its 0.4.0 twin.
 //!
-//! Not a place for behaviour: a 0.2.0 plugin must see exactly what a 0.3.0
-//! plugin sees, only in the older shape.
+//! 0.2.0 differs from 0.3.0 in how the hooks receive the request and
+//! response: it copies them whole into the guest as records, built here from
+//! the host model (borrowed, as the 0.2.0 host did, so nothing is copied
+//! twice). Everything else — the imports, `needs`, the edits, the actions —
+//! is structurally identical, so the generated 0.2.0 types convert field by
+//! field into their current twins (and back, for import results). The logic
+//! itself exists once, written against the current contract: host
+//! capabilities in `crate::plugin::host`, output validation in
+//! `convert::Validate`.
+//!
+//! Not a place for behaviour: an older plugin must see exactly what a
+//! current plugin sees, only in the older shape.
 
 use http::HeaderMap;
+use wasmtime::component::Resource;
 
 use super::{
     bindings::pylon::plugin as current, bindings_v0_2::pylon::plugin as v0_2,
-    convert::socket_addr_text,
+    bindings_v0_3::pylon::plugin as v0_3, convert::socket_addr_text,
 };
 use crate::pipeline::{PluginRequest, PluginResponse};
 
 /// Every item converted, in order.
 pub(crate) fn each<A: Into<B>, B>(items: Vec<A>) -> Vec<B> {
     items.into_iter().map(Into::into).collect()
+}
+
+/// A lent handle as an older version's resource type names it. Handles are
+/// reps only (see `host::exchange`), the same in every version.
+pub(crate) fn handle<A: 'static, B: 'static>(h: Resource<A>) -> Resource<B> {
+    Resource::new_borrow(h.rep())
+}
+
+// ------------------------------------------- what a 0.3.0 guest returns -> 0.4.0
+
+impl From<v0_3::types::Header> for current::types::Header {
+    fn from(h: v0_3::types::Header) -> Self {
+        let v0_3::types::Header { name, value } = h;
+        Self { name, value }
+    }
+}
+
+impl From<v0_3::types::HeaderOp> for current::types::HeaderOp {
+    fn from(op: v0_3::types::HeaderOp) -> Self {
+        match op {
+            v0_3::types::HeaderOp::Set(h) => Self::Set(h.into()),
+            v0_3::types::HeaderOp::Append(h) => Self::Append(h.into()),
+            v0_3::types::HeaderOp::Remove(name) => Self::Remove(name),
+        }
+    }
+}
+
+impl From<v0_3::types::Response> for current::types::Response {
+    fn from(r: v0_3::types::Response) -> Self {
+        let v0_3::types::Response {
+            status,
+            headers,
+            body,
+        } = r;
+        Self {
+            status,
+            headers: each(headers),
+            body,
+        }
+    }
+}
+
+impl From<v0_3::types::RequestEdits> for current::types::RequestEdits {
+    fn from(e: v0_3::types::RequestEdits) -> Self {
+        let v0_3::types::RequestEdits {
+            headers,
+            path,
+            query,
+            upstream,
+            body,
+            response_headers,
+        } = e;
+        Self {
+            headers: each(headers),
+            path,
+            query,
+            upstream,
+            body,
+            response_headers: each(response_headers),
+        }
+    }
+}
+
+impl From<v0_3::types::RequestAction> for current::types::RequestAction {
+    fn from(a: v0_3::types::RequestAction) -> Self {
+        match a {
+            v0_3::types::RequestAction::Continue(edits) => Self::Continue(edits.into()),
+            v0_3::types::RequestAction::Respond(resp) => Self::Respond(resp.into()),
+        }
+    }
+}
+
+impl From<v0_3::types::ResponseEdits> for current::types::ResponseEdits {
+    fn from(e: v0_3::types::ResponseEdits) -> Self {
+        let v0_3::types::ResponseEdits {
+            status,
+            headers,
+            body,
+        } = e;
+        Self {
+            status,
+            headers: each(headers),
+            body,
+        }
+    }
+}
+
+/// 0.3.0 had no fixed header edits: the plugin declares none.
+impl From<v0_3::types::Needs> for current::types::Needs {
+    fn from(n: v0_3::types::Needs) -> Self {
+        let v0_3::types::Needs {
+            request_phase,
+            request_body,
+            response_phase,
+            response_body,
+        } = n;
+        Self {
+            request_phase,
+            request_body,
+            response_phase,
+            response_body,
+            fixed_request_headers: Vec::new(),
+            fixed_response_headers: Vec::new(),
+        }
+    }
+}
+
+// ------------------------------------------ import arguments 0.3.0 -> 0.4.0
+
+impl From<v0_3::log::Level> for current::log::Level {
+    fn from(level: v0_3::log::Level) -> Self {
+        match level {
+            v0_3::log::Level::Trace => Self::Trace,
+            v0_3::log::Level::Debug => Self::Debug,
+            v0_3::log::Level::Info => Self::Info,
+            v0_3::log::Level::Warn => Self::Warn,
+            v0_3::log::Level::Error => Self::Error,
+        }
+    }
+}
+
+impl From<v0_3::http_client::OutboundRequest> for current::http_client::OutboundRequest {
+    fn from(r: v0_3::http_client::OutboundRequest) -> Self {
+        let v0_3::http_client::OutboundRequest {
+            upstream,
+            method,
+            path_and_query,
+            headers,
+            body,
+            timeout_ms,
+        } = r;
+        Self {
+            upstream,
+            method,
+            path_and_query,
+            headers: each(headers),
+            body,
+            timeout_ms,
+        }
+    }
+}
+
+// -------------------------------------------- import results 0.4.0 -> 0.3.0
+
+impl From<current::types::Header> for v0_3::types::Header {
+    fn from(h: current::types::Header) -> Self {
+        let current::types::Header { name, value } = h;
+        Self { name, value }
+    }
+}
+
+impl From<current::types::Response> for v0_3::types::Response {
+    fn from(r: current::types::Response) -> Self {
+        let current::types::Response {
+            status,
+            headers,
+            body,
+        } = r;
+        Self {
+            status,
+            headers: each(headers),
+            body,
+        }
+    }
+}
+
+impl From<current::kv::KvError> for v0_3::kv::KvError {
+    fn from(e: current::kv::KvError) -> Self {
+        match e {
+            current::kv::KvError::Denied => Self::Denied,
+            current::kv::KvError::Unavailable(detail) => Self::Unavailable(detail),
+            current::kv::KvError::NotANumber => Self::NotANumber,
+        }
+    }
+}
+
+impl From<current::http_client::HttpError> for v0_3::http_client::HttpError {
+    fn from(e: current::http_client::HttpError) -> Self {
+        use current::http_client::HttpError as E;
+        match e {
+            E::Denied(upstream) => Self::Denied(upstream),
+            E::UnknownUpstream(upstream) => Self::UnknownUpstream(upstream),
+            E::Failed(detail) => Self::Failed(detail),
+            E::Timeout => Self::Timeout,
+            E::Invalid(detail) => Self::Invalid(detail),
+        }
+    }
 }
 
 // ------------------------------------------------ host model -> 0.2.0 records
@@ -109,7 +303,7 @@ impl<'a> ResponseParts<'a> {
     }
 }
 
-// ------------------------------------------- what a 0.2.0 guest returns -> 0.3.0
+// ------------------------------------------- what a 0.2.0 guest returns -> 0.4.0
 
 impl From<v0_2::types::HeaderResult> for current::types::Header {
     fn from(h: v0_2::types::HeaderResult) -> Self {
@@ -201,11 +395,13 @@ impl From<v0_2::types::Needs> for current::types::Needs {
             request_body,
             response_phase,
             response_body,
+            fixed_request_headers: Vec::new(),
+            fixed_response_headers: Vec::new(),
         }
     }
 }
 
-// ------------------------------------------ import arguments 0.2.0 -> 0.3.0
+// ------------------------------------------ import arguments 0.2.0 -> 0.4.0
 
 impl From<v0_2::log::Level> for current::log::Level {
     fn from(level: v0_2::log::Level) -> Self {
@@ -240,7 +436,7 @@ impl From<v0_2::http_client::OutboundRequest> for current::http_client::Outbound
     }
 }
 
-// -------------------------------------------- import results 0.3.0 -> 0.2.0
+// -------------------------------------------- import results 0.4.0 -> 0.2.0
 
 impl From<current::types::Header> for v0_2::types::HeaderResult {
     fn from(h: current::types::Header) -> Self {
@@ -354,7 +550,7 @@ mod tests {
     }
 
     #[test]
-    fn guest_output_converts_and_validates_as_0_3_0_output_does() {
+    fn guest_output_converts_and_validates_as_current_output_does() {
         let plugin: Arc<str> = Arc::from("legacy");
         let v = Validate { plugin: &plugin };
         let header = |name: &str, value: &[u8]| v0_2::types::HeaderResult {

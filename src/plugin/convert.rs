@@ -14,7 +14,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, uri::PathAndQuery};
 
 use super::bindings::pylon::plugin::types as wit;
 use crate::pipeline::{
-    HeaderOp, Needs, PluginError, PluginResponse, RequestAction, RequestEdits, ResponseEdits,
+    FixedEdits, HeaderOp, Needs, PluginError, PluginResponse, RequestAction, RequestEdits,
+    ResponseEdits,
 };
 
 /// Every header value, owned (for results handed to the guest by imports).
@@ -69,16 +70,6 @@ fn push_decimal(out: &mut String, mut n: u32) {
     }
 }
 
-/// The plugin's declared needs.
-pub(crate) fn needs_from_wit(n: wit::Needs) -> Needs {
-    Needs {
-        request_phase: n.request_phase,
-        request_body: n.request_body,
-        response_phase: n.response_phase,
-        response_body: n.response_body,
-    }
-}
-
 /// Validates one guest's output, naming the plugin in every error.
 pub(crate) struct Validate<'a> {
     pub(crate) plugin: &'a Arc<str>,
@@ -91,6 +82,22 @@ impl Validate<'_> {
             what,
             detail,
         }
+    }
+
+    /// What `configure` declared: the needs, and the fixed header edits,
+    /// validated like any edits (a bad one fails the load, naming the plugin).
+    pub(crate) fn configured(&self, n: wit::Needs) -> Result<(Needs, FixedEdits), PluginError> {
+        let needs = Needs {
+            request_phase: n.request_phase,
+            request_body: n.request_body,
+            response_phase: n.response_phase,
+            response_body: n.response_body,
+        };
+        let fixed = FixedEdits {
+            request: self.header_ops(n.fixed_request_headers)?,
+            response: self.header_ops(n.fixed_response_headers)?,
+        };
+        Ok((needs, fixed))
     }
 
     /// The request phase's decision.
@@ -315,6 +322,45 @@ mod tests {
                 matches!(r, Err(PluginError::InvalidOutput { what: "status", .. })),
                 "{status}"
             );
+        }
+    }
+
+    #[test]
+    fn fixed_edits_are_validated_like_any_edits() {
+        let needs = |request: Vec<wit::HeaderOp>, response: Vec<wit::HeaderOp>| wit::Needs {
+            request_phase: false,
+            request_body: false,
+            response_phase: false,
+            response_body: false,
+            fixed_request_headers: request,
+            fixed_response_headers: response,
+        };
+        let (n, fixed) = v()
+            .configured(needs(
+                vec![wit::HeaderOp::Set(header("x-a", b"1"))],
+                vec![
+                    wit::HeaderOp::Remove("server".into()),
+                    wit::HeaderOp::Append(header("x-b", b"caf\xe9")),
+                ],
+            ))
+            .unwrap();
+        assert!(!n.request_phase && !n.response_phase);
+        assert_eq!(
+            fixed.request,
+            [HeaderOp::Set(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("1")
+            )]
+        );
+        assert_eq!(fixed.response.len(), 2);
+        for bad in [
+            needs(vec![wit::HeaderOp::Set(header("bad name", b"v"))], vec![]),
+            needs(vec![], vec![wit::HeaderOp::Append(header("x", b"a\nb"))]),
+        ] {
+            assert!(matches!(
+                v().configured(bad),
+                Err(PluginError::InvalidOutput { .. })
+            ));
         }
     }
 }

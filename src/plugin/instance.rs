@@ -14,10 +14,11 @@
 //! armed only if the call waits on a host await (kv, http), which bounds
 //! those waits as well.
 //!
-//! An instance speaks the contract version its component exports: 0.3.0
-//! hooks get the request and response lent through `host::exchange`; 0.2.0
-//! hooks get them as records (`compat`), and what they return is converted
-//! to 0.3.0 types, so both go through the same validation.
+//! An instance speaks the contract version its component exports: 0.4.0
+//! and 0.3.0 hooks get the request and response lent through
+//! `host::exchange`; 0.2.0 hooks get them as records (`compat`). What older
+//! versions return is converted to 0.4.0 types, so all go through the same
+//! validation.
 
 use std::{
     pin::Pin,
@@ -30,9 +31,9 @@ use async_trait::async_trait;
 use wasmtime::{Store, Trap};
 
 use super::{
-    CompiledPlugin, bindings, bindings_v0_2,
-    compat::{RequestParts, ResponseParts},
-    convert::{self, Validate},
+    CompiledPlugin, bindings, bindings_v0_2, bindings_v0_3,
+    compat::{self, RequestParts, ResponseParts},
+    convert::Validate,
     engine::{EpochTicker, deadline_ticks},
     runtime::GuestPre,
     snapshot::Snapshot,
@@ -40,8 +41,8 @@ use super::{
     stats::PluginStats,
 };
 use crate::pipeline::{
-    Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession, RequestAction,
-    ResponseEdits,
+    FixedEdits, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
+    RequestAction, ResponseEdits,
 };
 
 /// How calls into one plugin's instances are bounded and accounted.
@@ -105,12 +106,14 @@ pub(crate) struct Instance {
 
 /// An instance's `guest` export, in the contract version it speaks.
 enum Guest {
-    V0_3(bindings::exports::pylon::plugin::guest::Guest),
+    V0_4(bindings::exports::pylon::plugin::guest::Guest),
+    V0_3(bindings_v0_3::exports::pylon::plugin::guest::Guest),
     V0_2(bindings_v0_2::exports::pylon::plugin::guest::Guest),
 }
 
-/// A `configure` that ran: the plugin's answer to its config.
-pub(crate) type ConfigureResult = Result<Needs, String>;
+/// A `configure` that ran: the plugin's answer to its config, its needs
+/// and the header edits it fixed for every request.
+pub(crate) type ConfigureResult = Result<(Needs, FixedEdits), String>;
 
 impl Instance {
     /// Instantiate `compiled` for the route plugin `ctx`, within `deadline`.
@@ -124,6 +127,12 @@ impl Instance {
         policy.stats.record_instantiation();
         let instantiate = async {
             wasmtime::Result::Ok(match pre {
+                GuestPre::V0_4(pre) => Guest::V0_4(
+                    pre.instantiate_async(&mut store)
+                        .await?
+                        .pylon_plugin_guest()
+                        .clone(),
+                ),
                 GuestPre::V0_3(pre) => Guest::V0_3(
                     pre.instantiate_async(&mut store)
                         .await?
@@ -166,7 +175,11 @@ impl Instance {
         let started = arm(store, deadline);
         let call = async {
             match guest {
-                Guest::V0_3(guest) => guest.call_configure(&mut *store, config_json).await,
+                Guest::V0_4(guest) => guest.call_configure(&mut *store, config_json).await,
+                Guest::V0_3(guest) => Ok(guest
+                    .call_configure(&mut *store, config_json)
+                    .await?
+                    .map(Into::into)),
                 Guest::V0_2(guest) => Ok(guest
                     .call_configure(&mut *store, config_json)
                     .await?
@@ -175,13 +188,21 @@ impl Instance {
         };
         let result = policy.bounded(started, deadline, call).await;
         let answer = finish(store, policy, deadline, started, result)?;
-        Ok(answer.map(convert::needs_from_wit))
+        match answer {
+            Ok(needs) => Validate {
+                plugin: &policy.plugin,
+            }
+            .configured(needs)
+            .map(Ok),
+            Err(message) => Ok(Err(message)),
+        }
     }
 
-    /// The request phase. For 0.3.0, `req` is lent to the store for the call
-    /// (see `host::exchange`) and is back in place when this returns,
-    /// whatever the outcome; only a cancelled call leaves it behind, with the
-    /// request. For 0.2.0 it is only read, into the record the guest gets.
+    /// The request phase. For 0.4.0 and 0.3.0, `req` is lent to the store
+    /// for the call (see `host::exchange`) and is back in place when this
+    /// returns, whatever the outcome; only a cancelled call leaves it behind,
+    /// with the request. For 0.2.0 it is only read, into the record the
+    /// guest gets.
     async fn on_request(
         &mut self,
         policy: &CallPolicy,
@@ -191,7 +212,7 @@ impl Instance {
         let Self { store, guest } = self;
         let deadline = policy.deadline;
         let action = match guest {
-            Guest::V0_3(guest) => {
+            Guest::V0_4(guest) => {
                 let handle = store
                     .data_mut()
                     .exchange
@@ -206,6 +227,22 @@ impl Instance {
                     .await;
                 store.data_mut().exchange.give_back(req, None);
                 finish(store, policy, deadline, started, result)?
+            }
+            Guest::V0_3(guest) => {
+                let handle = store
+                    .data_mut()
+                    .exchange
+                    .lend_request(req, needs.request_body);
+                let started = arm(store, deadline);
+                let result = policy
+                    .bounded(
+                        started,
+                        deadline,
+                        guest.call_on_request(&mut *store, compat::handle(handle)),
+                    )
+                    .await;
+                store.data_mut().exchange.give_back(req, None);
+                finish(store, policy, deadline, started, result)?.into()
             }
             Guest::V0_2(guest) => {
                 let parts = RequestParts::new(req, needs.request_body);
@@ -227,8 +264,8 @@ impl Instance {
         .inspect_err(|e| policy.stats.record_error(e))
     }
 
-    /// The response phase; `req` and `resp` are lent (0.3.0) or read (0.2.0)
-    /// as in `on_request`.
+    /// The response phase; `req` and `resp` are lent (0.4.0, 0.3.0) or read
+    /// (0.2.0) as in `on_request`.
     async fn on_response(
         &mut self,
         policy: &CallPolicy,
@@ -239,7 +276,7 @@ impl Instance {
         let Self { store, guest } = self;
         let deadline = policy.deadline;
         let edits = match guest {
-            Guest::V0_3(guest) => {
+            Guest::V0_4(guest) => {
                 let exchange = &mut store.data_mut().exchange;
                 let req_handle = exchange.lend_request(req, needs.request_body);
                 let resp_handle = exchange.lend_response(resp, needs.response_body);
@@ -253,6 +290,21 @@ impl Instance {
                     .await;
                 store.data_mut().exchange.give_back(req, Some(resp));
                 finish(store, policy, deadline, started, result)?
+            }
+            Guest::V0_3(guest) => {
+                let exchange = &mut store.data_mut().exchange;
+                let req_handle = compat::handle(exchange.lend_request(req, needs.request_body));
+                let resp_handle = compat::handle(exchange.lend_response(resp, needs.response_body));
+                let started = arm(store, deadline);
+                let result = policy
+                    .bounded(
+                        started,
+                        deadline,
+                        guest.call_on_response(&mut *store, req_handle, resp_handle),
+                    )
+                    .await;
+                store.data_mut().exchange.give_back(req, Some(resp));
+                finish(store, policy, deadline, started, result)?.into()
             }
             Guest::V0_2(guest) => {
                 let req_parts = RequestParts::new(req, needs.request_body);
@@ -421,6 +473,7 @@ struct Inner {
     policy: CallPolicy,
     config_json: String,
     needs: Needs,
+    fixed: FixedEdits,
     /// `None` for `fresh` isolation.
     pool: Option<IdlePool>,
     /// For `fresh` isolation: the component already configured for this
@@ -456,7 +509,7 @@ impl WasmPlugin {
         ctx: Arc<GuestContext>,
         policy: CallPolicy,
         config_json: String,
-        needs: Needs,
+        (needs, fixed): (Needs, FixedEdits),
         ready: Ready,
     ) -> Self {
         let (pool, snapshot, first) = match ready {
@@ -473,6 +526,7 @@ impl WasmPlugin {
             policy,
             config_json,
             needs,
+            fixed,
             pool,
             snapshot,
         });
@@ -522,6 +576,10 @@ impl Plugin for WasmPlugin {
 
     fn needs(&self) -> Needs {
         self.inner.needs
+    }
+
+    fn fixed(&self) -> &FixedEdits {
+        &self.inner.fixed
     }
 
     async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError> {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, component::Linker};
 
 use super::{
-    PluginLoadError, bindings, bindings_v0_2,
+    PluginLoadError, bindings, bindings_v0_2, bindings_v0_3,
     engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
     host,
     instance::{CallPolicy, Instance, Ready, WasmPlugin},
@@ -31,8 +31,11 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ContractVersion {
-    /// `pylon:plugin@0.3.0`, the current contract (`wit/plugin.wit`): the
-    /// hooks read the request and response through resources.
+    /// `pylon:plugin@0.4.0`, the current contract (`wit/plugin.wit`): a
+    /// plugin can declare header edits the host applies without a call.
+    V0_4,
+    /// `pylon:plugin@0.3.0` (`wit/compat/0.3.0`): the hooks read the request
+    /// and response through resources; no fixed header edits.
     V0_3,
     /// `pylon:plugin@0.2.0`, the previous one (`wit/compat/0.2.0`): the
     /// hooks get the request and response as records copied whole.
@@ -42,11 +45,12 @@ pub enum ContractVersion {
 impl ContractVersion {
     /// Every version served, newest first (a component exporting several
     /// is served under the newest).
-    pub const SUPPORTED: [Self; 2] = [Self::V0_3, Self::V0_2];
+    pub const SUPPORTED: [Self; 3] = [Self::V0_4, Self::V0_3, Self::V0_2];
 
-    /// `0.3.0`, `0.2.0`.
+    /// `0.4.0`, `0.3.0`, `0.2.0`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::V0_4 => "0.4.0",
             Self::V0_3 => "0.3.0",
             Self::V0_2 => "0.2.0",
         }
@@ -55,6 +59,7 @@ impl ContractVersion {
     /// The export a plugin of this version has (looked up semver-compatibly).
     pub fn guest_export(self) -> &'static str {
         match self {
+            Self::V0_4 => "pylon:plugin/guest@0.4.0",
             Self::V0_3 => "pylon:plugin/guest@0.3.0",
             Self::V0_2 => "pylon:plugin/guest@0.2.0",
         }
@@ -174,6 +179,7 @@ impl CompiledPlugin {
     /// The contract version it is served under.
     pub fn contract(&self) -> ContractVersion {
         match self.pre {
+            GuestPre::V0_4(_) => ContractVersion::V0_4,
             GuestPre::V0_3(_) => ContractVersion::V0_3,
             GuestPre::V0_2(_) => ContractVersion::V0_2,
         }
@@ -191,7 +197,8 @@ impl CompiledPlugin {
 /// A component pre-instantiated with the bindings of the contract version
 /// it exports.
 pub(crate) enum GuestPre {
-    V0_3(bindings::PluginPre<HostState>),
+    V0_4(bindings::PluginPre<HostState>),
+    V0_3(bindings_v0_3::PluginPre<HostState>),
     V0_2(bindings_v0_2::PluginPre<HostState>),
 }
 
@@ -202,13 +209,15 @@ impl GuestPre {
         pre: wasmtime::component::InstancePre<HostState>,
     ) -> wasmtime::Result<Self> {
         match version {
-            ContractVersion::V0_3 => bindings::PluginPre::new(pre).map(GuestPre::V0_3),
+            ContractVersion::V0_4 => bindings::PluginPre::new(pre).map(GuestPre::V0_4),
+            ContractVersion::V0_3 => bindings_v0_3::PluginPre::new(pre).map(GuestPre::V0_3),
             ContractVersion::V0_2 => bindings_v0_2::PluginPre::new(pre).map(GuestPre::V0_2),
         }
     }
 
     pub(crate) fn engine(&self) -> &Engine {
         match self {
+            GuestPre::V0_4(pre) => pre.engine(),
             GuestPre::V0_3(pre) => pre.engine(),
             GuestPre::V0_2(pre) => pre.engine(),
         }

@@ -27,7 +27,7 @@ use wasmtime::{
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::{
-    CompiledPlugin, bindings, bindings_v0_2,
+    CompiledPlugin, bindings, bindings_v0_2, bindings_v0_3,
     engine::{CachedComponent, ComponentCache, deadline_ticks},
     instance::{CallPolicy, new_store},
     runtime::{ContractVersion, GuestPre},
@@ -108,7 +108,12 @@ pub(crate) async fn take(
         let configure = async {
             let instance = pre.instantiate_async(&mut store).await?;
             let answer = match version {
-                ContractVersion::V0_3 => bindings::Plugin::new(&mut store, &instance)?
+                ContractVersion::V0_4 => bindings::Plugin::new(&mut store, &instance)?
+                    .pylon_plugin_guest()
+                    .call_configure(&mut store, &config_json)
+                    .await?
+                    .map(|_| ()),
+                ContractVersion::V0_3 => bindings_v0_3::Plugin::new(&mut store, &instance)?
                     .pylon_plugin_guest()
                     .call_configure(&mut store, &config_json)
                     .await?

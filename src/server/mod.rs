@@ -1,7 +1,7 @@
 //! Client-facing listeners and the running gateway.
 //!
-//! A [`Gateway`] binds every listener, serves HTTP/1.1 and HTTP/2 (h2c) on
-//! each connection from its [`workers`], hands each request the runtime in
+//! A [`Gateway`] binds every listener (a socket per worker), serves HTTP/1.1
+//! and HTTP/2 (h2c) on each connection from its [`workers`], hands each request the runtime in
 //! force when it arrived, swaps runtimes on reload, and drains connections
 //! on shutdown.
 
@@ -120,16 +120,13 @@ impl Gateway {
             Ok::<_, StartError>((tcp, addr))
         };
         for l in listeners {
-            let (tcp, addr) = bind(l.address).await?;
             let bind_err = |source| StartError::Bind {
                 address: l.address,
                 source,
             };
-            // Every worker accepts on the same socket: whichever is idle
-            // takes the next connection.
-            let tcp = tcp.into_std().map_err(bind_err)?;
-            for handle in workers.handles() {
-                let tcp = tcp.try_clone().map_err(bind_err)?;
+            let sockets = bind_per_worker(l.address, workers.handles().len()).map_err(bind_err)?;
+            let addr = sockets[0].local_addr().map_err(bind_err)?;
+            for (tcp, handle) in sockets.into_iter().zip(workers.handles()) {
                 let serve = serve(
                     tcp,
                     l.clone(),
@@ -266,6 +263,34 @@ impl Drop for ConnectionGauge {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// One listening socket per worker on `address`, all bound with
+/// `SO_REUSEPORT` (a port 0 is chosen once, by the first), so the kernel
+/// spreads new connections over the workers. With one shared socket,
+/// whichever worker woke first took a whole burst of connections (wrk's 32
+/// all landed on one of two workers), leaving the other idle for as long as
+/// those connections lived.
+fn bind_per_worker(
+    address: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut bound = address;
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        let socket = if bound.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(bound)?;
+        let listener = socket.listen(1024)?;
+        bound = listener.local_addr()?;
+        sockets.push(listener.into_std()?);
+    }
+    Ok(sockets)
 }
 
 async fn serve(

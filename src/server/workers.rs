@@ -1,5 +1,7 @@
 //! Data-plane worker threads: one single-threaded tokio runtime per worker,
-//! each accepting on every listener and serving its connections to the end.
+//! each accepting on a socket of its own per listener (`SO_REUSEPORT`: the
+//! kernel spreads connections over them) and serving its connections to the
+//! end.
 //!
 //! A connection, its requests, its plugin calls and the upstream
 //! connections it uses all stay on one thread, so the request path never

@@ -359,7 +359,7 @@ path = "/r"
 upstream = "u"
 [[routes.plugins]]
 plugin = "hdr"
-config = {{ response = {{ set = {{ "x-a" = "1" }} }} }}
+config = {{ request = {{ headers = {{ rename = {{ "x-b" = "x-c" }} }} }} }}
 [[routes]]
 id = "dead"
 path = "/dead"
@@ -372,7 +372,8 @@ upstream = "u"
 plugin = "trap"
 "#,
         up = up.addr,
-        hdr = plugin("headers"),
+        // A plugin called on every request (a rename reads the request).
+        hdr = plugin("transform"),
         trap = plugin("trap"),
     ))
     .await;
@@ -438,7 +439,7 @@ plugin = "trap"
         .find(|p| p["name"] == "hdr")
         .unwrap();
     assert_eq!(hdr["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(hdr["contract"], "0.3.0");
+    assert_eq!(hdr["contract"], "0.4.0");
     assert!(hdr["loaded_at"].as_str().unwrap().ends_with('Z'));
     assert!(hdr["stats"]["calls"].as_u64().unwrap() >= 3, "{hdr}");
     let (s, _) = admin_get(gw, "/admin/nothing").await;
@@ -676,11 +677,12 @@ path-prefix = "/"
 upstream = "u"
 [[routes.plugins]]
 plugin = "hdr"
-config = {{ request = {{ set = {{ "x-a" = "1" }} }} }}
+config = {{ request = {{ headers = {{ rename = {{ "x-b" = "x-c" }} }} }} }}
 "#,
         collector = collector.addr,
         up = up.addr,
-        hdr = plugin("headers"),
+        // A plugin called on every request (a rename reads the request).
+        hdr = plugin("transform"),
     ))
     .await;
     let trace_hex = "4bf92f3577b34da6a3ce929d0e0e4736";

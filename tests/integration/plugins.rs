@@ -1,6 +1,6 @@
 //! Plugins through the running gateway: each decision of the contract,
-//! failure policies, the sandbox limits, a non-Rust plugin, and a plugin
-//! built against the previous contract (0.2.0).
+//! failure policies, the sandbox limits, a non-Rust plugin, and plugins
+//! built against the earlier contracts (0.3.0, 0.2.0).
 
 use std::time::{Duration, Instant};
 
@@ -133,9 +133,10 @@ async fn request_phase_is_skipped_when_not_needed_and_its_response_edits_keep_th
             .unwrap()
     })
     .await;
-    // `resp-only` edits only responses, so it declares no request phase;
-    // `rl` (rate-limit) gives its headers as response edits from the
-    // request phase and declares no response phase.
+    // `resp-only` (headers) edits only responses, the same way every time,
+    // so it declares them as fixed edits and no phase at all; `rl`
+    // (rate-limit) gives its headers as response edits from the request
+    // phase and declares no response phase.
     let gw = gateway(
         &up,
         &(def("resp-only", "headers", "")
@@ -156,7 +157,7 @@ config = { key = "ip", limits = [{ requests = 100, per = "1m" }] }
         let r = client().get(gw.url("/items/1")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         // Reverse order: rl's request-phase response edits land first, then
-        // resp-only's response phase overrides what both set.
+        // resp-only's fixed edits override what both set.
         assert_eq!(r.headers()["x-layer"], "resp-only");
         assert_eq!(r.headers()["ratelimit-limit"], "overridden");
         assert!(r.headers().contains_key("ratelimit-remaining"), "{r:?}");
@@ -164,8 +165,8 @@ config = { key = "ip", limits = [{ requests = 100, per = "1m" }] }
     let after = (calls(&gw, "resp-only"), calls(&gw, "rl"));
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
-        (3, 3),
-        "one call per plugin per request: resp-only's on-response, rl's on-request"
+        (0, 3),
+        "resp-only is never called (the host applies its edits); rl once per request"
     );
 }
 
@@ -655,7 +656,7 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
         .collect();
     assert_eq!(
         contracts,
-        [("h".to_owned(), "0.3.0"), ("legacy".to_owned(), "0.2.0")]
+        [("h".to_owned(), "0.4.0"), ("legacy".to_owned(), "0.2.0")]
     );
 
     for hits in ["1", "2"] {
@@ -700,6 +701,170 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "legacy-v0-2 answered /items/9");
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "a response from the plugin skips the upstream"
+    );
+}
+
+#[tokio::test]
+async fn fixed_header_edits_apply_at_the_plugins_place_without_a_call() {
+    let up = Upstream::with(|_| async {
+        Response::builder()
+            .header("server", "backend/1.0")
+            .header("x-layer", "upstream")
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap()
+    })
+    .await;
+    // `fixed` (headers) declares only fixed edits; `shown` (transform, a
+    // rename) is called per request and sees the request with them applied.
+    let gw = gateway(
+        &up,
+        &(def("fixed", "headers", "") + &def("shown", "transform", "")),
+        r#"
+[[routes.plugins]]
+plugin = "fixed"
+config = { request = { set = { "x-fixed" = "1" }, remove = ["x-secret"] }, response = { set = { "x-layer" = "fixed" }, remove = ["server"] } }
+
+[[routes.plugins]]
+plugin = "shown"
+config = { request = { headers = { rename = { "x-fixed" = "x-renamed" } } }, response = { headers = { rename = { "x-layer" = "x-was-layer" } } } }
+"#,
+    )
+    .await;
+    let before = (calls(&gw, "fixed"), calls(&gw, "shown"));
+    for _ in 0..3 {
+        let r = client()
+            .get(gw.url("/items/1"))
+            .header("x-secret", "s3cr3t")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // Way back, in reverse: `shown` renames the upstream's x-layer, then
+        // `fixed` sets its own and removes `server`.
+        assert_eq!(r.headers()["x-was-layer"], "upstream");
+        assert_eq!(r.headers()["x-layer"], "fixed");
+        assert!(r.headers().get("server").is_none());
+        let seen = up.last();
+        assert_eq!(seen.headers["x-renamed"], "1", "applied before `shown` ran");
+        assert!(seen.headers.get("x-fixed").is_none());
+        assert!(seen.headers.get("x-secret").is_none());
+    }
+    let after = (calls(&gw, "fixed"), calls(&gw, "shown"));
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 6),
+        "`fixed` is never called; `shown` in both phases of each request"
+    );
+
+    // A later plugin's own answer passes the earlier plugin's place too.
+    let gw = gateway(
+        &up,
+        &(def("fixed", "headers", "") + &def("inspector", "inspector", "")),
+        r#"
+[[routes.plugins]]
+plugin = "fixed"
+config = { request = { set = { "x-fixed" = "1" } }, response = { set = { "x-fixed-resp" = "1" } } }
+
+[[routes.plugins]]
+plugin = "inspector"
+"#,
+    )
+    .await;
+    let r = client().get(gw.url("/items/2")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-fixed-resp"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "x-fixed" && h[1] == "1"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn legacy_v0_3_plugin_runs_in_the_same_pipeline_as_current_ones() {
+    let up = Upstream::with(|_| async {
+        Response::builder()
+            .status(201)
+            .body(Full::new(Bytes::from_static(b"made")))
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(
+        &up,
+        &(def(
+            "legacy",
+            "legacy-v0-3",
+            "capabilities = [\"kv\", \"http\"]\nhttp-upstreams = [\"u\"]",
+        ) + &def("h", "headers", "")),
+        r#"
+[[routes.plugins]]
+plugin = "legacy"
+config = { fetch = "u" }
+
+[[routes.plugins]]
+plugin = "h"
+config = { request = { set = { "x-step" = "current" } }, response = { set = { "x-order" = "h" } } }
+"#,
+    )
+    .await;
+    let contracts: Vec<_> = gw
+        .gateway
+        .runtime()
+        .components()
+        .iter()
+        .map(|c| (c.name().to_owned(), c.contract().as_str()))
+        .collect();
+    assert_eq!(
+        contracts,
+        [("h".to_owned(), "0.4.0"), ("legacy".to_owned(), "0.3.0")]
+    );
+
+    for hits in ["1", "2"] {
+        let r = client()
+            .get(gw.url("/items/42?full=1"))
+            .header("user-agent", "legacy-client/1.0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["x-order"], "h");
+        assert_eq!(r.headers()["x-legacy-status"], "201");
+        assert_eq!(r.headers()["x-legacy-saw-path"], "/items/42");
+        assert_eq!(r.headers()["x-legacy-early"], "1");
+        assert_eq!(r.text().await.unwrap(), "made");
+
+        let seen = up.last();
+        assert_eq!(seen.uri.path(), "/items/42");
+        assert_eq!(seen.headers["x-legacy-path"], "/items/42");
+        assert_eq!(seen.headers["x-legacy-agent"], "legacy-client/1.0");
+        assert_eq!(
+            seen.headers["x-legacy-hits"], hits,
+            "kv through 0.3.0 imports"
+        );
+        assert_eq!(
+            seen.headers["x-legacy-fetch"], "201",
+            "http through 0.3.0 imports"
+        );
+        assert_eq!(seen.headers["x-step"], "current");
+    }
+
+    let before = up.seen().len();
+    let r = client()
+        .get(gw.url("/items/9"))
+        .header("x-legacy-respond", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "legacy-v0-3 answered /items/9");
     assert_eq!(
         up.seen().len(),
         before,

@@ -13,15 +13,15 @@
 //! `remove: ["x"]` with `append: {"x": "v"}` leaves exactly `x: v`. `append`
 //! takes one value or a list. Names must be HTTP tokens and are lowercased;
 //! values must be valid header values (no control characters, no leading or
-//! trailing whitespace). The response phase is requested only when response
-//! edits are configured. Bodies are never touched.
+//! trailing whitespace). Bodies are never touched.
+//!
+//! The edits are the same for every request, so `configure` hands them to
+//! the host as fixed edits and asks for neither phase: the gateway applies
+//! them itself and never calls this plugin per request.
 
 use std::collections::BTreeMap;
 
-use pylon_plugin_sdk::{
-    HeaderOp, Needs, Plugin, Request, RequestAction, RequestEdits, ResponseEdits, ResponseView,
-    config, export_plugin,
-};
+use pylon_plugin_sdk::{HeaderOp, Needs, Plugin, config, export_plugin};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
@@ -54,11 +54,9 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
-/// The validated plugin: header edits ready to hand out per request.
-struct Headers {
-    request: Vec<HeaderOp>,
-    response: Vec<HeaderOp>,
-}
+/// The plugin: everything it does is declared at configure, so there is
+/// nothing to keep.
+struct Headers;
 
 impl Plugin for Headers {
     fn configure(text: &str) -> Result<(Self, Needs), String> {
@@ -69,28 +67,11 @@ impl Plugin for Headers {
         if !problems.is_empty() {
             return Err(format!("invalid headers config: {}", problems.join("; ")));
         }
-        let mut needs = Needs::none();
-        if request.is_empty() {
-            needs = needs.without_request_phase();
-        }
-        if !response.is_empty() {
-            needs = needs.with_response_phase();
-        }
-        Ok((Headers { request, response }, needs))
-    }
-
-    fn on_request(&mut self, _req: &Request) -> RequestAction {
-        RequestAction::Continue(RequestEdits {
-            headers: self.request.clone(),
-            ..RequestEdits::default()
-        })
-    }
-
-    fn on_response(&mut self, _req: &Request, _resp: &ResponseView) -> ResponseEdits {
-        ResponseEdits {
-            headers: self.response.clone(),
-            ..ResponseEdits::default()
-        }
+        let needs = Needs::none()
+            .without_request_phase()
+            .with_fixed_request_headers(request)
+            .with_fixed_response_headers(response);
+        Ok((Headers, needs))
     }
 }
 

@@ -59,7 +59,12 @@ class Guest(exports.Guest):
         global _greeting
         _greeting = _parse_config(config)
         return Needs(
-            request_phase=True, request_body=False, response_phase=False, response_body=False
+            request_phase=True,
+            request_body=False,
+            response_phase=False,
+            response_body=False,
+            fixed_request_headers=[],
+            fixed_response_headers=[],
         )
 
     # `request` / `response` are borrowed resource handles, valid only during

@@ -1,7 +1,7 @@
 //! Write [pylon](https://example.invalid/pylon) gateway plugins in Rust.
 //!
 //! A pylon plugin is a WebAssembly component exporting the
-//! `pylon:plugin/guest@0.3.0` interface (see `wit/plugin.wit`). With this SDK
+//! `pylon:plugin/guest@0.4.0` interface (see `wit/plugin.wit`). With this SDK
 //! a plugin is a type plus an implementation of [`Plugin`], exported once with
 //! [`export_plugin!`]:
 //!
@@ -74,7 +74,9 @@ pub use serde_json;
 ///
 /// 1. [`configure`](Plugin::configure) exactly once, before any request, with
 ///    the route's config for this plugin. Its [`Needs`] tell the host what to
-///    buffer and whether to call the response phase at all.
+///    buffer, whether to call each phase at all, and which header edits are
+///    the same for every request (the host then applies them itself, see
+///    [`Needs::with_fixed_request_headers`]).
 /// 2. For each request: [`on_request`](Plugin::on_request) (unless
 ///    [`Needs::without_request_phase`] was asked for), then — only when
 ///    `Needs::response_phase` was set and the request reached the response

@@ -501,6 +501,8 @@ impl Default for Needs {
             request_body: false,
             response_phase: false,
             response_body: false,
+            fixed_request_headers: Vec::new(),
+            fixed_response_headers: Vec::new(),
         }
     }
 }
@@ -536,6 +538,25 @@ impl Needs {
     pub fn with_response_body(mut self) -> Self {
         self.response_phase = true;
         self.response_body = true;
+        self
+    }
+
+    /// Header edits for every request that reaches this plugin, applied by
+    /// the host before `on_request` (if any) sees the request. A plugin
+    /// whose request edits do not depend on the request declares them here
+    /// and leaves out the request phase ([`Needs::without_request_phase`]):
+    /// it then costs no call per request.
+    pub fn with_fixed_request_headers(mut self, ops: impl IntoIterator<Item = HeaderOp>) -> Self {
+        self.fixed_request_headers.extend(ops);
+        self
+    }
+
+    /// Header edits for every response passing this plugin on the way back
+    /// (from the upstream, or made by a later plugin), applied by the host
+    /// before `on_response` (if any) sees it. Without a response phase the
+    /// plugin is not called for them.
+    pub fn with_fixed_response_headers(mut self, ops: impl IntoIterator<Item = HeaderOp>) -> Self {
+        self.fixed_response_headers.extend(ops);
         self
     }
 }

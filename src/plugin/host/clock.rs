@@ -1,7 +1,7 @@
 //! `pylon:plugin/clock`: wall time in milliseconds and a monotonic clock in
 //! nanoseconds (from a process-wide origin, so it never goes backwards even
 //! across instances). Serves `clock` of every contract version the host
-//! serves (0.3.0, 0.2.0).
+//! serves (0.4.0, 0.3.0, 0.2.0).
 
 use std::{
     sync::OnceLock,
@@ -14,6 +14,7 @@ use super::CapabilityDenied;
 use crate::plugin::{
     bindings::pylon::plugin::clock,
     bindings_v0_2::pylon::plugin::clock as clock_v0_2,
+    bindings_v0_3::pylon::plugin::clock as clock_v0_3,
     state::{GuestContext, HostState},
 };
 
@@ -30,6 +31,7 @@ impl HasData for ClockData {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     clock::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })?;
+    clock_v0_3::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })?;
     clock_v0_2::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })
 }
 
@@ -65,22 +67,21 @@ impl ClockView<'_> {
     }
 }
 
-impl clock::Host for ClockView<'_> {
-    fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        self.wall_ms()
-    }
+/// `clock` of one version: the shapes never changed.
+macro_rules! serve_clock {
+    ($clock:ident) => {
+        impl $clock::Host for ClockView<'_> {
+            fn now_ms(&mut self) -> wasmtime::Result<u64> {
+                self.wall_ms()
+            }
 
-    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
-        self.monotonic()
-    }
+            fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+                self.monotonic()
+            }
+        }
+    };
 }
 
-impl clock_v0_2::Host for ClockView<'_> {
-    fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        self.wall_ms()
-    }
-
-    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
-        self.monotonic()
-    }
-}
+serve_clock!(clock);
+serve_clock!(clock_v0_3);
+serve_clock!(clock_v0_2);

@@ -22,7 +22,9 @@ use wasmtime::component::Resource;
 use crate::{
     pipeline::{PluginRequest, PluginResponse},
     plugin::{
-        bindings::pylon::plugin::types::{self, Header, Request, ResponseView},
+        bindings::pylon::plugin::types::{self, Request, ResponseView},
+        bindings_v0_3::pylon::plugin::types as types_v0_3,
+        compat::each,
         convert::{self, headers_to_wit_owned},
         state::HostState,
     },
@@ -142,106 +144,137 @@ fn every(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-impl types::Host for HostState {}
+/// The `types` resources of one contract version (0.4.0 and 0.3.0 share
+/// their shapes; only the `header` record type is each version's own).
+macro_rules! serve_types {
+    ($t:ident) => {
+        impl $t::Host for HostState {}
 
-impl types::HostRequest for HostState {
-    fn route(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.exchange.request()?.route.to_string())
-    }
+        impl $t::HostRequest for HostState {
+            fn route(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
+                Ok(self.exchange.request()?.route.to_string())
+            }
 
-    fn method(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.exchange.request()?.method.as_str().to_owned())
-    }
+            fn method(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
+                Ok(self.exchange.request()?.method.as_str().to_owned())
+            }
 
-    fn path(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.exchange.request()?.path.clone())
-    }
+            fn path(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
+                Ok(self.exchange.request()?.path.clone())
+            }
 
-    fn query(&mut self, _: Resource<Request>) -> wasmtime::Result<Option<String>> {
-        Ok(self.exchange.request()?.query.clone())
-    }
+            fn query(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<Option<String>> {
+                Ok(self.exchange.request()?.query.clone())
+            }
 
-    fn header(&mut self, _: Resource<Request>, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(first(&self.exchange.request()?.headers, &name))
-    }
+            fn header(
+                &mut self,
+                _: Resource<$t::Request>,
+                name: String,
+            ) -> wasmtime::Result<Option<Vec<u8>>> {
+                Ok(first(&self.exchange.request()?.headers, &name))
+            }
 
-    fn header_all(&mut self, _: Resource<Request>, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(every(&self.exchange.request()?.headers, &name))
-    }
+            fn header_all(
+                &mut self,
+                _: Resource<$t::Request>,
+                name: String,
+            ) -> wasmtime::Result<Vec<Vec<u8>>> {
+                Ok(every(&self.exchange.request()?.headers, &name))
+            }
 
-    fn headers(&mut self, _: Resource<Request>) -> wasmtime::Result<Vec<Header>> {
-        Ok(headers_to_wit_owned(&self.exchange.request()?.headers))
-    }
+            fn headers(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<Vec<$t::Header>> {
+                Ok(each(headers_to_wit_owned(
+                    &self.exchange.request()?.headers,
+                )))
+            }
 
-    fn client_addr(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(convert::socket_addr_text(
-            self.exchange.request()?.client_addr,
-        ))
-    }
+            fn client_addr(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
+                Ok(convert::socket_addr_text(
+                    self.exchange.request()?.client_addr,
+                ))
+            }
 
-    fn scheme(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.exchange.request()?.scheme.to_owned())
-    }
+            fn scheme(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
+                Ok(self.exchange.request()?.scheme.to_owned())
+            }
 
-    fn param(&mut self, _: Resource<Request>, name: String) -> wasmtime::Result<Option<String>> {
-        Ok(self
-            .exchange
-            .request()?
-            .params
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.clone()))
-    }
+            fn param(
+                &mut self,
+                _: Resource<$t::Request>,
+                name: String,
+            ) -> wasmtime::Result<Option<String>> {
+                Ok(self
+                    .exchange
+                    .request()?
+                    .params
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone()))
+            }
 
-    fn params(&mut self, _: Resource<Request>) -> wasmtime::Result<Vec<(String, String)>> {
-        Ok(self.exchange.request()?.params.clone())
-    }
+            fn params(
+                &mut self,
+                _: Resource<$t::Request>,
+            ) -> wasmtime::Result<Vec<(String, String)>> {
+                Ok(self.exchange.request()?.params.clone())
+            }
 
-    fn body(&mut self, _: Resource<Request>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let body = &self.exchange.request()?.body;
-        Ok(visible(body, self.exchange.request_body))
-    }
+            fn body(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<Option<Vec<u8>>> {
+                let body = &self.exchange.request()?.body;
+                Ok(visible(body, self.exchange.request_body))
+            }
 
-    fn drop(&mut self, _: Resource<Request>) -> wasmtime::Result<()> {
-        // Handles are only ever lent (borrowed); there is nothing to free.
-        Ok(())
-    }
+            fn drop(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<()> {
+                // Handles are only ever lent (borrowed); there is nothing to free.
+                Ok(())
+            }
+        }
+
+        impl $t::HostResponseView for HostState {
+            fn status(&mut self, _: Resource<$t::ResponseView>) -> wasmtime::Result<u16> {
+                Ok(self.exchange.response()?.status.as_u16())
+            }
+
+            fn header(
+                &mut self,
+                _: Resource<$t::ResponseView>,
+                name: String,
+            ) -> wasmtime::Result<Option<Vec<u8>>> {
+                Ok(first(&self.exchange.response()?.headers, &name))
+            }
+
+            fn header_all(
+                &mut self,
+                _: Resource<$t::ResponseView>,
+                name: String,
+            ) -> wasmtime::Result<Vec<Vec<u8>>> {
+                Ok(every(&self.exchange.response()?.headers, &name))
+            }
+
+            fn headers(
+                &mut self,
+                _: Resource<$t::ResponseView>,
+            ) -> wasmtime::Result<Vec<$t::Header>> {
+                Ok(each(headers_to_wit_owned(
+                    &self.exchange.response()?.headers,
+                )))
+            }
+
+            fn body(&mut self, _: Resource<$t::ResponseView>) -> wasmtime::Result<Option<Vec<u8>>> {
+                let body = &self.exchange.response()?.body;
+                Ok(visible(body, self.exchange.response_body))
+            }
+
+            fn drop(&mut self, _: Resource<$t::ResponseView>) -> wasmtime::Result<()> {
+                Ok(())
+            }
+        }
+    };
 }
 
-impl types::HostResponseView for HostState {
-    fn status(&mut self, _: Resource<ResponseView>) -> wasmtime::Result<u16> {
-        Ok(self.exchange.response()?.status.as_u16())
-    }
-
-    fn header(
-        &mut self,
-        _: Resource<ResponseView>,
-        name: String,
-    ) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(first(&self.exchange.response()?.headers, &name))
-    }
-
-    fn header_all(
-        &mut self,
-        _: Resource<ResponseView>,
-        name: String,
-    ) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(every(&self.exchange.response()?.headers, &name))
-    }
-
-    fn headers(&mut self, _: Resource<ResponseView>) -> wasmtime::Result<Vec<Header>> {
-        Ok(headers_to_wit_owned(&self.exchange.response()?.headers))
-    }
-
-    fn body(&mut self, _: Resource<ResponseView>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let body = &self.exchange.response()?.body;
-        Ok(visible(body, self.exchange.response_body))
-    }
-
-    fn drop(&mut self, _: Resource<ResponseView>) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}
+serve_types!(types);
+serve_types!(types_v0_3);
 
 #[cfg(test)]
 mod tests {

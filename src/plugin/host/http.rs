@@ -5,7 +5,8 @@
 //! over its upstream pools (and by fakes in tests). `send-all` runs its
 //! requests concurrently on the calling task (`join_all`): the guest waits
 //! for all of them while the host thread serves other work. Serves
-//! `http-client` of every contract version the host serves (0.3.0, 0.2.0).
+//! `http-client` of every contract version the host serves (0.4.0, 0.3.0,
+//! 0.2.0).
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::plugin::{
         types::{Header, Response},
     },
     bindings_v0_2::pylon::plugin::http_client as http_v0_2,
+    bindings_v0_3::pylon::plugin::http_client as http_v0_3,
     chain,
     compat::each,
     state::HostState,
@@ -93,6 +95,7 @@ impl HasData for HttpData {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     http_client::add_to_linker::<HostState, HttpData>(linker, view)?;
+    http_v0_3::add_to_linker::<HostState, HttpData>(linker, view)?;
     http_v0_2::add_to_linker::<HostState, HttpData>(linker, view)
 }
 
@@ -117,26 +120,35 @@ impl http_client::Host for HttpView<'_> {
     }
 }
 
-impl http_v0_2::Host for HttpView<'_> {
-    async fn send(
-        &mut self,
-        request: http_v0_2::OutboundRequest,
-    ) -> Result<http_v0_2::Response, http_v0_2::HttpError> {
-        let response = send_one(self.allowed, self.client, request.into()).await?;
-        Ok(response.into())
-    }
+/// An older version's `http-client`: its request, response and error
+/// types converted.
+macro_rules! serve_older_http {
+    ($http:ident) => {
+        impl $http::Host for HttpView<'_> {
+            async fn send(
+                &mut self,
+                request: $http::OutboundRequest,
+            ) -> Result<$http::Response, $http::HttpError> {
+                let response = send_one(self.allowed, self.client, request.into()).await?;
+                Ok(response.into())
+            }
 
-    async fn send_all(
-        &mut self,
-        requests: Vec<http_v0_2::OutboundRequest>,
-    ) -> Vec<Result<http_v0_2::Response, http_v0_2::HttpError>> {
-        send_many(self.allowed, self.client, each(requests))
-            .await
-            .into_iter()
-            .map(|result| result.map(Into::into).map_err(Into::into))
-            .collect()
-    }
+            async fn send_all(
+                &mut self,
+                requests: Vec<$http::OutboundRequest>,
+            ) -> Vec<Result<$http::Response, $http::HttpError>> {
+                send_many(self.allowed, self.client, each(requests))
+                    .await
+                    .into_iter()
+                    .map(|result| result.map(Into::into).map_err(Into::into))
+                    .collect()
+            }
+        }
+    };
 }
+
+serve_older_http!(http_v0_3);
+serve_older_http!(http_v0_2);
 
 /// `send-all`: every request at once, answers in request order.
 async fn send_many(

@@ -1,6 +1,6 @@
 //! `pylon:plugin/kv`: the gateway's [`KvStore`] with every key prefixed by
 //! `<plugin>:`, so plugins never see each other's keys. Serves `kv` of every
-//! contract version the host serves (0.3.0, 0.2.0).
+//! contract version the host serves (0.4.0, 0.3.0, 0.2.0).
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use crate::{
     plugin::{
         bindings::pylon::plugin::kv::{self, KvError as WitKvError},
         bindings_v0_2::pylon::plugin::kv as kv_v0_2,
+        bindings_v0_3::pylon::plugin::kv as kv_v0_3,
         chain,
         state::HostState,
     },
@@ -32,6 +33,7 @@ impl HasData for KvData {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     kv::add_to_linker::<HostState, KvData>(linker, view)?;
+    kv_v0_3::add_to_linker::<HostState, KvData>(linker, view)?;
     kv_v0_2::add_to_linker::<HostState, KvData>(linker, view)
 }
 
@@ -127,30 +129,38 @@ impl kv::Host for KvView<'_> {
     }
 }
 
-impl kv_v0_2::Host for KvView<'_> {
-    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv_v0_2::KvError> {
-        Ok(self.get_value(key).await?)
-    }
+/// An older version's `kv`: the same calls, its error type converted.
+macro_rules! serve_older_kv {
+    ($kv:ident) => {
+        impl $kv::Host for KvView<'_> {
+            async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, $kv::KvError> {
+                Ok(self.get_value(key).await?)
+            }
 
-    async fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), kv_v0_2::KvError> {
-        Ok(self.set_value(key, value, ttl_ms).await?)
-    }
+            async fn set(
+                &mut self,
+                key: String,
+                value: Vec<u8>,
+                ttl_ms: Option<u64>,
+            ) -> Result<(), $kv::KvError> {
+                Ok(self.set_value(key, value, ttl_ms).await?)
+            }
 
-    async fn delete(&mut self, key: String) -> Result<bool, kv_v0_2::KvError> {
-        Ok(self.delete_key(key).await?)
-    }
+            async fn delete(&mut self, key: String) -> Result<bool, $kv::KvError> {
+                Ok(self.delete_key(key).await?)
+            }
 
-    async fn incr(
-        &mut self,
-        key: String,
-        delta: i64,
-        ttl_ms: Option<u64>,
-    ) -> Result<i64, kv_v0_2::KvError> {
-        Ok(self.add(key, delta, ttl_ms).await?)
-    }
+            async fn incr(
+                &mut self,
+                key: String,
+                delta: i64,
+                ttl_ms: Option<u64>,
+            ) -> Result<i64, $kv::KvError> {
+                Ok(self.add(key, delta, ttl_ms).await?)
+            }
+        }
+    };
 }
+
+serve_older_kv!(kv_v0_3);
+serve_older_kv!(kv_v0_2);

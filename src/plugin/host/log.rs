@@ -1,13 +1,14 @@
 //! `pylon:plugin/log`: guest log lines become `tracing` events with `route`
 //! and `plugin` fields, under the target `pylon::plugin::guest`. Without the
 //! `log` grant, lines are dropped (a log line never fails a request).
-//! Serves `log` of every contract version the host serves (0.3.0, 0.2.0).
+//! Serves `log` of every contract version the host serves (0.4.0, 0.3.0, 0.2.0).
 
 use wasmtime::component::{HasData, Linker};
 
 use crate::plugin::{
     bindings::pylon::plugin::log::{self, Level},
     bindings_v0_2::pylon::plugin::log as log_v0_2,
+    bindings_v0_3::pylon::plugin::log as log_v0_3,
     state::{GuestContext, HostState},
 };
 
@@ -28,6 +29,7 @@ impl HasData for LogData {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     log::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })?;
+    log_v0_3::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })?;
     log_v0_2::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })
 }
 
@@ -38,12 +40,20 @@ impl log::Host for LogView<'_> {
     }
 }
 
-impl log_v0_2::Host for LogView<'_> {
-    fn log(&mut self, level: log_v0_2::Level, message: String) -> wasmtime::Result<()> {
-        self.emit(level.into(), &message);
-        Ok(())
-    }
+/// An older version's `log`: its level converted.
+macro_rules! serve_older_log {
+    ($log:ident) => {
+        impl $log::Host for LogView<'_> {
+            fn log(&mut self, level: $log::Level, message: String) -> wasmtime::Result<()> {
+                self.emit(level.into(), &message);
+                Ok(())
+            }
+        }
+    };
 }
+
+serve_older_log!(log_v0_3);
+serve_older_log!(log_v0_2);
 
 impl LogView<'_> {
     /// One `log` call, whatever the contract version.

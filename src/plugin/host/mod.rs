@@ -6,8 +6,8 @@
 //! lines are dropped, and `clock` traps with [`CapabilityDenied`].
 //!
 //! Each file serves its interface for every contract version the host
-//! serves (0.3.0 and 0.2.0, see `crate::plugin::compat`): one
-//! implementation, written against 0.3.0, behind both generated traits.
+//! serves (0.4.0, 0.3.0 and 0.2.0, see `crate::plugin::compat`): one
+//! implementation, written against 0.4.0, behind every generated trait.
 
 pub(crate) mod clock;
 pub(crate) mod exchange;
@@ -20,7 +20,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{
     bindings::pylon::plugin::types, bindings_v0_2::pylon::plugin::types as types_v0_2,
-    state::HostState,
+    bindings_v0_3::pylon::plugin::types as types_v0_3, state::HostState,
 };
 
 /// A plugin called a trapping capability (`clock`) it was not granted.
@@ -42,6 +42,7 @@ impl types_v0_2::Host for HostState {}
 /// them: grants are checked per call, so one linker serves every plugin).
 pub(crate) fn add_plugin_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    types_v0_3::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     types_v0_2::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     log::add_to_linker(linker)?;
     clock::add_to_linker(linker)?;

@@ -6,7 +6,9 @@
 //!
 //! What it asks of the host follows the config: the request body only with
 //! `request.json` edits, the response phase only with response edits, the
-//! response body only with `response.json` edits.
+//! response body only with `response.json` edits. A direction whose edits are
+//! only header removes, sets and adds is declared as fixed edits instead, and
+//! the host applies it without calling the plugin.
 //!
 //! Bodies are edited only when their `content-type` is JSON
 //! (`application/json` or `application/*+json`) and they carry no
@@ -32,19 +34,31 @@ struct Transform(Rules);
 
 impl Plugin for Transform {
     fn configure(text: &str) -> Result<(Self, Needs), String> {
-        let rules = config::validate(pylon_plugin_sdk::config::parse(text)?)?;
+        let mut rules = config::validate(pylon_plugin_sdk::config::parse(text)?)?;
         let mut needs = Needs::none();
-        if rules.request_headers.is_empty()
+        // A direction whose only edits are header removes, sets and adds
+        // (no renames: those read the message) is the same for every
+        // request: the host applies it, without a call.
+        let request_fixed = rules.request_headers.rename.is_empty()
             && rules.path.is_none()
             && rules.query.is_empty()
-            && rules.request_json.is_empty()
-        {
-            needs = needs.without_request_phase();
+            && rules.request_json.is_empty();
+        if request_fixed {
+            let ops = header_ops(&std::mem::take(&mut rules.request_headers), |_| Vec::new());
+            needs = needs
+                .without_request_phase()
+                .with_fixed_request_headers(ops);
         }
         if !rules.request_json.is_empty() {
             needs = needs.with_request_body();
         }
-        if !rules.response_headers.is_empty() || !rules.status_map.is_empty() {
+        let response_fixed = rules.response_headers.rename.is_empty()
+            && rules.status_map.is_empty()
+            && rules.response_json.is_empty();
+        if response_fixed {
+            let ops = header_ops(&std::mem::take(&mut rules.response_headers), |_| Vec::new());
+            needs = needs.with_fixed_response_headers(ops);
+        } else {
             needs = needs.with_response_phase();
         }
         if !rules.response_json.is_empty() {
