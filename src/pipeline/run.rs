@@ -148,9 +148,9 @@ impl Pipeline {
                 },
             };
             match action {
-                RequestAction::Continue(edits) => {
-                    for op in &edits.headers {
-                        op.apply(&mut req.headers);
+                RequestAction::Continue(mut edits) => {
+                    for op in edits.headers.drain(..) {
+                        op.apply_owned(&mut req.headers);
                     }
                     if let Some(path) = edits.path {
                         req.path = path;
@@ -195,8 +195,11 @@ impl Pipeline {
             let FixedEdits {
                 response: fixed, ..
             } = entry.plugin.fixed();
-            for op in fixed.iter().chain(&pending.response_headers) {
+            for op in fixed {
                 op.apply(&mut resp.headers);
+            }
+            for op in pending.response_headers {
+                op.apply_owned(&mut resp.headers);
             }
             if !pending.call {
                 continue;
@@ -227,8 +230,8 @@ impl Pipeline {
             if let Some(status) = edits.status {
                 resp.status = status;
             }
-            for op in &edits.headers {
-                op.apply(&mut resp.headers);
+            for op in edits.headers {
+                op.apply_owned(&mut resp.headers);
             }
             if needs.response_body
                 && let Some(body) = edits.body

@@ -147,6 +147,22 @@ impl HeaderOp {
             }
         }
     }
+
+    /// Apply this edit, moving its name and value into the map (a per-request
+    /// edit is used once; cloning a freshly made value can allocate).
+    pub fn apply_owned(self, headers: &mut HeaderMap) {
+        match self {
+            HeaderOp::Set(n, v) => {
+                headers.insert(n, v);
+            }
+            HeaderOp::Append(n, v) => {
+                headers.append(n, v);
+            }
+            HeaderOp::Remove(n) => {
+                headers.remove(&n);
+            }
+        }
+    }
 }
 
 /// Changes to a request that continues.
