@@ -39,186 +39,198 @@ pub(crate) fn handle<A: 'static, B: 'static>(h: Resource<A>) -> Resource<B> {
     Resource::new_borrow(h.rep())
 }
 
-// ------------------------------------------- what a 0.3.0 guest returns -> 0.4.0
+/// The conversions between an older version's generated types and the
+/// current ones. The shapes are the same in every version served; only
+/// the names of the `header` and `response` records differ (0.2.0's
+/// borrowing bindings call their owned forms `header-result` and
+/// `response-result`).
+macro_rules! older_version_conversions {
+    ($v:ident, header = $header:ident, response = $response:ident) => {
+        // What an older guest returns -> current.
 
-impl From<v0_3::types::Header> for current::types::Header {
-    fn from(h: v0_3::types::Header) -> Self {
-        let v0_3::types::Header { name, value } = h;
-        Self { name, value }
-    }
-}
-
-impl From<v0_3::types::HeaderOp> for current::types::HeaderOp {
-    fn from(op: v0_3::types::HeaderOp) -> Self {
-        match op {
-            v0_3::types::HeaderOp::Set(h) => Self::Set(h.into()),
-            v0_3::types::HeaderOp::Append(h) => Self::Append(h.into()),
-            v0_3::types::HeaderOp::Remove(name) => Self::Remove(name),
+        impl From<$v::types::$header> for current::types::Header {
+            fn from(h: $v::types::$header) -> Self {
+                let $v::types::$header { name, value } = h;
+                Self { name, value }
+            }
         }
-    }
-}
 
-impl From<v0_3::types::Response> for current::types::Response {
-    fn from(r: v0_3::types::Response) -> Self {
-        let v0_3::types::Response {
-            status,
-            headers,
-            body,
-        } = r;
-        Self {
-            status,
-            headers: each(headers),
-            body,
+        impl From<$v::types::HeaderOp> for current::types::HeaderOp {
+            fn from(op: $v::types::HeaderOp) -> Self {
+                match op {
+                    $v::types::HeaderOp::Set(h) => Self::Set(h.into()),
+                    $v::types::HeaderOp::Append(h) => Self::Append(h.into()),
+                    $v::types::HeaderOp::Remove(name) => Self::Remove(name),
+                }
+            }
         }
-    }
-}
 
-impl From<v0_3::types::RequestEdits> for current::types::RequestEdits {
-    fn from(e: v0_3::types::RequestEdits) -> Self {
-        let v0_3::types::RequestEdits {
-            headers,
-            path,
-            query,
-            upstream,
-            body,
-            response_headers,
-        } = e;
-        Self {
-            headers: each(headers),
-            path,
-            query,
-            upstream,
-            body,
-            response_headers: each(response_headers),
+        impl From<$v::types::$response> for current::types::Response {
+            fn from(r: $v::types::$response) -> Self {
+                let $v::types::$response {
+                    status,
+                    headers,
+                    body,
+                } = r;
+                Self {
+                    status,
+                    headers: each(headers),
+                    body,
+                }
+            }
         }
-    }
-}
 
-impl From<v0_3::types::RequestAction> for current::types::RequestAction {
-    fn from(a: v0_3::types::RequestAction) -> Self {
-        match a {
-            v0_3::types::RequestAction::Continue(edits) => Self::Continue(edits.into()),
-            v0_3::types::RequestAction::Respond(resp) => Self::Respond(resp.into()),
+        impl From<$v::types::RequestEdits> for current::types::RequestEdits {
+            fn from(e: $v::types::RequestEdits) -> Self {
+                let $v::types::RequestEdits {
+                    headers,
+                    path,
+                    query,
+                    upstream,
+                    body,
+                    response_headers,
+                } = e;
+                Self {
+                    headers: each(headers),
+                    path,
+                    query,
+                    upstream,
+                    body,
+                    response_headers: each(response_headers),
+                }
+            }
         }
-    }
-}
 
-impl From<v0_3::types::ResponseEdits> for current::types::ResponseEdits {
-    fn from(e: v0_3::types::ResponseEdits) -> Self {
-        let v0_3::types::ResponseEdits {
-            status,
-            headers,
-            body,
-        } = e;
-        Self {
-            status,
-            headers: each(headers),
-            body,
+        impl From<$v::types::RequestAction> for current::types::RequestAction {
+            fn from(a: $v::types::RequestAction) -> Self {
+                match a {
+                    $v::types::RequestAction::Continue(edits) => Self::Continue(edits.into()),
+                    $v::types::RequestAction::Respond(resp) => Self::Respond(resp.into()),
+                }
+            }
         }
-    }
-}
 
-/// 0.3.0 had no fixed header edits: the plugin declares none.
-impl From<v0_3::types::Needs> for current::types::Needs {
-    fn from(n: v0_3::types::Needs) -> Self {
-        let v0_3::types::Needs {
-            request_phase,
-            request_body,
-            response_phase,
-            response_body,
-        } = n;
-        Self {
-            request_phase,
-            request_body,
-            response_phase,
-            response_body,
-            fixed_request_headers: Vec::new(),
-            fixed_response_headers: Vec::new(),
+        impl From<$v::types::ResponseEdits> for current::types::ResponseEdits {
+            fn from(e: $v::types::ResponseEdits) -> Self {
+                let $v::types::ResponseEdits {
+                    status,
+                    headers,
+                    body,
+                } = e;
+                Self {
+                    status,
+                    headers: each(headers),
+                    body,
+                }
+            }
         }
-    }
-}
 
-// ------------------------------------------ import arguments 0.3.0 -> 0.4.0
-
-impl From<v0_3::log::Level> for current::log::Level {
-    fn from(level: v0_3::log::Level) -> Self {
-        match level {
-            v0_3::log::Level::Trace => Self::Trace,
-            v0_3::log::Level::Debug => Self::Debug,
-            v0_3::log::Level::Info => Self::Info,
-            v0_3::log::Level::Warn => Self::Warn,
-            v0_3::log::Level::Error => Self::Error,
+        /// The older versions had no fixed header edits: the plugin declares none.
+        impl From<$v::types::Needs> for current::types::Needs {
+            fn from(n: $v::types::Needs) -> Self {
+                let $v::types::Needs {
+                    request_phase,
+                    request_body,
+                    response_phase,
+                    response_body,
+                } = n;
+                Self {
+                    request_phase,
+                    request_body,
+                    response_phase,
+                    response_body,
+                    fixed_request_headers: Vec::new(),
+                    fixed_response_headers: Vec::new(),
+                }
+            }
         }
-    }
-}
 
-impl From<v0_3::http_client::OutboundRequest> for current::http_client::OutboundRequest {
-    fn from(r: v0_3::http_client::OutboundRequest) -> Self {
-        let v0_3::http_client::OutboundRequest {
-            upstream,
-            method,
-            path_and_query,
-            headers,
-            body,
-            timeout_ms,
-        } = r;
-        Self {
-            upstream,
-            method,
-            path_and_query,
-            headers: each(headers),
-            body,
-            timeout_ms,
+        // Import arguments, older -> current.
+
+        impl From<$v::log::Level> for current::log::Level {
+            fn from(level: $v::log::Level) -> Self {
+                match level {
+                    $v::log::Level::Trace => Self::Trace,
+                    $v::log::Level::Debug => Self::Debug,
+                    $v::log::Level::Info => Self::Info,
+                    $v::log::Level::Warn => Self::Warn,
+                    $v::log::Level::Error => Self::Error,
+                }
+            }
         }
-    }
-}
 
-// -------------------------------------------- import results 0.4.0 -> 0.3.0
-
-impl From<current::types::Header> for v0_3::types::Header {
-    fn from(h: current::types::Header) -> Self {
-        let current::types::Header { name, value } = h;
-        Self { name, value }
-    }
-}
-
-impl From<current::types::Response> for v0_3::types::Response {
-    fn from(r: current::types::Response) -> Self {
-        let current::types::Response {
-            status,
-            headers,
-            body,
-        } = r;
-        Self {
-            status,
-            headers: each(headers),
-            body,
+        impl From<$v::http_client::OutboundRequest> for current::http_client::OutboundRequest {
+            fn from(r: $v::http_client::OutboundRequest) -> Self {
+                let $v::http_client::OutboundRequest {
+                    upstream,
+                    method,
+                    path_and_query,
+                    headers,
+                    body,
+                    timeout_ms,
+                } = r;
+                Self {
+                    upstream,
+                    method,
+                    path_and_query,
+                    headers: each(headers),
+                    body,
+                    timeout_ms,
+                }
+            }
         }
-    }
+
+        // Import results, current -> older.
+
+        impl From<current::types::Header> for $v::types::$header {
+            fn from(h: current::types::Header) -> Self {
+                let current::types::Header { name, value } = h;
+                Self { name, value }
+            }
+        }
+
+        impl From<current::types::Response> for $v::types::$response {
+            fn from(r: current::types::Response) -> Self {
+                let current::types::Response {
+                    status,
+                    headers,
+                    body,
+                } = r;
+                Self {
+                    status,
+                    headers: each(headers),
+                    body,
+                }
+            }
+        }
+
+        impl From<current::kv::KvError> for $v::kv::KvError {
+            fn from(e: current::kv::KvError) -> Self {
+                match e {
+                    current::kv::KvError::Denied => Self::Denied,
+                    current::kv::KvError::Unavailable(detail) => Self::Unavailable(detail),
+                    current::kv::KvError::NotANumber => Self::NotANumber,
+                }
+            }
+        }
+
+        impl From<current::http_client::HttpError> for $v::http_client::HttpError {
+            fn from(e: current::http_client::HttpError) -> Self {
+                use current::http_client::HttpError as E;
+                match e {
+                    E::Denied(upstream) => Self::Denied(upstream),
+                    E::UnknownUpstream(upstream) => Self::UnknownUpstream(upstream),
+                    E::Failed(detail) => Self::Failed(detail),
+                    E::Timeout => Self::Timeout,
+                    E::Invalid(detail) => Self::Invalid(detail),
+                }
+            }
+        }
+    };
 }
 
-impl From<current::kv::KvError> for v0_3::kv::KvError {
-    fn from(e: current::kv::KvError) -> Self {
-        match e {
-            current::kv::KvError::Denied => Self::Denied,
-            current::kv::KvError::Unavailable(detail) => Self::Unavailable(detail),
-            current::kv::KvError::NotANumber => Self::NotANumber,
-        }
-    }
-}
-
-impl From<current::http_client::HttpError> for v0_3::http_client::HttpError {
-    fn from(e: current::http_client::HttpError) -> Self {
-        use current::http_client::HttpError as E;
-        match e {
-            E::Denied(upstream) => Self::Denied(upstream),
-            E::UnknownUpstream(upstream) => Self::UnknownUpstream(upstream),
-            E::Failed(detail) => Self::Failed(detail),
-            E::Timeout => Self::Timeout,
-            E::Invalid(detail) => Self::Invalid(detail),
-        }
-    }
-}
+older_version_conversions!(v0_3, header = Header, response = Response);
+older_version_conversions!(v0_2, header = HeaderResult, response = ResponseResult);
 
 // ------------------------------------------------ host model -> 0.2.0 records
 
@@ -299,186 +311,6 @@ impl<'a> ResponseParts<'a> {
             status: self.resp.status.as_u16(),
             headers: &self.headers,
             body: self.resp.body.as_deref().filter(|_| self.with_body),
-        }
-    }
-}
-
-// ------------------------------------------- what a 0.2.0 guest returns -> 0.4.0
-
-impl From<v0_2::types::HeaderResult> for current::types::Header {
-    fn from(h: v0_2::types::HeaderResult) -> Self {
-        let v0_2::types::HeaderResult { name, value } = h;
-        Self { name, value }
-    }
-}
-
-impl From<v0_2::types::HeaderOp> for current::types::HeaderOp {
-    fn from(op: v0_2::types::HeaderOp) -> Self {
-        match op {
-            v0_2::types::HeaderOp::Set(h) => Self::Set(h.into()),
-            v0_2::types::HeaderOp::Append(h) => Self::Append(h.into()),
-            v0_2::types::HeaderOp::Remove(name) => Self::Remove(name),
-        }
-    }
-}
-
-impl From<v0_2::types::ResponseResult> for current::types::Response {
-    fn from(r: v0_2::types::ResponseResult) -> Self {
-        let v0_2::types::ResponseResult {
-            status,
-            headers,
-            body,
-        } = r;
-        Self {
-            status,
-            headers: each(headers),
-            body,
-        }
-    }
-}
-
-impl From<v0_2::types::RequestEdits> for current::types::RequestEdits {
-    fn from(e: v0_2::types::RequestEdits) -> Self {
-        let v0_2::types::RequestEdits {
-            headers,
-            path,
-            query,
-            upstream,
-            body,
-            response_headers,
-        } = e;
-        Self {
-            headers: each(headers),
-            path,
-            query,
-            upstream,
-            body,
-            response_headers: each(response_headers),
-        }
-    }
-}
-
-impl From<v0_2::types::RequestAction> for current::types::RequestAction {
-    fn from(a: v0_2::types::RequestAction) -> Self {
-        match a {
-            v0_2::types::RequestAction::Continue(edits) => Self::Continue(edits.into()),
-            v0_2::types::RequestAction::Respond(resp) => Self::Respond(resp.into()),
-        }
-    }
-}
-
-impl From<v0_2::types::ResponseEdits> for current::types::ResponseEdits {
-    fn from(e: v0_2::types::ResponseEdits) -> Self {
-        let v0_2::types::ResponseEdits {
-            status,
-            headers,
-            body,
-        } = e;
-        Self {
-            status,
-            headers: each(headers),
-            body,
-        }
-    }
-}
-
-impl From<v0_2::types::Needs> for current::types::Needs {
-    fn from(n: v0_2::types::Needs) -> Self {
-        let v0_2::types::Needs {
-            request_phase,
-            request_body,
-            response_phase,
-            response_body,
-        } = n;
-        Self {
-            request_phase,
-            request_body,
-            response_phase,
-            response_body,
-            fixed_request_headers: Vec::new(),
-            fixed_response_headers: Vec::new(),
-        }
-    }
-}
-
-// ------------------------------------------ import arguments 0.2.0 -> 0.4.0
-
-impl From<v0_2::log::Level> for current::log::Level {
-    fn from(level: v0_2::log::Level) -> Self {
-        match level {
-            v0_2::log::Level::Trace => Self::Trace,
-            v0_2::log::Level::Debug => Self::Debug,
-            v0_2::log::Level::Info => Self::Info,
-            v0_2::log::Level::Warn => Self::Warn,
-            v0_2::log::Level::Error => Self::Error,
-        }
-    }
-}
-
-impl From<v0_2::http_client::OutboundRequest> for current::http_client::OutboundRequest {
-    fn from(r: v0_2::http_client::OutboundRequest) -> Self {
-        let v0_2::http_client::OutboundRequest {
-            upstream,
-            method,
-            path_and_query,
-            headers,
-            body,
-            timeout_ms,
-        } = r;
-        Self {
-            upstream,
-            method,
-            path_and_query,
-            headers: each(headers),
-            body,
-            timeout_ms,
-        }
-    }
-}
-
-// -------------------------------------------- import results 0.4.0 -> 0.2.0
-
-impl From<current::types::Header> for v0_2::types::HeaderResult {
-    fn from(h: current::types::Header) -> Self {
-        let current::types::Header { name, value } = h;
-        Self { name, value }
-    }
-}
-
-impl From<current::types::Response> for v0_2::types::ResponseResult {
-    fn from(r: current::types::Response) -> Self {
-        let current::types::Response {
-            status,
-            headers,
-            body,
-        } = r;
-        Self {
-            status,
-            headers: each(headers),
-            body,
-        }
-    }
-}
-
-impl From<current::kv::KvError> for v0_2::kv::KvError {
-    fn from(e: current::kv::KvError) -> Self {
-        match e {
-            current::kv::KvError::Denied => Self::Denied,
-            current::kv::KvError::Unavailable(detail) => Self::Unavailable(detail),
-            current::kv::KvError::NotANumber => Self::NotANumber,
-        }
-    }
-}
-
-impl From<current::http_client::HttpError> for v0_2::http_client::HttpError {
-    fn from(e: current::http_client::HttpError) -> Self {
-        use current::http_client::HttpError as E;
-        match e {
-            E::Denied(upstream) => Self::Denied(upstream),
-            E::UnknownUpstream(upstream) => Self::UnknownUpstream(upstream),
-            E::Failed(detail) => Self::Failed(detail),
-            E::Timeout => Self::Timeout,
-            E::Invalid(detail) => Self::Invalid(detail),
         }
     }
 }

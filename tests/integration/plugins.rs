@@ -620,8 +620,9 @@ async fn http2_requests_show_plugins_a_host_header() {
     assert_eq!(host[1], gw.addr.to_string());
 }
 
-#[tokio::test]
-async fn legacy_v0_2_plugin_runs_in_the_same_pipeline_as_current_ones() {
+/// A `legacy-*` guest built against contract `contract` beside a current
+/// plugin: both phases, its imports (kv, http, log) and a direct answer.
+async fn legacy_plugin_runs_in_the_same_pipeline_as_current_ones(guest: &str, contract: &str) {
     let up = Upstream::with(|_| async {
         Response::builder()
             .status(201)
@@ -633,7 +634,7 @@ async fn legacy_v0_2_plugin_runs_in_the_same_pipeline_as_current_ones() {
         &up,
         &(def(
             "legacy",
-            "legacy-v0-2",
+            guest,
             "capabilities = [\"kv\", \"http\"]\nhttp-upstreams = [\"u\"]",
         ) + &def("h", "headers", "")),
         r#"
@@ -656,7 +657,7 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
         .collect();
     assert_eq!(
         contracts,
-        [("h".to_owned(), "0.4.0"), ("legacy".to_owned(), "0.2.0")]
+        [("h".to_owned(), "0.4.0"), ("legacy".to_owned(), contract)]
     );
 
     for hits in ["1", "2"] {
@@ -700,12 +701,25 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "legacy-v0-2 answered /items/9");
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!("{guest} answered /items/9")
+    );
     assert_eq!(
         up.seen().len(),
         before,
         "a response from the plugin skips the upstream"
     );
+}
+
+#[tokio::test]
+async fn legacy_v0_2_plugin_runs_in_the_same_pipeline_as_current_ones() {
+    legacy_plugin_runs_in_the_same_pipeline_as_current_ones("legacy-v0-2", "0.2.0").await;
+}
+
+#[tokio::test]
+async fn legacy_v0_3_plugin_runs_in_the_same_pipeline_as_current_ones() {
+    legacy_plugin_runs_in_the_same_pipeline_as_current_ones("legacy-v0-3", "0.3.0").await;
 }
 
 #[tokio::test]
@@ -785,89 +799,5 @@ plugin = "inspector"
             .iter()
             .any(|h| h[0] == "x-fixed" && h[1] == "1"),
         "{v}"
-    );
-}
-
-#[tokio::test]
-async fn legacy_v0_3_plugin_runs_in_the_same_pipeline_as_current_ones() {
-    let up = Upstream::with(|_| async {
-        Response::builder()
-            .status(201)
-            .body(Full::new(Bytes::from_static(b"made")))
-            .unwrap()
-    })
-    .await;
-    let gw = gateway(
-        &up,
-        &(def(
-            "legacy",
-            "legacy-v0-3",
-            "capabilities = [\"kv\", \"http\"]\nhttp-upstreams = [\"u\"]",
-        ) + &def("h", "headers", "")),
-        r#"
-[[routes.plugins]]
-plugin = "legacy"
-config = { fetch = "u" }
-
-[[routes.plugins]]
-plugin = "h"
-config = { request = { set = { "x-step" = "current" } }, response = { set = { "x-order" = "h" } } }
-"#,
-    )
-    .await;
-    let contracts: Vec<_> = gw
-        .gateway
-        .runtime()
-        .components()
-        .iter()
-        .map(|c| (c.name().to_owned(), c.contract().as_str()))
-        .collect();
-    assert_eq!(
-        contracts,
-        [("h".to_owned(), "0.4.0"), ("legacy".to_owned(), "0.3.0")]
-    );
-
-    for hits in ["1", "2"] {
-        let r = client()
-            .get(gw.url("/items/42?full=1"))
-            .header("user-agent", "legacy-client/1.0")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        assert_eq!(r.headers()["x-order"], "h");
-        assert_eq!(r.headers()["x-legacy-status"], "201");
-        assert_eq!(r.headers()["x-legacy-saw-path"], "/items/42");
-        assert_eq!(r.headers()["x-legacy-early"], "1");
-        assert_eq!(r.text().await.unwrap(), "made");
-
-        let seen = up.last();
-        assert_eq!(seen.uri.path(), "/items/42");
-        assert_eq!(seen.headers["x-legacy-path"], "/items/42");
-        assert_eq!(seen.headers["x-legacy-agent"], "legacy-client/1.0");
-        assert_eq!(
-            seen.headers["x-legacy-hits"], hits,
-            "kv through 0.3.0 imports"
-        );
-        assert_eq!(
-            seen.headers["x-legacy-fetch"], "201",
-            "http through 0.3.0 imports"
-        );
-        assert_eq!(seen.headers["x-step"], "current");
-    }
-
-    let before = up.seen().len();
-    let r = client()
-        .get(gw.url("/items/9"))
-        .header("x-legacy-respond", "1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "legacy-v0-3 answered /items/9");
-    assert_eq!(
-        up.seen().len(),
-        before,
-        "a response from the plugin skips the upstream"
     );
 }
