@@ -175,7 +175,8 @@ impl Validate<'_> {
 
     fn header(&self, h: wit::Header) -> Result<(HeaderName, HeaderValue), PluginError> {
         let name = self.header_name(&h.name)?;
-        let value = HeaderValue::from_bytes(&h.value).map_err(|_| {
+        // The value takes over the guest's bytes instead of copying them.
+        let value = HeaderValue::from_maybe_shared(Bytes::from(h.value)).map_err(|_| {
             self.invalid(
                 "header value",
                 format!("value of `{name}` contains a byte not allowed in a header"),
