@@ -167,10 +167,15 @@ fn headers_for(views: &[View]) -> Vec<HeaderOp> {
     }) else {
         return Vec::new();
     };
+    let decimal = |n: u64| {
+        let mut s = String::with_capacity(20);
+        algo::push_u64(&mut s, n);
+        s
+    };
     vec![
-        HeaderOp::set("ratelimit-limit", v.limit.to_string()),
-        HeaderOp::set("ratelimit-remaining", v.remaining.to_string()),
-        HeaderOp::set("ratelimit-reset", secs(v.reset_ms).to_string()),
+        HeaderOp::set("ratelimit-limit", decimal(v.limit)),
+        HeaderOp::set("ratelimit-remaining", decimal(v.remaining)),
+        HeaderOp::set("ratelimit-reset", decimal(secs(v.reset_ms))),
     ]
 }
 
@@ -185,7 +190,11 @@ fn client_key<'a>(key: &'a Key, req: &impl ReadRequest) -> Result<String, &'a st
         Key::Ip => Ok(ip_key(req)),
         Key::Route => Ok("route".to_string()),
         Key::Header(name) => match req.header(name).filter(|v| !v.is_empty()) {
-            Some(v) => Ok(format!("h:{}", encode(&v))),
+            Some(v) => {
+                let mut key = String::from("h:");
+                encode_into(&mut key, &v);
+                Ok(key)
+            }
             None => Err(name),
         },
     }
@@ -198,28 +207,43 @@ fn ip_key(req: &impl ReadRequest) -> String {
         _ => addr.as_str(),
     };
     let ip = ip.trim_start_matches('[').trim_end_matches(']');
-    format!("ip:{}", encode(ip.as_bytes()))
+    let mut key = String::from("ip:");
+    encode_into(&mut key, ip.as_bytes());
+    key
 }
 
-/// Key-safe text for arbitrary bytes: safe bytes as they are, others as
-/// `%XX`; very long values as a 128-bit hash (prefixed `#`, which the
-/// escaped form never contains), which keeps keys bounded. A hash collision
-/// could only make two such clients share counters.
+/// [`encode_into`] a new string.
+#[cfg(test)]
 fn encode(v: &[u8]) -> String {
+    let mut out = String::new();
+    encode_into(&mut out, v);
+    out
+}
+
+/// Key-safe text for arbitrary bytes, appended to `out`: safe bytes as they
+/// are, others as `%XX`; very long values as a 128-bit hash (prefixed `#`,
+/// which the escaped form never contains), which keeps keys bounded. A hash
+/// collision could only make two such clients share counters.
+fn encode_into(out: &mut String, v: &[u8]) {
     const MAX: usize = 200;
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let safe = |b: u8| b.is_ascii_alphanumeric() || b"-._~@+=/".contains(&b);
-    let mut out = String::with_capacity(v.len());
+    let start = out.len();
+    out.reserve(v.len());
     for &b in v {
         if safe(b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
-        if out.len() > MAX {
-            return format!("#{:032x}", fnv1a128(v));
+        if out.len() - start > MAX {
+            out.truncate(start);
+            out.push_str(&format!("#{:032x}", fnv1a128(v)));
+            return;
         }
     }
-    out
 }
 
 fn fnv1a128(v: &[u8]) -> u128 {
