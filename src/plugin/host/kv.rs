@@ -51,7 +51,10 @@ impl KvView<'_> {
         if !self.granted {
             return Err(WitKvError::Denied);
         }
-        Ok(format!("{}{key}", self.prefix))
+        let mut full = String::with_capacity(self.prefix.len() + key.len());
+        full.push_str(self.prefix);
+        full.push_str(key);
+        Ok(full)
     }
 }
 
