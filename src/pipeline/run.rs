@@ -57,7 +57,8 @@ struct Pending {
     /// `None` when the plugin has no response phase, or skipped the request
     /// phase (its instance is then taken when the response phase needs it).
     session: Option<Box<dyn PluginSession>>,
-    /// Call its response phase (false after a fail-open request phase).
+    /// Call its response phase: false when it has none, or when its request
+    /// phase failed open (then only its fixed edits apply).
     call: bool,
     response_headers: Vec<super::HeaderOp>,
 }
