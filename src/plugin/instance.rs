@@ -28,10 +28,12 @@ use std::{
 };
 
 use async_trait::async_trait;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, component::Resource};
 
 use super::{
-    CompiledPlugin, bindings, bindings_v0_2, bindings_v0_3,
+    CompiledPlugin,
+    bindings::{self, pylon::plugin::types as wit},
+    bindings_v0_2, bindings_v0_3,
     compat::{self, RequestParts, ResponseParts},
     convert::Validate,
     engine::{EpochTicker, deadline_ticks},
@@ -106,9 +108,48 @@ pub(crate) struct Instance {
 
 /// An instance's `guest` export, in the contract version it speaks.
 enum Guest {
+    /// Hooks that read the request and response through lent handles.
+    Lent(LentGuest),
+    /// 0.2.0: hooks that get them as records.
+    V0_2(bindings_v0_2::exports::pylon::plugin::guest::Guest),
+}
+
+/// The versions whose hooks take lent handles: one lending, arming and
+/// accounting around the call, whichever of them it is.
+enum LentGuest {
     V0_4(bindings::exports::pylon::plugin::guest::Guest),
     V0_3(bindings_v0_3::exports::pylon::plugin::guest::Guest),
-    V0_2(bindings_v0_2::exports::pylon::plugin::guest::Guest),
+}
+
+impl LentGuest {
+    async fn on_request(
+        &self,
+        store: &mut Store<HostState>,
+        req: Resource<wit::Request>,
+    ) -> wasmtime::Result<wit::RequestAction> {
+        match self {
+            Self::V0_4(guest) => guest.call_on_request(store, req).await,
+            Self::V0_3(guest) => Ok(guest
+                .call_on_request(store, compat::handle(req))
+                .await?
+                .into()),
+        }
+    }
+
+    async fn on_response(
+        &self,
+        store: &mut Store<HostState>,
+        req: Resource<wit::Request>,
+        resp: Resource<wit::ResponseView>,
+    ) -> wasmtime::Result<wit::ResponseEdits> {
+        match self {
+            Self::V0_4(guest) => guest.call_on_response(store, req, resp).await,
+            Self::V0_3(guest) => Ok(guest
+                .call_on_response(store, compat::handle(req), compat::handle(resp))
+                .await?
+                .into()),
+        }
+    }
 }
 
 /// A `configure` that ran: the plugin's answer to its config, its needs
@@ -127,18 +168,18 @@ impl Instance {
         policy.stats.record_instantiation();
         let instantiate = async {
             wasmtime::Result::Ok(match pre {
-                GuestPre::V0_4(pre) => Guest::V0_4(
+                GuestPre::V0_4(pre) => Guest::Lent(LentGuest::V0_4(
                     pre.instantiate_async(&mut store)
                         .await?
                         .pylon_plugin_guest()
                         .clone(),
-                ),
-                GuestPre::V0_3(pre) => Guest::V0_3(
+                )),
+                GuestPre::V0_3(pre) => Guest::Lent(LentGuest::V0_3(
                     pre.instantiate_async(&mut store)
                         .await?
                         .pylon_plugin_guest()
                         .clone(),
-                ),
+                )),
                 GuestPre::V0_2(pre) => Guest::V0_2(
                     pre.instantiate_async(&mut store)
                         .await?
@@ -175,8 +216,10 @@ impl Instance {
         let started = arm(store, deadline);
         let call = async {
             match guest {
-                Guest::V0_4(guest) => guest.call_configure(&mut *store, config_json).await,
-                Guest::V0_3(guest) => Ok(guest
+                Guest::Lent(LentGuest::V0_4(guest)) => {
+                    guest.call_configure(&mut *store, config_json).await
+                }
+                Guest::Lent(LentGuest::V0_3(guest)) => Ok(guest
                     .call_configure(&mut *store, config_json)
                     .await?
                     .map(Into::into)),
@@ -212,37 +255,17 @@ impl Instance {
         let Self { store, guest } = self;
         let deadline = policy.deadline;
         let action = match guest {
-            Guest::V0_4(guest) => {
+            Guest::Lent(guest) => {
                 let handle = store
                     .data_mut()
                     .exchange
                     .lend_request(req, needs.request_body);
                 let started = arm(store, deadline);
                 let result = policy
-                    .bounded(
-                        started,
-                        deadline,
-                        guest.call_on_request(&mut *store, handle),
-                    )
+                    .bounded(started, deadline, guest.on_request(&mut *store, handle))
                     .await;
                 store.data_mut().exchange.give_back(req, None);
                 finish(store, policy, deadline, started, result)?
-            }
-            Guest::V0_3(guest) => {
-                let handle = store
-                    .data_mut()
-                    .exchange
-                    .lend_request(req, needs.request_body);
-                let started = arm(store, deadline);
-                let result = policy
-                    .bounded(
-                        started,
-                        deadline,
-                        guest.call_on_request(&mut *store, compat::handle(handle)),
-                    )
-                    .await;
-                store.data_mut().exchange.give_back(req, None);
-                finish(store, policy, deadline, started, result)?.into()
             }
             Guest::V0_2(guest) => {
                 let parts = RequestParts::new(req, needs.request_body);
@@ -276,7 +299,7 @@ impl Instance {
         let Self { store, guest } = self;
         let deadline = policy.deadline;
         let edits = match guest {
-            Guest::V0_4(guest) => {
+            Guest::Lent(guest) => {
                 let exchange = &mut store.data_mut().exchange;
                 let req_handle = exchange.lend_request(req, needs.request_body);
                 let resp_handle = exchange.lend_response(resp, needs.response_body);
@@ -285,26 +308,11 @@ impl Instance {
                     .bounded(
                         started,
                         deadline,
-                        guest.call_on_response(&mut *store, req_handle, resp_handle),
+                        guest.on_response(&mut *store, req_handle, resp_handle),
                     )
                     .await;
                 store.data_mut().exchange.give_back(req, Some(resp));
                 finish(store, policy, deadline, started, result)?
-            }
-            Guest::V0_3(guest) => {
-                let exchange = &mut store.data_mut().exchange;
-                let req_handle = compat::handle(exchange.lend_request(req, needs.request_body));
-                let resp_handle = compat::handle(exchange.lend_response(resp, needs.response_body));
-                let started = arm(store, deadline);
-                let result = policy
-                    .bounded(
-                        started,
-                        deadline,
-                        guest.call_on_response(&mut *store, req_handle, resp_handle),
-                    )
-                    .await;
-                store.data_mut().exchange.give_back(req, Some(resp));
-                finish(store, policy, deadline, started, result)?.into()
             }
             Guest::V0_2(guest) => {
                 let req_parts = RequestParts::new(req, needs.request_body);
