@@ -3,17 +3,17 @@
 //! failure policy.
 //!
 //! At each plugin's place, in either direction, the edits it declared at
-//! configure ([`FixedEdits`]) go first, then (on the way back) the response
-//! edits it gave in the request phase, then whatever its hook returns; the
-//! hook sees the message with the earlier edits applied.
+//! configure ([`FixedEdits`](super::FixedEdits)) go first, then (on the way
+//! back) the response edits it gave in the request phase, then whatever its
+//! hook returns; the hook sees the message with the earlier edits applied.
 
 use std::sync::Arc;
 
 use crate::telemetry::observe;
 
 use super::{
-    FailurePolicy, FixedEdits, Needs, Plugin, PluginError, PluginRequest, PluginResponse,
-    PluginSession, RequestAction,
+    FailurePolicy, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
+    RequestAction,
 };
 
 /// One plugin on a route, with the route's failure policy for it.
@@ -193,10 +193,7 @@ impl Pipeline {
         while let Some(pending) = sessions.active.pop() {
             let entry = &self.entries[pending.index];
             let needs = entry.plugin.needs();
-            let FixedEdits {
-                response: fixed, ..
-            } = entry.plugin.fixed();
-            for op in fixed {
+            for op in &entry.plugin.fixed().response {
                 op.apply(&mut resp.headers);
             }
             for op in pending.response_headers {

@@ -68,11 +68,6 @@ impl FixedEdits {
     pub fn none() -> &'static FixedEdits {
         &NO_FIXED_EDITS
     }
-
-    /// True when there are no edits in either direction.
-    pub fn is_empty(&self) -> bool {
-        self.request.is_empty() && self.response.is_empty()
-    }
 }
 
 /// The request as plugins see it; edits of earlier plugins are applied
