@@ -4,14 +4,35 @@
 //! Classified by source: client → 4xx, plugin failure → 500 (fail-closed;
 //! fail-open never gets here), upstream refused or reset → 502, upstream
 //! timeout → 504. Bodies are small JSON objects that name no internals.
+//!
+//! Failures a client or an upstream can repeat at will are logged through a
+//! [`LogThrottle`] per class (at most [`LOG_LINES_PER_SECOND`] lines a
+//! second each, then a count of what was held back); the metrics count
+//! every one.
+
+use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::{
     body::{self, Body},
     pipeline::PluginError,
+    telemetry::throttle::LogThrottle,
     upstream::UpstreamError,
 };
+
+/// WARN lines per second per class of failed request; the rest are counted
+/// and summed up in one line.
+pub const LOG_LINES_PER_SECOND: u32 = 10;
+
+const SECOND: Duration = Duration::from_secs(1);
+static UPSTREAM_FAILED: LogThrottle =
+    LogThrottle::new("request failed (upstream)", LOG_LINES_PER_SECOND, SECOND);
+static PLUGIN_FAILED: LogThrottle =
+    LogThrottle::new("request failed (plugin)", LOG_LINES_PER_SECOND, SECOND);
+static CLIENT_FAILED: LogThrottle =
+    LogThrottle::new("request failed (client)", LOG_LINES_PER_SECOND, SECOND);
+static OTHER_FAILED: LogThrottle = LogThrottle::new("request failed", LOG_LINES_PER_SECOND, SECOND);
 
 /// Why a request could not be proxied.
 #[derive(Debug, thiserror::Error)]
@@ -108,15 +129,31 @@ impl ProxyError {
     /// Log the error (once, here) and turn it into the client's response.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        match &self {
-            ProxyError::NoRoute | ProxyError::BadRequest(_) => {
+        match self.log_throttle() {
+            None => {
                 tracing::debug!(status = status.as_u16(), error = %ErrorChain(&self), "request rejected")
             }
-            _ => {
-                tracing::warn!(status = status.as_u16(), error = %ErrorChain(&self), "request failed")
+            Some(throttle) => {
+                if throttle.admit() {
+                    tracing::warn!(status = status.as_u16(), error = %ErrorChain(&self), "request failed")
+                }
             }
         }
         error_response(status, self.public_message())
+    }
+
+    /// The throttle of this error's WARN line, or `None` for errors that
+    /// are only worth a DEBUG line (the request was simply refused).
+    fn log_throttle(&self) -> Option<&'static LogThrottle> {
+        match self {
+            ProxyError::NoRoute | ProxyError::BadRequest(_) => None,
+            ProxyError::RequestBodyTooLarge { .. } | ProxyError::RequestBodyRead { .. } => {
+                Some(&CLIENT_FAILED)
+            }
+            ProxyError::Plugin { .. } => Some(&PLUGIN_FAILED),
+            ProxyError::Upstream { .. } => Some(&UPSTREAM_FAILED),
+            ProxyError::NoUpstream { .. } => Some(&OTHER_FAILED),
+        }
     }
 }
 

@@ -1,12 +1,13 @@
 //! Observability: logging setup (`tracing` to stderr, human-readable or
 //! JSON, filtered by `RUST_LOG`, default `info`) here, and in submodules
 //! the Prometheus [`metrics`], the JSON [`access_log`], W3C trace context
-//! and OTLP spans ([`trace`]), and the per-request [`observe`] scope that
-//! feeds all three.
+//! and OTLP spans ([`trace`]), the per-request [`observe`] scope that
+//! feeds all three, and [`throttle`] for log lines a peer can repeat at will.
 
 pub mod access_log;
 pub mod metrics;
 pub mod observe;
+pub mod throttle;
 pub mod trace;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
