@@ -69,6 +69,15 @@ pub enum ProxyError {
         #[source]
         source: PluginError,
     },
+    /// A plugin rewrote the path to one that cannot be normalised.
+    #[error("route `{route}`: a plugin rewrote the path to an invalid one")]
+    RewrittenPath {
+        /// The route.
+        route: String,
+        /// Why the path was refused.
+        #[source]
+        source: crate::router::path::PathError,
+    },
     /// The route has no upstream and no plugin answered.
     #[error("route `{route}` has no upstream and no plugin answered")]
     NoUpstream {
@@ -99,6 +108,7 @@ impl ProxyError {
                 PluginError::Instantiate { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            ProxyError::RewrittenPath { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoUpstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -117,6 +127,7 @@ impl ProxyError {
             ProxyError::RequestBodyRead { .. } => "the request body could not be read",
             ProxyError::RequestBodyTooLarge { .. } => "request body too large",
             ProxyError::Plugin { .. } => "a policy on this route failed",
+            ProxyError::RewrittenPath { .. } => "the request could not be forwarded",
             ProxyError::NoUpstream { .. } => "no upstream for this route",
             ProxyError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout { .. } => "upstream timed out",
@@ -150,7 +161,7 @@ impl ProxyError {
             ProxyError::RequestBodyTooLarge { .. } | ProxyError::RequestBodyRead { .. } => {
                 Some(&CLIENT_FAILED)
             }
-            ProxyError::Plugin { .. } => Some(&PLUGIN_FAILED),
+            ProxyError::Plugin { .. } | ProxyError::RewrittenPath { .. } => Some(&PLUGIN_FAILED),
             ProxyError::Upstream { .. } => Some(&UPSTREAM_FAILED),
             ProxyError::NoUpstream { .. } => Some(&OTHER_FAILED),
         }

@@ -1,15 +1,23 @@
 //! The request path: route, run the pipeline's request phase, forward
 //! upstream (streaming unless a plugin asked for a body), run the response
 //! phase in reverse, answer. Errors go to [`crate::error`] for their status.
+//!
+//! The request path is normalised ([`crate::router::path`]) before anything
+//! else sees it: the router matches it, plugins see it, the access log
+//! shows it, and it (after strip-prefix, rewrite or a plugin's rewrite,
+//! each normalised again) is what goes upstream.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{borrow::Cow, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
+use http::{
+    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
+};
 
 use crate::{
     body::{self, Body, Buffered, CollectError},
     error::ProxyError,
     pipeline::{PluginRequest, PluginResponse, RequestOutcome, Sessions},
+    router::path::{self, PathError, PathNormalization},
     runtime::{RouteRuntime, Runtime},
     telemetry::{observe, trace::TRACEPARENT},
     upstream::headers,
@@ -56,18 +64,26 @@ async fn proxy(
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body);
-    let host = request_host(&parts.uri, &parts.headers)?;
+    let host = request_host(parts.version, &parts.uri, &parts.headers)?;
+    let opts = &rt.config().path_normalization;
+    let path = path::normalize(parts.uri.path(), opts)
+        .map_err(|e| ProxyError::BadRequest(e.public_message()))?;
+    if let Cow::Owned(p) = &path {
+        observe::path_normalized(p);
+    }
     let m = rt
         .router()
-        .route(host.as_deref(), &parts.method, parts.uri.path())
+        .route(host.as_deref(), &parts.method, &path)
         .ok_or(ProxyError::NoRoute)?;
     let route = rt.route(m.index);
     observe::route_matched(&route.metrics);
+    let upstream_path = renormalize(m.upstream_path, opts)
+        .map_err(|e| ProxyError::BadRequest(e.public_message()))?;
     let query = parts.uri.query().map(str::to_owned);
     let host_value = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
 
     if route.pipeline.is_empty() {
-        let pq = path_and_query(&m.upstream_path, query.as_deref());
+        let pq = path_and_query(&upstream_path, query.as_deref());
         let body = body.take().expect("body not yet consumed");
         return forward(rt, route, None, parts, &pq, host_value, &conn, body).await;
     }
@@ -103,7 +119,7 @@ async fn proxy(
     let mut preq = PluginRequest {
         route: route.id.clone(),
         method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
+        path: path.clone().into_owned(),
         query,
         headers,
         client_addr: conn.client,
@@ -128,11 +144,15 @@ async fn proxy(
         RequestOutcome::Forward { upstream } => {
             // Only a plugin's override allocates here; named again only on error.
             let chosen_upstream = upstream.clone();
-            // `parts.uri` is still the request as received.
-            let path = if preq.path != parts.uri.path() {
-                preq.path.clone()
+            // A plugin's path replaces the upstream path, normalised like a
+            // client's: one normal form goes upstream whoever wrote it.
+            let path = if preq.path != *path {
+                rewritten_path(&preq.path, opts).map_err(|source| ProxyError::RewrittenPath {
+                    route: route.id.to_string(),
+                    source,
+                })?
             } else {
-                m.upstream_path
+                upstream_path
             };
             let pq = path_and_query(&path, preq.query.as_deref());
             // A response-phase call sees the request as sent; without one
@@ -301,6 +321,23 @@ async fn forward(
     Ok(Response::from_parts(rparts, rbody))
 }
 
+/// `p` normalised, reusing its allocation when it already is.
+fn renormalize(p: String, opts: &PathNormalization) -> Result<String, PathError> {
+    let changed = match path::normalize(&p, opts)? {
+        Cow::Owned(n) => Some(n),
+        Cow::Borrowed(_) => None,
+    };
+    Ok(changed.unwrap_or(p))
+}
+
+/// A plugin's rewritten path, normalised; it must be origin-form.
+fn rewritten_path(p: &str, opts: &PathNormalization) -> Result<String, PathError> {
+    if !p.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    Ok(path::normalize(p, opts)?.into_owned())
+}
+
 fn path_and_query(path: &str, query: Option<&str>) -> String {
     match query {
         Some(q) => format!("{path}?{q}"),
@@ -309,12 +346,20 @@ fn path_and_query(path: &str, query: Option<&str>) -> String {
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the
-/// `Host` header. A request with two different hosts is malformed.
-fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
+/// `Host` header. A request with two `Host` headers is malformed, and so is
+/// an HTTP/1.1 request with none (RFC 9112 §3.2); HTTP/1.0 may omit it.
+fn request_host(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<String>, ProxyError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let from_header = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if from_header.is_none() && version == Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("missing Host header"));
     }
     let from_header = match from_header {
         Some(v) => Some(

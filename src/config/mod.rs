@@ -9,6 +9,8 @@
 //! problems in the same format.
 
 mod model;
+#[cfg(test)]
+mod properties;
 mod raw;
 mod units;
 mod validate;

@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc,
 
 use http::Method;
 
+pub use crate::router::path::{PathNormalization, SlashAction};
+
 use crate::pipeline::FailurePolicy;
 
 /// Where something was written: `file:line:column`.
@@ -45,6 +47,8 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginDef>,
     /// Routes, matched in order; the first match wins.
     pub routes: Vec<Route>,
+    /// How request paths are normalised before routing (`[path-normalization]`).
+    pub path_normalization: PathNormalization,
 }
 
 /// Sizing of the Wasm runtime, shared by every plugin.

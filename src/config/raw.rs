@@ -27,6 +27,17 @@ pub(crate) struct RawConfig {
     pub(crate) plugins: BTreeMap<Spanned<String>, Spanned<RawPluginDef>>,
     #[serde(default)]
     pub(crate) routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub(crate) path_normalization: Option<Spanned<RawPathNormalization>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawPathNormalization {
+    pub(crate) normalize: Option<bool>,
+    pub(crate) merge_slashes: Option<bool>,
+    pub(crate) escaped_slashes: Option<Spanned<String>>,
+    pub(crate) backslashes: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

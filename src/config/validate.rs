@@ -132,7 +132,14 @@ pub(super) fn validate(
         .and_then(|t| tracing_config(&mut cx, t));
     let upstreams = upstreams(&mut cx, &raw.upstreams);
     let plugins = plugins(&mut cx, &raw.plugins, &upstreams, &runtime, base_dir);
-    let routes = routes(&mut cx, &raw.routes, &upstreams, &plugins);
+    let path_normalization = path_normalization(&mut cx, raw.path_normalization.as_ref());
+    let routes = routes(
+        &mut cx,
+        &raw.routes,
+        &upstreams,
+        &plugins,
+        &path_normalization,
+    );
     instance_budget(&mut cx, &runtime, &plugins, &routes);
 
     if cx.problems.is_empty() {
@@ -146,6 +153,7 @@ pub(super) fn validate(
             upstreams,
             plugins,
             routes,
+            path_normalization,
         })
     } else {
         cx.problems.sort_by_key(|d| {
@@ -604,11 +612,63 @@ fn plugins(
     out
 }
 
+fn path_normalization(
+    cx: &mut Ctx<'_>,
+    raw: Option<&Spanned<raw::RawPathNormalization>>,
+) -> PathNormalization {
+    let mut out = PathNormalization::default();
+    let Some(raw) = raw else { return out };
+    let r = raw.get_ref();
+    out.normalize = r.normalize.unwrap_or(out.normalize);
+    out.merge_slashes = r.merge_slashes.unwrap_or(out.merge_slashes);
+    let mut action = |v: &Option<Spanned<String>>, key: &str, default: SlashAction| match v {
+        None => default,
+        Some(s) => SlashAction::from_word(s.get_ref()).unwrap_or_else(|| {
+            cx.error(
+                s,
+                Some("path-normalization".into()),
+                format!(
+                    "unknown {key} {:?} (expected \"reject\", \"decode\" or \"keep\")",
+                    s.get_ref()
+                ),
+            );
+            default
+        }),
+    };
+    out.escaped_slashes = action(&r.escaped_slashes, "escaped-slashes", out.escaped_slashes);
+    out.backslashes = action(&r.backslashes, "backslashes", out.backslashes);
+    out
+}
+
+/// A route path must be in the form request paths are normalised to, or
+/// it could never match (`/%61dmin`, `/a/../b`, `//x`).
+fn check_normal(
+    cx: &mut Ctx<'_>,
+    p: &Spanned<String>,
+    key: &str,
+    subject: &str,
+    opts: &PathNormalization,
+) {
+    let message = match crate::router::path::normalize(p.get_ref(), opts) {
+        Ok(n) if n == p.get_ref().as_str() => return,
+        Ok(n) => format!(
+            "{key} {:?} never matches: request paths are normalised first ([path-normalization]); write {n:?}",
+            p.get_ref()
+        ),
+        Err(e) => format!(
+            "{key} {:?} never matches: a request with this path is refused ({e})",
+            p.get_ref()
+        ),
+    };
+    cx.error(p, Some(subject.to_owned()), message);
+}
+
 fn routes(
     cx: &mut Ctx<'_>,
     raw: &[Spanned<raw::RawRoute>],
     upstreams: &BTreeMap<String, Upstream>,
     plugins: &BTreeMap<String, PluginDef>,
+    normalization: &PathNormalization,
 ) -> Vec<Route> {
     let mut out = Vec::new();
     let mut ids = HashSet::new();
@@ -627,6 +687,8 @@ fn routes(
             (Some(p), None) => {
                 if let Err(e) = check_pattern(p.get_ref()) {
                     cx.error(p, Some(subject.clone()), e);
+                } else {
+                    check_normal(cx, p, "path", &subject, normalization);
                 }
                 if p.get_ref().contains('{') {
                     PathMatch::Pattern(p.get_ref().clone())
@@ -641,6 +703,8 @@ fn routes(
                         Some(subject.clone()),
                         "path-prefix must start with '/' and contain no parameters",
                     );
+                } else {
+                    check_normal(cx, p, "path-prefix", &subject, normalization);
                 }
                 PathMatch::Prefix(p.get_ref().clone())
             }

@@ -78,6 +78,7 @@ impl Observability {
                 .access_log
                 .as_ref()
                 .map(|_| req.uri().path().to_owned()),
+            normalized_path: OnceLock::new(),
             client,
             trace,
             route: OnceLock::new(),
@@ -126,6 +127,8 @@ pub struct RequestScope {
     time: SystemTime,
     method: Method,
     path: Option<String>,
+    /// The path after normalisation, when it differs and a log wants it.
+    normalized_path: OnceLock<String>,
     client: SocketAddr,
     trace: RequestTrace,
     route: OnceLock<Arc<RouteMetrics>>,
@@ -166,7 +169,11 @@ impl RequestScope {
                 time: self.time,
                 route: matched,
                 method: self.method.as_str(),
-                path: self.path.as_deref().unwrap_or(""),
+                path: self
+                    .normalized_path
+                    .get()
+                    .or(self.path.as_ref())
+                    .map_or("", String::as_str),
                 status,
                 bytes_in: self.bytes_in.load(Relaxed),
                 bytes_out,
@@ -182,6 +189,16 @@ impl RequestScope {
 /// Run `f` with the current request's scope, if there is one.
 fn with_scope<R>(f: impl FnOnce(&Arc<RequestScope>) -> R) -> Option<R> {
     CURRENT.try_with(|s| f(s)).ok()
+}
+
+/// The proxy normalised the request path to `path` (which differs from the
+/// one received): the access log shows this one.
+pub fn path_normalized(path: &str) {
+    with_scope(|s| {
+        if s.path.is_some() {
+            let _ = s.normalized_path.set(path.to_owned());
+        }
+    });
 }
 
 /// The proxy matched `route`.

@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod config_ui;
 mod ops;
+mod paths;
 mod plugins;
 mod policies;
 mod proxy;

@@ -2,7 +2,12 @@
 //! `{name}` and a trailing `{*rest}`), in configuration order, first match
 //! wins. Also computes the upstream path after prefix strip or rewrite.
 //!
-//! Matching never allocates unless the route captures parameters.
+//! Matching never allocates unless the route captures parameters. Paths
+//! are matched as given: the caller normalises them first with [`path`].
+
+pub mod path;
+#[cfg(test)]
+pub(crate) mod properties;
 
 use http::Method;
 
