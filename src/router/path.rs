@@ -166,16 +166,10 @@ fn is_normal(path: &str, opts: &PathNormalization) -> bool {
                 i += 3;
                 continue;
             }
-            b'%' => {
-                if slash_escape_at(b, i) && opts.escaped_slashes != SlashAction::Keep {
-                    return false;
-                }
+            b'%' if slash_escape_at(b, i) && opts.escaped_slashes != SlashAction::Keep => {
+                return false;
             }
-            b'\\' => {
-                if opts.backslashes != SlashAction::Keep {
-                    return false;
-                }
-            }
+            b'\\' if opts.backslashes != SlashAction::Keep => return false,
             c if !is_path_byte(c) => return false,
             _ => {}
         }
