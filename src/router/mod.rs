@@ -162,7 +162,11 @@ fn match_pattern(segs: &[Segment], path: &str) -> Option<Vec<(String, String)>> 
     for seg in segs {
         match seg {
             Segment::CatchAll(name) => {
-                params.push((name.clone(), path[consumed..].to_string()));
+                // `/v1/bob/files` against `/v1/{user}/files/{*rest}`: the
+                // path ends where the catch-all's `/` would be, so it
+                // captures nothing (as `/v1/bob/files/` does).
+                let rest = path.get(consumed..).unwrap_or_default();
+                params.push((name.clone(), rest.to_string()));
                 return Some(params);
             }
             Segment::Literal(l) => {
@@ -274,5 +278,21 @@ mod tests {
             .route(None, &Method::GET, "/v1/bob/files/a/b.txt")
             .unwrap();
         assert_eq!(m.upstream_path, "/files/bob/a/b.txt");
+    }
+
+    /// Found by `fuzz/` (path_router): this path panicked on a slice past
+    /// its end.
+    #[test]
+    fn catch_all_matches_a_path_ending_before_its_slash() {
+        let r = router(
+            "[[routes]]\nid = \"b\"\npath = \"/v1/{user}/files/{*rest}\"\nrewrite = \"/files/{user}/{rest}\"\nupstream = \"u\"\n",
+        );
+        for path in ["/v1/bob/files", "/v1/bob/files/"] {
+            let m = r.route(None, &Method::GET, path).unwrap();
+            assert_eq!(m.params[1], ("rest".to_string(), String::new()), "{path}");
+            assert_eq!(m.upstream_path, "/files/bob/");
+        }
+        assert!(r.route(None, &Method::GET, "/v1/bob/file").is_none());
+        assert!(r.route(None, &Method::GET, "/v1/bob").is_none());
     }
 }

@@ -84,6 +84,13 @@ const PIECES: &[&str] = &[
     "#",
     ";",
     "~",
+    "v1",
+    "files",
+    "x",
+    "api",
+    "exact",
+    "/v1/bob/files",
+    "[::1]",
 ];
 
 fn pathish() -> impl Strategy<Value = String> {
