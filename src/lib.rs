@@ -8,13 +8,15 @@
 //! [`config`] reads and validates TOML; [`runtime`] makes a configuration
 //! live and is swapped atomically on reload ([`reload`]); [`admin`] and
 //! [`telemetry`] are the operations side (admin API, metrics, access log,
-//! traces).
+//! traces). [`kit`] is not on the request path: it backs the `pylon plugin`
+//! commands that start, build and test plugins.
 
 pub mod admin;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod kit;
 pub mod kv;
 pub mod pipeline;
 pub mod plugin;

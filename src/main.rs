@@ -52,6 +52,11 @@ enum Command {
         #[arg(long, short, env = "PYLON_CONFIG")]
         config: PathBuf,
     },
+    /// Start, build and test plugins without a gateway: `pylon plugin new|build|test`.
+    Plugin {
+        #[command(subcommand)]
+        command: pylon::kit::cli::PluginCommand,
+    },
     /// Run a demo upstream that echoes each request as JSON (for examples and benchmarks).
     DemoUpstream {
         /// Address to listen on.
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Check { config } => check(config).await,
             Command::Run { config, grace } => run(config, grace).await,
+            Command::Plugin { command } => pylon::kit::cli::run(command).await,
             Command::DemoUpstream {
                 listen,
                 name,
