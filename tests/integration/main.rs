@@ -7,6 +7,7 @@ mod cli;
 mod config_ui;
 mod ops;
 mod paths;
+mod plugin_kit;
 mod plugins;
 mod policies;
 mod proxy;
