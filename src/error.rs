@@ -1,9 +1,11 @@
 //! The one place where request-path errors become HTTP statuses, and where
 //! they are logged (once).
 //!
-//! Classified by source: client → 4xx, plugin failure → 500 (fail-closed;
-//! fail-open never gets here), upstream refused or reset → 502, upstream
-//! timeout → 504. Bodies are small JSON objects that name no internals.
+//! Classified by source: client → 4xx (a request body that fails to
+//! arrive → 400, one that stops arriving → 408, even when it failed while
+//! streaming upstream), plugin failure → 500 (fail-closed; fail-open never
+//! gets here), upstream refused or reset → 502, upstream timeout → 504,
+//! every connection to the target busy and no queue room → 503. Bodies are small JSON objects that name no internals.
 //!
 //! Failures a client or an upstream can repeat at will are logged through a
 //! [`LogThrottle`] per class (at most [`LOG_LINES_PER_SECOND`] lines a
@@ -51,7 +53,16 @@ pub enum ProxyError {
         /// The limit.
         limit: usize,
     },
-    /// The client failed while sending the body.
+    /// The client's body went idle for the route's `request-body-timeout`.
+    #[error("request body idle for {timeout:?} on route `{route}`")]
+    RequestBodyTimeout {
+        /// The route.
+        route: String,
+        /// The idle timeout that passed.
+        timeout: std::time::Duration,
+    },
+    /// The client failed while sending the body (bad framing, cut short,
+    /// reset): a client error, whatever the upstream it was streaming to.
     #[error("request body could not be read on route `{route}`")]
     RequestBodyRead {
         /// The route.
@@ -104,6 +115,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Plugin { source, .. } => match source {
                 PluginError::Instantiate { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,7 +123,10 @@ impl ProxyError {
             ProxyError::RewrittenPath { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoUpstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream { source, .. } => match source {
-                UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::Timeout { .. } | UpstreamError::BodyTimeout { .. } => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+                UpstreamError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 UpstreamError::Connect { .. }
                 | UpstreamError::Failed { .. }
                 | UpstreamError::Unknown(_) => StatusCode::BAD_GATEWAY,
@@ -126,11 +141,15 @@ impl ProxyError {
             ProxyError::BadRequest(m) => m,
             ProxyError::RequestBodyRead { .. } => "the request body could not be read",
             ProxyError::RequestBodyTooLarge { .. } => "request body too large",
+            ProxyError::RequestBodyTimeout { .. } => "the request body stopped arriving",
             ProxyError::Plugin { .. } => "a policy on this route failed",
             ProxyError::RewrittenPath { .. } => "the request could not be forwarded",
             ProxyError::NoUpstream { .. } => "no upstream for this route",
             ProxyError::Upstream { source, .. } => match source {
-                UpstreamError::Timeout { .. } => "upstream timed out",
+                UpstreamError::Timeout { .. } | UpstreamError::BodyTimeout { .. } => {
+                    "upstream timed out"
+                }
+                UpstreamError::Overflow { .. } => "upstream busy",
                 UpstreamError::InvalidRequest { .. } => "the request could not be forwarded",
                 _ => "upstream unavailable",
             },
@@ -157,10 +176,13 @@ impl ProxyError {
     /// are only worth a DEBUG line (the request was simply refused).
     fn log_throttle(&self) -> Option<&'static LogThrottle> {
         match self {
-            ProxyError::NoRoute | ProxyError::BadRequest(_) => None,
-            ProxyError::RequestBodyTooLarge { .. } | ProxyError::RequestBodyRead { .. } => {
-                Some(&CLIENT_FAILED)
-            }
+            // A failed client body was logged (throttled) where it failed,
+            // with the route's counter.
+            ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::RequestBodyRead { .. }
+            | ProxyError::RequestBodyTimeout { .. } => None,
+            ProxyError::RequestBodyTooLarge { .. } => Some(&CLIENT_FAILED),
             ProxyError::Plugin { .. } | ProxyError::RewrittenPath { .. } => Some(&PLUGIN_FAILED),
             ProxyError::Upstream { .. } => Some(&UPSTREAM_FAILED),
             ProxyError::NoUpstream { .. } => Some(&OTHER_FAILED),

@@ -6,22 +6,39 @@
 //! else sees it: the router matches it, plugins see it, the access log
 //! shows it, and it (after strip-prefix, rewrite or a plugin's rewrite,
 //! each normalised again) is what goes upstream.
+//!
+//! The client's body is watched from the moment the route is known
+//! ([`body::ClientBody`]): if it fails or stops arriving, the request is a
+//! client error (400/408) even when the failure surfaced as a failed
+//! upstream call. The upstream's body is watched on its way back
+//! ([`body::UpstreamBody`]).
 
-use std::{borrow::Cow, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{borrow::Cow, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use http::{
     HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
 };
 
 use crate::{
-    body::{self, Body, Buffered, CollectError},
-    error::ProxyError,
+    body::{self, Body, Buffered, ClientBodyFailure, CollectError, IdleTimeout, RequestBodyState},
+    error::{ErrorChain, LOG_LINES_PER_SECOND, ProxyError},
     pipeline::{PluginRequest, PluginResponse, RequestOutcome, Sessions},
     router::path::{self, PathError, PathNormalization},
     runtime::{RouteRuntime, Runtime},
-    telemetry::{observe, trace::TRACEPARENT},
-    upstream::headers,
+    telemetry::{observe, throttle::LogThrottle, trace::TRACEPARENT},
+    upstream::{UpstreamError, headers},
 };
+
+static CLIENT_BODY_FAILED: LogThrottle = LogThrottle::new(
+    "client request body failed",
+    LOG_LINES_PER_SECOND,
+    Duration::from_secs(1),
+);
+static UPSTREAM_BODY_STALLED: LogThrottle = LogThrottle::new(
+    "upstream response body stalled",
+    LOG_LINES_PER_SECOND,
+    Duration::from_secs(1),
+);
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -79,13 +96,16 @@ async fn proxy(
     observe::route_matched(&route.metrics);
     let upstream_path = renormalize(m.upstream_path, opts)
         .map_err(|e| ProxyError::BadRequest(e.public_message()))?;
+    let (client_body, body_state) = watch_client_body(route, body.take().expect("not yet taken"));
+    body = Some(client_body);
     let query = parts.uri.query().map(str::to_owned);
     let host_value = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
 
     if route.pipeline.is_empty() {
         let pq = path_and_query(&upstream_path, query.as_deref());
         let body = body.take().expect("body not yet consumed");
-        return forward(rt, route, None, parts, &pq, host_value, &conn, body).await;
+        let sent = (body, Some(&*body_state));
+        return forward(rt, route, None, parts, &pq, host_value, &conn, sent).await;
     }
 
     let needs = route.pipeline.needs();
@@ -100,9 +120,12 @@ async fn proxy(
                 });
             }
             Err(CollectError::Read(source)) => {
-                return Err(ProxyError::RequestBodyRead {
-                    route: route.id.to_string(),
-                    source,
+                return Err(match body_state.take_failure() {
+                    Some(failure) => client_body_error(route, failure),
+                    None => ProxyError::RequestBodyRead {
+                        route: route.id.to_string(),
+                        source,
+                    },
                 });
             }
         }
@@ -164,15 +187,18 @@ async fn proxy(
                 std::mem::take(&mut preq.headers)
             };
             parts.method = preq.method.clone();
-            let body = match &preq.body {
+            let sent = match &preq.body {
                 Some(b) => {
                     parts.headers.remove(header::CONTENT_LENGTH);
                     parts.headers.remove(header::TRANSFER_ENCODING);
-                    body::full(b.clone())
+                    (body::full(b.clone()), None)
                 }
-                None => body.take().unwrap_or_else(body::empty),
+                None => match body.take() {
+                    Some(b) => (b, Some(&*body_state)),
+                    None => (body::empty(), None),
+                },
             };
-            let resp = forward(rt, route, upstream, parts, &pq, host_value, &conn, body).await?;
+            let resp = forward(rt, route, upstream, parts, &pq, host_value, &conn, sent).await?;
             if sessions.is_empty() {
                 return Ok(resp);
             }
@@ -184,14 +210,21 @@ async fn proxy(
                     // and the response streams through unaltered.
                     Ok(Buffered::TooLarge(stream)) => (None, Some(stream)),
                     Err(source) => {
+                        let upstream = chosen_upstream
+                            .or_else(|| route.config.upstream.clone())
+                            .unwrap_or_default();
                         return Err(ProxyError::Upstream {
                             route: route.id.to_string(),
-                            source: crate::upstream::UpstreamError::Failed {
-                                upstream: chosen_upstream
-                                    .or_else(|| route.config.upstream.clone())
-                                    .unwrap_or_default(),
-                                target: "response body".into(),
-                                source,
+                            source: match source.downcast_ref::<IdleTimeout>() {
+                                Some(IdleTimeout(timeout)) => UpstreamError::BodyTimeout {
+                                    upstream,
+                                    timeout: *timeout,
+                                },
+                                None => UpstreamError::Failed {
+                                    upstream,
+                                    target: "response body".into(),
+                                    source,
+                                },
                             },
                         });
                     }
@@ -260,7 +293,7 @@ async fn forward(
     path_and_query: &str,
     host: Option<HeaderValue>,
     conn: &ConnInfo,
-    body: Body,
+    (body, body_state): (Body, Option<&RequestBodyState>),
 ) -> Result<Response<Body>, ProxyError> {
     let upstream = match upstream_override
         .as_deref()
@@ -295,7 +328,8 @@ async fn forward(
         },
     })?;
     parts.uri = Uri::from(pq);
-    let call = match rt.upstream_metrics(upstream) {
+    let metrics = rt.upstream_metrics(upstream);
+    let call = match metrics {
         Some((name, metrics)) => observe::upstream_call(name, Some(metrics)),
         None => observe::upstream_call(&Arc::from(upstream), None),
     };
@@ -305,8 +339,14 @@ async fn forward(
     let req = Request::from_parts(parts, body);
     let result = rt
         .upstreams()
-        .forward(upstream, req, route.config.timeout)
+        .forward(upstream, req, route.config.timeout, body_state)
         .await;
+    if result.is_err()
+        && let Some(failure) = body_state.and_then(RequestBodyState::take_failure)
+    {
+        call.client_failed();
+        return Err(client_body_error(route, failure));
+    }
     call.finish(match &result {
         Ok(resp) => Ok(resp.status().as_u16()),
         Err(e) => Err(e.kind()),
@@ -318,6 +358,21 @@ async fn forward(
     let (mut rparts, rbody) = resp.into_parts();
     headers::remove_hop_by_hop(&mut rparts.headers);
     headers::append_via(&mut rparts.headers, rparts.version);
+    let stalled_metrics = metrics.map(|(_, m)| m.clone());
+    let (route_id, upstream_name) = (route.id.clone(), upstream.to_owned());
+    let idle = route.config.response_body_timeout;
+    let rbody = body::UpstreamBody::wrap(
+        rbody,
+        idle,
+        Box::new(move || {
+            if let Some(m) = stalled_metrics {
+                m.body_timeout();
+            }
+            if UPSTREAM_BODY_STALLED.admit() {
+                tracing::warn!(route = %route_id, upstream = %upstream_name, ?idle, "upstream response body stalled; response cut");
+            }
+        }),
+    );
     Ok(Response::from_parts(rparts, rbody))
 }
 
@@ -336,6 +391,38 @@ fn rewritten_path(p: &str, opts: &PathNormalization) -> Result<String, PathError
         return Err(PathError::NotOriginForm);
     }
     Ok(path::normalize(p, opts)?.into_owned())
+}
+
+/// Watch the client's body for the route's idle timeout and for failure,
+/// counting and logging (throttled) a failure where it happens.
+fn watch_client_body(route: &RouteRuntime, body: Body) -> (Body, Arc<RequestBodyState>) {
+    let metrics = route.metrics.clone();
+    let route_id = route.id.clone();
+    body::ClientBody::wrap(
+        body,
+        route.config.request_body_timeout,
+        Box::new(move |failure| {
+            metrics.client_body_error(matches!(failure, ClientBodyFailure::Timeout(_)));
+            if CLIENT_BODY_FAILED.admit() {
+                match failure {
+                    ClientBodyFailure::Timeout(idle) => {
+                        tracing::info!(route = %route_id, ?idle, "client request body stopped arriving")
+                    }
+                    ClientBodyFailure::Invalid(e) => {
+                        tracing::info!(route = %route_id, error = %ErrorChain(&**e), "client request body failed")
+                    }
+                }
+            }
+        }),
+    )
+}
+
+fn client_body_error(route: &RouteRuntime, failure: ClientBodyFailure) -> ProxyError {
+    let route = route.id.to_string();
+    match failure {
+        ClientBodyFailure::Timeout(timeout) => ProxyError::RequestBodyTimeout { route, timeout },
+        ClientBodyFailure::Invalid(source) => ProxyError::RequestBodyRead { route, source },
+    }
 }
 
 fn path_and_query(path: &str, query: Option<&str>) -> String {

@@ -141,6 +141,14 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Idle connections kept per target.
     pub max_idle_per_target: usize,
+    /// Connections open at once to each target, all workers together
+    /// (HTTP/1.1; an h2c upstream multiplexes one connection per worker).
+    pub max_connections: usize,
+    /// Requests that may wait for a connection to a target when all
+    /// `max_connections` are busy; beyond, a 503.
+    pub max_pending: usize,
+    /// The longest a request waits for a connection before a 503.
+    pub queue_timeout: Duration,
 }
 
 /// The protocol spoken to an upstream.
@@ -246,8 +254,15 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// The upstream; `None` when a plugin always answers (e.g. aggregation).
     pub upstream: Option<String>,
-    /// Time allowed for the upstream's response head (a 504 past it).
+    /// Time allowed for the upstream's response head once the request
+    /// body has been sent (a 504 past it).
     pub timeout: Duration,
+    /// Longest wait for the next chunk of the client's request body (a
+    /// 408, or the response cut if it had started).
+    pub request_body_timeout: Duration,
+    /// Longest wait for the next chunk of the upstream's response body
+    /// (the response is cut; a 504 if a plugin was buffering it).
+    pub response_body_timeout: Duration,
     /// The plugin pipeline, in order.
     pub plugins: Vec<PluginRef>,
     /// Where it was defined.

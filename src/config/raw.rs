@@ -93,6 +93,9 @@ pub(crate) struct RawUpstream {
     pub(crate) protocol: Option<Spanned<String>>,
     pub(crate) connect_timeout: Option<Spanned<String>>,
     pub(crate) max_idle_per_target: Option<Spanned<i64>>,
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) max_pending: Option<Spanned<i64>>,
+    pub(crate) queue_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +126,8 @@ pub(crate) struct RawRoute {
     pub(crate) rewrite: Option<Spanned<String>>,
     pub(crate) upstream: Option<Spanned<String>>,
     pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) request_body_timeout: Option<Spanned<String>>,
+    pub(crate) response_body_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) plugins: Vec<Spanned<RawPluginRef>>,
 }

@@ -479,6 +479,24 @@ fn upstreams(
                 64
             }),
         };
+        let mut count = |v: &Option<Spanned<i64>>, key: &str, min: usize, default: usize| match v {
+            None => default,
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(v) if (min..=1_000_000).contains(&v) => v,
+                _ => {
+                    cx.error(
+                        n,
+                        Some(subject.clone()),
+                        format!("{key} must be between {min} and 1000000"),
+                    );
+                    default
+                }
+            },
+        };
+        // Envoy's circuit-breaker defaults (max_connections and
+        // max_pending_requests, 1024 each).
+        let max_connections = count(&r.max_connections, "max-connections", 1, 1024);
+        let max_pending = count(&r.max_pending, "max-pending", 0, 1024);
         out.insert(
             name.get_ref().clone(),
             Upstream {
@@ -487,6 +505,9 @@ fn upstreams(
                 protocol,
                 connect_timeout: cx.duration(&r.connect_timeout, &subject, Duration::from_secs(5)),
                 max_idle_per_target,
+                max_connections,
+                max_pending,
+                queue_timeout: cx.duration(&r.queue_timeout, &subject, Duration::from_secs(5)),
             },
         );
     }
@@ -850,6 +871,20 @@ fn routes(
             rewrite,
             upstream,
             timeout: cx.duration(&r.timeout, &subject, Duration::from_secs(30)),
+            // nginx's client_body_timeout and proxy_read_timeout: 60 s
+            // between two reads, long enough for any client or upstream
+            // that is alive, short enough that a stalled one frees its
+            // connections within a minute.
+            request_body_timeout: cx.duration(
+                &r.request_body_timeout,
+                &subject,
+                Duration::from_secs(60),
+            ),
+            response_body_timeout: cx.duration(
+                &r.response_body_timeout,
+                &subject,
+                Duration::from_secs(60),
+            ),
             plugins: refs,
             location: cx.loc(route),
         });

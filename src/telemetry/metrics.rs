@@ -12,7 +12,9 @@
 //! Series (all prefixed `pylon_`): `requests_total` and
 //! `request_duration_seconds` by `route` and `status`;
 //! `upstream_request_duration_seconds` and `upstream_errors_total` by
-//! `upstream` (and `kind`); `plugin_calls_total`,
+//! `upstream` (and `kind`: connect, timeout, failed, overflow,
+//! body_timeout); `client_body_errors_total` by `route` and `kind`
+//! (invalid, timeout); `plugin_calls_total`,
 //! `plugin_call_duration_seconds`, `plugin_failures_total`,
 //! `plugin_traps_total`, `plugin_deadline_hits_total`,
 //! `plugin_memory_hits_total`, `plugin_instantiations_total` by `plugin`;
@@ -73,6 +75,12 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteKind {
+    route: Arc<str>,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -95,6 +103,9 @@ pub enum UpstreamErrorKind {
     Timeout,
     /// The connection failed after it was made.
     Failed,
+    /// The target's connections were all busy and the request could not
+    /// queue for one (`max-pending`) or waited past `queue-timeout`.
+    Overflow,
 }
 
 impl UpstreamErrorKind {
@@ -103,6 +114,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Connect => "connect",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Failed => "failed",
+            UpstreamErrorKind::Overflow => "overflow",
         }
     }
 }
@@ -114,6 +126,7 @@ pub struct Metrics {
     request_duration: HistogramFamily<RouteStatus>,
     upstream_duration: HistogramFamily<UpstreamLabel>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    client_body_errors: Family<RouteKind, Counter>,
     reloads: Family<ResultLabel, Counter>,
     open_connections: Gauge,
     runtimes_alive: Gauge,
@@ -139,6 +152,7 @@ impl Metrics {
         let upstream_duration: HistogramFamily<UpstreamLabel> =
             Family::new_with_constructor(duration_histogram);
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let client_body_errors = Family::<RouteKind, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let open_connections = Gauge::default();
         let runtimes_alive = Gauge::default();
@@ -160,8 +174,16 @@ impl Metrics {
         );
         registry.register(
             "pylon_upstream_errors",
-            "Upstream calls that failed, by upstream and kind (connect, timeout, failed)",
+            "Upstream calls that failed, by upstream and kind (connect, timeout, failed, \
+             overflow: no connection free nor queue room; body_timeout: the response body \
+             stalled)",
             upstream_errors.clone(),
+        );
+        registry.register(
+            "pylon_client_body_errors",
+            "Client request bodies that failed, by route and kind (invalid: bad framing, cut \
+             short or reset; timeout: no data for the route's request-body-timeout)",
+            client_body_errors.clone(),
         );
         registry.register(
             "pylon_reloads",
@@ -194,6 +216,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_errors,
+            client_body_errors,
             reloads,
             open_connections,
             runtimes_alive,
@@ -223,7 +246,15 @@ impl Metrics {
             return r.clone();
         }
         let id: Arc<str> = route.into();
+        let body_errors = |kind: &'static str| {
+            self.client_body_errors.get_or_create_owned(&RouteKind {
+                route: id.clone(),
+                kind,
+            })
+        };
         let r = Arc::new(RouteMetrics {
+            client_body_invalid: body_errors("invalid"),
+            client_body_timeout: body_errors("timeout"),
             route: id.clone(),
             requests: self.requests.clone(),
             durations: self.request_duration.clone(),
@@ -255,6 +286,13 @@ impl Metrics {
             connect: errors(UpstreamErrorKind::Connect),
             timeout: errors(UpstreamErrorKind::Timeout),
             failed: errors(UpstreamErrorKind::Failed),
+            overflow: errors(UpstreamErrorKind::Overflow),
+            body_timeout: self
+                .upstream_errors
+                .get_or_create_owned(&UpstreamErrorLabels {
+                    upstream: name.clone(),
+                    kind: "body_timeout",
+                }),
         });
         upstreams.insert(name, u.clone());
         u
@@ -319,6 +357,8 @@ pub struct RouteMetrics {
     durations: HistogramFamily<RouteStatus>,
     by_status: ArcSwap<Vec<StatusHandles>>,
     grow: Mutex<()>,
+    client_body_invalid: Counter,
+    client_body_timeout: Counter,
 }
 
 struct StatusHandles {
@@ -331,6 +371,16 @@ impl RouteMetrics {
     /// The route's id (the `route` label).
     pub fn route(&self) -> &Arc<str> {
         &self.route
+    }
+
+    /// Count a client request body that failed: `timeout` when it went
+    /// idle, else invalid (bad framing, cut short, reset).
+    pub fn client_body_error(&self, timeout: bool) {
+        if timeout {
+            self.client_body_timeout.inc();
+        } else {
+            self.client_body_invalid.inc();
+        }
     }
 
     /// Count one answered request and its duration.
@@ -382,6 +432,8 @@ pub struct UpstreamMetrics {
     connect: Counter,
     timeout: Counter,
     failed: Counter,
+    overflow: Counter,
+    body_timeout: Counter,
 }
 
 impl UpstreamMetrics {
@@ -400,7 +452,16 @@ impl UpstreamMetrics {
             Some(UpstreamErrorKind::Failed) => {
                 self.failed.inc();
             }
+            Some(UpstreamErrorKind::Overflow) => {
+                self.overflow.inc();
+            }
         }
+    }
+
+    /// Count a response body that stalled past the route's
+    /// `response-body-timeout` (after the head was answered).
+    pub fn body_timeout(&self) {
+        self.body_timeout.inc();
     }
 }
 

@@ -283,6 +283,17 @@ impl UpstreamCall {
     }
 }
 
+impl UpstreamCall {
+    /// The call failed because the client's request body did: nothing is
+    /// counted against the upstream (the client's error is counted where
+    /// its body failed).
+    pub fn client_failed(mut self) {
+        if let Some(span) = &mut self.span {
+            span.fail("client request body failed".to_owned());
+        }
+    }
+}
+
 /// The proxy is about to call `upstream` for the current request.
 pub fn upstream_call(upstream: &Arc<str>, metrics: Option<&Arc<UpstreamMetrics>>) -> UpstreamCall {
     let span = with_scope(|s| {

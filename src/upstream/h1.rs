@@ -1,5 +1,5 @@
 //! HTTP/1.1 connections to one upstream target, kept alive and reused by
-//! one worker thread.
+//! one worker thread, within a connection budget all workers share.
 //!
 //! Requests go straight to hyper's connection-level client: the pool is a
 //! stack of idle senders per target, so a request costs a pop, a send and a
@@ -9,10 +9,27 @@
 //! idle can take the next request; one that the upstream closed while idle
 //! is skipped, and a request that could not be written to it is retried
 //! once on a new connection.
+//!
+//! Every connection holds a permit of its target's [`TargetLimit`]
+//! (`max-connections`, counted over all workers, so the upstream sees at
+//! most that many from this gateway). With none free, a request first takes
+//! an idle connection from another worker's pool (its I/O then runs on that
+//! worker's thread: a cross-thread wake, only at the limit), else queues,
+//! at most `max-pending` requests for at most `queue-timeout`, then fails
+//! (503). A request whose client went away while its response was awaited,
+//! or a response body dropped before its end, is read to its end in the
+//! background (at most [`DRAIN_MAX_BYTES`] within [`DRAIN_TIMEOUT`]) so the
+//! connection can be reused rather than closed: clients resetting streams
+//! in a loop otherwise cost the upstream a connection (and a TIME_WAIT
+//! socket) each (issue 22.2).
 
 use std::{
+    future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -20,9 +37,16 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header, uri::Authority};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::{body::Incoming, client::conn::http1};
+use http_body_util::BodyExt;
+use hyper::{
+    body::Incoming,
+    client::conn::{TrySendError, http1},
+};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::{
+    net::TcpStream,
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
+};
 
 use super::SendError;
 use crate::body::{self, Body};
@@ -30,12 +54,62 @@ use crate::body::{self, Body};
 /// How long a connection may sit idle before it is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How long the response to a cancelled request (or the rest of a dropped
+/// response body) is read in the background before its connection is
+/// closed instead of reused.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many body bytes are read in the background for that; past it the
+/// connection is closed.
+pub const DRAIN_MAX_BYTES: usize = 1 << 20;
+
+/// The connection budget of one target, shared by every worker's pool.
+pub(super) struct TargetLimit {
+    permits: Arc<Semaphore>,
+    max_pending: usize,
+    queue_timeout: Duration,
+    pending: AtomicUsize,
+    /// Woken when a connection goes idle in any worker's pool.
+    checkin: Notify,
+    pools: Mutex<Vec<Weak<TargetPool>>>,
+}
+
+impl TargetLimit {
+    pub(super) fn new(max_connections: usize, max_pending: usize, queue_timeout: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_connections)),
+            max_pending,
+            queue_timeout,
+            pending: AtomicUsize::new(0),
+            checkin: Notify::new(),
+            pools: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection from any worker's pool.
+    fn steal(&self) -> Option<http1::SendRequest<Body>> {
+        let pools: Vec<Arc<TargetPool>> =
+            lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
+        pools.iter().find_map(|p| p.checkout())
+    }
+}
+
+/// Counts a queued request until dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Idle connections to one target.
 pub(super) struct TargetPool {
     authority: Authority,
     host: HeaderValue,
     connect_timeout: Duration,
     max_idle: usize,
+    limit: Arc<TargetLimit>,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -44,17 +118,71 @@ struct Idle {
     since: Instant,
 }
 
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>> + Send>>;
+
+/// A request sent and not yet answered. Dropped before its answer (the
+/// client went away), it finishes the exchange in the background.
+struct InFlight {
+    response: Option<ResponseFuture>,
+    sender: Option<http1::SendRequest<Body>>,
+    pool: Arc<TargetPool>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (Some(response), Some(sender)) = (self.response.take(), self.sender.take())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let pool = self.pool.clone();
+            rt.spawn(async move {
+                let finished = tokio::time::timeout(DRAIN_TIMEOUT, async move {
+                    let resp = response.await.ok()?;
+                    drain(resp.into_body()).await
+                })
+                .await;
+                if let Ok(Some(())) = finished {
+                    pool.checkin(sender);
+                }
+            });
+        }
+    }
+}
+
+/// Read a body to its end, at most [`DRAIN_MAX_BYTES`]; `None` if it
+/// failed or was longer.
+async fn drain(mut body: Incoming) -> Option<()> {
+    let mut n = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.ok()?.data_ref() {
+            n += data.len();
+            if n > DRAIN_MAX_BYTES {
+                return None;
+            }
+        }
+    }
+    Some(())
+}
+
 impl TargetPool {
-    pub(super) fn new(authority: Authority, connect_timeout: Duration, max_idle: usize) -> Self {
+    pub(super) fn new(
+        authority: Authority,
+        connect_timeout: Duration,
+        max_idle: usize,
+        limit: Arc<TargetLimit>,
+    ) -> Arc<Self> {
         let host = HeaderValue::from_str(authority.as_str())
             .expect("an authority is a valid header value");
-        Self {
+        let pool = Arc::new(Self {
             authority,
             host,
             connect_timeout,
             max_idle,
+            limit,
             idle: Mutex::new(Vec::new()),
-        }
+        });
+        lock(&pool.limit.pools).push(Arc::downgrade(&pool));
+        pool
     }
 
     /// Send `req` (origin-form URI) and return the response with a body
@@ -69,7 +197,10 @@ impl TargetPool {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                None => match self.limit.permits.clone().try_acquire_owned() {
+                    Ok(permit) => (self.connect(permit).await?, false),
+                    Err(_) => self.wait_for_connection().await?,
+                },
             };
             if sender.ready().await.is_err() {
                 if reused {
@@ -77,7 +208,20 @@ impl TargetPool {
                 }
                 return Err(SendError::Failed("connection closed before use".into()));
             }
-            match sender.try_send_request(req).await {
+            let mut exchange = InFlight {
+                response: Some(Box::pin(sender.try_send_request(req))),
+                sender: Some(sender),
+                pool: self.clone(),
+            };
+            let result = exchange
+                .response
+                .as_mut()
+                .expect("set above")
+                .as_mut()
+                .await;
+            exchange.response = None;
+            let sender = exchange.sender.take().expect("set above");
+            match result {
                 Ok(resp) => return Ok(self.pooled(resp, sender)),
                 Err(mut err) => match err.take_message() {
                     // Never written: the upstream had closed the idle
@@ -89,8 +233,44 @@ impl TargetPool {
         }
     }
 
+    /// All `max-connections` are open: queue for an idle one or a free
+    /// permit, within `max-pending` and `queue-timeout`. Returns the
+    /// connection and whether it was reused.
+    async fn wait_for_connection(
+        self: &Arc<Self>,
+    ) -> Result<(http1::SendRequest<Body>, bool), SendError> {
+        let limit = &self.limit;
+        if limit.pending.fetch_add(1, Ordering::Relaxed) >= limit.max_pending {
+            limit.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(SendError::Overflow(
+                "all connections busy and the queue full",
+            ));
+        }
+        let _queued = Queued(&limit.pending);
+        let deadline = tokio::time::Instant::now() + limit.queue_timeout;
+        loop {
+            let notified = limit.checkin.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(sender) = self.checkout().or_else(|| limit.steal()) {
+                return Ok((sender, true));
+            }
+            tokio::select! {
+                permit = limit.permits.clone().acquire_owned() => {
+                    if let Ok(permit) = permit {
+                        return Ok((self.connect(permit).await?, false));
+                    }
+                }
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(SendError::Overflow("all connections busy past queue-timeout"));
+                }
+            }
+        }
+    }
+
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = lock(&self.idle);
         while let Some(Idle { sender, since }) = idle.pop() {
             if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(sender);
@@ -103,16 +283,24 @@ impl TargetPool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle {
+        {
+            let mut idle = lock(&self.idle);
+            if idle.len() >= self.max_idle {
+                return;
+            }
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
             });
         }
+        self.limit.checkin.notify_waiters();
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<Body>, SendError> {
+    /// Open a connection; it holds `permit` for as long as it lives.
+    async fn connect(
+        &self,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<http1::SendRequest<Body>, SendError> {
         let addr = self.authority.as_str();
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -134,6 +322,7 @@ impl TargetPool {
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(err) = conn.await {
                 tracing::debug!(error = %err, "upstream connection ended with an error");
             }
@@ -152,17 +341,18 @@ impl TargetPool {
         }
         resp.map(|inner| {
             body::boxed(PooledBody {
-                inner,
+                inner: Some(inner),
                 back: Some((self.clone(), sender)),
             })
         })
     }
 }
 
-/// A response body that returns its connection to the pool at its end (and
-/// lets it close if dropped before).
+/// A response body that returns its connection to the pool at its end; if
+/// dropped before, the rest is read in the background (bounded) and the
+/// connection returned then, or closed.
 struct PooledBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     back: Option<(Arc<TargetPool>, http1::SendRequest<Body>)>,
 }
 
@@ -174,10 +364,13 @@ impl HttpBody for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
         let ended = match &polled {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
             Poll::Ready(Some(Err(_))) => {
                 self.back = None;
                 false
@@ -191,10 +384,30 @@ impl HttpBody for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
     }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let (Some(inner), Some((pool, sender))) = (self.inner.take(), self.back.take())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                if let Ok(Some(())) = tokio::time::timeout(DRAIN_TIMEOUT, drain(inner)).await {
+                    pool.checkin(sender);
+                }
+            });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -1,7 +1,13 @@
 //! Upstreams: named groups of targets with a pooled HTTP client each,
-//! round-robin balancing, connect and response timeouts, and the error
-//! classification the proxy maps to statuses (refused/reset → 502,
-//! timeout → 504).
+//! round-robin balancing, a connection budget per target (`max-connections`
+//! with a bounded queue, see [`h1`]), connect and response timeouts, and the
+//! error classification the proxy maps to statuses (refused/reset → 502,
+//! timeout → 504, no connection to be had → 503).
+//!
+//! The response-head timeout counts from the end of the request body, as
+//! Envoy's route timeout does: an upload takes as long as the client needs
+//! (each chunk within the route's `request-body-timeout`), and an upstream
+//! that stops taking the body for that long is a timeout too.
 //!
 //! This module forwards requests it is given; header hygiene is done by
 //! [`headers`] and called by the proxy.
@@ -10,6 +16,7 @@ mod h1;
 pub mod headers;
 mod outbound;
 
+pub use h1::{DRAIN_MAX_BYTES, DRAIN_TIMEOUT};
 pub use outbound::MAX_OUTBOUND_BODY;
 
 use std::{
@@ -31,7 +38,7 @@ use hyper_util::{
 };
 
 use crate::{
-    body::{Body, BoxError},
+    body::{Body, BoxError, RequestBodyState},
     config::{Upstream as UpstreamConfig, UpstreamProtocol},
     server::workers,
     telemetry::metrics::UpstreamErrorKind,
@@ -65,13 +72,33 @@ pub enum UpstreamError {
         #[source]
         source: BoxError,
     },
-    /// No response head within the route's timeout.
+    /// No response head within the route's timeout (or the upstream
+    /// stopped taking the request body for the request-body timeout).
     #[error("upstream `{upstream}` did not answer within {timeout:?}")]
     Timeout {
         /// Upstream name.
         upstream: String,
         /// The timeout that passed.
         timeout: Duration,
+    },
+    /// The response body stalled for the route's response-body timeout.
+    #[error("upstream `{upstream}` response body idle for {timeout:?}")]
+    BodyTimeout {
+        /// Upstream name.
+        upstream: String,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// Every connection the target may have (`max-connections`) was busy
+    /// and the request could not wait for one.
+    #[error("upstream `{upstream}` ({target}) is busy: {reason}")]
+    Overflow {
+        /// Upstream name.
+        upstream: String,
+        /// The target tried.
+        target: String,
+        /// Queue full, or waited past `queue-timeout`.
+        reason: &'static str,
     },
     /// The request could not be formed (bad path from a plugin, ...).
     #[error("invalid request for upstream `{upstream}`: {detail}")]
@@ -87,8 +114,11 @@ impl UpstreamError {
     /// The class recorded in metrics and spans.
     pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            UpstreamError::Timeout { .. } => UpstreamErrorKind::Timeout,
+            UpstreamError::Timeout { .. } | UpstreamError::BodyTimeout { .. } => {
+                UpstreamErrorKind::Timeout
+            }
             UpstreamError::Connect { .. } => UpstreamErrorKind::Connect,
+            UpstreamError::Overflow { .. } => UpstreamErrorKind::Overflow,
             _ => UpstreamErrorKind::Failed,
         }
     }
@@ -102,6 +132,8 @@ enum SendError {
     Connect(BoxError),
     /// The connection failed while the request was sent or answered.
     Failed(BoxError),
+    /// No connection free and no room or time to wait for one.
+    Overflow(&'static str),
 }
 
 /// One upstream at run time.
@@ -114,6 +146,8 @@ pub struct UpstreamPool {
     transports: Box<[OnceLock<Transport>]>,
     /// The targets, parsed once (validation rejects what does not parse).
     authorities: Vec<Option<Authority>>,
+    /// Each target's connection budget, shared by all workers.
+    limits: Vec<Arc<h1::TargetLimit>>,
     next: AtomicUsize,
 }
 
@@ -134,6 +168,17 @@ impl UpstreamPool {
                 .iter()
                 .map(|t| Authority::try_from(t.as_str()).ok())
                 .collect(),
+            limits: config
+                .targets
+                .iter()
+                .map(|_| {
+                    Arc::new(h1::TargetLimit::new(
+                        config.max_connections,
+                        config.max_pending,
+                        config.queue_timeout,
+                    ))
+                })
+                .collect(),
             config,
             next: AtomicUsize::new(0),
         }
@@ -145,13 +190,15 @@ impl UpstreamPool {
             UpstreamProtocol::Http1 => Transport::Http1(
                 self.authorities
                     .iter()
-                    .map(|a| {
+                    .zip(&self.limits)
+                    .map(|(a, limit)| {
                         a.clone().map(|a| {
-                            Arc::new(h1::TargetPool::new(
+                            h1::TargetPool::new(
                                 a,
                                 self.config.connect_timeout,
                                 self.config.max_idle_per_target,
-                            ))
+                                limit.clone(),
+                            )
                         })
                     })
                     .collect(),
@@ -217,12 +264,15 @@ impl Upstreams {
     }
 
     /// Send `req` (whose URI carries only path and query) to a target of
-    /// `upstream`, waiting at most `timeout` for the response head.
+    /// `upstream`, waiting at most `timeout` for the response head after
+    /// the request body (whose progress `body` reports, for a streamed
+    /// one) has been sent.
     pub async fn forward(
         &self,
         upstream: &str,
         mut req: Request<Body>,
         timeout: Duration,
+        body: Option<&RequestBodyState>,
     ) -> Result<Response<Body>, UpstreamError> {
         let pool = self
             .pools
@@ -241,11 +291,18 @@ impl Upstreams {
         if req.uri().path_and_query().is_none() {
             *req.uri_mut() = Uri::from_static("/");
         }
+        if let Some(b) = body {
+            b.touch();
+        }
+        let deadline = head_deadline(timeout, body);
         let sent = match pool.transport() {
             Transport::Http1(targets) => {
                 let target_pool = targets[n].as_ref().ok_or_else(invalid_target)?;
                 *req.version_mut() = http::Version::HTTP_11;
-                tokio::time::timeout(timeout, target_pool.send(req)).await
+                tokio::select! {
+                    sent = target_pool.send(req) => Ok(sent),
+                    () = deadline => Err(()),
+                }
             }
             Transport::H2c(client) => {
                 let mut uri = std::mem::take(req.uri_mut()).into_parts();
@@ -270,7 +327,10 @@ impl Upstreams {
                             }
                         })
                 };
-                tokio::time::timeout(timeout, send).await
+                tokio::select! {
+                    sent = send => Ok(sent),
+                    () = deadline => Err(()),
+                }
             }
         };
         match sent {
@@ -286,6 +346,37 @@ impl Upstreams {
                 target: target.clone(),
                 source,
             }),
+            Ok(Err(SendError::Overflow(reason))) => Err(UpstreamError::Overflow {
+                upstream: upstream.to_string(),
+                target: target.clone(),
+                reason,
+            }),
         }
     }
+}
+
+/// Completes when the response head is late: `timeout` after the request
+/// body was sent, or when the upstream has not taken any of the body for
+/// the body's idle timeout. While the client is the one awaited, its own
+/// idle timeout ([`crate::body::ClientBody`]) applies instead.
+async fn head_deadline(timeout: Duration, body: Option<&RequestBodyState>) {
+    if let Some(b) = body {
+        loop {
+            let finished = b.finished();
+            tokio::pin!(finished);
+            let idle_until = b.last_progress() + b.idle_timeout();
+            let wait = if b.waiting_on_client() {
+                tokio::time::Instant::now() + b.idle_timeout()
+            } else if std::time::Instant::now() >= idle_until {
+                return;
+            } else {
+                idle_until.into()
+            };
+            tokio::select! {
+                () = &mut finished => break,
+                () = tokio::time::sleep_until(wait) => {}
+            }
+        }
+    }
+    tokio::time::sleep(timeout).await;
 }

@@ -48,7 +48,7 @@ impl OutboundHttp for Upstreams {
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             }
             let req = http::Request::from_parts(parts, body::full(bytes));
-            let resp = self.forward(upstream, req, timeout).await;
+            let resp = self.forward(upstream, req, timeout, None).await;
             head = resp
                 .as_ref()
                 .map(|r| r.status().as_u16())

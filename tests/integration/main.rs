@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod bodies;
 mod cli;
 mod config_ui;
 mod ops;
@@ -11,3 +12,4 @@ mod plugin_kit;
 mod plugins;
 mod policies;
 mod proxy;
+mod upstream_limits;

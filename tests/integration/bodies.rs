@@ -1,0 +1,264 @@
+//! Bodies that fail or stall, in both directions: a client's malformed or
+//! stalled request body is the client's error (400/408) and aborts the
+//! half-sent upstream request; an upstream's stalled response body is cut.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+
+use crate::harness::TestGateway;
+
+/// What a raw upstream connection received, reported when it closes.
+#[derive(Debug)]
+struct Closed {
+    bytes: Vec<u8>,
+}
+
+/// A raw upstream that never answers: it reports when a connection has
+/// received `marker`, and everything a connection received once it closes.
+async fn recording_upstream(
+    marker: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<()>,
+    mpsc::UnboundedReceiver<Closed>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let seen_tx = seen_tx.clone();
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut reported = false;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    }
+                    if !reported && bytes.windows(marker.len()).any(|w| w == marker) {
+                        reported = true;
+                        let _ = seen_tx.send(());
+                    }
+                }
+                let _ = closed_tx.send(Closed { bytes });
+            });
+        }
+    });
+    (addr, seen_rx, closed_rx)
+}
+
+fn gateway_toml(up: std::net::SocketAddr, route_extra: &str) -> String {
+    format!(
+        "[upstreams.u]\ntargets = [\"{up}\"]\n[[routes]]\nid = \"r\"\npath-prefix = \"/\"\nupstream = \"u\"\n{route_extra}\n"
+    )
+}
+
+/// The value of the first metric line starting with `prefix`.
+pub(crate) fn metric(gw: &TestGateway, prefix: &str) -> f64 {
+    let text = gw.gateway.metrics().encode();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {prefix} in\n{text}"))
+}
+
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    // A complete JSON error body ends the response.
+                    if out.ends_with(b"}") {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_chunked_request_bodies_are_client_errors_and_abort_the_upstream_request() {
+    let (up, mut seen, mut closed) = recording_upstream(b"hello").await;
+    let gw = TestGateway::start(&gateway_toml(up, "")).await;
+    let cases: [(&str, &[u8]); 6] = [
+        ("bad hex size", b"zz\r\nabc\r\n0\r\n\r\n"),
+        ("missing CRLF after data", b"3\r\nabcXY0\r\n\r\n"),
+        (
+            "oversize chunk size",
+            b"fffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+        ),
+        ("LF inside a chunk extension", b"3;ext\nabc\r\n0\r\n\r\n"),
+        ("bad trailer", b"0\r\nbad trailer\r\n\r\n"),
+        ("truncated", b"a\r\nabc"),
+    ];
+    for (kind, bad) in cases {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        // The upstream request is under way before the framing goes bad.
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{kind}: the upstream never saw the first chunk"))
+            .unwrap();
+        s.write_all(bad).await.unwrap();
+        if kind == "truncated" {
+            s.shutdown().await.unwrap();
+        }
+        let resp = read_response(&mut s).await;
+        if kind != "truncated" {
+            // A client that half-closed may not be answered at all.
+            assert!(resp.starts_with("HTTP/1.1 400"), "{kind}: {resp}");
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{kind}: the upstream connection was left open"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&got.bytes);
+        assert!(text.contains("hello"), "{kind}: {text}");
+        assert!(
+            !text.contains("\r\n0\r\n\r\n"),
+            "{kind}: the upstream got a complete request: {text:?}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &gw,
+            "pylon_client_body_errors_total{route=\"r\",kind=\"invalid\"}"
+        ),
+        6.0
+    );
+    for kind in ["failed", "connect", "timeout"] {
+        assert_eq!(
+            metric(
+                &gw,
+                &format!("pylon_upstream_errors_total{{upstream=\"u\",kind=\"{kind}\"}}")
+            ),
+            0.0,
+            "a client's bad body counted against the upstream as {kind}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_gets_408_and_aborts_the_upstream_request() {
+    let (up, mut seen, mut closed) = recording_upstream(b"abc").await;
+    let gw = TestGateway::start(&gateway_toml(up, "request-body-timeout = \"300ms\"")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("the upstream saw the first bytes")
+        .unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    let got = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the upstream connection was closed")
+        .unwrap();
+    assert!(
+        got.bytes.ends_with(b"abc"),
+        "{:?}",
+        String::from_utf8_lossy(&got.bytes)
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "pylon_client_body_errors_total{route=\"r\",kind=\"timeout\"}"
+        ),
+        1.0
+    );
+}
+
+/// An upstream that answers every request with a head announcing 100
+/// bytes, sends 5, and stalls with the connection open.
+async fn stalling_upstream() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let held = held.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+                    .await;
+                held.lock().unwrap().push(s);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_response_body_is_cut_for_http1_and_http2_clients() {
+    let up = stalling_upstream().await;
+    let gw = TestGateway::start(&gateway_toml(up, "response-body-timeout = \"300ms\"")).await;
+
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the HTTP/1 client was held past the body timeout")
+        .ok();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("hello"), "{text}");
+
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+        .await
+        .expect("the HTTP/2 client was held past the body timeout");
+    assert!(body.is_err(), "a cut response must not look complete");
+
+    assert_eq!(
+        metric(
+            &gw,
+            "pylon_upstream_errors_total{upstream=\"u\",kind=\"body_timeout\"}"
+        ),
+        2.0
+    );
+}
