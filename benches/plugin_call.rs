@@ -193,6 +193,8 @@ fn main() {
                 deadline: Duration::from_secs(1),
                 memory_limit_bytes: 16 << 20,
                 max_body_bytes: 1 << 20,
+                max_concurrency: 64,
+                kv: Default::default(),
                 grants,
                 location: Location {
                     file: Arc::from("bench"),

@@ -117,7 +117,9 @@ impl ProxyError {
             ProxyError::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Plugin { source, .. } => match source {
-                PluginError::Instantiate { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                PluginError::Instantiate { .. } | PluginError::Busy { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ProxyError::RewrittenPath { .. } => StatusCode::INTERNAL_SERVER_ERROR,

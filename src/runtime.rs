@@ -97,12 +97,17 @@ impl Runtime {
             .values()
             .map(|def| {
                 let rt = shared.plugins.clone();
-                let def = def.clone();
-                tokio::task::spawn_blocking(move || (def.clone(), rt.compile(&def)))
+                let for_task = def.clone();
+                let job = tokio::task::spawn_blocking(move || rt.compile(&for_task));
+                (def.clone(), job)
             })
             .collect();
-        for job in jobs {
-            let (def, result) = job.await.expect("compile task does not panic");
+        for (def, job) in jobs {
+            // A panic in a compile (a wasmtime bug, a component that trips
+            // one) fails this load like any bad plugin, never the process.
+            let result = job
+                .await
+                .unwrap_or_else(|join| Err(PluginLoadError::compile_panicked(&def.name, join)));
             match result {
                 Ok(c) => {
                     compiled.insert(def.name.clone(), c);

@@ -43,6 +43,7 @@ const GUESTS: &[&str] = &[
     "hello-python",
     "legacy-v0-2",
     "legacy-v0-3",
+    "attacker",
 ];
 
 /// `build/plugins`, built by `scripts/build-plugins` if any guest is missing.
@@ -93,6 +94,8 @@ fn def(name: &str, guest: &str) -> PluginDef {
         deadline: Duration::from_secs(1),
         memory_limit_bytes: 64 << 20,
         max_body_bytes: 1 << 20,
+        max_concurrency: 64,
+        kv: Default::default(),
         grants: Grants::default(),
         location: Location {
             file: Arc::from("test.toml"),
@@ -286,14 +289,14 @@ async fn headers_plugin_declares_its_edits_as_fixed_and_asks_for_no_call() {
     p.fixed()
         .request
         .iter()
-        .for_each(|op| op.apply(&mut headers));
+        .for_each(|op| op.apply(&mut headers).unwrap());
     assert_eq!(headers.get("x-a").unwrap(), "1");
     assert!(headers.get("host").is_none());
     let mut headers = HeaderMap::new();
     p.fixed()
         .response
         .iter()
-        .for_each(|op| op.apply(&mut headers));
+        .for_each(|op| op.apply(&mut headers).unwrap());
     let values: Vec<_> = headers.get_all("x-b").iter().collect();
     assert_eq!(values, ["2", "3"]);
     assert_eq!(stats(&rt, "headers").calls, 1, "only configure ran");
@@ -977,7 +980,10 @@ async fn python_component_loads_with_wasi_and_runs() {
             panic!("hello continues");
         };
         let mut headers = HeaderMap::new();
-        edits.headers.iter().for_each(|op| op.apply(&mut headers));
+        edits
+            .headers
+            .iter()
+            .for_each(|op| op.apply(&mut headers).unwrap());
         assert_eq!(headers.get("x-hello").unwrap(), "hi");
     }
     let err = rt
@@ -1090,7 +1096,10 @@ async fn legacy_v0_2_plugin_sees_the_request_record_and_edits_both_phases() {
             panic!("legacy continues");
         };
         let mut headers = HeaderMap::new();
-        edits.headers.iter().for_each(|op| op.apply(&mut headers));
+        edits
+            .headers
+            .iter()
+            .for_each(|op| op.apply(&mut headers).unwrap());
         assert_eq!(headers["x-legacy-path"], "/items/7");
         assert_eq!(
             headers["x-legacy-agent"].as_bytes(),
@@ -1112,7 +1121,7 @@ async fn legacy_v0_2_plugin_sees_the_request_record_and_edits_both_phases() {
         edits
             .response_headers
             .iter()
-            .for_each(|op| op.apply(&mut early));
+            .for_each(|op| op.apply(&mut early).unwrap());
         assert_eq!(early["x-legacy-early"], "1");
 
         let edits = session
@@ -1120,7 +1129,10 @@ async fn legacy_v0_2_plugin_sees_the_request_record_and_edits_both_phases() {
             .await
             .unwrap();
         let mut headers = HeaderMap::new();
-        edits.headers.iter().for_each(|op| op.apply(&mut headers));
+        edits
+            .headers
+            .iter()
+            .for_each(|op| op.apply(&mut headers).unwrap());
         assert_eq!(headers["x-legacy-status"], "201");
         assert_eq!(headers["x-legacy-saw-path"], "/items/7");
         assert_eq!(req.path, "/items/7", "the request is left as it was");
@@ -1165,7 +1177,10 @@ async fn legacy_v0_2_plugin_gets_capabilities_only_when_granted() {
             panic!("legacy continues");
         };
         let mut headers = HeaderMap::new();
-        edits.headers.iter().for_each(|op| op.apply(&mut headers));
+        edits
+            .headers
+            .iter()
+            .for_each(|op| op.apply(&mut headers).unwrap());
         assert_eq!(headers["x-legacy-kv-error"], "denied");
         assert_eq!(headers["x-legacy-fetch"], "denied");
         assert_eq!(headers["x-legacy-agent"], "-");
@@ -1193,4 +1208,55 @@ async fn legacy_v0_2_plugin_gets_capabilities_only_when_granted() {
             if message.starts_with("invalid plugin config: unknown field `nope`")),
         "{err:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_that_loops_fails_the_load_within_its_deadline() {
+    let rt = runtime();
+    let mut d = def("attacker", "attacker");
+    d.deadline = Duration::from_millis(100);
+    let started = Instant::now();
+    let err = load(&rt, &d, "r", r#"{"attack": "configure-loop"}"#, host())
+        .await
+        .err()
+        .expect("a configure that never returns is refused");
+    // Load-time calls get at least 1 s; the load fails soon after.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, PluginLoadError::Configure { ref route, .. } if route == "r"),
+        "{}",
+        chain(&err)
+    );
+    assert!(chain(&err).contains("deadline"), "{}", chain(&err));
+    assert_eq!(stats(&rt, "attacker").deadline_hits, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_values_over_the_cap_are_refused_as_a_kv_error() {
+    let rt = runtime();
+    let mut d = pooled(def("flood", "attacker"), 1);
+    d.grants.kv = true;
+    d.kv.max_value_bytes = 1024;
+    let p = load(&rt, &d, "r", r#"{"attack": "kv-flood", "n": 3}"#, host())
+        .await
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    match call_ok(&p, &request("/")).await {
+        RequestAction::Continue(edits) => {
+            let refused = edits
+                .headers
+                .iter()
+                .find_map(|op| match op {
+                    pylon::pipeline::HeaderOp::Set(n, v) if n == "x-kv-refused" => Some(v.clone()),
+                    _ => None,
+                })
+                .expect("x-kv-refused");
+            assert_eq!(refused, "3");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stats(&rt, "flood").kv_refusals, 3);
 }

@@ -198,12 +198,40 @@ pub struct PluginDef {
     pub deadline: Duration,
     /// The linear-memory cap per instance.
     pub memory_limit_bytes: usize,
-    /// The largest body buffered for this plugin (a 413 past it).
+    /// The largest body buffered for this plugin (a 413 past it), and the
+    /// largest body it may return.
     pub max_body_bytes: usize,
+    /// Calls into the plugin in progress at once, all routes together;
+    /// past it a request waits up to the deadline, then gets 503.
+    pub max_concurrency: usize,
+    /// What the plugin may keep in the key-value store.
+    pub kv: KvLimits,
     /// Granted capabilities.
     pub grants: Grants,
     /// Where it was defined.
     pub location: Location,
+}
+
+/// Bounds on one plugin's use of the key-value store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Bytes of keys and values the plugin may hold in the in-memory store.
+    pub max_bytes: usize,
+    /// Entries it may hold in the in-memory store.
+    pub max_entries: usize,
+    /// The largest value it may store (both backends).
+    pub max_value_bytes: usize,
+}
+
+impl Default for KvLimits {
+    /// 64 MiB and 100,000 entries per plugin, values up to 1 MiB.
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_entries: 100_000,
+            max_value_bytes: 1 << 20,
+        }
+    }
 }
 
 /// How a route matches the path.

@@ -107,6 +107,10 @@ pub(crate) struct RawPluginDef {
     pub(crate) deadline: Option<Spanned<String>>,
     pub(crate) memory: Option<Spanned<String>>,
     pub(crate) max_body_size: Option<Spanned<String>>,
+    pub(crate) max_concurrency: Option<Spanned<i64>>,
+    pub(crate) kv_max_bytes: Option<Spanned<String>>,
+    pub(crate) kv_max_entries: Option<Spanned<i64>>,
+    pub(crate) kv_max_value_size: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) capabilities: Vec<Spanned<String>>,
     #[serde(default)]

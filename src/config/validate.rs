@@ -616,6 +616,28 @@ fn plugins(
                 "component path is empty",
             );
         }
+        let mut positive = |n: &Option<Spanned<i64>>, key: &str, default: usize| match n {
+            None => default,
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(v) if v >= 1 => v,
+                _ => {
+                    cx.error(
+                        n,
+                        Some(subject.clone()),
+                        format!("{key} must be at least 1"),
+                    );
+                    default
+                }
+            },
+        };
+        let max_concurrency = positive(&r.max_concurrency, "max-concurrency", 64);
+        let kv_defaults = KvLimits::default();
+        let max_entries = positive(&r.kv_max_entries, "kv-max-entries", kv_defaults.max_entries);
+        let kv = KvLimits {
+            max_bytes: cx.size(&r.kv_max_bytes, &subject, kv_defaults.max_bytes),
+            max_entries,
+            max_value_bytes: cx.size(&r.kv_max_value_size, &subject, kv_defaults.max_value_bytes),
+        };
         out.insert(
             name.get_ref().clone(),
             PluginDef {
@@ -625,6 +647,8 @@ fn plugins(
                 deadline: cx.duration(&r.deadline, &subject, Duration::from_millis(100)),
                 memory_limit_bytes,
                 max_body_bytes: cx.size(&r.max_body_size, &subject, 1 << 20),
+                max_concurrency,
+                kv,
                 grants,
                 location: cx.loc(p),
             },

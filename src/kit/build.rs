@@ -109,6 +109,8 @@ pub(super) fn plugin_def(name: &str, component: &Path) -> PluginDef {
         deadline: Duration::from_secs(1),
         memory_limit_bytes: 64 << 20,
         max_body_bytes: 1 << 20,
+        max_concurrency: 64,
+        kv: Default::default(),
         grants: Grants::default(),
         location: Location {
             file: Arc::from(super::CASES),

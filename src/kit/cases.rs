@@ -461,7 +461,7 @@ async fn run_case_inner(
         .await
         .map_err(|e| format!("cannot start an instance: {}", ErrorChain(&e)))?;
     for op in &fixed.request {
-        op.apply(&mut request.headers);
+        op.apply(&mut request.headers).map_err(|e| e.to_string())?;
     }
     let action = if needs.request_phase {
         let t = Instant::now();
@@ -547,7 +547,7 @@ async fn run_case_inner(
             if let Some(spec) = &case.response {
                 let mut resp = response(spec)?;
                 for op in &response_edits {
-                    op.apply(&mut resp.headers);
+                    op.apply(&mut resp.headers).map_err(|e| e.to_string())?;
                 }
                 if needs.response_phase {
                     let t = Instant::now();

@@ -2,67 +2,187 @@
 //!
 //! The map is split into shards, each behind its own `std::sync::Mutex`
 //! (never held across an `.await`), so concurrent requests on different keys
-//! rarely contend. Expired entries are dropped lazily when touched, and each
-//! shard sweeps itself after a number of writes proportional to its size, so
-//! keys that are never read again do not accumulate while the cost of
-//! sweeping stays amortised O(1) per write.
+//! rarely contend.
 //!
-//! It is not a cache with a size bound: a plugin that writes ever new keys
-//! without a TTL grows it. Plugins that cache should always set a TTL.
+//! Bounded: each namespace (a plugin's keys, `<plugin>:…`) registered with
+//! [`KvStore::set_quota`] may hold so many entries and so many bytes of keys
+//! and values; a write past either is refused with
+//! [`KvError::QuotaExceeded`] and counted. Expired entries are evicted
+//! without anyone reading them: each shard keeps its keys with a TTL in
+//! expiry order, drops the expired ones at the front before every write,
+//! and a sweeper thread does the same for every shard once a second. So
+//! expired entries are gone within a second, and a quota counts them only
+//! that long.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     hash::{BuildHasher, RandomState},
-    sync::Mutex,
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{KvError, KvStore};
+use super::{KvError, KvQuota, KvStore, KvUsage};
 
-/// Writes a shard takes at least before it sweeps out expired entries.
-const MIN_WRITES_BETWEEN_SWEEPS: usize = 1024;
+/// How often the sweeper evicts expired entries from every shard.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// An in-memory [`KvStore`]: sharded, with lazy and periodic expiry.
+/// An in-memory [`KvStore`]: sharded, with per-namespace quotas and
+/// expiry that does not wait for reads.
 pub struct MemoryKv {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    next_id: AtomicU64,
+}
+
+/// A namespace's quota and usage.
+struct Namespace {
+    name: String,
+    max_bytes: AtomicUsize,
+    max_entries: AtomicUsize,
+    usage: Arc<KvUsage>,
 }
 
 #[derive(Default)]
 struct Shard {
     map: HashMap<String, Entry>,
-    writes_since_sweep: usize,
+    /// Keys with a TTL, by expiry (the id tells equal instants apart).
+    expiry: BTreeMap<(Instant, u64), String>,
 }
 
 struct Entry {
     value: Bytes,
-    expires_at: Option<Instant>,
+    expires_at: Option<(Instant, u64)>,
+    /// The quota it counts against, if its namespace has one.
+    ns: Option<Arc<Namespace>>,
 }
 
 impl Entry {
     fn is_live(&self, now: Instant) -> bool {
-        self.expires_at.is_none_or(|at| now < at)
+        self.expires_at.is_none_or(|(at, _)| now < at)
+    }
+}
+
+fn size(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len()
+}
+
+impl Namespace {
+    /// Take `bytes` more (and one more entry if `new_entry`), or refuse.
+    fn reserve(&self, bytes: usize, new_entry: bool) -> Result<(), KvError> {
+        let u = &self.usage;
+        let refuse = |what| {
+            u.refusals.fetch_add(1, Relaxed);
+            KvError::QuotaExceeded {
+                namespace: self.name.clone(),
+                what,
+            }
+        };
+        if new_entry && u.entries.fetch_add(1, Relaxed) >= self.max_entries.load(Relaxed) {
+            u.entries.fetch_sub(1, Relaxed);
+            return Err(refuse("entries"));
+        }
+        if u.bytes.fetch_add(bytes, Relaxed).saturating_add(bytes) > self.max_bytes.load(Relaxed) {
+            u.bytes.fetch_sub(bytes, Relaxed);
+            if new_entry {
+                u.entries.fetch_sub(1, Relaxed);
+            }
+            return Err(refuse("bytes"));
+        }
+        Ok(())
+    }
+
+    fn release(&self, bytes: usize, entry: bool) {
+        self.usage.bytes.fetch_sub(bytes, Relaxed);
+        if entry {
+            self.usage.entries.fetch_sub(1, Relaxed);
+        }
     }
 }
 
 impl Shard {
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.map.remove(key)?;
+        if let Some(at) = entry.expires_at {
+            self.expiry.remove(&at);
+        }
+        if let Some(ns) = &entry.ns {
+            ns.release(size(key, &entry.value), true);
+        }
+        Some(entry)
+    }
+
     /// The live entry under `key`, removing it first if it has expired.
     fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
         if self.map.get(key).is_some_and(|e| !e.is_live(now)) {
-            self.map.remove(key);
+            self.remove(key);
         }
         self.map.get_mut(key)
     }
 
-    fn note_write(&mut self, now: Instant) {
-        self.writes_since_sweep += 1;
-        if self.writes_since_sweep >= MIN_WRITES_BETWEEN_SWEEPS.max(self.map.len() / 2) {
-            self.map.retain(|_, e| e.is_live(now));
-            self.writes_since_sweep = 0;
+    /// Evict every entry expired at `now` (the front of the expiry index).
+    fn evict_expired(&mut self, now: Instant) {
+        while let Some(entry) = self.expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some(e) = self.map.remove(&key)
+                && let Some(ns) = &e.ns
+            {
+                ns.release(size(&key, &e.value), true);
+            }
         }
+    }
+
+    /// Store `value` under `key`, within the namespace's quota.
+    fn put(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        expires_at: Option<(Instant, u64)>,
+        ns: Option<Arc<Namespace>>,
+    ) -> Result<(), KvError> {
+        let new_size = size(key, &value);
+        // Only an entry that counts against the quota can lend it its room
+        // (entries written before the namespace had a quota do not).
+        let old = self
+            .map
+            .get(key)
+            .filter(|e| e.ns.is_some())
+            .map(|e| size(key, &e.value));
+        if let Some(ns) = &ns {
+            match old {
+                Some(old) if new_size <= old => ns.release(old - new_size, false),
+                Some(old) => ns.reserve(new_size - old, false)?,
+                None => ns.reserve(new_size, true)?,
+            }
+        }
+        let previous = self.map.insert(
+            key.to_owned(),
+            Entry {
+                value,
+                expires_at,
+                ns,
+            },
+        );
+        if let Some(at) = previous.and_then(|p| p.expires_at) {
+            self.expiry.remove(&at);
+        }
+        if let Some(at) = expires_at {
+            self.expiry.insert(at, key.to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -79,19 +199,28 @@ impl MemoryKv {
         Self::with_shards((cpus * 4).next_power_of_two())
     }
 
-    /// An empty store with `shards` shards (at least one).
+    /// An empty store with `shards` shards (at least one), and its sweeper.
     pub fn with_shards(shards: usize) -> Self {
-        Self {
+        let inner = Arc::new(Inner {
             shards: (0..shards.max(1))
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
             hasher: RandomState::new(),
-        }
+            namespaces: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&inner);
+        // Without a thread the store still works; expired entries then
+        // leave at the next write to their shard.
+        let _ = std::thread::Builder::new()
+            .name("pylon-kv-sweep".into())
+            .spawn(move || sweep_while_alive(weak));
+        Self { inner }
     }
 
-    /// The number of stored entries, expired ones not yet swept included.
+    /// The number of stored entries, expired ones not yet evicted included.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
     }
 
     /// True when nothing is stored.
@@ -99,27 +228,47 @@ impl MemoryKv {
         self.len() == 0
     }
 
+    /// Evict every expired entry now (what the sweeper does each second).
+    pub fn evict_expired(&self) {
+        self.inner.evict_expired(Instant::now());
+    }
+
     fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
-        lock(&self.shards[index])
+        let inner = &*self.inner;
+        let index = (inner.hasher.hash_one(key) as usize) % inner.shards.len();
+        lock(&inner.shards[index])
+    }
+
+    fn namespace(&self, key: &str) -> Option<Arc<Namespace>> {
+        let (ns, _) = key.split_once(':')?;
+        read(&self.inner.namespaces).get(ns).cloned()
+    }
+
+    fn expiry(&self, now: Instant, ttl: Option<Duration>) -> Option<(Instant, u64)> {
+        ttl.map(|ttl| (deadline(now, ttl), self.inner.next_id.fetch_add(1, Relaxed)))
     }
 
     fn get_at(&self, key: &str, now: Instant) -> Option<Bytes> {
         self.shard(key).live(key, now).map(|e| e.value.clone())
     }
 
-    fn set_at(&self, key: &str, value: Bytes, ttl: Option<Duration>, now: Instant) {
+    fn set_at(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        now: Instant,
+    ) -> Result<(), KvError> {
+        let ns = self.namespace(key);
+        let expires_at = self.expiry(now, ttl);
         let mut shard = self.shard(key);
-        let expires_at = ttl.map(|ttl| deadline(now, ttl));
-        shard
-            .map
-            .insert(key.to_owned(), Entry { value, expires_at });
-        shard.note_write(now);
+        shard.evict_expired(now);
+        shard.put(key, value, expires_at, ns)
     }
 
     fn delete_at(&self, key: &str, now: Instant) -> bool {
         let mut shard = self.shard(key);
-        shard.map.remove(key).is_some_and(|e| e.is_live(now))
+        shard.remove(key).is_some_and(|e| e.is_live(now))
     }
 
     fn incr_at(
@@ -129,8 +278,11 @@ impl MemoryKv {
         ttl_on_create: Option<Duration>,
         now: Instant,
     ) -> Result<i64, KvError> {
+        let ns = self.namespace(key);
+        let expires_at = self.expiry(now, ttl_on_create);
         let mut shard = self.shard(key);
-        let next = match shard.live(key, now) {
+        shard.evict_expired(now);
+        let (next, keep) = match shard.live(key, now) {
             Some(entry) => {
                 let current = parse_integer(&entry.value).ok_or_else(|| KvError::NotANumber {
                     key: key.to_owned(),
@@ -140,23 +292,30 @@ impl MemoryKv {
                     .ok_or_else(|| KvError::Overflow {
                         key: key.to_owned(),
                     })?;
-                entry.value = Bytes::from(next.to_string());
-                next
+                (next, entry.expires_at)
             }
-            None => {
-                let expires_at = ttl_on_create.map(|ttl| deadline(now, ttl));
-                shard.map.insert(
-                    key.to_owned(),
-                    Entry {
-                        value: Bytes::from(delta.to_string()),
-                        expires_at,
-                    },
-                );
-                delta
-            }
+            None => (delta, expires_at),
         };
-        shard.note_write(now);
+        shard.put(key, Bytes::from(next.to_string()), keep, ns)?;
         Ok(next)
+    }
+}
+
+impl Inner {
+    fn evict_expired(&self, now: Instant) {
+        for shard in &*self.shards {
+            lock(shard).evict_expired(now);
+        }
+    }
+}
+
+fn sweep_while_alive(store: Weak<Inner>) {
+    loop {
+        std::thread::sleep(SWEEP_INTERVAL);
+        match store.upgrade() {
+            Some(inner) => inner.evict_expired(Instant::now()),
+            None => return,
+        }
     }
 }
 
@@ -166,6 +325,10 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
     shard
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `now + ttl`, saturating far in the future for absurd TTLs.
@@ -185,8 +348,7 @@ impl KvStore for MemoryKv {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), KvError> {
-        self.set_at(key, value, ttl, Instant::now());
-        Ok(())
+        self.set_at(key, value, ttl, Instant::now())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, KvError> {
@@ -201,6 +363,25 @@ impl KvStore for MemoryKv {
     ) -> Result<i64, KvError> {
         self.incr_at(key, delta, ttl_on_create, Instant::now())
     }
+
+    fn set_quota(&self, namespace: &str, quota: KvQuota) -> Option<Arc<KvUsage>> {
+        let mut namespaces = self
+            .inner
+            .namespaces
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ns = namespaces.entry(namespace.to_owned()).or_insert_with(|| {
+            Arc::new(Namespace {
+                name: namespace.to_owned(),
+                max_bytes: AtomicUsize::new(quota.max_bytes),
+                max_entries: AtomicUsize::new(quota.max_entries),
+                usage: Arc::default(),
+            })
+        });
+        ns.max_bytes.store(quota.max_bytes, Relaxed);
+        ns.max_entries.store(quota.max_entries, Relaxed);
+        Some(ns.usage.clone())
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +389,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// Run a store future that never waits, to completion.
+    trait NowOrNever {
+        fn now_or_never_ok(self);
+    }
+
+    impl<F: std::future::Future<Output = Result<(), KvError>>> NowOrNever for F {
+        fn now_or_never_ok(self) {
+            futures::executor::block_on(self).unwrap();
+        }
+    }
 
     const SEC: Duration = Duration::from_secs(1);
 
@@ -231,7 +423,8 @@ mod tests {
     fn entries_expire_after_their_ttl() {
         let kv = MemoryKv::with_shards(1);
         let t0 = Instant::now();
-        kv.set_at("k", Bytes::from_static(b"v"), Some(SEC), t0);
+        kv.set_at("k", Bytes::from_static(b"v"), Some(SEC), t0)
+            .unwrap();
         assert!(kv.get_at("k", t0 + SEC / 2).is_some());
         assert!(kv.get_at("k", t0 + SEC).is_none());
         assert_eq!(kv.len(), 0, "lazy expiry removes the entry it touched");
@@ -241,8 +434,9 @@ mod tests {
     fn set_replaces_the_expiry() {
         let kv = MemoryKv::with_shards(1);
         let t0 = Instant::now();
-        kv.set_at("k", Bytes::from_static(b"v"), Some(SEC), t0);
-        kv.set_at("k", Bytes::from_static(b"w"), None, t0);
+        kv.set_at("k", Bytes::from_static(b"v"), Some(SEC), t0)
+            .unwrap();
+        kv.set_at("k", Bytes::from_static(b"w"), None, t0).unwrap();
         assert_eq!(kv.get_at("k", t0 + 10 * SEC).as_deref(), Some(&b"w"[..]));
     }
 
@@ -250,7 +444,8 @@ mod tests {
     fn delete_of_an_expired_key_reports_false() {
         let kv = MemoryKv::with_shards(1);
         let t0 = Instant::now();
-        kv.set_at("k", Bytes::from_static(b"v"), Some(SEC), t0);
+        kv.set_at("k", Bytes::from_static(b"v"), Some(SEC), t0)
+            .unwrap();
         assert!(!kv.delete_at("k", t0 + 2 * SEC));
     }
 
@@ -274,12 +469,14 @@ mod tests {
     fn incr_rejects_non_integers_and_overflow() {
         let kv = MemoryKv::with_shards(1);
         let t0 = Instant::now();
-        kv.set_at("s", Bytes::from_static(b"abc"), None, t0);
+        kv.set_at("s", Bytes::from_static(b"abc"), None, t0)
+            .unwrap();
         assert!(matches!(
             kv.incr_at("s", 1, None, t0),
             Err(KvError::NotANumber { key }) if key == "s"
         ));
-        kv.set_at("m", Bytes::from(i64::MAX.to_string()), None, t0);
+        kv.set_at("m", Bytes::from(i64::MAX.to_string()), None, t0)
+            .unwrap();
         assert!(matches!(
             kv.incr_at("m", 1, None, t0),
             Err(KvError::Overflow { .. })
@@ -291,20 +488,77 @@ mod tests {
     }
 
     #[test]
-    fn sweeps_remove_expired_keys_nobody_reads() {
+    fn expired_keys_nobody_reads_are_evicted_by_writes_and_the_sweeper() {
         let kv = MemoryKv::with_shards(1);
         let t0 = Instant::now();
-        for i in 0..MIN_WRITES_BETWEEN_SWEEPS {
-            kv.set_at(&format!("old{i}"), Bytes::new(), Some(SEC), t0);
+        for i in 0..1000 {
+            kv.set_at(&format!("old{i}"), Bytes::new(), Some(SEC), t0)
+                .unwrap();
         }
-        for i in 0..MIN_WRITES_BETWEEN_SWEEPS {
-            kv.set_at(&format!("new{i}"), Bytes::new(), None, t0 + 2 * SEC);
+        kv.set_at("new", Bytes::new(), None, t0 + 2 * SEC).unwrap();
+        assert_eq!(kv.len(), 1, "a write evicts its shard's expired keys");
+
+        let kv = MemoryKv::with_shards(8);
+        for i in 0..1000 {
+            kv.set(
+                &format!("k{i}"),
+                Bytes::new(),
+                Some(Duration::from_millis(1)),
+            )
+            .now_or_never_ok();
         }
-        assert!(
-            kv.len() <= MIN_WRITES_BETWEEN_SWEEPS + 1,
-            "expired keys were swept, {} left",
-            kv.len()
-        );
+        let deadline = Instant::now() + 20 * SEC;
+        while !kv.is_empty() {
+            assert!(Instant::now() < deadline, "sweeper left {} keys", kv.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn quotas_bound_entries_and_bytes_per_namespace_and_count_refusals() {
+        let kv = MemoryKv::with_shards(4);
+        let t0 = Instant::now();
+        let usage = kv
+            .set_quota(
+                "p",
+                KvQuota {
+                    max_bytes: 100,
+                    max_entries: 3,
+                },
+            )
+            .unwrap();
+        for i in 0..3 {
+            kv.set_at(&format!("p:{i}"), Bytes::from_static(b"v"), None, t0)
+                .unwrap();
+        }
+        assert!(matches!(
+            kv.set_at("p:3", Bytes::from_static(b"v"), None, t0),
+            Err(KvError::QuotaExceeded {
+                what: "entries",
+                ..
+            })
+        ));
+        // Replacing an entry needs no new one; other namespaces are not bound.
+        kv.set_at("p:0", Bytes::from_static(b"w"), None, t0)
+            .unwrap();
+        kv.set_at("q:0", Bytes::from(vec![0; 1000]), None, t0)
+            .unwrap();
+        assert!(matches!(
+            kv.set_at("p:1", Bytes::from(vec![0; 100]), None, t0),
+            Err(KvError::QuotaExceeded { what: "bytes", .. })
+        ));
+        assert_eq!(usage.entries.load(Relaxed), 3);
+        assert_eq!(usage.bytes.load(Relaxed), 3 * 4);
+        assert_eq!(usage.refusals.load(Relaxed), 2);
+        // Deleting and expiring give the room back.
+        assert!(kv.delete_at("p:2", t0));
+        kv.set_at("p:9", Bytes::from_static(b"v"), Some(SEC), t0)
+            .unwrap();
+        assert_eq!(usage.entries.load(Relaxed), 3);
+        kv.inner.evict_expired(t0 + 2 * SEC);
+        assert_eq!(usage.entries.load(Relaxed), 2);
+        assert_eq!(kv.incr_at("p:n", 5, None, t0).unwrap(), 5);
+        assert_eq!(usage.bytes.load(Relaxed), 2 * 4 + 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,10 @@ mod redis;
 pub use memory::MemoryKv;
 pub use redis::RedisKv;
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, AtomicUsize},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,6 +47,36 @@ pub enum KvError {
         /// The key (as stored, namespace included).
         key: String,
     },
+    /// The write would take the namespace past its quota (entries or
+    /// bytes), even after expired entries were evicted.
+    #[error("key-value quota of namespace `{namespace}` exceeded ({what})")]
+    QuotaExceeded {
+        /// The namespace (the plugin's name).
+        namespace: String,
+        /// Which bound: `entries` or `bytes`.
+        what: &'static str,
+    },
+}
+
+/// What one namespace (one plugin's keys) may hold in a store that keeps
+/// its data in the gateway's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvQuota {
+    /// Bytes of keys and values together.
+    pub max_bytes: usize,
+    /// Entries.
+    pub max_entries: usize,
+}
+
+/// What one namespace holds now, and how often its writes were refused.
+#[derive(Debug, Default)]
+pub struct KvUsage {
+    /// Bytes of keys and values, expired entries not yet evicted included.
+    pub bytes: AtomicUsize,
+    /// Entries, likewise.
+    pub entries: AtomicUsize,
+    /// Writes refused at the quota.
+    pub refusals: AtomicU64,
 }
 
 /// An async key-value store with per-key expiry and atomic increment.
@@ -73,4 +106,12 @@ pub trait KvStore: Send + Sync + 'static {
         delta: i64,
         ttl_on_create: Option<Duration>,
     ) -> Result<i64, KvError>;
+
+    /// Bound what keys starting with `namespace` followed by `:` may hold
+    /// (a later call replaces the bound), and return the namespace's usage
+    /// counters, or `None` for a backend that keeps its data elsewhere
+    /// (Redis bounds itself with `maxmemory`). Default: no bound.
+    fn set_quota(&self, _namespace: &str, _quota: KvQuota) -> Option<std::sync::Arc<KvUsage>> {
+        None
+    }
 }

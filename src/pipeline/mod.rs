@@ -11,8 +11,8 @@ mod types;
 
 pub use run::{Pipeline, PipelineEntry, RequestOutcome, Sessions};
 pub use types::{
-    FailurePolicy, FixedEdits, HeaderOp, Needs, PluginError, PluginRequest, PluginResponse,
-    RequestAction, RequestEdits, ResponseEdits,
+    FailurePolicy, FixedEdits, HeaderLimit, HeaderOp, MAX_MESSAGE_HEADERS, Needs, PluginError,
+    PluginRequest, PluginResponse, RequestAction, RequestEdits, ResponseEdits,
 };
 
 use async_trait::async_trait;
@@ -38,6 +38,11 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Get an instance ready to serve one request (fresh or from a pool).
     async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError>;
+
+    /// Count a failure the pipeline found in what the plugin returned (edits
+    /// that do not fit the message) in the plugin's own metrics. Default:
+    /// nothing to count.
+    fn record_failure(&self, _err: &PluginError) {}
 }
 
 /// One plugin instance serving one request.

@@ -11,10 +11,64 @@ use std::sync::Arc;
 
 use crate::telemetry::observe;
 
+use http::HeaderMap;
+
 use super::{
-    FailurePolicy, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
-    RequestAction,
+    FailurePolicy, HeaderOp, Needs, Plugin, PluginError, PluginRequest, PluginResponse,
+    PluginSession, RequestAction,
 };
+
+/// Apply `ops` of `plugin` to `headers`, all or none: edits that would take
+/// the message past [`super::MAX_MESSAGE_HEADERS`] are the plugin's failure
+/// (counted in its metrics), and leave the message as it was.
+fn apply_edits(
+    plugin: &dyn Plugin,
+    ops: &[HeaderOp],
+    headers: &mut HeaderMap,
+) -> Result<(), PluginError> {
+    HeaderOp::fit(headers, ops).map_err(|limit| over_limit(plugin, limit))?;
+    for op in ops {
+        op.apply(headers)
+            .map_err(|limit| over_limit(plugin, limit))?;
+    }
+    Ok(())
+}
+
+/// [`apply_edits`] for edits used once, moved into the map.
+fn apply_owned_edits(
+    plugin: &dyn Plugin,
+    ops: Vec<HeaderOp>,
+    headers: &mut HeaderMap,
+) -> Result<(), PluginError> {
+    HeaderOp::fit(headers, &ops).map_err(|limit| over_limit(plugin, limit))?;
+    for op in ops {
+        op.apply_owned(headers)
+            .map_err(|limit| over_limit(plugin, limit))?;
+    }
+    Ok(())
+}
+
+fn check_growth(
+    plugin: &dyn Plugin,
+    headers: &HeaderMap,
+    growth: usize,
+) -> Result<(), PluginError> {
+    let would_have = headers.len().saturating_add(growth);
+    if would_have > super::MAX_MESSAGE_HEADERS {
+        return Err(over_limit(plugin, super::HeaderLimit { would_have }));
+    }
+    Ok(())
+}
+
+fn over_limit(plugin: &dyn Plugin, limit: super::HeaderLimit) -> PluginError {
+    let err = PluginError::InvalidOutput {
+        plugin: plugin.id().into(),
+        what: "header edits",
+        detail: limit.to_string(),
+    };
+    plugin.record_failure(&err);
+    err
+}
 
 /// One plugin on a route, with the route's failure policy for it.
 pub struct PipelineEntry {
@@ -102,8 +156,14 @@ impl Pipeline {
         for (index, entry) in self.entries.iter().enumerate() {
             let needs = entry.plugin.needs();
             let fixed = entry.plugin.fixed();
-            for op in &fixed.request {
-                op.apply(&mut req.headers);
+            if let Err(err) = apply_edits(&*entry.plugin, &fixed.request, &mut req.headers) {
+                match entry.on_error {
+                    FailurePolicy::FailClosed => return Err(err),
+                    FailurePolicy::FailOpen => {
+                        tracing::warn!(route = %req.route, plugin = entry.plugin.id(), error = %err, "plugin failed; fail-open skips it");
+                        continue;
+                    }
+                }
             }
             let fixed_response = !fixed.response.is_empty();
             if !needs.request_phase {
@@ -120,6 +180,12 @@ impl Pipeline {
             let mut call = observe::plugin_call(entry.plugin.id(), "on-request");
             let result = match entry.plugin.start().await {
                 Ok(mut session) => match session.on_request(req).await {
+                    Ok(RequestAction::Continue(edits)) => {
+                        match HeaderOp::fit(&req.headers, &edits.headers) {
+                            Ok(()) => Ok((session, RequestAction::Continue(edits))),
+                            Err(limit) => Err(over_limit(&*entry.plugin, limit)),
+                        }
+                    }
                     Ok(action) => Ok((session, action)),
                     Err(e) => Err(e),
                 },
@@ -150,9 +216,12 @@ impl Pipeline {
             };
             match action {
                 RequestAction::Continue(mut edits) => {
-                    for op in edits.headers.drain(..) {
-                        op.apply_owned(&mut req.headers);
-                    }
+                    // Fits: checked above, before the failure policy.
+                    apply_owned_edits(
+                        &*entry.plugin,
+                        std::mem::take(&mut edits.headers),
+                        &mut req.headers,
+                    )?;
                     if let Some(path) = edits.path {
                         req.path = path;
                     }
@@ -193,11 +262,29 @@ impl Pipeline {
         while let Some(pending) = sessions.active.pop() {
             let entry = &self.entries[pending.index];
             let needs = entry.plugin.needs();
-            for op in &entry.plugin.fixed().response {
-                op.apply(&mut resp.headers);
-            }
-            for op in pending.response_headers {
-                op.apply_owned(&mut resp.headers);
+            let early = check_growth(
+                &*entry.plugin,
+                &resp.headers,
+                entry.plugin.fixed().response.len() + pending.response_headers.len(),
+            )
+            .and_then(|()| {
+                apply_edits(
+                    &*entry.plugin,
+                    &entry.plugin.fixed().response,
+                    &mut resp.headers,
+                )
+            })
+            .and_then(|()| {
+                apply_owned_edits(&*entry.plugin, pending.response_headers, &mut resp.headers)
+            });
+            if let Err(err) = early {
+                match entry.on_error {
+                    FailurePolicy::FailClosed => return Err(err),
+                    FailurePolicy::FailOpen => {
+                        tracing::warn!(route = %req.route, plugin = entry.plugin.id(), error = %err, "plugin failed in the response phase; fail-open skips it");
+                        continue;
+                    }
+                }
             }
             if !pending.call {
                 continue;
@@ -208,7 +295,12 @@ impl Pipeline {
                 None => entry.plugin.start().await,
             };
             let result = match result {
-                Ok(mut session) => session.on_response(req, resp).await,
+                Ok(mut session) => match session.on_response(req, resp).await {
+                    Ok(edits) => HeaderOp::fit(&resp.headers, &edits.headers)
+                        .map(|()| edits)
+                        .map_err(|limit| over_limit(&*entry.plugin, limit)),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             if let Err(err) = &result {
@@ -228,9 +320,7 @@ impl Pipeline {
             if let Some(status) = edits.status {
                 resp.status = status;
             }
-            for op in edits.headers {
-                op.apply_owned(&mut resp.headers);
-            }
+            apply_owned_edits(&*entry.plugin, edits.headers, &mut resp.headers)?;
             if needs.response_body
                 && let Some(body) = edits.body
             {

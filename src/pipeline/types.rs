@@ -116,6 +116,20 @@ impl PluginResponse {
     }
 }
 
+/// Header entries a request or response may reach through plugin edits:
+/// an edit list that would take it past this fails its plugin (see
+/// [`HeaderOp::fit`]). Each list is capped lower (1,000 entries) when the
+/// plugin returns it, and clients and upstreams send at most 100.
+pub const MAX_MESSAGE_HEADERS: usize = 2_000;
+
+/// Applying header edits would take a message past [`MAX_MESSAGE_HEADERS`].
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("header edits would take the message to {would_have} header entries, over the cap of {max}", max = MAX_MESSAGE_HEADERS)]
+pub struct HeaderLimit {
+    /// The entries the message could have after the edits.
+    pub would_have: usize,
+}
+
 /// One header edit; edits apply in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderOp {
@@ -128,36 +142,54 @@ pub enum HeaderOp {
 }
 
 impl HeaderOp {
-    /// Apply this edit to a header map.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Check that `ops` applied to `headers` cannot take it past
+    /// [`MAX_MESSAGE_HEADERS`] (each set or append adds at most one entry),
+    /// before any is applied: a list that does not fit is refused whole.
+    pub fn fit(headers: &HeaderMap, ops: &[HeaderOp]) -> Result<(), HeaderLimit> {
+        let growth = ops
+            .iter()
+            .filter(|op| !matches!(op, HeaderOp::Remove(_)))
+            .count();
+        let would_have = headers.len().saturating_add(growth);
+        if would_have > MAX_MESSAGE_HEADERS {
+            return Err(HeaderLimit { would_have });
+        }
+        Ok(())
+    }
+
+    /// Apply this edit to a header map. Refused (the map unchanged) only
+    /// past `http`'s own entry limit, which [`HeaderOp::fit`] keeps far off.
+    pub fn apply(&self, headers: &mut HeaderMap) -> Result<(), HeaderLimit> {
+        let len = headers_len_plus_one(headers);
         match self {
-            HeaderOp::Set(n, v) => {
-                headers.insert(n.clone(), v.clone());
-            }
-            HeaderOp::Append(n, v) => {
-                headers.append(n.clone(), v.clone());
-            }
+            HeaderOp::Set(n, v) => headers.try_insert(n.clone(), v.clone()).map(drop),
+            HeaderOp::Append(n, v) => headers.try_append(n.clone(), v.clone()).map(drop),
             HeaderOp::Remove(n) => {
                 headers.remove(n);
+                Ok(())
             }
         }
+        .map_err(|_| HeaderLimit { would_have: len })
     }
 
     /// Apply this edit, moving its name and value into the map (a per-request
     /// edit is used once; cloning a freshly made value can allocate).
-    pub fn apply_owned(self, headers: &mut HeaderMap) {
+    pub fn apply_owned(self, headers: &mut HeaderMap) -> Result<(), HeaderLimit> {
+        let len = headers_len_plus_one(headers);
         match self {
-            HeaderOp::Set(n, v) => {
-                headers.insert(n, v);
-            }
-            HeaderOp::Append(n, v) => {
-                headers.append(n, v);
-            }
+            HeaderOp::Set(n, v) => headers.try_insert(n, v).map(drop),
+            HeaderOp::Append(n, v) => headers.try_append(n, v).map(drop),
             HeaderOp::Remove(n) => {
                 headers.remove(&n);
+                Ok(())
             }
         }
+        .map_err(|_| HeaderLimit { would_have: len })
     }
+}
+
+fn headers_len_plus_one(headers: &HeaderMap) -> usize {
+    headers.len().saturating_add(1)
 }
 
 /// Changes to a request that continues.
@@ -245,6 +277,15 @@ pub enum PluginError {
         #[source]
         source: BoxError,
     },
+    /// Every call the plugin may run at once (`max-concurrency`) was in
+    /// progress for as long as its deadline: the request was not served.
+    #[error("plugin `{plugin}` is at its max-concurrency of {max_concurrency} calls")]
+    Busy {
+        /// The plugin id.
+        plugin: Arc<str>,
+        /// The configured bound.
+        max_concurrency: usize,
+    },
     /// The plugin returned something the host cannot apply.
     #[error("plugin `{plugin}` returned an invalid {what}: {detail}")]
     InvalidOutput {
@@ -265,6 +306,7 @@ impl PluginError {
             | PluginError::Memory { plugin, .. }
             | PluginError::Trap { plugin, .. }
             | PluginError::Instantiate { plugin, .. }
+            | PluginError::Busy { plugin, .. }
             | PluginError::InvalidOutput { plugin, .. } => plugin,
         }
     }

@@ -384,7 +384,10 @@ mod tests {
     #[test]
     fn guest_output_converts_and_validates_as_current_output_does() {
         let plugin: Arc<str> = Arc::from("legacy");
-        let v = Validate { plugin: &plugin };
+        let v = Validate {
+            plugin: &plugin,
+            max_body: 1 << 20,
+        };
         let header = |name: &str, value: &[u8]| v0_2::types::HeaderResult {
             name: name.into(),
             value: value.to_vec(),

@@ -3,9 +3,14 @@
 //! headers stay repeated. (The request and response a hook reads are
 //! resources, served field by field by `host::exchange`.)
 //!
-//! Everything a guest returns is validated here; anything the host cannot
-//! apply (a bad header name or value, a status outside 200–599, a path that
-//! is not an origin-form path) becomes [`PluginError::InvalidOutput`].
+//! Everything a guest returns is validated here, before the host uses any
+//! of it; anything the host cannot apply (a bad header name or value, a
+//! status outside 200–599, a path that is not an origin-form path) or that
+//! is past one of the output caps below becomes
+//! [`PluginError::InvalidOutput`], a failure of that plugin (its route's
+//! `on-error` decides, and it is counted in its metrics). The caps keep
+//! guest output away from host paths that panic or grow without bound
+//! (`http::HeaderMap` panics past 24,576 entries).
 
 use std::{str::FromStr, sync::Arc};
 
@@ -17,6 +22,15 @@ use crate::pipeline::{
     FixedEdits, HeaderOp, Needs, PluginError, PluginResponse, RequestAction, RequestEdits,
     ResponseEdits,
 };
+
+/// Header edits one list may hold (`headers`, `response-headers`, each
+/// fixed list) and header entries a plugin-made response may have.
+pub(crate) const MAX_HEADER_ENTRIES: usize = 1_000;
+/// Name and value bytes of one edit list or one plugin-made response's
+/// headers together (the default request header block is as large).
+pub(crate) const MAX_HEADER_BYTES: usize = 64 << 10;
+/// Bytes of a path or a query a plugin sets.
+pub(crate) const MAX_PATH_BYTES: usize = 8 << 10;
 
 /// Every header value, owned (for results handed to the guest by imports).
 pub(crate) fn headers_to_wit_owned(map: &HeaderMap) -> Vec<wit::Header> {
@@ -73,6 +87,8 @@ fn push_decimal(out: &mut String, mut n: u32) {
 /// Validates one guest's output, naming the plugin in every error.
 pub(crate) struct Validate<'a> {
     pub(crate) plugin: &'a Arc<str>,
+    /// The largest body the plugin may return (its `max-body-size`).
+    pub(crate) max_body: usize,
 }
 
 impl Validate<'_> {
@@ -113,14 +129,59 @@ impl Validate<'_> {
     fn request_edits(&self, edits: wit::RequestEdits) -> Result<RequestEdits, PluginError> {
         let path = edits.path.map(|p| self.path(p)).transpose()?;
         let query = edits.query.map(|q| self.query(q)).transpose()?;
+        let upstream = match edits.upstream {
+            // Upstream names are short identifiers; a longer one names none.
+            Some(u) if u.len() > 64 => {
+                return Err(self.invalid("upstream", format!("a name of {} bytes", u.len())));
+            }
+            u => u,
+        };
         Ok(RequestEdits {
             headers: self.header_ops(edits.headers)?,
             path,
             query,
-            upstream: edits.upstream,
-            body: edits.body.map(Bytes::from),
+            upstream,
+            body: edits.body.map(|b| self.body(b)).transpose()?,
             response_headers: self.header_ops(edits.response_headers)?,
         })
+    }
+
+    fn body(&self, body: Vec<u8>) -> Result<Bytes, PluginError> {
+        if body.len() > self.max_body {
+            return Err(self.invalid(
+                "body",
+                format!(
+                    "{} bytes, over the plugin's max-body-size of {} bytes",
+                    body.len(),
+                    self.max_body
+                ),
+            ));
+        }
+        Ok(Bytes::from(body))
+    }
+
+    /// Refuse a header list past [`MAX_HEADER_ENTRIES`] or
+    /// [`MAX_HEADER_BYTES`], before anything is converted.
+    fn header_budget(
+        &self,
+        what: &'static str,
+        entries: usize,
+        sizes: impl Iterator<Item = usize>,
+    ) -> Result<(), PluginError> {
+        if entries > MAX_HEADER_ENTRIES {
+            return Err(self.invalid(
+                what,
+                format!("{entries} entries, over the cap of {MAX_HEADER_ENTRIES}"),
+            ));
+        }
+        let bytes = sizes.fold(0usize, usize::saturating_add);
+        if bytes > MAX_HEADER_BYTES {
+            return Err(self.invalid(
+                what,
+                format!("{bytes} bytes of names and values, over the cap of {MAX_HEADER_BYTES}"),
+            ));
+        }
+        Ok(())
     }
 
     /// The response phase's edits.
@@ -131,20 +192,32 @@ impl Validate<'_> {
         Ok(ResponseEdits {
             status: edits.status.map(|s| self.status(s)).transpose()?,
             headers: self.header_ops(edits.headers)?,
-            body: edits.body.map(Bytes::from),
+            body: edits.body.map(|b| self.body(b)).transpose()?,
         })
     }
 
     fn response(&self, resp: wit::Response) -> Result<PluginResponse, PluginError> {
+        self.header_budget(
+            "response headers",
+            resp.headers.len(),
+            resp.headers.iter().map(|h| h.name.len() + h.value.len()),
+        )?;
         let mut headers = HeaderMap::with_capacity(resp.headers.len());
         for h in resp.headers {
             let (name, value) = self.header(h)?;
-            headers.append(name, value);
+            headers
+                .try_append(name, value)
+                .map_err(|_| self.invalid("response headers", "too many entries".into()))?;
         }
         Ok(PluginResponse {
             status: self.status(resp.status)?,
             headers,
-            body: Some(resp.body.map(Bytes::from).unwrap_or_default()),
+            body: Some(
+                resp.body
+                    .map(|b| self.body(b))
+                    .transpose()?
+                    .unwrap_or_default(),
+            ),
         })
     }
 
@@ -156,6 +229,14 @@ impl Validate<'_> {
     }
 
     fn header_ops(&self, ops: Vec<wit::HeaderOp>) -> Result<Vec<HeaderOp>, PluginError> {
+        self.header_budget(
+            "header edits",
+            ops.len(),
+            ops.iter().map(|op| match op {
+                wit::HeaderOp::Set(h) | wit::HeaderOp::Append(h) => h.name.len() + h.value.len(),
+                wit::HeaderOp::Remove(name) => name.len(),
+            }),
+        )?;
         ops.into_iter()
             .map(|op| {
                 Ok(match op {
@@ -191,6 +272,12 @@ impl Validate<'_> {
     }
 
     fn path(&self, path: String) -> Result<String, PluginError> {
+        if path.len() > MAX_PATH_BYTES {
+            return Err(self.invalid(
+                "path",
+                format!("{} bytes, over the cap of {MAX_PATH_BYTES}", path.len()),
+            ));
+        }
         let ok = path.starts_with('/')
             && !path.contains(['?', '#'])
             && PathAndQuery::from_str(&path).is_ok();
@@ -202,6 +289,12 @@ impl Validate<'_> {
     }
 
     fn query(&self, query: String) -> Result<String, PluginError> {
+        if query.len() > MAX_PATH_BYTES {
+            return Err(self.invalid(
+                "query",
+                format!("{} bytes, over the cap of {MAX_PATH_BYTES}", query.len()),
+            ));
+        }
         let ok = !query.contains('#') && PathAndQuery::from_str(&format!("/?{query}")).is_ok();
         if ok {
             Ok(query)
@@ -236,6 +329,7 @@ mod tests {
         static NAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         Validate {
             plugin: NAME.get_or_init(|| Arc::from("p")),
+            max_body: 1 << 20,
         }
     }
 
@@ -324,6 +418,147 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    fn arb_op() -> impl proptest::strategy::Strategy<Value = wit::HeaderOp> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            Just("x-a".to_owned()),
+            Just("X-B".to_owned()),
+            Just("bad name".to_owned()),
+            Just(String::new()),
+            "[a-z-]{1,12}",
+        ];
+        let value = prop::collection::vec(any::<u8>(), 0..40);
+        (0..3u8, name, value).prop_map(|(kind, name, value)| match kind {
+            0 => wit::HeaderOp::Set(wit::Header { name, value }),
+            1 => wit::HeaderOp::Append(wit::Header { name, value }),
+            _ => wit::HeaderOp::Remove(name),
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever edit list a guest returns, validation answers without
+        /// panicking, and what it accepts is within the caps and applies to
+        /// a message without reaching `HeaderMap`'s panicking limit.
+        #[test]
+        fn any_guest_edit_list_is_refused_or_applies_within_the_caps(
+            ops in proptest::collection::vec(arb_op(), 0..1_200),
+            repeat in 1usize..30,
+        ) {
+            let edits = wit::RequestEdits {
+                headers: ops.clone(),
+                path: None,
+                query: None,
+                upstream: None,
+                body: None,
+                response_headers: ops.clone(),
+            };
+            let response = wit::Response {
+                status: 200,
+                headers: ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        wit::HeaderOp::Set(h) | wit::HeaderOp::Append(h) => Some(h.clone()),
+                        wit::HeaderOp::Remove(_) => None,
+                    })
+                    .collect(),
+                body: None,
+            };
+            if let Ok(r) = v().action(wit::RequestAction::Respond(response)) {
+                let RequestAction::Respond(r) = r else { unreachable!() };
+                proptest::prop_assert!(r.headers.len() <= MAX_HEADER_ENTRIES);
+            }
+            match v().action(wit::RequestAction::Continue(edits)) {
+                Ok(RequestAction::Continue(e)) => {
+                    proptest::prop_assert!(e.headers.len() <= MAX_HEADER_ENTRIES);
+                    // The same accepted list applied again and again (as by
+                    // many plugins) stops at the message cap, never panics.
+                    let mut map = HeaderMap::new();
+                    for _ in 0..repeat {
+                        if HeaderOp::fit(&map, &e.headers).is_err() {
+                            break;
+                        }
+                        for op in &e.headers {
+                            op.apply(&mut map).unwrap();
+                        }
+                    }
+                    proptest::prop_assert!(map.len() <= crate::pipeline::MAX_MESSAGE_HEADERS);
+                }
+                Ok(RequestAction::Respond(_)) => proptest::prop_assert!(false),
+                Err(e) => {
+                    let invalid = matches!(e, PluginError::InvalidOutput { .. });
+                    proptest::prop_assert!(invalid);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn output_past_the_caps_is_the_plugins_failure() {
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| wit::HeaderOp::Append(header(&format!("x-{i}"), b"v")))
+                .collect::<Vec<_>>()
+        };
+        let edits = |headers| wit::RequestEdits {
+            headers,
+            path: None,
+            query: None,
+            upstream: None,
+            body: None,
+            response_headers: vec![],
+        };
+        assert!(
+            v().action(wit::RequestAction::Continue(edits(many(
+                MAX_HEADER_ENTRIES
+            ))))
+            .is_ok()
+        );
+        // 100,000 entries, the attack that panicked the host before.
+        for n in [MAX_HEADER_ENTRIES + 1, 100_000] {
+            assert!(matches!(
+                v().action(wit::RequestAction::Continue(edits(many(n)))),
+                Err(PluginError::InvalidOutput {
+                    what: "header edits",
+                    ..
+                })
+            ));
+            let resp = wit::Response {
+                status: 200,
+                headers: (0..n).map(|i| header(&format!("x-{i}"), b"v")).collect(),
+                body: None,
+            };
+            assert!(matches!(
+                v().action(wit::RequestAction::Respond(resp)),
+                Err(PluginError::InvalidOutput {
+                    what: "response headers",
+                    ..
+                })
+            ));
+        }
+        let big = vec![wit::HeaderOp::Set(header(
+            "x-big",
+            &vec![b'a'; MAX_HEADER_BYTES + 1],
+        ))];
+        assert!(
+            v().action(wit::RequestAction::Continue(edits(big)))
+                .is_err()
+        );
+        let body = wit::Response {
+            status: 200,
+            headers: vec![],
+            body: Some(vec![0; (1 << 20) + 1]),
+        };
+        assert!(matches!(
+            v().action(wit::RequestAction::Respond(body)),
+            Err(PluginError::InvalidOutput { what: "body", .. })
+        ));
+        let long_path = wit::RequestEdits {
+            path: Some(format!("/{}", "a".repeat(MAX_PATH_BYTES))),
+            ..edits(vec![])
+        };
+        assert!(v().action(wit::RequestAction::Continue(long_path)).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
     fs,
     hash::{Hash, Hasher},
     io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, Weak,
@@ -30,6 +31,11 @@ use crate::{config::RuntimeSettings, server::workers::Striped};
 /// the ticker took 2% of the gateway's CPU under load (perf, the policies
 /// pipeline), at 5 ms a fifth of that, for deadlines that default to 100 ms.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// The tick while some call has already run through a tick: a guest call
+/// yields to its worker's other tasks at every tick, so this bounds how
+/// long a CPU-bound plugin holds a worker at a time. Short calls (nearly
+/// all) never see a tick and keep the cheap 5 ms rhythm.
+pub(crate) const LONG_CALL_TICK: Duration = Duration::from_millis(1);
 
 /// Core instances the pool provisions per component instance, on average:
 /// a Rust `wasm32-wasip2` plugin has a few (its module, shim and fixup
@@ -153,6 +159,8 @@ pub(crate) struct EpochTicker {
 struct TickerState {
     /// Per worker, so that calls on different cores touch different lines.
     calls: Striped<CallCounts>,
+    /// Calls that have run through at least one tick (see [`LongCall`]).
+    long_calls: AtomicUsize,
     parked: AtomicBool,
     stop: AtomicBool,
 }
@@ -182,6 +190,44 @@ impl TickerState {
 /// Keeps the epoch ticking for the duration of one call.
 pub(crate) struct CallGuard<'a>(&'a CallCounts);
 
+/// Makes the ticker tick every [`LONG_CALL_TICK`] while held: taken by a
+/// call at its first tick, dropped when the call ends, with the CPU slot
+/// the call got (see `instance::new_store`).
+pub(crate) struct LongCall {
+    ticker: Arc<TickerState>,
+    slot: CpuSlot,
+}
+
+/// Where a long call's CPU slot lands once granted.
+pub(crate) type CpuSlot = Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>;
+
+impl LongCall {
+    pub(crate) fn slot(&self) -> CpuSlot {
+        self.slot.clone()
+    }
+}
+
+impl Drop for LongCall {
+    fn drop(&mut self) {
+        self.ticker.long_calls.fetch_sub(1, Ordering::SeqCst);
+        lock(&self.slot).take();
+    }
+}
+
+/// Hands out [`LongCall`]s; kept by each store's epoch callback.
+#[derive(Clone)]
+pub(crate) struct LongCalls(Arc<TickerState>);
+
+impl LongCalls {
+    pub(crate) fn start(&self) -> LongCall {
+        self.0.long_calls.fetch_add(1, Ordering::SeqCst);
+        LongCall {
+            ticker: self.0.clone(),
+            slot: CpuSlot::default(),
+        }
+    }
+}
+
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -192,6 +238,7 @@ impl EpochTicker {
     pub(crate) fn start(engine: &Engine) -> io::Result<Self> {
         let shared = Arc::new(TickerState {
             calls: Striped::default(),
+            long_calls: AtomicUsize::new(0),
             parked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -214,7 +261,12 @@ impl EpochTicker {
                         idle_ticks = 0;
                         continue;
                     }
-                    std::thread::sleep(EPOCH_TICK);
+                    let tick = if state.long_calls.load(Ordering::SeqCst) > 0 {
+                        LONG_CALL_TICK
+                    } else {
+                        EPOCH_TICK
+                    };
+                    std::thread::sleep(tick);
                     engine.increment_epoch();
                     let started = state.started();
                     if started == last_started && state.in_flight() == 0 {
@@ -229,6 +281,11 @@ impl EpochTicker {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// What a store's epoch callback uses to mark its call as long.
+    pub(crate) fn long_calls(&self) -> LongCalls {
+        LongCalls(self.shared.clone())
     }
 
     /// Register a call into Wasm; the epoch advances until the guard drops.
@@ -254,15 +311,6 @@ impl Drop for EpochTicker {
             let _ = thread.join();
         }
     }
-}
-
-/// The number of epoch ticks that cover `deadline` (at least 1), plus one
-/// because the current tick may end right after the deadline is set.
-/// Capped (at thousands of years) so `current epoch + ticks` cannot overflow.
-pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
-    const MAX_TICKS: u128 = 1 << 48;
-    let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-    (ticks.clamp(1, MAX_TICKS) + 1) as u64
 }
 
 /// Where a compiled component came from.
@@ -309,7 +357,8 @@ impl ComponentCache {
     /// The directory is created if missing.
     pub(crate) fn new(engine: &Engine, dir: Option<PathBuf>) -> io::Result<Self> {
         if let Some(dir) = &dir {
-            fs::create_dir_all(dir)?;
+            create_private_dir(dir)?;
+            check_private(dir)?;
         }
         Ok(Self {
             engine: engine.clone(),
@@ -390,6 +439,12 @@ impl ComponentCache {
         if !path.is_file() {
             return None;
         }
+        if let Err(err) = check_private(path) {
+            // Not loaded: it is recompiled and the entry replaced (the
+            // directory itself is ours, checked at start).
+            tracing::warn!(error = %err, "refusing compile cache entry; recompiling");
+            return None;
+        }
         match deserialize_cached(&self.engine, path) {
             Ok(component) => Some(component),
             Err(err) => {
@@ -435,6 +490,7 @@ fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, fs::File)> {
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
         {
             Ok(file) => return Ok((path, file)),
@@ -442,6 +498,55 @@ fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, fs::File)> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Create the cache directory (and missing parents) readable and writable
+/// by this user only.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Refuse a cache directory or entry another user could have written: it
+/// must belong to this process's user and not be writable by group or
+/// others (a symlinked entry is refused too). Compiled components are
+/// native code loaded without verification, so whoever can write them runs
+/// code inside the gateway. The error names the path.
+pub(crate) fn check_private(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let refuse = |why: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}: {why}", path.display()),
+        )
+    };
+    let meta = if path.is_dir() {
+        fs::metadata(path)?
+    } else {
+        fs::symlink_metadata(path)?
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse("is a symbolic link".into()));
+    }
+    // The owner of `/proc/self` is the process's effective user.
+    if let Ok(me) = fs::metadata("/proc/self").map(|m| m.uid())
+        && meta.uid() != me
+    {
+        return Err(refuse(format!(
+            "owned by uid {}, not by this process's uid {me}",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "writable by group or others (mode {mode:o}); compiled plugins are trusted native code: chmod go-w it"
+        )));
+    }
+    Ok(())
 }
 
 /// Load a precompiled component from the disk cache.
@@ -499,6 +604,39 @@ mod tests {
     }
 
     #[test]
+    fn cache_dir_is_created_private_and_a_shared_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let engine = Engine::new(&Config::new()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/cache");
+        ComponentCache::new(&engine, Some(dir.clone())).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ComponentCache::new(&engine, Some(dir.clone()))
+            .err()
+            .expect("a world-writable cache dir is refused");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(
+            err.to_string().contains(&dir.display().to_string()),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
+
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let entry = dir.join("x.cwasm");
+        fs::write(&entry, b"not a component").unwrap();
+        fs::set_permissions(&entry, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(check_private(&entry).is_err());
+        fs::set_permissions(&entry, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_private(&entry).is_ok());
+    }
+
+    #[test]
     fn ticker_parks_when_idle_and_keeps_ticking_while_a_call_runs() {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -515,14 +653,5 @@ mod tests {
         }
         eventually("parked again after the call", parked);
         drop(ticker); // joins the thread: must not hang while parked
-    }
-
-    #[test]
-    fn deadline_ticks_round_up_and_add_one() {
-        let tick = EPOCH_TICK;
-        assert_eq!(deadline_ticks(Duration::ZERO), 2);
-        assert_eq!(deadline_ticks(tick + tick / 2), 3);
-        assert_eq!(deadline_ticks(tick * 50), 51);
-        assert_eq!(deadline_ticks(Duration::MAX), (1 << 48) + 1);
     }
 }

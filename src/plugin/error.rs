@@ -47,6 +47,15 @@ pub enum PluginLoadError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The task compiling the component panicked (or was cancelled): the
+    /// load fails with this, the process goes on.
+    #[error("plugin \"{plugin}\": compiling its component failed unexpectedly: {detail}")]
+    CompilePanicked {
+        /// The plugin's name.
+        plugin: String,
+        /// The panic's message.
+        detail: String,
+    },
     /// The component does not export `pylon:plugin/guest` at a contract
     /// version the host serves, or not with the expected functions.
     #[error("plugin \"{plugin}\": {} is not a pylon plugin: {detail}", path.display())]
@@ -102,12 +111,31 @@ pub enum PluginLoadError {
 }
 
 impl PluginLoadError {
+    /// The failure of a compile task that did not return.
+    pub fn compile_panicked(plugin: &str, join: tokio::task::JoinError) -> Self {
+        let detail = if join.is_panic() {
+            let panic = join.into_panic();
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .map_or_else(|| "panicked".to_owned(), |m| format!("panicked: {m}"))
+        } else {
+            "cancelled".to_owned()
+        };
+        PluginLoadError::CompilePanicked {
+            plugin: plugin.to_owned(),
+            detail,
+        }
+    }
+
     /// The plugin concerned, if any.
     pub fn plugin(&self) -> Option<&str> {
         match self {
             PluginLoadError::Engine { .. } | PluginLoadError::CacheDir { .. } => None,
             PluginLoadError::Read { plugin, .. }
             | PluginLoadError::Compile { plugin, .. }
+            | PluginLoadError::CompilePanicked { plugin, .. }
             | PluginLoadError::NotAPlugin { plugin, .. }
             | PluginLoadError::Link { plugin, .. }
             | PluginLoadError::Instantiate { plugin, .. }
@@ -124,5 +152,23 @@ impl PluginLoadError {
             | PluginLoadError::ConfigRejected { route, .. } => Some(route),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_compile_task_becomes_a_load_error() {
+        let join = tokio::task::spawn_blocking(|| -> () { panic!("cranelift fell over") })
+            .await
+            .unwrap_err();
+        let err = PluginLoadError::compile_panicked("p", join);
+        assert_eq!(
+            err.to_string(),
+            "plugin \"p\": compiling its component failed unexpectedly: panicked: cranelift fell over"
+        );
+        assert_eq!(err.plugin(), Some("p"));
     }
 }

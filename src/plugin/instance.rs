@@ -28,7 +28,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use wasmtime::{Store, Trap, component::Resource};
+use wasmtime::{Store, Trap, UpdateDeadline, component::Resource};
 
 use super::{
     CompiledPlugin,
@@ -36,7 +36,7 @@ use super::{
     bindings_v0_2, bindings_v0_3,
     compat::{self, RequestParts, ResponseParts},
     convert::Validate,
-    engine::{EpochTicker, deadline_ticks},
+    engine::EpochTicker,
     runtime::GuestPre,
     snapshot::Snapshot,
     state::{GuestContext, HostState},
@@ -55,10 +55,39 @@ pub(crate) struct CallPolicy {
     pub(crate) ticker: Arc<EpochTicker>,
     pub(crate) deadline: Duration,
     pub(crate) memory_limit: usize,
+    /// The largest body the plugin may return (its `max-body-size`).
+    pub(crate) max_body: usize,
     pub(crate) stats: Arc<PluginStats>,
+    /// The plugin's `max-concurrency`: calls (and the instantiations
+    /// before them) in progress at once, all routes together.
+    pub(crate) calls: Arc<tokio::sync::Semaphore>,
+    pub(crate) max_concurrency: usize,
+    /// Calls that have run through an epoch tick (CPU-bound ones) that
+    /// may run at once: one per worker thread.
+    pub(crate) cpu: Arc<tokio::sync::Semaphore>,
 }
 
 impl CallPolicy {
+    /// A permit to call into the plugin, waiting at most its deadline
+    /// for one; past that, [`PluginError::Busy`] (counted).
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PluginError> {
+        let busy = || {
+            let err = PluginError::Busy {
+                plugin: self.plugin.clone(),
+                max_concurrency: self.max_concurrency,
+            };
+            self.stats.record_error(&err);
+            err
+        };
+        if let Ok(permit) = self.calls.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        match tokio::time::timeout(self.deadline, self.calls.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(busy()),
+        }
+    }
+
     /// Run one call into Wasm, armed at `started`: the epoch ticks while it
     /// runs, and `deadline` also bounds the time the guest waits on host
     /// awaits (kv, http, WASI polls), which the epoch cannot interrupt.
@@ -189,6 +218,7 @@ impl Instance {
             })
         };
         let result = policy.bounded(Instant::now(), deadline, instantiate).await;
+        disarm(&mut store);
         let err = match result {
             Ok(Ok(guest)) => return Ok(Self { store, guest }),
             Ok(Err(err)) => classify(policy, &store, deadline, err),
@@ -234,6 +264,7 @@ impl Instance {
         match answer {
             Ok(needs) => Validate {
                 plugin: &policy.plugin,
+                max_body: policy.max_body,
             }
             .configured(needs)
             .map(Ok),
@@ -282,6 +313,7 @@ impl Instance {
         };
         Validate {
             plugin: &policy.plugin,
+            max_body: policy.max_body,
         }
         .action(action)
         .inspect_err(|e| policy.stats.record_error(e))
@@ -334,6 +366,7 @@ impl Instance {
         };
         Validate {
             plugin: &policy.plugin,
+            max_body: policy.max_body,
         }
         .response_edits(edits)
         .inspect_err(|e| policy.stats.record_error(e))
@@ -341,7 +374,16 @@ impl Instance {
 }
 
 /// A store for one instance of the route plugin `ctx`: its memory cap, and
-/// an epoch deadline (with epochs on, a store without one traps at once).
+/// the epoch behaviour every call into it gets, armed for a first call
+/// (instantiation) that must end within `deadline`.
+///
+/// At every epoch tick a running guest either traps, once its call's
+/// deadline has passed (`Trap::Interrupt`, counted as a deadline hit), or
+/// yields to the worker's other tasks (`tokio::task::yield_now`, which
+/// queues it behind them) and goes on at the next tick. So CPU-bound guest
+/// code holds a worker for one tick at a time, never for its whole
+/// deadline; and a call that runs through a tick makes the ticker tick
+/// every [`LONG_CALL_TICK`](super::engine::LONG_CALL_TICK) until it ends.
 pub(crate) fn new_store(
     engine: &wasmtime::Engine,
     ctx: &Arc<GuestContext>,
@@ -350,26 +392,68 @@ pub(crate) fn new_store(
 ) -> Store<HostState> {
     let mut store = Store::new(engine, HostState::new(ctx.clone(), policy.memory_limit));
     store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(deadline_ticks(deadline));
+    let long_calls = policy.ticker.long_calls();
+    let cpu = policy.cpu.clone();
+    store.epoch_deadline_callback(move |mut cx| {
+        let data = cx.data_mut();
+        if data.call_until.is_some_and(|until| Instant::now() >= until) {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        if data.long_call.is_none() {
+            // A call's first tick: from now on it is CPU-bound work, which
+            // runs only while holding one of the plugin's CPU slots (one
+            // per worker), so a plugin's long calls never take more than
+            // the workers' share between them, however many are in flight.
+            // Waiting for a slot counts against the call's deadline.
+            let long = long_calls.start();
+            let slot = long.slot();
+            data.long_call = Some(long);
+            let cpu = cpu.clone();
+            return Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    if let Ok(permit) = cpu.acquire_owned().await {
+                        *lock(&slot) = Some(permit);
+                    }
+                    tokio::task::yield_now().await;
+                }),
+            ));
+        }
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    arm(&mut store, deadline);
     store
 }
 
 /// Arm a store for one call: a fresh deadline, no memory refusal yet.
-fn arm(store: &mut Store<HostState>, deadline: Duration) -> Instant {
-    store.set_epoch_deadline(deadline_ticks(deadline));
-    store.data_mut().limiter.reset_denied();
-    Instant::now()
+pub(crate) fn arm(store: &mut Store<HostState>, deadline: Duration) -> Instant {
+    let now = Instant::now();
+    store.set_epoch_deadline(1);
+    let data = store.data_mut();
+    data.limiter.reset_denied();
+    data.call_until = now.checked_add(deadline);
+    now
+}
+
+/// The call is over: the ticker may slow down again.
+pub(crate) fn disarm(store: &mut Store<HostState>) {
+    let data = store.data_mut();
+    data.long_call = None;
+    data.call_until = None;
 }
 
 /// Account for a finished call and turn its failure into a [`PluginError`].
 fn finish<R>(
-    store: &Store<HostState>,
+    store: &mut Store<HostState>,
     policy: &CallPolicy,
     deadline: Duration,
     started: Instant,
     result: Result<wasmtime::Result<R>, Elapsed>,
 ) -> Result<R, PluginError> {
+    disarm(store);
     let result = match result {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(err)) => Err(classify(policy, store, deadline, err)),
@@ -591,6 +675,7 @@ impl Plugin for WasmPlugin {
     }
 
     async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError> {
+        let permit = self.inner.policy.permit().await?;
         let instance = match self.inner.take_idle() {
             Some(instance) => instance,
             None => self.inner.new_configured().await?,
@@ -598,9 +683,14 @@ impl Plugin for WasmPlugin {
         Ok(Box::new(WasmSession {
             plugin: self.inner.clone(),
             instance: Some(instance),
+            permit: Some(permit),
             in_call: false,
             failed: false,
         }))
+    }
+
+    fn record_failure(&self, err: &PluginError) {
+        self.inner.policy.stats.record_error(err);
     }
 }
 
@@ -610,6 +700,9 @@ struct WasmSession {
     plugin: Arc<Inner>,
     /// Always `Some` until drop.
     instance: Option<Instance>,
+    /// Held from `start` through the request phase, and again for the
+    /// response phase: the session's place under `max-concurrency`.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// A call started and did not finish: its future was dropped (the
     /// request was cancelled) with the guest suspended half-way.
     in_call: bool,
@@ -644,10 +737,15 @@ impl WasmSession {
 impl PluginSession for WasmSession {
     async fn on_request(&mut self, req: &mut PluginRequest) -> Result<RequestAction, PluginError> {
         let plugin = self.plugin.clone();
+        if self.permit.is_none() {
+            self.permit = Some(plugin.policy.permit().await?);
+        }
         let result = self
             .instance()?
             .on_request(&plugin.policy, plugin.needs, req)
             .await;
+        // Not held between the phases: the upstream's time is not a call.
+        self.permit = None;
         self.note(result)
     }
 
@@ -657,10 +755,14 @@ impl PluginSession for WasmSession {
         resp: &mut PluginResponse,
     ) -> Result<ResponseEdits, PluginError> {
         let plugin = self.plugin.clone();
+        if self.permit.is_none() {
+            self.permit = Some(plugin.policy.permit().await?);
+        }
         let result = self
             .instance()?
             .on_response(&plugin.policy, plugin.needs, req, resp)
             .await;
+        self.permit = None;
         self.note(result)
     }
 }

@@ -133,6 +133,10 @@ pub struct CompiledPlugin {
     /// configured on snapshots them (see `snapshot`).
     bytes: Option<Arc<[u8]>>,
     stats: Arc<PluginStats>,
+    /// `max-concurrency`, shared by every route the plugin is on.
+    calls: Arc<tokio::sync::Semaphore>,
+    /// One CPU-bound (long) call per worker at a time.
+    cpu: Arc<tokio::sync::Semaphore>,
     // Keeps the in-memory cache entry alive while this plugin is loaded.
     _component: Arc<CachedComponent>,
     // Keeps the epoch ticker alive while this plugin can run; its calls
@@ -357,6 +361,8 @@ impl PluginRuntime {
             pre,
             bytes: matches!(def.isolation, Isolation::Fresh).then(|| Arc::from(bytes)),
             stats: self.stats_for(&def.name),
+            calls: Arc::new(tokio::sync::Semaphore::new(def.max_concurrency)),
+            cpu: Arc::new(tokio::sync::Semaphore::new(rt.workers.max(1))),
             _component: cached,
             ticker: rt.ticker.clone(),
         }))
@@ -380,14 +386,30 @@ impl PluginRuntime {
             route: route.into(),
             grants: def.grants.clone(),
             kv_prefix: format!("{}:", def.name),
+            kv_max_value: def.kv.max_value_bytes,
+            stats: compiled.stats.clone(),
             services: host,
         });
+        if def.grants.kv {
+            let usage = ctx.services.kv.set_quota(
+                &def.name,
+                crate::kv::KvQuota {
+                    max_bytes: def.kv.max_bytes,
+                    max_entries: def.kv.max_entries,
+                },
+            );
+            compiled.stats.set_kv_usage(usage);
+        }
         let policy = CallPolicy {
             plugin: compiled.name.clone(),
             ticker: compiled.ticker.clone(),
             deadline: def.deadline,
             memory_limit: def.memory_limit_bytes,
+            max_body: def.max_body_bytes,
             stats: compiled.stats.clone(),
+            calls: compiled.calls.clone(),
+            max_concurrency: def.max_concurrency,
+            cpu: compiled.cpu.clone(),
         };
         let load_deadline = def.deadline.max(LOAD_DEADLINE_FLOOR);
         let mut instance = Instance::new(compiled.pre(), &ctx, &policy, load_deadline)

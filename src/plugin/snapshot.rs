@@ -28,8 +28,8 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::{
     CompiledPlugin, bindings, bindings_v0_2, bindings_v0_3,
-    engine::{CachedComponent, ComponentCache, deadline_ticks},
-    instance::{CallPolicy, new_store},
+    engine::{CachedComponent, ComponentCache},
+    instance::{CallPolicy, arm, disarm, new_store},
     runtime::{ContractVersion, GuestPre},
     state::{GuestContext, HostState},
 };
@@ -138,7 +138,8 @@ pub(crate) async fn take(
         }
 
         // The reads get a deadline of their own, not what configure left.
-        store.set_epoch_deadline(deadline_ticks(deadline));
+        disarm(&mut store);
+        arm(&mut store, deadline);
         let _ticking = policy.ticker.call();
         let mut access = Access {
             store: &mut store,
@@ -146,6 +147,7 @@ pub(crate) async fn take(
             error: None,
         };
         let snapshot = handle.block_on(wizer.snapshot_component(&cx, &mut access));
+        disarm(access.store);
         match access.error {
             Some(err) => Err(NoSnapshot::Unsupported(err)),
             None => snapshot.map_err(NoSnapshot::Unsupported),

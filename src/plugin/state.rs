@@ -6,7 +6,7 @@
 //! Host capability implementations never see this struct whole; each gets
 //! a small view (`crate::plugin::host::*View`) with just what it needs.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use wasmtime::ResourceLimiter;
 
@@ -29,6 +29,10 @@ pub(crate) struct GuestContext {
     pub(crate) kv_prefix: String,
     /// The gateway's kv store and outbound HTTP.
     pub(crate) services: HostServices,
+    /// The largest value the plugin may store (`kv-max-value-size`).
+    pub(crate) kv_max_value: usize,
+    /// The plugin's counters (kv refusals are counted there).
+    pub(crate) stats: Arc<super::stats::PluginStats>,
 }
 
 /// The data of one plugin instance's `Store`.
@@ -38,6 +42,13 @@ pub(crate) struct HostState {
     pub(crate) wasi: Option<Box<WasiState>>,
     /// The request (and response) lent to the guest during a hook call.
     pub(crate) exchange: Exchange,
+    /// When the current call must end: checked at every epoch tick, where
+    /// a call that still has time yields to the worker's other tasks and
+    /// one past it traps (`Trap::Interrupt`). `None`: no limit.
+    pub(crate) call_until: Option<Instant>,
+    /// Held while the current call has run through an epoch tick: the
+    /// ticker then ticks faster, so long calls yield more often.
+    pub(crate) long_call: Option<super::engine::LongCall>,
 }
 
 impl HostState {
@@ -47,6 +58,8 @@ impl HostState {
             ctx,
             limiter: MemoryLimiter::new(memory_limit),
             wasi: None,
+            call_until: None,
+            long_call: None,
         }
     }
 }

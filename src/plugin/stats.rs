@@ -19,6 +19,10 @@ pub const LATENCY_BUCKETS_US: [u64; 12] = [
 #[derive(Default)]
 pub(crate) struct PluginStats {
     counters: Striped<Counters>,
+    /// What the plugin holds in the in-memory kv store, once it has a quota.
+    kv_usage: std::sync::Mutex<Option<std::sync::Arc<crate::kv::KvUsage>>>,
+    /// kv writes refused (value too large, quota exceeded).
+    kv_refusals: AtomicU64,
 }
 
 #[derive(Default)]
@@ -29,6 +33,7 @@ struct Counters {
     deadline_hits: AtomicU64,
     memory_hits: AtomicU64,
     invalid_outputs: AtomicU64,
+    busy: AtomicU64,
     total_call_nanos: AtomicU64,
     instantiations: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
@@ -47,12 +52,22 @@ pub struct PluginStatsSnapshot {
     pub deadline_hits: u64,
     /// Calls that failed after the memory cap refused a growth.
     pub memory_hits: u64,
-    /// Calls whose result the host could not apply.
+    /// Calls whose result the host could not apply (malformed, or past an
+    /// output cap).
     pub invalid_outputs: u64,
+    /// Requests refused because the plugin was at its `max-concurrency`.
+    pub busy: u64,
     /// Time spent in calls, in nanoseconds.
     pub total_call_nanos: u64,
     /// Instances created.
     pub instantiations: u64,
+    /// kv writes refused: a value over `kv-max-value-size`, or past the
+    /// in-memory store's quota.
+    pub kv_refusals: u64,
+    /// Bytes of keys and values the plugin holds in the in-memory kv store.
+    pub kv_bytes: u64,
+    /// Entries it holds there.
+    pub kv_entries: u64,
     /// Call latency histogram: counts per bucket of
     /// [`LATENCY_BUCKETS_US`], then one for slower calls.
     pub latency_buckets: Vec<u64>,
@@ -86,9 +101,21 @@ impl PluginStats {
             PluginError::Memory { .. } => &c.memory_hits,
             PluginError::Trap { .. } => &c.traps,
             PluginError::InvalidOutput { .. } => &c.invalid_outputs,
+            PluginError::Busy { .. } => &c.busy,
             PluginError::Instantiate { .. } => return,
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_kv_refusal(&self) {
+        self.kv_refusals.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_kv_usage(&self, usage: Option<std::sync::Arc<crate::kv::KvUsage>>) {
+        *self
+            .kv_usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = usage;
     }
 
     pub(crate) fn record_instantiation(&self) {
@@ -96,6 +123,11 @@ impl PluginStats {
     }
 
     pub(crate) fn snapshot(&self) -> PluginStatsSnapshot {
+        let kv = self
+            .kv_usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
             self.counters.iter().map(|c| f(c).load(Relaxed)).sum()
         };
@@ -106,8 +138,12 @@ impl PluginStats {
             deadline_hits: sum(|c| &c.deadline_hits),
             memory_hits: sum(|c| &c.memory_hits),
             invalid_outputs: sum(|c| &c.invalid_outputs),
+            busy: sum(|c| &c.busy),
             total_call_nanos: sum(|c| &c.total_call_nanos),
             instantiations: sum(|c| &c.instantiations),
+            kv_refusals: self.kv_refusals.load(Relaxed),
+            kv_bytes: kv.as_ref().map_or(0, |u| u.bytes.load(Relaxed) as u64),
+            kv_entries: kv.as_ref().map_or(0, |u| u.entries.load(Relaxed) as u64),
             latency_buckets: (0..=LATENCY_BUCKETS_US.len())
                 .map(|b| {
                     self.counters

@@ -480,7 +480,7 @@ impl Collector for PluginCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.plugins.stats();
         type Field = fn(&crate::plugin::PluginStatsSnapshot) -> u64;
-        let counters: [(&str, &str, Field); 6] = [
+        let counters: [(&str, &str, Field); 9] = [
             (
                 "pylon_plugin_calls",
                 "Guest calls (configure, on-request, on-response), by plugin",
@@ -511,12 +511,47 @@ impl Collector for PluginCollector {
                 "Plugin instances created, by plugin",
                 |s| s.instantiations,
             ),
+            (
+                "pylon_plugin_invalid_outputs",
+                "Guest results the host refused (malformed or past an output cap), by plugin",
+                |s| s.invalid_outputs,
+            ),
+            (
+                "pylon_plugin_busy",
+                "Requests refused because the plugin was at its max-concurrency, by plugin",
+                |s| s.busy,
+            ),
+            (
+                "pylon_plugin_kv_refusals",
+                "Key-value writes refused (value too large, quota exceeded), by plugin",
+                |s| s.kv_refusals,
+            ),
         ];
         for (name, help, field) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (plugin, snap) in &stats {
                 let labels = [("plugin", plugin.as_str())];
                 ConstCounter::new(field(snap)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, Field); 2] = [
+            (
+                "pylon_plugin_kv_bytes",
+                "Bytes of keys and values a plugin holds in the in-memory key-value store",
+                |s| s.kv_bytes,
+            ),
+            (
+                "pylon_plugin_kv_entries",
+                "Entries a plugin holds in the in-memory key-value store",
+                |s| s.kv_entries,
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (plugin, snap) in &stats {
+                let labels = [("plugin", plugin.as_str())];
+                prometheus_client::metrics::gauge::ConstGauge::new(field(snap) as i64)
+                    .encode(family.encode_family(&labels)?)?;
             }
         }
         let mut family = encoder.encode_descriptor(

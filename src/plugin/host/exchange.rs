@@ -293,6 +293,8 @@ mod tests {
             route: Arc::from("r"),
             grants: Default::default(),
             kv_prefix: "p:".into(),
+            kv_max_value: 1 << 20,
+            stats: Default::default(),
             services: HostServices {
                 kv: Arc::new(MemoryKv::new()),
                 http: Arc::new(Upstreams::new(&Default::default(), 1)),

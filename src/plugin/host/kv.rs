@@ -1,5 +1,8 @@
 //! `pylon:plugin/kv`: the gateway's [`KvStore`] with every key prefixed by
-//! `<plugin>:`, so plugins never see each other's keys. Serves `kv` of every
+//! `<plugin>:`, so plugins never see each other's keys. A value over the
+//! plugin's `kv-max-value-size` is refused here, whatever the backend;
+//! refusals reach the guest as `unavailable` with the reason, and are
+//! counted in the plugin's `kv_refusals`. Serves `kv` of every
 //! contract version the host serves (0.4.0, 0.3.0, 0.2.0).
 
 use std::time::Duration;
@@ -23,6 +26,8 @@ pub(crate) struct KvView<'a> {
     granted: bool,
     prefix: &'a str,
     store: &'a dyn KvStore,
+    max_value: usize,
+    stats: &'a crate::plugin::stats::PluginStats,
 }
 
 struct KvData;
@@ -43,6 +48,8 @@ fn view(s: &mut HostState) -> KvView<'_> {
         granted: s.ctx.grants.kv,
         prefix: &s.ctx.kv_prefix,
         store: &*s.ctx.services.kv,
+        max_value: s.ctx.kv_max_value,
+        stats: &s.ctx.stats,
     }
 }
 
@@ -65,7 +72,9 @@ fn ttl(ms: Option<u64>) -> Option<Duration> {
 fn to_wit(err: KvError) -> WitKvError {
     match err {
         KvError::NotANumber { .. } | KvError::Overflow { .. } => WitKvError::NotANumber,
-        KvError::Unavailable { .. } => WitKvError::Unavailable(chain(&err)),
+        KvError::Unavailable { .. } | KvError::QuotaExceeded { .. } => {
+            WitKvError::Unavailable(chain(&err))
+        }
     }
 }
 
@@ -84,10 +93,26 @@ impl KvView<'_> {
         ttl_ms: Option<u64>,
     ) -> Result<(), WitKvError> {
         let key = self.key(&key)?;
+        if value.len() > self.max_value {
+            self.stats.record_kv_refusal();
+            return Err(WitKvError::Unavailable(format!(
+                "value of {} bytes refused: the plugin's kv-max-value-size is {} bytes",
+                value.len(),
+                self.max_value
+            )));
+        }
         self.store
             .set(&key, Bytes::from(value), ttl(ttl_ms))
             .await
-            .map_err(to_wit)
+            .map_err(|e| self.refused(e))
+    }
+
+    /// Count a refusal at the quota, then convert.
+    fn refused(&self, err: KvError) -> WitKvError {
+        if matches!(err, KvError::QuotaExceeded { .. }) {
+            self.stats.record_kv_refusal();
+        }
+        to_wit(err)
     }
 
     async fn delete_key(&self, key: String) -> Result<bool, WitKvError> {
@@ -100,7 +125,7 @@ impl KvView<'_> {
         self.store
             .incr(&key, delta, ttl(ttl_ms))
             .await
-            .map_err(to_wit)
+            .map_err(|e| self.refused(e))
     }
 }
 
