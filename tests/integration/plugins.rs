@@ -842,12 +842,22 @@ async fn attack_gateway(up: &Upstream, attacks: &[(&str, &str, &str)]) -> TestGa
 async fn hostile_output_fails_only_its_own_request_and_is_counted() {
     let up = Upstream::named("fine").await;
     let attacks = [
-        ("flood", "header-flood", "isolation = \"pooled\""),
-        ("respondflood", "respond-headers", "isolation = \"pooled\""),
+        // A long deadline: building 100,000 edits takes the guest a while on
+        // a busy machine, and the cap (not the deadline) must stop them.
+        (
+            "flood",
+            "header-flood",
+            "isolation = \"pooled\"\ndeadline = \"5s\"",
+        ),
+        (
+            "respondflood",
+            "respond-headers",
+            "isolation = \"pooled\"\ndeadline = \"5s\"",
+        ),
         (
             "respflood",
             "response-header-flood",
-            "isolation = \"pooled\"",
+            "isolation = \"pooled\"\ndeadline = \"5s\"",
         ),
         (
             "big",
