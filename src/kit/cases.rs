@@ -495,7 +495,8 @@ async fn run_case_inner(
         }
         (RequestAction::Continue(edits), Action::Continue) => {
             for op in edits.headers {
-                op.apply_owned(&mut request.headers);
+                op.apply_owned(&mut request.headers)
+                    .map_err(|e| e.to_string())?;
             }
             if let Some(path) = edits.path {
                 request.path = path;
@@ -559,7 +560,8 @@ async fn run_case_inner(
                         resp.status = status;
                     }
                     for op in edits.headers {
-                        op.apply_owned(&mut resp.headers);
+                        op.apply_owned(&mut resp.headers)
+                            .map_err(|e| e.to_string())?;
                     }
                     if edits.body.is_some() && needs.response_body {
                         resp.body = edits.body;
