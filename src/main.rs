@@ -142,6 +142,7 @@ async fn run(path: PathBuf, grace: Duration) -> ExitCode {
         eprintln!("error: cannot install signal handlers");
         return ExitCode::FAILURE;
     };
+    pylon::server::fds::raise_nofile_limit();
     let gateway = match Gateway::start_from_file(path).await {
         Ok(g) => g,
         Err(StartError::Config(err)) => {

@@ -98,6 +98,60 @@ pub struct Listener {
     pub header_timeout: Duration,
     /// Accept HTTP/2 (prior knowledge, h2c) besides HTTP/1.1.
     pub http2: bool,
+    /// How a connection's use of the gateway is bounded.
+    pub limits: ConnectionLimits,
+}
+
+/// What one listener lets its clients hold: connections, requests, time.
+/// See the README's Limits table for the reasoning behind each default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionLimits {
+    /// Client connections open at once on the listener (all workers); one
+    /// more is accepted and closed at once, before anything is read.
+    pub max_connections: usize,
+    /// Requests being served at once on the listener; one more gets 503.
+    pub max_requests_in_flight: usize,
+    /// Requests served on one connection before it is closed gracefully
+    /// (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY); 0 means no limit.
+    pub max_requests_per_connection: u64,
+    /// A connection with no request in flight and nothing read for this
+    /// long is closed. Before its first request, `header_timeout` applies.
+    pub idle_timeout: Duration,
+    /// A write to the client (the socket, or one HTTP/2 stream's response)
+    /// that makes no progress for this long closes the connection.
+    pub send_timeout: Duration,
+    /// A request with no body bytes moving either way for this long ends:
+    /// 408 (request body unfinished) or 504 before its response starts, a
+    /// reset stream after.
+    pub stream_idle_timeout: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: requests in flight on one
+    /// connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Response bytes one HTTP/2 stream may buffer awaiting the client.
+    pub http2_max_send_buffer: usize,
+    /// Requests a client may cancel (reset) over a connection's life before
+    /// it is closed.
+    pub http2_max_resets: u64,
+    /// Requests a client may cancel within one second before the connection
+    /// is closed.
+    pub http2_max_resets_per_second: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_requests_in_flight: 10_000,
+            max_requests_per_connection: 1000,
+            idle_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(300),
+            http2_max_concurrent_streams: 128,
+            http2_max_send_buffer: 64 << 10,
+            http2_max_resets: 500,
+            http2_max_resets_per_second: 100,
+        }
+    }
 }
 
 /// The admin API listener.

@@ -64,6 +64,16 @@ pub(crate) struct RawListener {
     pub(crate) max_header_size: Option<Spanned<String>>,
     pub(crate) header_timeout: Option<Spanned<String>>,
     pub(crate) http2: Option<bool>,
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) max_requests_in_flight: Option<Spanned<i64>>,
+    pub(crate) max_requests_per_connection: Option<Spanned<i64>>,
+    pub(crate) idle_timeout: Option<Spanned<String>>,
+    pub(crate) send_timeout: Option<Spanned<String>>,
+    pub(crate) stream_idle_timeout: Option<Spanned<String>>,
+    pub(crate) http2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub(crate) http2_max_send_buffer: Option<Spanned<String>>,
+    pub(crate) http2_max_resets: Option<Spanned<i64>>,
+    pub(crate) http2_max_resets_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -331,6 +331,7 @@ fn listeners(cx: &mut Ctx<'_>, raw: &[Spanned<raw::RawListener>]) -> Vec<Listene
             max_header_bytes,
             header_timeout: cx.duration(&r.header_timeout, &subject, Duration::from_secs(10)),
             http2: r.http2.unwrap_or(true),
+            limits: connection_limits(cx, r, &subject),
         });
     }
     if raw.is_empty() {
@@ -342,6 +343,87 @@ fn listeners(cx: &mut Ctx<'_>, raw: &[Spanned<raw::RawListener>]) -> Vec<Listene
         });
     }
     out
+}
+
+fn connection_limits(cx: &mut Ctx<'_>, r: &raw::RawListener, subject: &str) -> ConnectionLimits {
+    let d = ConnectionLimits::default();
+    let mut count = |v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: u64| match v
+    {
+        None => default,
+        Some(n) if (min..=max).contains(n.get_ref()) => *n.get_ref() as u64,
+        Some(n) => {
+            cx.error(
+                n,
+                Some(subject.to_owned()),
+                format!("{key} must be between {min} and {max}"),
+            );
+            default
+        }
+    };
+    let max_connections = count(
+        &r.max_connections,
+        "max-connections",
+        1,
+        10_000_000,
+        d.max_connections as u64,
+    ) as usize;
+    let max_requests_in_flight = count(
+        &r.max_requests_in_flight,
+        "max-requests-in-flight",
+        1,
+        10_000_000,
+        d.max_requests_in_flight as u64,
+    ) as usize;
+    let max_requests_per_connection = count(
+        &r.max_requests_per_connection,
+        "max-requests-per-connection",
+        0,
+        i64::MAX,
+        d.max_requests_per_connection,
+    );
+    let http2_max_concurrent_streams = count(
+        &r.http2_max_concurrent_streams,
+        "http2-max-concurrent-streams",
+        1,
+        65_536,
+        d.http2_max_concurrent_streams.into(),
+    ) as u32;
+    let http2_max_resets = count(
+        &r.http2_max_resets,
+        "http2-max-resets",
+        1,
+        i64::MAX,
+        d.http2_max_resets,
+    );
+    let http2_max_resets_per_second = count(
+        &r.http2_max_resets_per_second,
+        "http2-max-resets-per-second",
+        1,
+        i64::MAX,
+        d.http2_max_resets_per_second,
+    );
+    let http2_max_send_buffer = cx.size(&r.http2_max_send_buffer, subject, d.http2_max_send_buffer);
+    if let Some(s) = &r.http2_max_send_buffer
+        && !(1024..=(16 << 20)).contains(&http2_max_send_buffer)
+    {
+        cx.error(
+            s,
+            Some(subject.to_owned()),
+            "http2-max-send-buffer must be between 1KiB and 16MiB",
+        );
+    }
+    ConnectionLimits {
+        max_connections,
+        max_requests_in_flight,
+        max_requests_per_connection,
+        idle_timeout: cx.duration(&r.idle_timeout, subject, d.idle_timeout),
+        send_timeout: cx.duration(&r.send_timeout, subject, d.send_timeout),
+        stream_idle_timeout: cx.duration(&r.stream_idle_timeout, subject, d.stream_idle_timeout),
+        http2_max_concurrent_streams,
+        http2_max_send_buffer: http2_max_send_buffer.clamp(1024, 16 << 20),
+        http2_max_resets,
+        http2_max_resets_per_second,
+    }
 }
 
 fn admin(cx: &mut Ctx<'_>, raw: &Spanned<raw::RawAdmin>) -> Admin {

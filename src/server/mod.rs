@@ -3,19 +3,27 @@
 //! A [`Gateway`] binds every listener (a socket per worker), serves HTTP/1.1
 //! and HTTP/2 (h2c) on each connection from its [`workers`], hands each request the runtime in
 //! force when it arrived, swaps runtimes on reload, and drains connections
-//! on shutdown.
+//! on shutdown. What one client may hold (connections, requests, time) is
+//! bounded per listener in [`conn`].
 
+mod conn;
+pub mod fds;
 pub mod workers;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
+use conn::{ActivityBody, LimitCounters, ListenerShared, ResponseBody, WatchedIo};
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use workers::Workers;
 
 use crate::{
@@ -27,12 +35,27 @@ use crate::{
         access_log::AccessLog,
         metrics::Metrics,
         observe::{CountedBody, Observability},
+        throttle::LogThrottle,
         trace::{Tracing, TracingError},
     },
 };
 
 /// How long shutdown waits for buffered access log lines and spans.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HTTP/2 streams a client may reset before the server has accepted them
+/// (hyper's rapid-reset defence, CVE-2023-44487); past it, GOAWAY
+/// `ENHANCE_YOUR_CALM`. h2's default, set here so it cannot change under us.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// HTTP/2 streams the server may reset because the client broke the
+/// protocol on them, over a connection's life, before GOAWAY
+/// `ENHANCE_YOUR_CALM` (hyper's default is 1024; a correct client causes
+/// none).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 128;
+
+/// At most one "accept failed" line per this interval.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +122,7 @@ impl Gateway {
 
     async fn start_with(config: Config, path: Option<PathBuf>) -> Result<Gateway, StartError> {
         let shared = Arc::new(Shared::new(&config).await?);
+        fds::check_budget(&config);
         let obs = Arc::new(observability(&config, &shared.metrics)?);
         let listeners = config.listeners.clone();
         let worker_count = config.runtime.worker_count();
@@ -126,10 +150,16 @@ impl Gateway {
             };
             let sockets = bind_per_worker(l.address, workers.handles().len()).map_err(bind_err)?;
             let addr = sockets[0].local_addr().map_err(bind_err)?;
+            let limits = ListenerShared::new(
+                l.limits.clone(),
+                l.header_timeout,
+                LimitCounters::new(&obs.metrics),
+            );
             for (tcp, handle) in sockets.into_iter().zip(workers.handles()) {
                 let serve = serve(
                     tcp,
                     l.clone(),
+                    limits.clone(),
                     current.clone(),
                     obs.clone(),
                     shutdown_rx.clone(),
@@ -293,13 +323,17 @@ fn bind_per_worker(
     Ok(sockets)
 }
 
+/// Accept on one worker's socket of a listener until shutdown, then let
+/// its connections finish (each closes gracefully).
 async fn serve(
     tcp: std::net::TcpListener,
     listener: Listener,
+    limits: Arc<ListenerShared>,
     current: Arc<ArcSwap<Runtime>>,
     obs: Arc<Observability>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let l = &listener.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -312,7 +346,11 @@ async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(l.http2_max_concurrent_streams)
+        .max_send_buf_size(l.http2_max_send_buffer)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
     let builder = if listener.http2 {
         builder
     } else {
@@ -326,19 +364,27 @@ async fn serve(
             return;
         }
     };
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender; `recv` ends when all are gone.
+    let (drained_tx, mut drained) = mpsc::channel::<()>(1);
     loop {
         let (stream, client) = tokio::select! {
             accepted = tcp.accept() => match accepted {
                 Ok(a) => a,
                 Err(err) => {
+                    if ACCEPT_FAILED.admit() {
+                        tracing::warn!(address = %listener.address, error = %err, "accept failed");
+                    }
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => break,
+        };
+        // At capacity: closed before anything is read, so it costs no request.
+        let Some(state) = limits.admit_connection() else {
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let current = current.clone();
@@ -346,25 +392,61 @@ async fn serve(
         let obs = obs.clone();
         obs.metrics.open_connections().inc();
         let gauge = ConnectionGauge(obs.metrics.open_connections().clone());
+        let conn_state = state.clone();
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let rt = current.load_full();
             let scope = obs.begin(&req, client);
-            let req = req.map(|b| crate::body::boxed(CountedBody::new(b, scope.clone())));
+            let admitted = conn_state.admit_request();
+            let http1 = req.version() < http::Version::HTTP_2;
             let info = info.clone();
             async move {
-                let resp = Observability::run(scope.clone(), proxy::handle(rt, req, info)).await;
-                Ok::<_, Infallible>(Observability::finish(scope, resp))
+                let Some((guard, last)) = admitted else {
+                    let resp = crate::error::error_response(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "too many requests in flight",
+                    );
+                    let resp = Observability::finish(scope, resp);
+                    return Ok::<_, Infallible>(resp.map(|b| ResponseBody::new(b, None)));
+                };
+                let slot = guard.slot().clone();
+                let req = req.map(|b| {
+                    crate::body::boxed(CountedBody::new(
+                        ActivityBody::new(b, slot.clone()),
+                        scope.clone(),
+                    ))
+                });
+                let work = Observability::run(scope.clone(), proxy::handle(rt, req, info));
+                let resp = tokio::select! {
+                    biased;
+                    resp = work => resp,
+                    () = slot.expired() => slot.idle_response(),
+                };
+                let mut resp = Observability::finish(scope, resp);
+                if last && http1 {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok(resp.map(|b| ResponseBody::new(b, Some(guard))))
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
+        let conn = builder.serve_connection(io, service).into_owned();
+        let drained = drained_tx.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _gauge = gauge;
-            if let Err(err) = conn.await {
-                tracing::debug!(%client, error = %err, "connection ended with an error");
-            }
+            let _drained = drained;
+            conn::drive(conn, |c| c.graceful_shutdown(), state, shutdown, client).await;
         });
     }
     drop(tcp);
-    graceful.shutdown().await;
+    drop(drained_tx);
+    let _ = drained.recv().await;
 }
+
+/// Accept failures are logged at most once per [`ACCEPT_LOG_INTERVAL`]
+/// (the next line says how many were held back): out of descriptors, every
+/// attempt fails, and a line per attempt would flood the log.
+static ACCEPT_FAILED: LogThrottle = LogThrottle::new("accept failed", 1, ACCEPT_LOG_INTERVAL);

@@ -19,7 +19,9 @@
 //! `plugin_traps_total`, `plugin_deadline_hits_total`,
 //! `plugin_memory_hits_total`, `plugin_instantiations_total` by `plugin`;
 //! `reloads_total` by `result`; `open_connections`; `runtimes_alive`;
-//! `access_log_dropped_total`.
+//! `access_log_dropped_total`; `connections_closed_total` by `reason` (a
+//! connection limit ended it, [`CloseReason`]); `requests_refused_total`
+//! by `reason` (`in_flight`); `stream_idle_timeouts_total`.
 
 use std::{
     collections::HashMap,
@@ -119,6 +121,57 @@ impl UpstreamErrorKind {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Why the gateway ended a client connection, for
+/// `pylon_connections_closed_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Accepted and closed at once: the listener was at `max-connections`.
+    AtCapacity,
+    /// No request arrived within `header-timeout` of connecting.
+    NoRequest,
+    /// No request in flight and nothing read for `idle-timeout`.
+    Idle,
+    /// A write to the socket made no progress for `send-timeout`.
+    SendTimeout,
+    /// A response waited on the client's flow-control window (or socket)
+    /// for `send-timeout`.
+    StalledReader,
+    /// The client cancelled more requests than its reset budget.
+    ResetBudget,
+    /// `max-requests-per-connection` served (a graceful close).
+    RequestLimit,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 7] = [
+        CloseReason::AtCapacity,
+        CloseReason::NoRequest,
+        CloseReason::Idle,
+        CloseReason::SendTimeout,
+        CloseReason::StalledReader,
+        CloseReason::ResetBudget,
+        CloseReason::RequestLimit,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::AtCapacity => "at_capacity",
+            CloseReason::NoRequest => "no_request",
+            CloseReason::Idle => "idle",
+            CloseReason::SendTimeout => "send_timeout",
+            CloseReason::StalledReader => "stalled_reader",
+            CloseReason::ResetBudget => "reset_budget",
+            CloseReason::RequestLimit => "request_limit",
+        }
+    }
+}
+
 /// The gateway's metrics registry and the handles the request path updates.
 pub struct Metrics {
     registry: Registry,
@@ -131,6 +184,9 @@ pub struct Metrics {
     open_connections: Gauge,
     runtimes_alive: Gauge,
     access_log_dropped: Counter,
+    connections_closed: Family<ReasonLabel, Counter>,
+    requests_refused_in_flight: Counter,
+    stream_idle_timeouts: Counter,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteMetrics>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamMetrics>>>,
 }
@@ -205,6 +261,32 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
+        let connections_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "pylon_connections_closed",
+            "Client connections the gateway ended because of a connection limit, by reason",
+            connections_closed.clone(),
+        );
+        let requests_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "pylon_requests_refused",
+            "Requests answered 503 at once because a listener limit was reached, by reason",
+            requests_refused.clone(),
+        );
+        let requests_refused_in_flight = requests_refused.get_or_create_owned(&ReasonLabel {
+            reason: "in_flight",
+        });
+        let stream_idle_timeouts = Counter::default();
+        registry.register(
+            "pylon_stream_idle_timeouts",
+            "Requests ended because no body bytes moved either way for stream-idle-timeout",
+            stream_idle_timeouts.clone(),
+        );
+        for reason in CloseReason::ALL {
+            let _ = connections_closed.get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            });
+        }
         registry.register_collector(Box::new(PluginCollector { plugins }));
         // Touch both results so a dashboard sees zeros before the first reload.
         for result in ["success", "failure"] {
@@ -221,6 +303,9 @@ impl Metrics {
             open_connections,
             runtimes_alive,
             access_log_dropped,
+            connections_closed,
+            requests_refused_in_flight,
+            stream_idle_timeouts,
             routes: Mutex::new(HashMap::new()),
             upstreams: Mutex::new(HashMap::new()),
         }
@@ -319,6 +404,23 @@ impl Metrics {
     /// The open-connections gauge (the server increments and decrements it).
     pub fn open_connections(&self) -> &Gauge {
         &self.open_connections
+    }
+
+    /// The counter of connections closed for `reason`.
+    pub fn connections_closed(&self, reason: CloseReason) -> Counter {
+        self.connections_closed.get_or_create_owned(&ReasonLabel {
+            reason: reason.label(),
+        })
+    }
+
+    /// The counter of requests refused at a listener's in-flight limit.
+    pub fn requests_refused_in_flight(&self) -> &Counter {
+        &self.requests_refused_in_flight
+    }
+
+    /// The counter of requests ended by the stream idle timeout.
+    pub fn stream_idle_timeouts(&self) -> &Counter {
+        &self.stream_idle_timeouts
     }
 
     /// The live-runtimes gauge (see [`RuntimeAlive`]).

@@ -6,6 +6,7 @@ mod harness;
 mod bodies;
 mod cli;
 mod config_ui;
+mod limits;
 mod ops;
 mod paths;
 mod plugin_kit;
