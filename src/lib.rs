@@ -25,6 +25,7 @@ pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
+mod sync;
 pub mod telemetry;
 pub mod upstream;
 

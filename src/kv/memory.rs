@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{KvError, KvQuota, KvStore, KvUsage};
+use crate::sync::lock;
 
 /// How often the sweeper evicts expired entries from every shard.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -317,14 +318,6 @@ fn sweep_while_alive(store: Weak<Inner>) {
             None => return,
         }
     }
-}
-
-/// Lock a shard; a poisoned shard is still consistent (no operation panics
-/// half-way through an update), so poisoning is ignored.
-fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
-    shard
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

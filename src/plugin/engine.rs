@@ -23,7 +23,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::{config::RuntimeSettings, server::workers::Striped};
+use crate::{config::RuntimeSettings, server::workers::Striped, sync::lock};
 
 /// How often the epoch advances: the resolution of plugin deadlines (a
 /// call is stopped between its deadline and one tick later). Every tick is
@@ -585,10 +585,6 @@ fn engine_compat_hash(engine: &Engine) -> String {
     let mut hasher = Sha256Hasher(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
     hex::encode(&hasher.0.finalize()[..8])
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ use crate::pipeline::{
     FixedEdits, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
     RequestAction, ResponseEdits,
 };
+use crate::sync::lock;
 
 /// How calls into one plugin's instances are bounded and accounted.
 #[derive(Clone)]
@@ -776,10 +777,6 @@ impl Drop for WasmSession {
             self.plugin.release(instance);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

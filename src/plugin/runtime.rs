@@ -24,6 +24,7 @@ use super::{
 use crate::{
     config::{Isolation, PluginDef, RuntimeSettings},
     pipeline::Plugin,
+    sync::lock,
 };
 
 /// A version of the `pylon:plugin` contract the host serves. A plugin is
@@ -538,8 +539,4 @@ impl PluginRuntime {
             .or_default()
             .clone()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

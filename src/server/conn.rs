@@ -28,7 +28,7 @@ use std::{
     net::SocketAddr,
     pin::{Pin, pin},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     task::{Context, Poll},
@@ -48,6 +48,7 @@ use tokio::{
 use crate::{
     body::{Body, BoxError},
     config::ConnectionLimits,
+    sync::lock,
     telemetry::metrics::{CloseReason, Metrics},
 };
 
@@ -696,10 +697,6 @@ impl Drop for ConnState {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(NONE - 1)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

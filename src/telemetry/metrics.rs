@@ -25,7 +25,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -43,7 +43,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::plugin::{LATENCY_BUCKETS_US, PluginRuntime};
+use crate::{
+    plugin::{LATENCY_BUCKETS_US, PluginRuntime},
+    sync::lock,
+};
 
 /// The label a request gets when no route matched it.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -679,8 +682,4 @@ impl Collector for PluginCollector {
         }
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

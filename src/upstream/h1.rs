@@ -27,7 +27,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError, Weak,
+        Arc, Mutex, Weak,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -49,7 +49,10 @@ use tokio::{
 };
 
 use super::SendError;
-use crate::body::{self, Body};
+use crate::{
+    body::{self, Body},
+    sync::lock,
+};
 
 /// How long a connection may sit idle before it is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -406,8 +409,4 @@ impl Drop for PooledBody {
             });
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
