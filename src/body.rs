@@ -10,7 +10,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -22,6 +22,8 @@ use futures::StreamExt;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, Full, StreamBody, combinators::BoxBody};
 use tokio::{sync::Notify, time::Sleep};
+
+use crate::sync::lock;
 
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -261,22 +263,16 @@ impl RequestBodyState {
 
     /// Why the client's body failed, if it did (taken once).
     pub fn take_failure(&self) -> Option<ClientBodyFailure> {
-        self.failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        lock(&self.failure).take()
     }
 
     /// Whether the client's body failed.
     pub fn failed(&self) -> bool {
-        self.failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        lock(&self.failure).is_some()
     }
 
     fn fail(&self, failure: ClientBodyFailure) {
-        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(failure);
+        *lock(&self.failure) = Some(failure);
         self.set_finished();
     }
 }

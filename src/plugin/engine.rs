@@ -472,7 +472,7 @@ impl ComponentCache {
             Ok(())
         })();
         if let Err(err) = result {
-            tracing::warn!(path = %path.display(), error = %crate::plugin::chain(&*err), "cannot write compile cache entry");
+            tracing::warn!(path = %path.display(), error = %crate::error::ErrorChain(&*err), "cannot write compile cache entry");
         }
     }
 }

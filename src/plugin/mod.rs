@@ -45,16 +45,3 @@ pub use host::{
 };
 pub use runtime::{CacheStats, CompiledPlugin, ContractVersion, HostServices, PluginRuntime};
 pub use stats::{LATENCY_BUCKETS_US, PluginStatsSnapshot};
-
-/// An error with its whole `source` chain, `a: b: c`, for the places where
-/// only text can cross (WIT error strings, log fields).
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    use std::fmt::Write;
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let _ = write!(out, ": {s}");
-        source = s.source();
-    }
-    out
-}

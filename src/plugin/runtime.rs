@@ -499,7 +499,7 @@ impl PluginRuntime {
                 tracing::warn!(
                     plugin = %compiled.name,
                     route,
-                    reason = %crate::plugin::chain(&why),
+                    reason = %crate::error::ErrorChain(&why),
                     "fresh instances will call configure each: no snapshot"
                 );
                 None

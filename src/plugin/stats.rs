@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{pipeline::PluginError, server::workers::Striped};
+use crate::{pipeline::PluginError, server::workers::Striped, sync::lock};
 
 /// Upper bounds of the latency histogram's buckets, in microseconds; a
 /// last, unbounded bucket follows.
@@ -112,10 +112,7 @@ impl PluginStats {
     }
 
     pub(crate) fn set_kv_usage(&self, usage: Option<std::sync::Arc<crate::kv::KvUsage>>) {
-        *self
-            .kv_usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = usage;
+        *lock(&self.kv_usage) = usage;
     }
 
     pub(crate) fn record_instantiation(&self) {
@@ -123,11 +120,7 @@ impl PluginStats {
     }
 
     pub(crate) fn snapshot(&self) -> PluginStatsSnapshot {
-        let kv = self
-            .kv_usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let kv = lock(&self.kv_usage).clone();
         let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
             self.counters.iter().map(|c| f(c).load(Relaxed)).sum()
         };

@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex, OnceLock, PoisonError,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
@@ -31,7 +31,10 @@ use super::{
     metrics::{Metrics, RouteMetrics, UNMATCHED_ROUTE, UpstreamErrorKind, UpstreamMetrics},
     trace::{ChildSpan, RequestTrace, Tracing},
 };
-use crate::body::{self, Body, BoxError};
+use crate::{
+    body::{self, Body, BoxError},
+    sync::lock,
+};
 
 tokio::task_local! {
     static CURRENT: Arc<RequestScope>;
@@ -159,11 +162,7 @@ impl RequestScope {
         let matched = self.route.get().map(|r| &**r.route());
         self.trace.end(self.method.as_str(), matched, status);
         if let Some(log) = &self.obs.access_log {
-            let upstream = self
-                .upstream
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            let upstream = lock(&self.upstream).clone();
             let trace_id = self.trace.trace_id_hex();
             log.log(&Entry {
                 time: self.time,
@@ -278,7 +277,7 @@ impl UpstreamCall {
         }
         let name = self.name.clone();
         with_scope(|s| {
-            *s.upstream.lock().unwrap_or_else(PoisonError::into_inner) = Some((name, elapsed));
+            *lock(&s.upstream) = Some((name, elapsed));
         });
     }
 }

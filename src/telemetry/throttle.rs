@@ -25,9 +25,11 @@
 //! lines that must never be lost (start-up, reload results).
 
 use std::{
-    sync::{Mutex, PoisonError},
+    sync::Mutex,
     time::{Duration, Instant},
 };
+
+use crate::sync::lock;
 
 /// Lets through at most `limit` log lines per `interval`, counting the rest.
 #[derive(Debug)]
@@ -92,7 +94,7 @@ impl LogThrottle {
     }
 
     fn admit_at(&self, now: Instant) -> Admit {
-        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut w = lock(&self.window);
         let expired = w
             .start
             .is_none_or(|s| now.saturating_duration_since(s) >= self.interval);

@@ -16,6 +16,7 @@ use futures::future::join_all;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use wasmtime::component::{HasData, Linker};
 
+use crate::error::ErrorChain;
 use crate::plugin::{
     bindings::pylon::plugin::{
         http_client::{self, HttpError, OutboundRequest},
@@ -23,7 +24,6 @@ use crate::plugin::{
     },
     bindings_v0_2::pylon::plugin::http_client as http_v0_2,
     bindings_v0_3::pylon::plugin::http_client as http_v0_3,
-    chain,
     compat::each,
     state::HostState,
 };
@@ -191,7 +191,7 @@ async fn send_one(
             OutboundError::UnknownUpstream { upstream } => HttpError::UnknownUpstream(upstream),
             OutboundError::Timeout { .. } => HttpError::Timeout,
             OutboundError::Invalid { detail } => HttpError::Invalid(detail),
-            OutboundError::Failed { .. } => HttpError::Failed(chain(&err)),
+            OutboundError::Failed { .. } => HttpError::Failed(ErrorChain(&err).to_string()),
         })?;
     Ok(from_http(resp))
 }

@@ -11,12 +11,12 @@ use bytes::Bytes;
 use wasmtime::component::{HasData, Linker};
 
 use crate::{
+    error::ErrorChain,
     kv::{KvError, KvStore},
     plugin::{
         bindings::pylon::plugin::kv::{self, KvError as WitKvError},
         bindings_v0_2::pylon::plugin::kv as kv_v0_2,
         bindings_v0_3::pylon::plugin::kv as kv_v0_3,
-        chain,
         state::HostState,
     },
 };
@@ -73,7 +73,7 @@ fn to_wit(err: KvError) -> WitKvError {
     match err {
         KvError::NotANumber { .. } | KvError::Overflow { .. } => WitKvError::NotANumber,
         KvError::Unavailable { .. } | KvError::QuotaExceeded { .. } => {
-            WitKvError::Unavailable(chain(&err))
+            WitKvError::Unavailable(ErrorChain(&err).to_string())
         }
     }
 }
