@@ -24,6 +24,8 @@ use hyper_util::{
 use pylon::{Gateway, config};
 use tokio::net::TcpListener;
 
+pub mod runtime;
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

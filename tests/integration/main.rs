@@ -10,6 +10,7 @@ mod limits;
 mod ops;
 mod paths;
 mod plugin_kit;
+mod plugin_runtime;
 mod plugins;
 mod policies;
 mod proxy;

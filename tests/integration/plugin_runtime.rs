@@ -1,280 +1,29 @@
 //! The plugin runtime against real guest components (`build/plugins/*.wasm`,
-//! built once by `scripts/build-plugins` when missing): deadlines, memory
+//! built once per run by `scripts/build-plugins`): deadlines, memory
 //! caps, traps, config rejection, compile caches, isolation, capability
-//! grants, logging, concurrent outbound HTTP, and a plugin built against the
-//! previous contract (0.2.0).
+//! grants, logging, concurrent outbound HTTP, and plugins built against the
+//! previous contracts (0.2.0, 0.3.0).
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use pylon::{
-    config::{Grants, Isolation, KvBackend, Location, PluginDef, RuntimeSettings},
+    config::RuntimeSettings,
     kv::MemoryKv,
-    pipeline::{Plugin, PluginError, PluginRequest, PluginResponse, RequestAction},
-    plugin::{
-        CompileOrigin, ContractVersion, HostServices, OutboundError, OutboundHttp, PluginLoadError,
-        PluginRuntime,
-    },
+    pipeline::{PluginError, PluginResponse, RequestAction},
+    plugin::{CompileOrigin, ContractVersion, HostServices, PluginLoadError, PluginRuntime},
 };
 
-// ---------------------------------------------------------------- harness
-
-const GUESTS: &[&str] = &[
-    "headers",
-    "spin",
-    "membomb",
-    "trap",
-    "reject-config",
-    "inspector",
-    "kv-counter",
-    "fanout",
-    "logger",
-    "memo",
-    "hello-python",
-    "legacy-v0-2",
-    "legacy-v0-3",
-    "attacker",
-];
-
-/// `build/plugins`, built by `scripts/build-plugins` if any guest is missing.
-fn guests_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = root.join("build/plugins");
-        let missing: Vec<_> = GUESTS
-            .iter()
-            .filter(|g| !dir.join(format!("{g}.wasm")).is_file())
-            .collect();
-        if !missing.is_empty() {
-            eprintln!("building guest plugins (missing: {missing:?})");
-            let status = std::process::Command::new(root.join("scripts/build-plugins"))
-                .status()
-                .expect("scripts/build-plugins runs");
-            assert!(status.success(), "scripts/build-plugins failed: {status}");
-        }
-        dir
-    })
-}
-
-fn component(name: &str) -> PathBuf {
-    guests_dir().join(format!("{name}.wasm"))
-}
-
-fn settings(cache_dir: Option<PathBuf>) -> RuntimeSettings {
-    RuntimeSettings {
-        cache_dir,
-        max_instances: 64,
-        max_memory_bytes: 256 << 20,
-        kv: KvBackend::Memory,
-        workers: None,
-    }
-}
-
-fn runtime() -> PluginRuntime {
-    PluginRuntime::new(&settings(None)).expect("runtime starts")
-}
-
-/// A plugin definition with test defaults: fresh, 1 s deadline, 64 MiB, no grants.
-fn def(name: &str, guest: &str) -> PluginDef {
-    PluginDef {
-        name: name.to_owned(),
-        component: component(guest),
-        isolation: Isolation::Fresh,
-        deadline: Duration::from_secs(1),
-        memory_limit_bytes: 64 << 20,
-        max_body_bytes: 1 << 20,
-        max_concurrency: 64,
-        kv: Default::default(),
-        grants: Grants::default(),
-        location: Location {
-            file: Arc::from("test.toml"),
-            line: 1,
-            column: 1,
-        },
-    }
-}
-
-fn pooled(mut d: PluginDef, max_idle: usize) -> PluginDef {
-    d.isolation = Isolation::Pooled { max_idle };
-    d
-}
-
-fn host() -> HostServices {
-    HostServices {
-        kv: Arc::new(MemoryKv::new()),
-        http: Arc::new(Upstreams::default()),
-    }
-}
-
-async fn load(
-    rt: &PluginRuntime,
-    d: &PluginDef,
-    route: &str,
-    config: &str,
-    host: HostServices,
-) -> Result<Arc<dyn Plugin>, PluginLoadError> {
-    let compiled = {
-        let (rt, d) = (rt.clone(), d.clone());
-        tokio::task::spawn_blocking(move || rt.compile(&d))
-            .await
-            .unwrap()?
-    };
-    rt.configure(&compiled, route, config, host).await
-}
-
-async fn loaded(d: &PluginDef, config: &str) -> (PluginRuntime, Arc<dyn Plugin>) {
-    let rt = runtime();
-    let p = load(&rt, d, "r", config, host())
-        .await
-        .unwrap_or_else(|e| panic!("{} loads: {}", d.name, chain(&e)));
-    (rt, p)
-}
-
-fn request(path: &str) -> PluginRequest {
-    let mut headers = HeaderMap::new();
-    headers.insert("host", HeaderValue::from_static("example.test"));
-    PluginRequest {
-        route: Arc::from("r"),
-        method: Method::GET,
-        path: path.to_owned(),
-        query: None,
-        headers,
-        client_addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
-        scheme: "http",
-        params: vec![],
-        body: None,
-    }
-}
-
-/// Run the request phase on a new session.
-async fn call(p: &Arc<dyn Plugin>, req: &PluginRequest) -> Result<RequestAction, PluginError> {
-    p.start().await?.on_request(&mut req.clone()).await
-}
-
-/// Like [`call`], for calls that must succeed (panics with the whole chain).
-async fn call_ok(p: &Arc<dyn Plugin>, req: &PluginRequest) -> RequestAction {
-    call(p, req)
-        .await
-        .unwrap_or_else(|e| panic!("{} failed: {}", p.id(), chain(&e)))
-}
-
-fn responded(action: RequestAction) -> PluginResponse {
-    match action {
-        RequestAction::Respond(resp) => resp,
-        RequestAction::Continue(edits) => panic!("expected a response, got {edits:?}"),
-    }
-}
-
-fn body(resp: &PluginResponse) -> String {
-    String::from_utf8_lossy(resp.body.as_deref().unwrap_or_default()).into_owned()
-}
-
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-fn stats(rt: &PluginRuntime, name: &str) -> pylon::plugin::PluginStatsSnapshot {
-    rt.stats()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, s)| s)
-        .unwrap_or_default()
-}
-
-/// [`OutboundHttp`] over a plain hyper client, to named local servers.
-#[derive(Default)]
-struct Upstreams {
-    targets: HashMap<String, SocketAddr>,
-}
-
-#[async_trait]
-impl OutboundHttp for Upstreams {
-    async fn send(
-        &self,
-        upstream: &str,
-        req: http::Request<Bytes>,
-        timeout: Option<Duration>,
-    ) -> Result<http::Response<Bytes>, OutboundError> {
-        let addr = self
-            .targets
-            .get(upstream)
-            .ok_or_else(|| OutboundError::UnknownUpstream {
-                upstream: upstream.to_owned(),
-            })?;
-        let (mut parts, body) = req.into_parts();
-        parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build_http::<Full<Bytes>>();
-        let failed = |e: Box<dyn std::error::Error + Send + Sync>| OutboundError::Failed {
-            upstream: upstream.to_owned(),
-            source: e,
-        };
-        let exchange = async {
-            let resp = client
-                .request(http::Request::from_parts(parts, Full::new(body)))
-                .await
-                .map_err(|e| failed(e.into()))?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|e| failed(e.into()))?;
-            Ok(http::Response::from_parts(parts, body.to_bytes()))
-        };
-        match timeout {
-            Some(t) => {
-                tokio::time::timeout(t, exchange)
-                    .await
-                    .map_err(|_| OutboundError::Timeout {
-                        upstream: upstream.to_owned(),
-                    })?
-            }
-            None => exchange.await,
-        }
-    }
-}
-
-/// A local HTTP server that answers every request with `body` after `delay`.
-async fn slow_server(body: &'static str, delay: Duration) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    tokio::time::sleep(delay).await;
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from_static(body.as_bytes()),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-// ---------------------------------------------------------------- tests
+use crate::harness::runtime::{
+    Upstreams, body, call, call_ok, chain, def, host, load, loaded, pooled, request, responded,
+    runtime, settings, slow_server, stats,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_plugin_declares_its_edits_as_fixed_and_asks_for_no_call() {
