@@ -222,6 +222,26 @@ plugin = "{name}"
     )
 }
 
+/// GET `path` on the gateway's admin listener: status and body text.
+pub async fn admin_get(gw: &Gateway, path: &str) -> (u16, String) {
+    let r = client()
+        .get(format!(
+            "http://{}{path}",
+            gw.admin_addr().expect("admin listener")
+        ))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The value of one exact series line in `/metrics`.
+pub fn series(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// One compile cache shared by the whole test run.
 pub fn cache_dir() -> PathBuf {
     root().join("target/test-pylon-cache")

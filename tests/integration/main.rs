@@ -3,15 +3,19 @@
 
 mod harness;
 
+mod access_log;
+mod admin;
 mod bodies;
 mod cli;
 mod config_ui;
 mod limits;
-mod ops;
 mod paths;
 mod plugin_kit;
 mod plugin_runtime;
 mod plugins;
 mod policies;
 mod proxy;
+mod reload;
+mod shutdown;
+mod traces;
 mod upstream_limits;
