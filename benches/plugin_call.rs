@@ -24,7 +24,7 @@ use std::{
 
 use http::{HeaderMap, HeaderValue, Method};
 use pylon::{
-    config::{Grants, Isolation, KvBackend, Location, PluginDef, RuntimeSettings},
+    config::{Grants, Isolation, KvBackend, Location, PluginDef, ProcessSettings},
     kv::MemoryKv,
     pipeline::{Plugin, PluginRequest},
     plugin::{HostServices, OutboundError, OutboundHttp, PluginRuntime},
@@ -123,7 +123,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let runtime = PluginRuntime::new(&RuntimeSettings {
+        let runtime = PluginRuntime::new(&ProcessSettings {
             cache_dir: None,
             max_instances: 256,
             max_memory_bytes: 64 << 20,

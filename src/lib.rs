@@ -5,7 +5,7 @@
 //! connections, [`router`] matches a route, [`pipeline`] runs the route's
 //! plugins ([`plugin`] is their Wasm implementation), [`upstream`] forwards
 //! to the backend, and [`error`] is the one place failures become statuses.
-//! [`config`] reads and validates TOML; [`runtime`] makes a configuration
+//! [`config`] reads and validates TOML; [`generation`] makes a configuration
 //! live and is swapped atomically on reload ([`reload`]); [`admin`] and
 //! [`telemetry`] are the operations side (admin API, metrics, access log,
 //! traces). [`kit`] is not on the request path: it backs the `pylon plugin`
@@ -16,6 +16,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod generation;
 pub mod kit;
 pub mod kv;
 pub mod pipeline;
@@ -23,10 +24,10 @@ pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod router;
-pub mod runtime;
 pub mod server;
 mod sync;
 pub mod telemetry;
 pub mod upstream;
+pub mod workers;
 
 pub use server::Gateway;

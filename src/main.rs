@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use pylon::{
     Gateway, config,
-    runtime::{Runtime, Shared},
+    generation::{Generation, Shared},
     server::StartError,
     telemetry,
 };
@@ -114,7 +114,7 @@ async fn check(path: PathBuf) -> ExitCode {
     let result = async {
         let config = config::load(&path)?;
         let shared = Shared::new(&config).await?;
-        Runtime::build(config, &shared).await.map(drop)
+        Generation::build(config, &shared).await.map(drop)
     }
     .await;
     match result {

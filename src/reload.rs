@@ -1,18 +1,18 @@
-//! Reload: build a new runtime beside the one serving and swap it in, from
+//! Reload: build a new generation beside the one serving and swap it in, from
 //! SIGHUP, `POST /admin/reload` or a change to the configuration file or a
 //! component it names (watched with `notify`, debounced).
 //!
 //! A reload that fails (unreadable or invalid TOML, a missing or invalid
 //! component, a plugin rejecting its config) changes nothing: the old
-//! runtime keeps serving and the diagnostics are returned, logged and
+//! generation keeps serving and the diagnostics are returned, logged and
 //! counted (`pylon_reloads_total{result="failure"}`). Requests in flight
-//! keep the runtime they started with (they hold an `Arc`), so it is freed
-//! when the last of them ends. Settings a runtime cannot change —
+//! keep the generation they started with (they hold an `Arc`), so it is freed
+//! when the last of them ends. Settings a generation cannot change —
 //! listeners, `[admin]`, `[runtime]`, `[access-log]`, `[tracing]` — are
 //! kept as they are and reported as warnings ("restart to apply").
 //!
-//! Nothing here holds a runtime: the [`Reloader`] holds the swap cell
-//! (always pointing at the current runtime) and the watcher only a weak
+//! Nothing here holds a generation: the [`Reloader`] holds the swap cell
+//! (always pointing at the current generation) and the watcher only a weak
 //! reference to the reloader.
 
 use std::{
@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::{self, Config, ConfigError, Diagnostic},
+    generation::{Generation, Shared},
     plugin::CompileOrigin,
-    runtime::{Runtime, Shared},
     telemetry::{metrics::ReloadResult, observe::Observability},
 };
 
@@ -48,14 +48,14 @@ pub struct ReloadReport {
     pub compiled: Vec<String>,
     /// Components reused from the compile caches.
     pub reused: Vec<String>,
-    /// How long building the new runtime took.
+    /// How long building the new generation took.
     pub took: Duration,
 }
 
 /// Owns the swap cell and performs reloads, one at a time.
 pub struct Reloader {
     shared: Arc<Shared>,
-    current: Arc<ArcSwap<Runtime>>,
+    current: Arc<ArcSwap<Generation>>,
     config_path: Option<PathBuf>,
     obs: Arc<Observability>,
     lock: tokio::sync::Mutex<()>,
@@ -63,10 +63,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// A reloader for the runtime in `current`.
+    /// A reloader for the generation in `current`.
     pub fn new(
         shared: Arc<Shared>,
-        current: Arc<ArcSwap<Runtime>>,
+        current: Arc<ArcSwap<Generation>>,
         config_path: Option<PathBuf>,
         obs: Arc<Observability>,
     ) -> Self {
@@ -80,8 +80,8 @@ impl Reloader {
         }
     }
 
-    /// The runtime in force.
-    pub fn runtime(&self) -> Arc<Runtime> {
+    /// The generation in force.
+    pub fn generation(&self) -> Arc<Generation> {
         self.current.load_full()
     }
 
@@ -110,7 +110,7 @@ impl Reloader {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Re-read the configuration file and swap in the new runtime.
+    /// Re-read the configuration file and swap in the new generation.
     pub async fn reload(&self) -> Result<ReloadReport, ConfigError> {
         let Some(path) = &self.config_path else {
             return Err(self.failed(ConfigError::single(Diagnostic {
@@ -125,14 +125,14 @@ impl Reloader {
         }
     }
 
-    /// Build a runtime for `config` beside the current one and swap it in.
+    /// Build a generation for `config` beside the current one and swap it in.
     pub async fn reload_with(&self, config: Config) -> Result<ReloadReport, ConfigError> {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
         let old = self.current.load();
         let warnings = restart_needed(old.config(), &config);
         drop(old);
-        let runtime = match Runtime::build(config, &self.shared).await {
+        let generation = match Generation::build(config, &self.shared).await {
             Ok(rt) => rt,
             Err(err) => return Err(self.failed(err)),
         };
@@ -141,14 +141,14 @@ impl Reloader {
             took: started.elapsed(),
             ..ReloadReport::default()
         };
-        for c in runtime.components() {
+        for c in generation.components() {
             let list = match c.origin() {
                 CompileOrigin::Compiled => &mut report.compiled,
                 _ => &mut report.reused,
             };
             list.push(c.name().to_owned());
         }
-        self.current.store(Arc::new(runtime));
+        self.current.store(Arc::new(generation));
         self.obs.metrics.reload(ReloadResult::Success);
         for w in &report.warnings {
             tracing::warn!(warning = %w, "reload: setting not applied");
@@ -226,13 +226,13 @@ struct WatchState {
 }
 
 impl WatchState {
-    /// Watch the config file and the components of the runtime in force.
+    /// Watch the config file and the components of the generation in force.
     fn update(&mut self, reloader: &Reloader) {
         let mut files = HashSet::new();
         if let Some(p) = reloader.config_path() {
             files.insert(normalize(p));
         }
-        for def in reloader.runtime().config().plugins.values() {
+        for def in reloader.generation().config().plugins.values() {
             files.insert(normalize(&def.component));
         }
         let dirs: HashSet<PathBuf> = files

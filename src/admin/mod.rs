@@ -169,7 +169,7 @@ fn time(t: std::time::SystemTime) -> String {
 }
 
 fn routes(reloader: &Reloader) -> Value {
-    let rt = reloader.runtime();
+    let rt = reloader.generation();
     let routes: Vec<Value> = rt
         .routes()
         .iter()
@@ -203,7 +203,7 @@ fn routes(reloader: &Reloader) -> Value {
 }
 
 fn upstreams(reloader: &Reloader) -> Value {
-    let rt = reloader.runtime();
+    let rt = reloader.generation();
     let ups: Vec<Value> = rt
         .upstreams()
         .iter()
@@ -225,7 +225,7 @@ fn upstreams(reloader: &Reloader) -> Value {
 }
 
 fn plugins(reloader: &Reloader) -> Value {
-    let rt = reloader.runtime();
+    let rt = reloader.generation();
     let stats: std::collections::BTreeMap<_, _> =
         reloader.shared().plugins.stats().into_iter().collect();
     let list: Vec<Value> = rt

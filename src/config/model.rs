@@ -7,8 +7,6 @@ use http::Method;
 
 pub use crate::router::path::{PathNormalization, SlashAction};
 
-use crate::pipeline::FailurePolicy;
-
 /// Where something was written: `file:line:column`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -32,7 +30,7 @@ pub struct Config {
     /// The file it was read from (relative paths inside resolve against its folder).
     pub file: PathBuf,
     /// Wasm runtime sizing and caching.
-    pub runtime: RuntimeSettings,
+    pub runtime: ProcessSettings,
     /// Where to accept client traffic.
     pub listeners: Vec<Listener>,
     /// The admin API listener, if enabled.
@@ -53,7 +51,7 @@ pub struct Config {
 
 /// Sizing of the Wasm runtime, shared by every plugin.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RuntimeSettings {
+pub struct ProcessSettings {
     /// Where compiled components are cached; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
     /// Instances the pooling allocator can hold at once (all plugins).
@@ -66,7 +64,7 @@ pub struct RuntimeSettings {
     pub workers: Option<usize>,
 }
 
-impl RuntimeSettings {
+impl ProcessSettings {
     /// Data-plane worker threads: as configured, else one per available core.
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or_else(|| {
@@ -349,4 +347,14 @@ pub struct Route {
     pub plugins: Vec<PluginRef>,
     /// Where it was defined.
     pub location: Location,
+}
+
+/// What the route does when one of its plugins fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer with a 5xx whose body names no internals.
+    #[default]
+    FailClosed,
+    /// Skip the plugin (log it) and go on as if it had continued unchanged.
+    FailOpen,
 }

@@ -18,7 +18,6 @@ use super::{
     raw::{self, RawConfig},
     units::{parse_duration, parse_size},
 };
-use crate::pipeline::FailurePolicy;
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
@@ -177,7 +176,7 @@ pub(super) fn validate(
 /// one slot per route (the instance serving a request).
 fn instance_budget(
     cx: &mut Ctx<'_>,
-    runtime: &RuntimeSettings,
+    runtime: &ProcessSettings,
     plugins: &BTreeMap<String, PluginDef>,
     routes: &[Route],
 ) {
@@ -214,8 +213,8 @@ fn runtime(
     cx: &mut Ctx<'_>,
     raw: Option<&Spanned<raw::RawRuntime>>,
     base: &Path,
-) -> RuntimeSettings {
-    let mut settings = RuntimeSettings {
+) -> ProcessSettings {
+    let mut settings = ProcessSettings {
         cache_dir: Some(base.join(".pylon-cache")),
         max_instances: 1000,
         max_memory_bytes: 256 << 20,
@@ -600,7 +599,7 @@ fn plugins(
     cx: &mut Ctx<'_>,
     raw: &BTreeMap<Spanned<String>, Spanned<raw::RawPluginDef>>,
     upstreams: &BTreeMap<String, Upstream>,
-    runtime: &RuntimeSettings,
+    runtime: &ProcessSettings,
     base: &Path,
 ) -> BTreeMap<String, PluginDef> {
     let mut out = BTreeMap::new();

@@ -17,7 +17,7 @@ use std::{
 
 use super::{KitError, Lang, Manifest, tools_dir};
 use crate::{
-    config::{Grants, Isolation, KvBackend, Location, PluginDef, RuntimeSettings},
+    config::{Grants, Isolation, KvBackend, Location, PluginDef, ProcessSettings},
     error::ErrorChain,
     plugin::{CompiledPlugin, ContractVersion, PluginLoadError, PluginRuntime},
 };
@@ -90,7 +90,7 @@ pub fn build(dir: &Path) -> Result<Built, KitError> {
 /// and a disk cache under the project's `build/` (so `test` after `build`
 /// does not compile again).
 pub(super) fn runtime(cache_dir: &Path) -> Result<PluginRuntime, KitError> {
-    PluginRuntime::new(&RuntimeSettings {
+    PluginRuntime::new(&ProcessSettings {
         cache_dir: Some(cache_dir.to_owned()),
         max_instances: 64,
         max_memory_bytes: 1 << 30,

@@ -11,8 +11,8 @@ mod types;
 
 pub use run::{Pipeline, PipelineEntry, RequestOutcome, Sessions};
 pub use types::{
-    FailurePolicy, FixedEdits, HeaderLimit, HeaderOp, MAX_MESSAGE_HEADERS, Needs, PluginError,
-    PluginRequest, PluginResponse, RequestAction, RequestEdits, ResponseEdits,
+    FixedEdits, HeaderLimit, HeaderOp, MAX_MESSAGE_HEADERS, Needs, PluginError, PluginRequest,
+    PluginResponse, RequestAction, RequestEdits, ResponseEdits,
 };
 
 use async_trait::async_trait;

@@ -14,9 +14,10 @@ use crate::telemetry::observe;
 use http::HeaderMap;
 
 use super::{
-    FailurePolicy, HeaderOp, Needs, Plugin, PluginError, PluginRequest, PluginResponse,
-    PluginSession, RequestAction,
+    HeaderOp, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
+    RequestAction,
 };
+use crate::config::FailurePolicy;
 
 /// Apply `ops` of `plugin` to `headers`, all or none: edits that would take
 /// the message past [`super::MAX_MESSAGE_HEADERS`] are the plugin's failure

@@ -230,16 +230,6 @@ pub struct ResponseEdits {
     pub body: Option<Bytes>,
 }
 
-/// What the route does when one of its plugins fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum FailurePolicy {
-    /// Answer with a 5xx whose body names no internals.
-    #[default]
-    FailClosed,
-    /// Skip the plugin (log it) and go on as if it had continued unchanged.
-    FailOpen,
-}
-
 /// Why a plugin call failed. Every variant names the plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {

@@ -23,7 +23,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::{config::RuntimeSettings, server::workers::Striped, sync::lock};
+use crate::{config::ProcessSettings, sync::lock, workers::Striped};
 
 /// How often the epoch advances: the resolution of plugin deadlines (a
 /// call is stopped between its deadline and one tick later). Every tick is
@@ -79,7 +79,7 @@ const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// while that fits [`FULL_RESERVATION_BUDGET`] and the system grants it;
 /// else `max_memory_bytes` (rounded up to a Wasm page) plus a 2 MiB guard,
 /// with explicit checks. Nothing is committed until touched.
-pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engine> {
+pub(crate) fn build_engine(settings: &ProcessSettings) -> wasmtime::Result<Engine> {
     let instances = settings.max_instances.max(1);
     let max_memory = settings
         .max_memory_bytes
@@ -100,7 +100,7 @@ pub(crate) fn build_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engin
 }
 
 fn engine_with(
-    settings: &RuntimeSettings,
+    settings: &ProcessSettings,
     max_memory: usize,
     reservation: u64,
     guard: u64,

@@ -534,7 +534,7 @@ impl<T> IdlePool<T> {
     /// Worker `w` uses stack `w`; everything off the data plane the last.
     fn home(&self) -> usize {
         let workers = self.shards.len() - 1;
-        crate::server::workers::current().map_or(workers, |w| w % workers)
+        crate::workers::current().map_or(workers, |w| w % workers)
     }
 
     fn take(&self) -> Option<T> {
@@ -782,7 +782,7 @@ impl Drop for WasmSession {
 #[cfg(test)]
 mod tests {
     use super::IdlePool;
-    use crate::server::workers::Workers;
+    use crate::workers::Workers;
 
     /// Run `f` on worker `w` and wait for its answer.
     fn on<R: Send + 'static>(

@@ -22,7 +22,7 @@ use super::{
     stats::{PluginStats, PluginStatsSnapshot},
 };
 use crate::{
-    config::{Isolation, PluginDef, RuntimeSettings},
+    config::{Isolation, PluginDef, ProcessSettings},
     pipeline::Plugin,
     sync::lock,
 };
@@ -244,7 +244,7 @@ impl std::fmt::Debug for CompiledPlugin {
 impl PluginRuntime {
     /// Create the engine (pooling allocator sized from `settings`), start
     /// its epoch ticker, and open the disk cache if one is configured.
-    pub fn new(settings: &RuntimeSettings) -> Result<Self, PluginLoadError> {
+    pub fn new(settings: &ProcessSettings) -> Result<Self, PluginLoadError> {
         let engine_err = |source: wasmtime::Error| PluginLoadError::Engine {
             source: source.into_boxed_dyn_error(),
         };

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{pipeline::PluginError, server::workers::Striped, sync::lock};
+use crate::{pipeline::PluginError, sync::lock, workers::Striped};
 
 /// Upper bounds of the latency histogram's buckets, in microseconds; a
 /// last, unbounded bucket follows.

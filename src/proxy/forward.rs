@@ -12,7 +12,7 @@ use super::{ConnInfo, route::client_body_error};
 use crate::{
     body::{self, Body, RequestBodyState},
     error::{LOG_LINES_PER_SECOND, ProxyError},
-    runtime::{RouteRuntime, Runtime},
+    generation::{Generation, LiveRoute},
     telemetry::{observe, throttle::LogThrottle, trace::TRACEPARENT},
     upstream::{UpstreamError, headers},
 };
@@ -25,7 +25,7 @@ static UPSTREAM_BODY_STALLED: LogThrottle = LogThrottle::new(
 
 /// Everything one upstream call needs.
 pub(super) struct Outbound<'a> {
-    pub(super) route: &'a RouteRuntime,
+    pub(super) route: &'a LiveRoute,
     /// The upstream's name: a plugin's choice or the route's.
     pub(super) upstream: Option<&'a str>,
     /// The request head to send (method, version, headers); its URI is
@@ -43,7 +43,10 @@ pub(super) struct Outbound<'a> {
 }
 
 /// Send `out` upstream and return the response head with its body watched.
-pub(super) async fn forward(rt: &Runtime, out: Outbound<'_>) -> Result<Response<Body>, ProxyError> {
+pub(super) async fn forward(
+    rt: &Generation,
+    out: Outbound<'_>,
+) -> Result<Response<Body>, ProxyError> {
     let Outbound {
         route,
         upstream,

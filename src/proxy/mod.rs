@@ -31,8 +31,8 @@ use http::{HeaderValue, Request, Response};
 use crate::{
     body::Body,
     error::ProxyError,
+    generation::Generation,
     pipeline::{RequestOutcome, Sessions},
-    runtime::Runtime,
     upstream::headers,
 };
 
@@ -59,7 +59,7 @@ impl ConnInfo {
 }
 
 /// Handle one client request to completion.
-pub async fn handle(rt: Arc<Runtime>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(rt: Arc<Generation>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     // Boxing as `dyn Future + Send` proves `Send` here, with concrete
     // lifetimes; left to hyper's higher-ranked service bounds, rustc cannot.
     let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + '_>> =
@@ -71,7 +71,7 @@ pub async fn handle(rt: Arc<Runtime>, req: Request<Body>, conn: ConnInfo) -> Res
 }
 
 async fn proxy(
-    rt: &Runtime,
+    rt: &Generation,
     req: Request<Body>,
     conn: ConnInfo,
 ) -> Result<Response<Body>, ProxyError> {

@@ -17,13 +17,13 @@ use super::{
 use crate::{
     body::{self, Body, CollectError, RequestBodyState},
     error::ProxyError,
+    generation::{Generation, LiveRoute},
     pipeline::{PluginRequest, RequestOutcome, Sessions},
-    runtime::{RouteRuntime, Runtime},
 };
 
 /// The request as the plugins see it, kept for the response phase.
 pub(super) struct Exchange<'rt> {
-    pub(super) route: &'rt RouteRuntime,
+    pub(super) route: &'rt LiveRoute,
     pub(super) preq: PluginRequest,
     pub(super) is_head: bool,
 }
@@ -108,7 +108,7 @@ pub(super) async fn request_phase<'rt>(
 
 /// The client's whole body, within the route's limit.
 async fn buffer(
-    route: &RouteRuntime,
+    route: &LiveRoute,
     body: Body,
     state: &RequestBodyState,
 ) -> Result<Bytes, ProxyError> {
@@ -133,7 +133,7 @@ impl Onward {
     /// `upstream` (a plugin's choice) or the route's.
     pub(super) fn outbound<'a, 'rt: 'a>(
         mut self,
-        rt: &Runtime,
+        rt: &Generation,
         exchange: &mut Exchange<'rt>,
         upstream: Option<&'a str>,
         sessions: &Sessions,

@@ -12,8 +12,8 @@ use super::{ConnInfo, forward::Outbound};
 use crate::{
     body::{self, Body, ClientBodyFailure, RequestBodyState},
     error::{ErrorChain, LOG_LINES_PER_SECOND, ProxyError},
+    generation::{Generation, LiveRoute},
     router::path::{self, PathError, PathNormalization},
-    runtime::{RouteRuntime, Runtime},
     telemetry::{observe, throttle::LogThrottle},
 };
 
@@ -25,7 +25,7 @@ static CLIENT_BODY_FAILED: LogThrottle = LogThrottle::new(
 
 /// A request that matched a route.
 pub(super) struct Routed<'rt> {
-    pub(super) route: &'rt RouteRuntime,
+    pub(super) route: &'rt LiveRoute,
     pub(super) parts: http::request::Parts,
     /// The URI authority or `Host` header (see [`request_host`]).
     pub(super) host: Option<HeaderValue>,
@@ -68,7 +68,7 @@ impl<'rt> Routed<'rt> {
 
 /// Route `req`: 400 for a malformed host or a path that does not
 /// normalise, 404 (via [`ProxyError::NoRoute`]) when no route matches.
-pub(super) fn route(rt: &Runtime, req: Request<Body>) -> Result<Routed<'_>, ProxyError> {
+pub(super) fn route(rt: &Generation, req: Request<Body>) -> Result<Routed<'_>, ProxyError> {
     let (parts, body) = req.into_parts();
     let host = request_host(parts.version, &parts.uri, &parts.headers)?;
     let opts = &rt.config().path_normalization;
@@ -130,7 +130,7 @@ pub(super) fn rewritten_path(p: &str, opts: &PathNormalization) -> Result<String
 
 /// Watch the client's body for the route's idle timeout and for failure,
 /// counting and logging (throttled) a failure where it happens.
-fn watch_client_body(route: &RouteRuntime, body: Body) -> (Body, Arc<RequestBodyState>) {
+fn watch_client_body(route: &LiveRoute, body: Body) -> (Body, Arc<RequestBodyState>) {
     let metrics = route.metrics.clone();
     let route_id = route.id.clone();
     body::ClientBody::wrap(
@@ -153,7 +153,7 @@ fn watch_client_body(route: &RouteRuntime, body: Body) -> (Body, Arc<RequestBody
 }
 
 /// The error for a client body that failed or stopped arriving.
-pub(super) fn client_body_error(route: &RouteRuntime, failure: ClientBodyFailure) -> ProxyError {
+pub(super) fn client_body_error(route: &LiveRoute, failure: ClientBodyFailure) -> ProxyError {
     let route = route.id.to_string();
     match failure {
         ClientBodyFailure::Timeout(timeout) => ProxyError::RequestBodyTimeout { route, timeout },

@@ -1,17 +1,17 @@
 //! Client-facing listeners and the running gateway.
 //!
 //! A [`Gateway`] binds every listener (a socket per worker), serves HTTP/1.1
-//! and HTTP/2 (h2c) on each connection from its [`workers`], hands each request the runtime in
-//! force when it arrived, swaps runtimes on reload, and drains connections
+//! and HTTP/2 (h2c) on each connection from its [`workers`], hands each request the generation in
+//! force when it arrived, swaps generations on reload, and drains connections
 //! on shutdown. What one client may hold (connections, requests, time) is
 //! bounded per listener in [`conn`].
 
 mod conn;
 pub mod fds;
-pub mod workers;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use crate::workers::Workers;
 use arc_swap::ArcSwap;
 use conn::{ActivityBody, LimitCounters, ListenerShared, ResponseBody, WatchedIo};
 use hyper::service::service_fn;
@@ -24,13 +24,12 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
-use workers::Workers;
 
 use crate::{
     config::{self, AccessLogTarget, Config, ConfigError, Listener},
+    generation::{Generation, Shared},
     proxy::{self, ConnInfo},
     reload::{FileWatcher, ReloadReport, Reloader},
-    runtime::{Runtime, Shared},
     telemetry::{
         access_log::AccessLog,
         metrics::Metrics,
@@ -105,7 +104,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Load the configuration file, build the runtime, bind the listeners,
+    /// Load the configuration file, build the generation, bind the listeners,
     /// start serving, and reload whenever the file or a component it names
     /// changes.
     pub async fn start_from_file(path: PathBuf) -> Result<Gateway, StartError> {
@@ -115,7 +114,7 @@ impl Gateway {
         Ok(gw)
     }
 
-    /// Build the runtime for `config`, bind its listeners and start serving.
+    /// Build the generation for `config`, bind its listeners and start serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         Self::start_with(config, None).await
     }
@@ -127,8 +126,8 @@ impl Gateway {
         let listeners = config.listeners.clone();
         let worker_count = config.runtime.worker_count();
         let admin = config.admin.clone();
-        let runtime = Runtime::build(config, &shared).await?;
-        let current = Arc::new(ArcSwap::from_pointee(runtime));
+        let generation = Generation::build(config, &shared).await?;
+        let current = Arc::new(ArcSwap::from_pointee(generation));
         let reloader = Arc::new(Reloader::new(shared, current.clone(), path, obs.clone()));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let workers = Workers::start(worker_count).map_err(StartError::Workers)?;
@@ -210,9 +209,9 @@ impl Gateway {
         self.admin_addr
     }
 
-    /// The runtime in force.
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.reloader.runtime()
+    /// The generation in force.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.reloader.generation()
     }
 
     /// Process-wide state (plugin engine, KV store, metrics).
@@ -235,13 +234,13 @@ impl Gateway {
         self.reloader.config_path()
     }
 
-    /// Re-read the configuration file and swap in the new runtime. On any
-    /// error the old runtime keeps serving.
+    /// Re-read the configuration file and swap in the new generation. On any
+    /// error the old generation keeps serving.
     pub async fn reload(&self) -> Result<ReloadReport, ConfigError> {
         self.reloader.reload().await
     }
 
-    /// Build a runtime for `config` beside the current one and swap it in.
+    /// Build a generation for `config` beside the current one and swap it in.
     /// Settings that need a restart are kept and reported as warnings.
     pub async fn reload_with(&self, config: Config) -> Result<ReloadReport, ConfigError> {
         self.reloader.reload_with(config).await
@@ -329,7 +328,7 @@ async fn serve(
     tcp: std::net::TcpListener,
     listener: Listener,
     limits: Arc<ListenerShared>,
-    current: Arc<ArcSwap<Runtime>>,
+    current: Arc<ArcSwap<Generation>>,
     obs: Arc<Observability>,
     mut shutdown: watch::Receiver<bool>,
 ) {

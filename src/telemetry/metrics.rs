@@ -426,7 +426,7 @@ impl Metrics {
         &self.stream_idle_timeouts
     }
 
-    /// The live-runtimes gauge (see [`RuntimeAlive`]).
+    /// The live-runtimes gauge (see [`GenerationsAlive`]).
     pub fn runtimes_alive(&self) -> &Gauge {
         &self.runtimes_alive
     }
@@ -439,9 +439,9 @@ impl Metrics {
 
 /// Counts one live runtime in `pylon_runtimes_alive` until dropped; a
 /// runtime holds one, so the gauge shows whether old runtimes are freed.
-pub struct RuntimeAlive(Gauge);
+pub struct GenerationsAlive(Gauge);
 
-impl RuntimeAlive {
+impl GenerationsAlive {
     /// Count one more live runtime.
     pub fn new(metrics: &Metrics) -> Self {
         metrics.runtimes_alive.inc();
@@ -449,7 +449,7 @@ impl RuntimeAlive {
     }
 }
 
-impl Drop for RuntimeAlive {
+impl Drop for GenerationsAlive {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -40,8 +40,8 @@ use hyper_util::{
 use crate::{
     body::{Body, BoxError, RequestBodyState},
     config::{Upstream as UpstreamConfig, UpstreamProtocol},
-    server::workers,
     telemetry::metrics::UpstreamErrorKind,
+    workers,
 };
 
 /// Why an upstream call failed.

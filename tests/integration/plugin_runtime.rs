@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use pylon::{
-    config::RuntimeSettings,
+    config::ProcessSettings,
     kv::MemoryKv,
     pipeline::{PluginError, PluginResponse, RequestAction},
     plugin::{CompileOrigin, ContractVersion, HostServices, PluginLoadError, PluginRuntime},
@@ -111,7 +111,7 @@ async fn memory_cap_stops_memory_bomb() {
 /// memory cap (with explicit bounds checks): the cap holds there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_cap_holds_with_slots_sized_to_the_cap() {
-    let rt = PluginRuntime::new(&RuntimeSettings {
+    let rt = PluginRuntime::new(&ProcessSettings {
         max_instances: 20_000,
         max_memory_bytes: 64 << 20,
         ..settings(None)

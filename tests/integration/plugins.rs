@@ -650,7 +650,7 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
     .await;
     let contracts: Vec<_> = gw
         .gateway
-        .runtime()
+        .generation()
         .components()
         .iter()
         .map(|c| (c.name().to_owned(), c.contract().as_str()))

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pylon::{
-    config::{Grants, Isolation, KvBackend, Location, PluginDef, RuntimeSettings},
+    config::{Grants, Isolation, KvBackend, Location, PluginDef, ProcessSettings},
     kv::MemoryKv,
     pipeline::{Plugin, PluginError, PluginRequest, PluginResponse, RequestAction},
     plugin::{HostServices, OutboundError, OutboundHttp, PluginLoadError, PluginRuntime},
@@ -25,8 +25,8 @@ pub fn component(name: &str) -> PathBuf {
 
 /// Runtime settings for tests: 64 instances, 256 MiB, in-memory kv, and
 /// `cache_dir` as the compile cache (none: no disk cache).
-pub fn settings(cache_dir: Option<PathBuf>) -> RuntimeSettings {
-    RuntimeSettings {
+pub fn settings(cache_dir: Option<PathBuf>) -> ProcessSettings {
+    ProcessSettings {
         cache_dir,
         max_instances: 64,
         max_memory_bytes: 256 << 20,

@@ -1,4 +1,4 @@
-//! A runtime is one configuration made live: compiled route table,
+//! A generation is one configuration made live: compiled route table,
 //! upstream pools and configured plugin pipelines. Reload builds a new one
 //! beside the old and swaps it in; requests in flight keep the one they
 //! started with (they hold an `Arc`).
@@ -15,7 +15,7 @@ use crate::{
     pipeline::{Pipeline, PipelineEntry},
     plugin::{CompiledPlugin, HostServices, PluginLoadError, PluginRuntime},
     router::Router,
-    telemetry::metrics::{Metrics, RouteMetrics, RuntimeAlive, UpstreamMetrics},
+    telemetry::metrics::{GenerationsAlive, Metrics, RouteMetrics, UpstreamMetrics},
     upstream::Upstreams,
 };
 
@@ -53,7 +53,7 @@ impl Shared {
 }
 
 /// One route made live.
-pub struct RouteRuntime {
+pub struct LiveRoute {
     /// The route's id.
     pub id: Arc<str>,
     /// Its configuration.
@@ -69,22 +69,22 @@ pub struct RouteRuntime {
 }
 
 /// A configuration made live.
-pub struct Runtime {
+pub struct Generation {
     config: Arc<Config>,
     router: Router,
-    routes: Vec<RouteRuntime>,
+    routes: Vec<LiveRoute>,
     upstreams: Arc<Upstreams>,
     components: Vec<Arc<CompiledPlugin>>,
     upstream_metrics: BTreeMap<String, (Arc<str>, Arc<UpstreamMetrics>)>,
     loaded_at: SystemTime,
-    _alive: RuntimeAlive,
+    _alive: GenerationsAlive,
 }
 
-impl Runtime {
-    /// Build a runtime: compile every plugin (cached ones are reused), hand
+impl Generation {
+    /// Build a generation: compile every plugin (cached ones are reused), hand
     /// each route's plugins their config, and report every problem with its
     /// location, route and plugin.
-    pub async fn build(config: Config, shared: &Shared) -> Result<Runtime, ConfigError> {
+    pub async fn build(config: Config, shared: &Shared) -> Result<Generation, ConfigError> {
         let upstreams = Arc::new(Upstreams::new(
             &config.upstreams,
             config.runtime.worker_count(),
@@ -152,7 +152,7 @@ impl Runtime {
                     Err(e) => problems.push(diag(Some(pref.location.clone()), &e)),
                 }
             }
-            routes.push(RouteRuntime {
+            routes.push(LiveRoute {
                 id: route.id.as_str().into(),
                 config: route.clone(),
                 pipeline: Pipeline::new(entries),
@@ -176,7 +176,7 @@ impl Runtime {
                 )
             })
             .collect();
-        Ok(Runtime {
+        Ok(Generation {
             router: Router::new(&config.routes),
             config: Arc::new(config),
             routes,
@@ -184,7 +184,7 @@ impl Runtime {
             components: compiled.into_values().collect(),
             upstream_metrics,
             loaded_at: SystemTime::now(),
-            _alive: RuntimeAlive::new(&shared.metrics),
+            _alive: GenerationsAlive::new(&shared.metrics),
         })
     }
 
@@ -199,12 +199,12 @@ impl Runtime {
     }
 
     /// The route at `index` (as returned by the router).
-    pub fn route(&self, index: usize) -> &RouteRuntime {
+    pub fn route(&self, index: usize) -> &LiveRoute {
         &self.routes[index]
     }
 
     /// All routes, in order.
-    pub fn routes(&self) -> &[RouteRuntime] {
+    pub fn routes(&self) -> &[LiveRoute] {
         &self.routes
     }
 
@@ -223,7 +223,7 @@ impl Runtime {
         self.upstream_metrics.get(name)
     }
 
-    /// When this runtime was built.
+    /// When this generation was built.
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
     }
