@@ -5,7 +5,7 @@
 //!
 //! Parsing works on `&str`, so tests never need the filesystem. Loading
 //! plugins (compiling components, asking plugins to accept their per-route
-//! config) is not done here but in [`crate::runtime`], which reports its
+//! config) is not done here but in [`crate::generation`], which reports its
 //! problems in the same format.
 
 mod model;
