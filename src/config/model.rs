@@ -343,6 +343,9 @@ pub struct Route {
     /// Longest wait for the next chunk of the upstream's response body
     /// (the response is cut; a 504 if a plugin was buffering it).
     pub response_body_timeout: Duration,
+    /// A request body declared (`Content-Length`) no larger than this is
+    /// read whole before the upstream is connected to; 0 disables it.
+    pub request_buffer_bytes: usize,
     /// The plugin pipeline, in order.
     pub plugins: Vec<PluginRef>,
     /// Where it was defined.

@@ -94,3 +94,19 @@ proptest! {
         check(&text);
     }
 }
+
+/// Every input of the committed fuzz corpus (`fuzz/corpus/config`) through
+/// the `config` fuzz target's check: the short fuzz run of every test run.
+#[test]
+fn committed_fuzz_corpus_replays_clean() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config");
+    let mut inputs = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        if let Ok(text) = std::str::from_utf8(&data) {
+            check(text);
+        }
+        inputs += 1;
+    }
+    assert!(inputs >= 100, "{inputs} inputs in {}", dir.display());
+}

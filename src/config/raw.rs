@@ -142,6 +142,7 @@ pub(crate) struct RawRoute {
     pub(crate) timeout: Option<Spanned<String>>,
     pub(crate) request_body_timeout: Option<Spanned<String>>,
     pub(crate) response_body_timeout: Option<Spanned<String>>,
+    pub(crate) request_buffer_size: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) plugins: Vec<Spanned<RawPluginRef>>,
 }

@@ -990,6 +990,15 @@ fn routes(
                 &subject,
                 Duration::from_secs(60),
             ),
+            // nginx's client_body_buffer_size (8-16 KiB): a small body
+            // whose client stalls costs no upstream connection.
+            request_buffer_bytes: match &r.request_buffer_size {
+                None => 16 << 10,
+                Some(s) => parse_size(s.get_ref()).unwrap_or_else(|e| {
+                    cx.error(s, Some(subject.clone()), e);
+                    16 << 10
+                }),
+            },
             plugins: refs,
             location: cx.loc(route),
         });

@@ -1,16 +1,19 @@
 //! Phase 3, forward: one request to an upstream, with the forwarding
 //! headers (`X-Forwarded-*`, `Via`, hop-by-hop removed), the trace context,
 //! the upstream's metrics, and its response body watched for stalls
-//! ([`body::UpstreamBody`]). Which target, connection limits and timeouts
+//! ([`body::UpstreamBody`]). A small body with a declared length is read
+//! whole first (`request-buffer-size`), so a client stalling in it costs no
+//! upstream connection. Which target, connection limits and timeouts
 //! are [`crate::upstream`]'s.
 
 use std::{sync::Arc, time::Duration};
 
-use http::{HeaderValue, Request, Response, Uri, header, uri::PathAndQuery};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header, uri::PathAndQuery};
+use http_body::Body as _;
 
 use super::{ConnInfo, route::client_body_error};
 use crate::{
-    body::{self, Body, RequestBodyState},
+    body::{self, Body, CollectError, RequestBodyState},
     error::{LOG_LINES_PER_SECOND, ProxyError},
     generation::{Generation, LiveRoute},
     telemetry::{observe, throttle::LogThrottle, trace::TRACEPARENT},
@@ -54,7 +57,7 @@ pub(super) async fn forward(
         path_and_query,
         host,
         conn,
-        body,
+        mut body,
         body_state,
     } = out;
     let Some(upstream) = upstream else {
@@ -62,6 +65,9 @@ pub(super) async fn forward(
             route: route.id.to_string(),
         });
     };
+    if let Some(state) = &body_state {
+        body = buffer_small_body(route, &parts.headers, body, state).await?;
+    }
     let client_version = parts.version;
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(
@@ -131,4 +137,44 @@ pub(super) async fn forward(
         }),
     );
     Ok(Response::from_parts(rparts, rbody))
+}
+
+/// Read a client's body whole before the upstream is connected to when its
+/// declared length is within the route's `request-buffer-size` (nginx's
+/// request buffering), so that a client which never finishes a small body
+/// costs no upstream connection. Only a declared length qualifies: a body
+/// of unknown length may be a stream the client feeds as answers come
+/// (gRPC-style), which buffering would stall. Content-Length bodies carry no
+/// trailers over HTTP/1; an HTTP/2 client's request trailers on such a body
+/// are not forwarded.
+async fn buffer_small_body(
+    route: &LiveRoute,
+    headers: &HeaderMap,
+    body: Body,
+    state: &RequestBodyState,
+) -> Result<Body, ProxyError> {
+    let limit = route.config.request_buffer_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > 0 && n <= limit as u64 && !body.is_end_stream() => {
+            match body::collect_limited(body, limit).await {
+                Ok(bytes) => Ok(body::full(bytes)),
+                Err(CollectError::Read(source)) => Err(match state.take_failure() {
+                    Some(failure) => client_body_error(route, failure),
+                    None => ProxyError::RequestBodyRead {
+                        route: route.id.to_string(),
+                        source,
+                    },
+                }),
+                // hyper holds a body to its declared length.
+                Err(CollectError::TooLarge { .. }) => Err(ProxyError::BadRequest(
+                    "body longer than its Content-Length",
+                )),
+            }
+        }
+        _ => Ok(body),
+    }
 }

@@ -341,3 +341,48 @@ fn upstream_view_reads_paths_like_nginx() {
     assert_eq!(upstream_view("/a/..").as_deref(), Some("/"));
     assert_eq!(upstream_view("/.."), None);
 }
+
+/// Every input of the committed fuzz corpus (`fuzz/corpus/path_router`,
+/// read as the `path_router` fuzz target reads it) through the same
+/// checks: the short fuzz run of every test run, on stable Rust.
+#[test]
+fn committed_fuzz_corpus_replays_clean() {
+    fn action(bits: u8) -> SlashAction {
+        match bits % 3 {
+            0 => SlashAction::Reject,
+            1 => SlashAction::Decode,
+            _ => SlashAction::Keep,
+        }
+    }
+    let router = test_router(
+        "[[routes]]\nid = \"admin\"\npath-prefix = \"/admin/\"\nupstream = \"u\"\n\
+         [[routes]]\nid = \"api\"\nhost = \"*.example.com\"\npath-prefix = \"/api\"\nstrip-prefix = true\nupstream = \"u\"\n\
+         [[routes]]\nid = \"files\"\npath = \"/v1/{user}/files/{*rest}\"\nrewrite = \"/files/{user}/{rest}\"\nupstream = \"u\"\n\
+         [[routes]]\nid = \"all\"\npath-prefix = \"/\"\nupstream = \"u\"\n",
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/path_router");
+    let mut inputs = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let Some((&flags, rest)) = data.split_first() else {
+            continue;
+        };
+        let opts = PathNormalization {
+            normalize: flags & 1 == 0,
+            merge_slashes: flags & 2 == 0,
+            escaped_slashes: action(flags >> 2),
+            backslashes: action(flags >> 4),
+        };
+        let input = String::from_utf8_lossy(rest);
+        check_normalizer(&input, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Ok(p) = normalize(&input, &opts) {
+            let host = (flags & 0x40 != 0).then_some("x.example.com:8080");
+            if let Some(m) = router.route(host, &Method::GET, &p) {
+                let _ = normalize(&m.upstream_path, &opts);
+            }
+        }
+        inputs += 1;
+    }
+    assert!(inputs >= 100, "{inputs} inputs in {}", dir.display());
+}

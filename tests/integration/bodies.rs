@@ -168,9 +168,11 @@ async fn a_request_body_that_stops_arriving_gets_408_and_aborts_the_upstream_req
     let (up, mut seen, mut closed) = recording_upstream(b"abc").await;
     let gw = TestGateway::start(&gateway_toml(up, "request-body-timeout = \"300ms\"")).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\nabc")
-        .await
-        .unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(10), seen.recv())
         .await
         .expect("the upstream saw the first bytes")
@@ -181,10 +183,10 @@ async fn a_request_body_that_stops_arriving_gets_408_and_aborts_the_upstream_req
         .await
         .expect("the upstream connection was closed")
         .unwrap();
+    let text = String::from_utf8_lossy(&got.bytes);
     assert!(
-        got.bytes.ends_with(b"abc"),
-        "{:?}",
-        String::from_utf8_lossy(&got.bytes)
+        text.contains("abc") && !text.contains("\r\n0\r\n\r\n"),
+        "{text:?}"
     );
     assert_eq!(
         metric(
@@ -260,5 +262,56 @@ async fn a_stalled_upstream_response_body_is_cut_for_http1_and_http2_clients() {
             "pylon_upstream_errors_total{upstream=\"u\",kind=\"body_timeout\"}"
         ),
         2.0
+    );
+}
+
+/// A raw upstream that counts the connections it accepts and answers each
+/// request head `ok` (bodies are ignored; only sizes below matter).
+async fn counting_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_small_body_that_never_finishes_costs_no_upstream_connection() {
+    let (up, accepted) = counting_upstream().await;
+    let gw = TestGateway::start(&gateway_toml(up, "request-body-timeout = \"300ms\"")).await;
+    // Ten requests declaring a small body and sending part of it.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\nabc")
+            .await
+            .unwrap();
+        clients.push(s);
+    }
+    for mut s in clients {
+        let resp = read_response(&mut s).await;
+        assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        metric(
+            &gw,
+            "pylon_client_body_errors_total{route=\"r\",kind=\"timeout\"}"
+        ),
+        10.0
     );
 }
