@@ -1,0 +1,75 @@
+//! The case file's format and the `[plugin]` section's mapping.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use super::{
+    plugin_def,
+    spec::{Action, CaseFile, OneOrMany, PluginSection, RequestSpec, request},
+};
+use crate::config::Isolation;
+
+#[test]
+fn the_template_cases_parse() {
+    let file: CaseFile =
+        toml::from_str(include_str!("../../../templates/plugin/common/cases.toml")).unwrap();
+    assert_eq!(file.cases.len(), 5);
+    assert_eq!(file.cases[3].expect.action, Action::RejectConfig);
+}
+
+#[test]
+fn unknown_keys_in_a_case_are_refused() {
+    let text = "[[case]]\nname = \"x\"\nexpect = { action = \"continue\", header = {} }\n";
+    assert!(toml::from_str::<CaseFile>(text).is_err());
+    let text = "[[case]]\nname = \"x\"\nexpect = { action = \"maybe\" }\n";
+    assert!(toml::from_str::<CaseFile>(text).is_err());
+}
+
+#[test]
+fn plugin_section_maps_to_grants_and_limits() {
+    let section = PluginSection {
+        isolation: Some("fresh".into()),
+        capabilities: vec!["kv".into(), "http".into()],
+        http_upstreams: vec!["users".into()],
+        deadline: Some("250ms".into()),
+        memory: Some("16MiB".into()),
+    };
+    let def = plugin_def("p", Path::new("p.wasm"), &section, Path::new("c.toml")).unwrap();
+    assert_eq!(def.isolation, Isolation::Fresh);
+    assert!(def.grants.kv && !def.grants.log);
+    assert_eq!(def.grants.http_upstreams, vec!["users".to_owned()]);
+    assert_eq!(def.deadline, Duration::from_millis(250));
+    assert_eq!(def.memory_limit_bytes, 16 << 20);
+    let bad = PluginSection {
+        capabilities: vec!["fs".into()],
+        ..Default::default()
+    };
+    assert!(plugin_def("p", Path::new("p.wasm"), &bad, Path::new("c.toml")).is_err());
+}
+
+#[test]
+fn a_malformed_request_is_a_case_failure_not_a_panic() {
+    for spec in [
+        RequestSpec {
+            path: "no-slash".into(),
+            ..Default::default()
+        },
+        RequestSpec {
+            method: "G ET".into(),
+            ..Default::default()
+        },
+        RequestSpec {
+            client: "nowhere".into(),
+            ..Default::default()
+        },
+        RequestSpec {
+            headers: BTreeMap::from([("bad name".into(), OneOrMany::One("v".into()))]),
+            ..Default::default()
+        },
+        RequestSpec {
+            headers: BTreeMap::from([("x".into(), OneOrMany::One("a\nb".into()))]),
+            ..Default::default()
+        },
+    ] {
+        assert!(request(&spec).is_err(), "{spec:?}");
+    }
+}
