@@ -90,76 +90,16 @@ impl Generation {
             config.runtime.worker_count(),
         ));
         let mut problems = Vec::new();
-
-        let mut compiled = std::collections::BTreeMap::new();
-        let jobs: Vec<_> = config
-            .plugins
-            .values()
-            .map(|def| {
-                let rt = shared.plugins.clone();
-                let for_task = def.clone();
-                let job = tokio::task::spawn_blocking(move || rt.compile(&for_task));
-                (def.clone(), job)
-            })
-            .collect();
-        for (def, job) in jobs {
-            // A panic in a compile (a wasmtime bug, a component that trips
-            // one) fails this load like any bad plugin, never the process.
-            let result = job
-                .await
-                .unwrap_or_else(|join| Err(PluginLoadError::compile_panicked(&def.name, join)));
-            match result {
-                Ok(c) => {
-                    compiled.insert(def.name.clone(), c);
-                }
-                Err(e) => problems.push(diag(Some(def.location.clone()), &e)),
-            }
-        }
-
+        let compiled = compile_plugins(&config, shared, &mut problems).await;
         let host = HostServices {
             kv: shared.kv.clone(),
             http: upstreams.clone(),
         };
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let mut entries = Vec::new();
-            let mut request_body_limit = usize::MAX;
-            let mut response_body_limit = usize::MAX;
-            for pref in &route.plugins {
-                let Some(c) = compiled.get(&pref.plugin) else {
-                    continue;
-                };
-                let def = &config.plugins[&pref.plugin];
-                let json = pref.config.to_string();
-                match shared
-                    .plugins
-                    .configure(c, &route.id, &json, host.clone())
-                    .await
-                {
-                    Ok(plugin) => {
-                        let needs = plugin.needs();
-                        if needs.request_body {
-                            request_body_limit = request_body_limit.min(def.max_body_bytes);
-                        }
-                        if needs.response_body {
-                            response_body_limit = response_body_limit.min(def.max_body_bytes);
-                        }
-                        entries.push(PipelineEntry {
-                            plugin,
-                            on_error: pref.on_error,
-                        });
-                    }
-                    Err(e) => problems.push(diag(Some(pref.location.clone()), &e)),
-                }
-            }
-            routes.push(LiveRoute {
-                id: route.id.as_str().into(),
-                config: route.clone(),
-                pipeline: Pipeline::new(entries),
-                request_body_limit,
-                response_body_limit,
-                metrics: shared.metrics.route(&route.id),
-            });
+            routes.push(
+                configure_route(route, &config, &compiled, shared, &host, &mut problems).await,
+            );
         }
         if !problems.is_empty() {
             return Err(ConfigError {
@@ -246,4 +186,88 @@ fn single(
         subject: None,
         message: ErrorChain(err).to_string(),
     })
+}
+
+/// Compile every plugin definition, in parallel off the async workers; a
+/// plugin that fails adds a problem naming its definition.
+async fn compile_plugins(
+    config: &Config,
+    shared: &Shared,
+    problems: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Arc<CompiledPlugin>> {
+    let jobs: Vec<_> = config
+        .plugins
+        .values()
+        .map(|def| {
+            let rt = shared.plugins.clone();
+            let for_task = def.clone();
+            let job = tokio::task::spawn_blocking(move || rt.compile(&for_task));
+            (def.clone(), job)
+        })
+        .collect();
+    let mut compiled = BTreeMap::new();
+    for (def, job) in jobs {
+        // A panic in a compile (a wasmtime bug, a component that trips
+        // one) fails this load like any bad plugin, never the process.
+        let result = job
+            .await
+            .unwrap_or_else(|join| Err(PluginLoadError::compile_panicked(&def.name, join)));
+        match result {
+            Ok(c) => {
+                compiled.insert(def.name.clone(), c);
+            }
+            Err(e) => problems.push(diag(Some(def.location.clone()), &e)),
+        }
+    }
+    compiled
+}
+
+/// Configure `route`'s plugins (those that compiled) with their per-route
+/// config; a plugin that refuses adds a problem naming route and plugin.
+async fn configure_route(
+    route: &Route,
+    config: &Config,
+    compiled: &BTreeMap<String, Arc<CompiledPlugin>>,
+    shared: &Shared,
+    host: &HostServices,
+    problems: &mut Vec<Diagnostic>,
+) -> LiveRoute {
+    let mut entries = Vec::new();
+    let mut request_body_limit = usize::MAX;
+    let mut response_body_limit = usize::MAX;
+    for pref in &route.plugins {
+        let Some(c) = compiled.get(&pref.plugin) else {
+            continue;
+        };
+        let def = &config.plugins[&pref.plugin];
+        let json = pref.config.to_string();
+        match shared
+            .plugins
+            .configure(c, &route.id, &json, host.clone())
+            .await
+        {
+            Ok(plugin) => {
+                let needs = plugin.needs();
+                if needs.request_body {
+                    request_body_limit = request_body_limit.min(def.max_body_bytes);
+                }
+                if needs.response_body {
+                    response_body_limit = response_body_limit.min(def.max_body_bytes);
+                }
+                entries.push(PipelineEntry {
+                    plugin,
+                    on_error: pref.on_error,
+                });
+            }
+            Err(e) => problems.push(diag(Some(pref.location.clone()), &e)),
+        }
+    }
+    LiveRoute {
+        id: route.id.as_str().into(),
+        config: route.clone(),
+        pipeline: Pipeline::new(entries),
+        request_body_limit,
+        response_body_limit,
+        metrics: shared.metrics.route(&route.id),
+    }
 }
