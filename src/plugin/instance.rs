@@ -12,7 +12,11 @@
 //! Every call — instantiation included — gets a fresh epoch deadline (so
 //! nothing carries over between requests) and a timer of the same length,
 //! armed only if the call waits on a host await (kv, http), which bounds
-//! those waits as well.
+//! those waits as well. A hook call still running at an epoch tick
+//! (CPU-bound guest code) finishes on the plugin pool (`offload`), its
+//! store and the lent request travelling with it and coming back with the
+//! outcome; the timer travels too, so it is the pool that stops a call
+//! whose deadline passed while it waited.
 //!
 //! An instance speaks the contract version its component exports: 0.4.0
 //! and 0.3.0 hooks get the request and response lent through
@@ -37,6 +41,7 @@ use super::{
     compat::{self, RequestParts, ResponseParts},
     convert::Validate,
     engine::EpochTicker,
+    offload,
     runtime::GuestPre,
     snapshot::Snapshot,
     state::{GuestContext, HostState},
@@ -104,26 +109,36 @@ impl CallPolicy {
         call: F,
     ) -> Result<F::Output, Elapsed> {
         let _ticking = self.ticker.call();
-        // `None`: a deadline past the end of time, which never fires.
-        let until = started.checked_add(deadline);
-        let mut call = std::pin::pin!(call);
-        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = call.as_mut().poll(cx) {
-                return Poll::Ready(Ok(out));
-            }
-            let Some(until) = until else {
-                return Poll::Pending;
-            };
-            let timer =
-                timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until.into())));
-            match timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+        timed(started, deadline, call).await
     }
+}
+
+/// `call`, bounded by `deadline` from `started` while it waits (see
+/// [`CallPolicy::bounded`]); owns nothing of the policy, so a call can take
+/// it along to the plugin pool (`offload`).
+async fn timed<F: Future>(
+    started: Instant,
+    deadline: Duration,
+    call: F,
+) -> Result<F::Output, Elapsed> {
+    // `None`: a deadline past the end of time, which never fires.
+    let until = started.checked_add(deadline);
+    let mut call = std::pin::pin!(call);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let Some(until) = until else {
+            return Poll::Pending;
+        };
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until.into())));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A call's deadline passed while it waited on the host.
@@ -146,6 +161,7 @@ enum Guest {
 
 /// The versions whose hooks take lent handles: one lending, arming and
 /// accounting around the call, whichever of them it is.
+#[derive(Clone)]
 enum LentGuest {
     V0_4(bindings::exports::pylon::plugin::guest::Guest),
     V0_3(bindings_v0_3::exports::pylon::plugin::guest::Guest),
@@ -276,101 +292,118 @@ impl Instance {
     /// The request phase. For 0.4.0 and 0.3.0, `req` is lent to the store
     /// for the call (see `host::exchange`) and is back in place when this
     /// returns, whatever the outcome; only a cancelled call leaves it behind,
-    /// with the request. For 0.2.0 it is only read, into the record the
-    /// guest gets.
+    /// with the request and the instance. For 0.2.0 it is only read, into
+    /// the record the guest gets.
+    ///
+    /// The instance is taken for the call because a lent call may finish on
+    /// the plugin pool (`offload`); it comes back with the outcome.
     async fn on_request(
-        &mut self,
+        self,
         policy: &CallPolicy,
         needs: Needs,
         req: &mut PluginRequest,
-    ) -> Result<RequestAction, PluginError> {
-        let Self { store, guest } = self;
+    ) -> (Self, Result<RequestAction, PluginError>) {
+        let Self { mut store, guest } = self;
         let deadline = policy.deadline;
-        let action = match guest {
-            Guest::Lent(guest) => {
+        let action = match &guest {
+            Guest::Lent(lent) => {
                 let handle = store
                     .data_mut()
                     .exchange
                     .lend_request(req, needs.request_body);
-                let started = arm(store, deadline);
-                let result = policy
-                    .bounded(started, deadline, guest.on_request(&mut *store, handle))
-                    .await;
+                let started = arm(&mut store, deadline);
+                let lent = lent.clone();
+                let _ticking = policy.ticker.call();
+                let (back, result) = offload::run(async move {
+                    let result =
+                        timed(started, deadline, lent.on_request(&mut store, handle)).await;
+                    (store, result)
+                })
+                .await;
+                store = back;
                 store.data_mut().exchange.give_back(req, None);
-                finish(store, policy, deadline, started, result)?
+                finish(&mut store, policy, deadline, started, result)
             }
             Guest::V0_2(guest) => {
                 let parts = RequestParts::new(req, needs.request_body);
-                let started = arm(store, deadline);
+                let started = arm(&mut store, deadline);
                 let result = policy
                     .bounded(
                         started,
                         deadline,
-                        guest.call_on_request(&mut *store, parts.request()),
+                        guest.call_on_request(&mut store, parts.request()),
                     )
                     .await;
-                finish(store, policy, deadline, started, result)?.into()
+                finish(&mut store, policy, deadline, started, result).map(Into::into)
             }
         };
-        Validate {
-            plugin: &policy.plugin,
-            max_body: policy.max_body,
-        }
-        .action(action)
-        .inspect_err(|e| policy.stats.record_error(e))
+        let action = action.and_then(|action| {
+            Validate {
+                plugin: &policy.plugin,
+                max_body: policy.max_body,
+            }
+            .action(action)
+            .inspect_err(|e| policy.stats.record_error(e))
+        });
+        (Self { store, guest }, action)
     }
 
     /// The response phase; `req` and `resp` are lent (0.4.0, 0.3.0) or read
     /// (0.2.0) as in `on_request`.
     async fn on_response(
-        &mut self,
+        self,
         policy: &CallPolicy,
         needs: Needs,
         req: &mut PluginRequest,
         resp: &mut PluginResponse,
-    ) -> Result<ResponseEdits, PluginError> {
-        let Self { store, guest } = self;
+    ) -> (Self, Result<ResponseEdits, PluginError>) {
+        let Self { mut store, guest } = self;
         let deadline = policy.deadline;
-        let edits = match guest {
-            Guest::Lent(guest) => {
+        let edits = match &guest {
+            Guest::Lent(lent) => {
                 let exchange = &mut store.data_mut().exchange;
                 let req_handle = exchange.lend_request(req, needs.request_body);
                 let resp_handle = exchange.lend_response(resp, needs.response_body);
-                let started = arm(store, deadline);
-                let result = policy
-                    .bounded(
-                        started,
-                        deadline,
-                        guest.on_response(&mut *store, req_handle, resp_handle),
-                    )
-                    .await;
+                let started = arm(&mut store, deadline);
+                let lent = lent.clone();
+                let _ticking = policy.ticker.call();
+                let (back, result) = offload::run(async move {
+                    let call = lent.on_response(&mut store, req_handle, resp_handle);
+                    let result = timed(started, deadline, call).await;
+                    (store, result)
+                })
+                .await;
+                store = back;
                 store.data_mut().exchange.give_back(req, Some(resp));
-                finish(store, policy, deadline, started, result)?
+                finish(&mut store, policy, deadline, started, result)
             }
             Guest::V0_2(guest) => {
                 let req_parts = RequestParts::new(req, needs.request_body);
                 let resp_parts = ResponseParts::new(resp, needs.response_body);
-                let started = arm(store, deadline);
+                let started = arm(&mut store, deadline);
                 let result = policy
                     .bounded(
                         started,
                         deadline,
                         guest.call_on_response(
-                            &mut *store,
+                            &mut store,
                             req_parts.request(),
                             resp_parts.response(),
                         ),
                     )
                     .await;
-                finish(store, policy, deadline, started, result)?.into()
+                finish(&mut store, policy, deadline, started, result).map(Into::into)
             }
         };
-        Validate {
-            plugin: &policy.plugin,
-            max_body: policy.max_body,
-        }
-        .response_edits(edits)
-        .inspect_err(|e| policy.stats.record_error(e))
+        let edits = edits.and_then(|edits| {
+            Validate {
+                plugin: &policy.plugin,
+                max_body: policy.max_body,
+            }
+            .response_edits(edits)
+            .inspect_err(|e| policy.stats.record_error(e))
+        });
+        (Self { store, guest }, edits)
     }
 }
 
@@ -406,9 +439,11 @@ pub(crate) fn new_store(
             // per worker), so a plugin's long calls never take more than
             // the workers' share between them, however many are in flight.
             // Waiting for a slot counts against the call's deadline.
+            // It also finishes on the plugin pool, not on this worker.
             let long = long_calls.start();
             let slot = long.slot();
             data.long_call = Some(long);
+            super::offload::mark_long();
             let cpu = cpu.clone();
             return Ok(UpdateDeadline::YieldCustom(
                 1,
@@ -685,7 +720,6 @@ impl Plugin for WasmPlugin {
             plugin: self.inner.clone(),
             instance: Some(instance),
             permit: Some(permit),
-            in_call: false,
             failed: false,
         }))
     }
@@ -699,32 +733,40 @@ impl Plugin for WasmPlugin {
 /// still healthy) when dropped.
 struct WasmSession {
     plugin: Arc<Inner>,
-    /// Always `Some` until drop.
+    /// `None` while a call has it (and for good if that call was cancelled,
+    /// with the guest suspended half-way: such an instance never serves
+    /// again).
     instance: Option<Instance>,
     /// Held from `start` through the request phase, and again for the
     /// response phase: the session's place under `max-concurrency`.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// A call started and did not finish: its future was dropped (the
-    /// request was cancelled) with the guest suspended half-way.
-    in_call: bool,
     /// A call failed in Wasm.
     failed: bool,
 }
 
 impl WasmSession {
-    fn instance(&mut self) -> Result<&mut Instance, PluginError> {
-        let plugin = &self.plugin.policy.plugin;
-        self.in_call = true;
+    /// Take the instance for a call, and a permit if the session holds none.
+    async fn begin(&mut self) -> Result<Instance, PluginError> {
+        if self.permit.is_none() {
+            self.permit = Some(self.plugin.policy.permit().await?);
+        }
         self.instance
-            .as_mut()
+            .take()
             .ok_or_else(|| PluginError::Instantiate {
-                plugin: plugin.clone(),
+                plugin: self.plugin.policy.plugin.clone(),
                 source: "session used after release".into(),
             })
     }
 
-    fn note<R>(&mut self, result: Result<R, PluginError>) -> Result<R, PluginError> {
-        self.in_call = false;
+    /// The call is over: the instance is back; the permit is not held
+    /// between the phases (the upstream's time is not a call).
+    fn end<R>(
+        &mut self,
+        instance: Instance,
+        result: Result<R, PluginError>,
+    ) -> Result<R, PluginError> {
+        self.instance = Some(instance);
+        self.permit = None;
         if let Err(err) = &result
             && !instance_survives(err)
         {
@@ -737,17 +779,10 @@ impl WasmSession {
 #[async_trait]
 impl PluginSession for WasmSession {
     async fn on_request(&mut self, req: &mut PluginRequest) -> Result<RequestAction, PluginError> {
-        let plugin = self.plugin.clone();
-        if self.permit.is_none() {
-            self.permit = Some(plugin.policy.permit().await?);
-        }
-        let result = self
-            .instance()?
-            .on_request(&plugin.policy, plugin.needs, req)
-            .await;
-        // Not held between the phases: the upstream's time is not a call.
-        self.permit = None;
-        self.note(result)
+        let instance = self.begin().await?;
+        let plugin = &self.plugin;
+        let (instance, result) = instance.on_request(&plugin.policy, plugin.needs, req).await;
+        self.end(instance, result)
     }
 
     async fn on_response(
@@ -755,23 +790,18 @@ impl PluginSession for WasmSession {
         req: &mut PluginRequest,
         resp: &mut PluginResponse,
     ) -> Result<ResponseEdits, PluginError> {
-        let plugin = self.plugin.clone();
-        if self.permit.is_none() {
-            self.permit = Some(plugin.policy.permit().await?);
-        }
-        let result = self
-            .instance()?
+        let instance = self.begin().await?;
+        let plugin = &self.plugin;
+        let (instance, result) = instance
             .on_response(&plugin.policy, plugin.needs, req, resp)
             .await;
-        self.permit = None;
-        self.note(result)
+        self.end(instance, result)
     }
 }
 
 impl Drop for WasmSession {
     fn drop(&mut self) {
         if let Some(instance) = self.instance.take()
-            && !self.in_call
             && !self.failed
         {
             self.plugin.release(instance);

@@ -11,6 +11,8 @@
 //! - `runtime`: [`PluginRuntime`] — compile, configure, stats;
 //! - `instance`: [`WasmPlugin`](crate::pipeline::Plugin) and its guarded
 //!   calls (deadline, memory cap, trap classification, pooling);
+//! - `offload`: the low-priority thread pool where calls that run long
+//!   (CPU-bound guest code) finish, away from the data-plane workers;
 //! - `host`: the capabilities plugins import (`log`, `clock`, `kv`,
 //!   `http-client`, WASI), each denied unless granted;
 //! - `convert`: host model ⇄ WIT types, validating what guests return;
@@ -32,6 +34,7 @@ mod engine;
 mod error;
 mod host;
 mod instance;
+mod offload;
 mod runtime;
 mod snapshot;
 mod state;

@@ -91,6 +91,9 @@ async fn deadline_interrupts_looping_plugin() {
 async fn memory_cap_stops_memory_bomb() {
     let mut d = def("membomb", "membomb");
     d.memory_limit_bytes = 32 << 20;
+    // The bomb runs long, so on the low-priority plugin pool: on a busy
+    // machine its deadline must not be what stops it first.
+    d.deadline = Duration::from_secs(10);
     let (rt, p) = loaded(&d, "{}").await;
     let err = call(&p, &request("/")).await.unwrap_err();
     assert!(
@@ -119,6 +122,9 @@ async fn memory_cap_holds_with_slots_sized_to_the_cap() {
     .expect("runtime starts");
     let mut d = def("membomb", "membomb");
     d.memory_limit_bytes = 32 << 20;
+    // The bomb runs long, so on the low-priority plugin pool: on a busy
+    // machine its deadline must not be what stops it first.
+    d.deadline = Duration::from_secs(10);
     let p = load(&rt, &d, "r", "{}", host()).await.expect("loads");
     let err = call(&p, &request("/")).await.unwrap_err();
     assert!(matches!(&err, PluginError::Memory { .. }), "{err:?}");

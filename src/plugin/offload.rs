@@ -1,0 +1,182 @@
+//! Where long guest calls finish: a small pool of low-priority threads
+//! (`pylon-plugin`, `nice` 19), away from the data-plane workers that serve
+//! every connection.
+//!
+//! A hook call starts on the worker that serves its request and, nearly
+//! always, ends there within its first poll. A call still running at an
+//! epoch tick is CPU-bound guest code (the store's epoch callback marks it,
+//! see `instance::new_store`); from its next yield on, the rest of the call
+//! runs on this pool while the worker goes back to its connections and
+//! awaits the outcome. The pool's threads lower their own priority when
+//! they start, so on a machine whose cores are all busy, the kernel gives
+//! a worker with a ready connection the CPU before a hostile loop. An
+//! unprivileged process may lower a thread's priority but never raise it
+//! back: hence threads of their own, not workers that lend themselves.
+//!
+//! Not for: short calls (they never leave their worker and pay one box),
+//! instantiation and `configure` (both bounded, neither on a hot path once
+//! configuration happens at load).
+
+use std::{
+    cell::Cell,
+    future::Future,
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+};
+
+use tokio::runtime::{Builder, Runtime};
+
+/// The `nice` value of the pool's threads: the lowest priority.
+const NICE: i32 = 19;
+
+thread_local! {
+    /// Set by a store's epoch callback when the call it interrupts is
+    /// long: read and cleared around every inline poll in [`run`].
+    static WENT_LONG: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by the epoch callback at a call's first tick.
+pub(crate) fn mark_long() {
+    WENT_LONG.with(|w| w.set(true));
+}
+
+/// The pool, started on first use and never dropped (a tokio runtime must
+/// not be dropped from async context, and this one lives as long as the
+/// process): one thread per core, plus tokio's blocking threads, all with
+/// every driver (host imports await kv on Redis and outbound HTTP there).
+fn pool() -> &'static Runtime {
+    static POOL: OnceLock<Runtime> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("pylon-plugin")
+            .on_thread_start(lower_priority)
+            .enable_all()
+            .build()
+            .expect("the plugin thread pool starts")
+    })
+}
+
+/// Lower the calling thread's priority (Linux: `setpriority` on a thread
+/// id applies to that thread alone). Failure only costs isolation.
+fn lower_priority() {
+    if let Err(err) = rustix::process::setpriority_process(None, NICE) {
+        tracing::warn!(error = %err, "plugin thread keeps normal priority");
+    }
+}
+
+/// Run `call` inline and, once it has gone long, on the plugin pool.
+///
+/// The call future owns everything it touches (store, guest handle), so it
+/// can move between threads half-way. If this future is dropped (the
+/// request went away) while the call is on the pool, the call is aborted
+/// there. A panic in the call resumes here, as it would inline.
+pub(crate) async fn run<F>(call: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut call = Box::pin(call);
+    let inline = std::future::poll_fn(|cx| poll_inline(call.as_mut(), cx)).await;
+    if let Some(out) = inline {
+        return out;
+    }
+    let task = AbortOnDrop(pool().spawn(call));
+    match task.await {
+        Ok(out) => out,
+        Err(err) => match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only `AbortOnDrop` aborts, and it is gone by then; a pool
+            // shutting down does not happen (never dropped).
+            Err(err) => unreachable!("plugin pool task ended without an outcome: {err}"),
+        },
+    }
+}
+
+/// One inline poll: `Ready(Some(out))` when the call finished,
+/// `Ready(None)` when it went long and must move, `Pending` otherwise.
+fn poll_inline<F: Future + ?Sized>(
+    call: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<F::Output>> {
+    let outer = WENT_LONG.with(|w| w.replace(false));
+    let poll = call.poll(cx);
+    let long = WENT_LONG.with(|w| w.replace(outer));
+    match poll {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending if long => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// A pool task that is aborted when its awaiting side goes away.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_name() -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_that_never_goes_long_stays_on_its_thread() {
+        let here = thread_name();
+        let there = run(async {
+            tokio::task::yield_now().await;
+            thread_name()
+        })
+        .await;
+        assert_eq!(there, here);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_moves_to_the_low_priority_pool_at_its_first_long_yield() {
+        let here = thread_name();
+        let (before, after, nice) = run(async {
+            let before = thread_name();
+            mark_long();
+            tokio::task::yield_now().await;
+            let nice = rustix::process::getpriority_process(None).expect("getpriority");
+            (before, thread_name(), nice)
+        })
+        .await;
+        assert_eq!(before, here);
+        assert_eq!(after.as_deref(), Some("pylon-plugin"));
+        assert_eq!(nice, NICE);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn dropping_the_caller_aborts_the_call_on_the_pool() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let caller = tokio::spawn(run(async move {
+            mark_long();
+            tokio::task::yield_now().await;
+            let _tx = tx;
+            let _ = started_tx.send(());
+            std::future::pending::<()>().await;
+        }));
+        started_rx.await.expect("the call runs on the pool");
+        caller.abort();
+        // The call's future (holding `tx`) is dropped on the pool.
+        assert!(rx.await.is_err());
+    }
+}
