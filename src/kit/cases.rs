@@ -37,7 +37,9 @@ use crate::{
     config::{Grants, Isolation, PluginDef, parse_duration, parse_size},
     error::ErrorChain,
     kv::{KvStore, MemoryKv},
-    pipeline::{Plugin, RequestAction},
+    pipeline::{
+        HeaderOp, Needs, Plugin, PluginRequest, PluginSession, RequestAction, RequestEdits,
+    },
     plugin::{HostServices, PluginLoadError, PluginRuntime},
 };
 
@@ -160,17 +162,8 @@ async fn run_case_inner(
         None => "{}".to_owned(),
         Some(value) => serde_json::to_string(value).map_err(|e| format!("config: {e}"))?,
     };
-    let kv = Arc::new(MemoryKv::new());
     let prefix = format!("{}:", def.name);
-    for (key, value) in &case.kv {
-        kv.set(
-            &format!("{prefix}{key}"),
-            Bytes::from(value.clone().into_bytes()),
-            None,
-        )
-        .await
-        .map_err(|e| format!("kv: {}", ErrorChain(&e)))?;
-    }
+    let kv = seeded_kv(&prefix, case).await?;
     let canned = Arc::new(CannedHttp::new(&case.http)?);
     let host = HostServices {
         kv: kv.clone(),
@@ -178,32 +171,9 @@ async fn run_case_inner(
     };
     let mut request = request(&case.request)?;
 
-    let t = Instant::now();
-    let configured = rt.configure(compiled, ROUTE, &config, host).await;
-    result.calls.push(("configure", t.elapsed()));
-    let plugin: Arc<dyn Plugin> = match (configured, case.expect.action) {
-        (Err(PluginLoadError::ConfigRejected { message, .. }), Action::RejectConfig) => {
-            if let Some(want) = &case.expect.message
-                && !message.contains(want.as_str())
-            {
-                result.failures.push(format!(
-                    "config rejected with {message:?}, which does not contain {want:?}"
-                ));
-            }
-            return Ok(());
-        }
-        (Err(PluginLoadError::ConfigRejected { message, .. }), _) => {
-            return Err(format!("config rejected: {message}"));
-        }
-        (Err(err), _) => return Err(format!("cannot configure: {}", ErrorChain(&err))),
-        (Ok(_), Action::RejectConfig) => {
-            return Err(format!(
-                "config {config} was accepted, expected a rejection"
-            ));
-        }
-        (Ok(plugin), _) => plugin,
+    let Some(plugin) = configure(rt, compiled, &config, host, case, result).await? else {
+        return Ok(());
     };
-
     let needs = plugin.needs();
     let fixed = plugin.fixed().clone();
     let mut session = plugin
@@ -223,7 +193,6 @@ async fn run_case_inner(
     };
 
     let expect = &case.expect;
-    let mut response_edits = fixed.response.clone();
     match (action, expect.action) {
         (RequestAction::Respond(resp), Action::Respond) => {
             compare_response(
@@ -244,94 +213,15 @@ async fn run_case_inner(
             ));
         }
         (RequestAction::Continue(edits), Action::Continue) => {
-            for op in edits.headers {
-                op.apply_owned(&mut request.headers)
-                    .map_err(|e| e.to_string())?;
-            }
-            if let Some(path) = edits.path {
-                request.path = path;
-            }
-            if let Some(query) = edits.query {
-                request.query = (!query.is_empty()).then_some(query);
-            }
-            if edits.body.is_some() && needs.request_body {
-                request.body = edits.body;
-            }
-            response_edits.extend(edits.response_headers);
-            let failures = &mut result.failures;
-            compare_headers(
-                "request",
-                &request.headers,
-                &expect.headers,
-                &expect.absent,
-                failures,
-            );
-            differ(
-                "path",
-                expect.path.as_deref(),
-                Some(&request.path),
-                failures,
-            );
-            differ(
-                "query",
-                expect.query.as_deref(),
-                Some(request.query.as_deref().unwrap_or("")),
-                failures,
-            );
-            differ(
-                "upstream",
-                expect.upstream.as_deref(),
-                edits.upstream.as_deref().or(Some("(the route's)")),
-                failures,
-            );
-            if let Some(want) = &expect.body {
-                differ(
-                    "body",
-                    Some(want),
-                    Some(&body_text(request.body.as_deref())),
-                    failures,
-                );
-            }
-            if expect.status.is_some() {
-                failures.push("`status` is only checked for action = \"respond\"".to_owned());
-            }
-            if let Some(spec) = &case.response {
-                let mut resp = response(spec)?;
-                for op in &response_edits {
-                    op.apply(&mut resp.headers).map_err(|e| e.to_string())?;
-                }
-                if needs.response_phase {
-                    let t = Instant::now();
-                    let edits = session.on_response(&mut request, &mut resp).await;
-                    result.calls.push(("on-response", t.elapsed()));
-                    let edits =
-                        edits.map_err(|e| format!("on-response failed: {}", ErrorChain(&e)))?;
-                    if let Some(status) = edits.status {
-                        resp.status = status;
-                    }
-                    for op in edits.headers {
-                        op.apply_owned(&mut resp.headers)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    if edits.body.is_some() && needs.response_body {
-                        resp.body = edits.body;
-                    }
-                }
-                if let Some(want) = &case.expect_response {
-                    compare_response(
-                        &resp,
-                        want.status,
-                        &want.headers,
-                        &want.absent,
-                        &want.body,
-                        &mut result.failures,
-                    );
-                }
-            } else if case.expect_response.is_some() {
-                result
-                    .failures
-                    .push("expect_response needs a `response` to send".to_owned());
-            }
+            let response_edits = fixed.response.clone();
+            let phase = Continued {
+                case,
+                needs,
+                request: &mut request,
+            };
+            phase
+                .run(edits, response_edits, &mut *session, result)
+                .await?;
         }
         (RequestAction::Continue(edits), _) => {
             return Err(format!("expected respond, got continue with {edits:?}"));
@@ -339,6 +229,185 @@ async fn run_case_inner(
     }
     drop(session);
 
+    check_kv(&kv, &prefix, case, result).await?;
+    if let Some(unmatched) = canned.unmatched() {
+        result.failures.push(unmatched);
+    }
+    Ok(())
+}
+
+/// The case's kv store: its `kv` entries under the plugin's prefix.
+async fn seeded_kv(prefix: &str, case: &Case) -> Result<Arc<MemoryKv>, String> {
+    let kv = Arc::new(MemoryKv::new());
+    for (key, value) in &case.kv {
+        kv.set(
+            &format!("{prefix}{key}"),
+            Bytes::from(value.clone().into_bytes()),
+            None,
+        )
+        .await
+        .map_err(|e| format!("kv: {}", ErrorChain(&e)))?;
+    }
+    Ok(kv)
+}
+
+/// Configure the plugin for the case: `None` when the case expected the
+/// rejection it got, so there is nothing more to run.
+async fn configure(
+    rt: &PluginRuntime,
+    compiled: &Arc<crate::plugin::CompiledPlugin>,
+    config: &str,
+    host: HostServices,
+    case: &Case,
+    result: &mut CaseResult,
+) -> Result<Option<Arc<dyn Plugin>>, String> {
+    let t = Instant::now();
+    let configured = rt.configure(compiled, ROUTE, config, host).await;
+    result.calls.push(("configure", t.elapsed()));
+    match (configured, case.expect.action) {
+        (Err(PluginLoadError::ConfigRejected { message, .. }), Action::RejectConfig) => {
+            if let Some(want) = &case.expect.message
+                && !message.contains(want.as_str())
+            {
+                result.failures.push(format!(
+                    "config rejected with {message:?}, which does not contain {want:?}"
+                ));
+            }
+            Ok(None)
+        }
+        (Err(PluginLoadError::ConfigRejected { message, .. }), _) => {
+            Err(format!("config rejected: {message}"))
+        }
+        (Err(err), _) => Err(format!("cannot configure: {}", ErrorChain(&err))),
+        (Ok(_), Action::RejectConfig) => Err(format!(
+            "config {config} was accepted, expected a rejection"
+        )),
+        (Ok(plugin), _) => Ok(Some(plugin)),
+    }
+}
+
+/// A request the plugin let through (`action = "continue"` expected).
+struct Continued<'a> {
+    case: &'a Case,
+    needs: Needs,
+    request: &'a mut PluginRequest,
+}
+
+impl Continued<'_> {
+    /// Apply the plugin's edits the way the pipeline does, compare the
+    /// request with the case, then run the response phase if the case
+    /// sends a response.
+    async fn run(
+        self,
+        edits: RequestEdits,
+        mut response_edits: Vec<HeaderOp>,
+        session: &mut (dyn PluginSession + 'static),
+        result: &mut CaseResult,
+    ) -> Result<(), String> {
+        let Continued {
+            case,
+            needs,
+            request,
+        } = self;
+        let expect = &case.expect;
+        for op in edits.headers {
+            op.apply_owned(&mut request.headers)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(path) = edits.path {
+            request.path = path;
+        }
+        if let Some(query) = edits.query {
+            request.query = (!query.is_empty()).then_some(query);
+        }
+        if edits.body.is_some() && needs.request_body {
+            request.body = edits.body;
+        }
+        response_edits.extend(edits.response_headers);
+        let failures = &mut result.failures;
+        compare_headers(
+            "request",
+            &request.headers,
+            &expect.headers,
+            &expect.absent,
+            failures,
+        );
+        differ(
+            "path",
+            expect.path.as_deref(),
+            Some(&request.path),
+            failures,
+        );
+        differ(
+            "query",
+            expect.query.as_deref(),
+            Some(request.query.as_deref().unwrap_or("")),
+            failures,
+        );
+        differ(
+            "upstream",
+            expect.upstream.as_deref(),
+            edits.upstream.as_deref().or(Some("(the route's)")),
+            failures,
+        );
+        if let Some(want) = &expect.body {
+            differ(
+                "body",
+                Some(want),
+                Some(&body_text(request.body.as_deref())),
+                failures,
+            );
+        }
+        if expect.status.is_some() {
+            failures.push("`status` is only checked for action = \"respond\"".to_owned());
+        }
+        if let Some(spec) = &case.response {
+            let mut resp = response(spec)?;
+            for op in &response_edits {
+                op.apply(&mut resp.headers).map_err(|e| e.to_string())?;
+            }
+            if needs.response_phase {
+                let t = Instant::now();
+                let edits = session.on_response(request, &mut resp).await;
+                result.calls.push(("on-response", t.elapsed()));
+                let edits = edits.map_err(|e| format!("on-response failed: {}", ErrorChain(&e)))?;
+                if let Some(status) = edits.status {
+                    resp.status = status;
+                }
+                for op in edits.headers {
+                    op.apply_owned(&mut resp.headers)
+                        .map_err(|e| e.to_string())?;
+                }
+                if edits.body.is_some() && needs.response_body {
+                    resp.body = edits.body;
+                }
+            }
+            if let Some(want) = &case.expect_response {
+                compare_response(
+                    &resp,
+                    want.status,
+                    &want.headers,
+                    &want.absent,
+                    &want.body,
+                    &mut result.failures,
+                );
+            }
+        } else if case.expect_response.is_some() {
+            result
+                .failures
+                .push("expect_response needs a `response` to send".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Compare the case's kv store with its `expect_kv`.
+async fn check_kv(
+    kv: &MemoryKv,
+    prefix: &str,
+    case: &Case,
+    result: &mut CaseResult,
+) -> Result<(), String> {
     for (key, want) in &case.expect_kv {
         let got = kv
             .get(&format!("{prefix}{key}"))
@@ -350,9 +419,6 @@ async fn run_case_inner(
                 .failures
                 .push(format!("kv {key:?}: expected {want:?}, got {got:?}"));
         }
-    }
-    if let Some(unmatched) = canned.unmatched() {
-        result.failures.push(unmatched);
     }
     Ok(())
 }
