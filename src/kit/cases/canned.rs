@@ -8,7 +8,10 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use super::spec::{Canned, header_map};
-use crate::plugin::{OutboundError, OutboundHttp};
+use crate::{
+    plugin::{OutboundError, OutboundHttp},
+    sync::lock,
+};
 
 /// Answers outbound requests from a case's canned list; a request that
 /// matches none gets an unknown-upstream error (as an unconfigured
@@ -43,7 +46,7 @@ impl CannedHttp {
     }
 
     pub(super) fn unmatched(&self) -> Option<String> {
-        let unmatched = self.unmatched.lock().unwrap_or_else(|p| p.into_inner());
+        let unmatched = lock(&self.unmatched);
         (!unmatched.is_empty()).then(|| {
             format!(
                 "outbound requests with no canned answer in `http`: {}",
@@ -71,10 +74,7 @@ impl OutboundHttp for CannedHttp {
         match found {
             Some((.., resp)) => Ok(resp.clone()),
             None => {
-                self.unmatched
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(format!("{} {upstream}{target}", req.method()));
+                lock(&self.unmatched).push(format!("{} {upstream}{target}", req.method()));
                 Err(OutboundError::UnknownUpstream {
                     upstream: upstream.to_owned(),
                 })
