@@ -37,6 +37,14 @@ use super::{
 /// The instance export wizer's instrumentation adds.
 const ACCESS_EXPORT: &str = "wasmtime:wizer/access";
 
+/// The least time reading a configured instance's state back may take.
+/// This is load-time host work (lifting the whole linear memory, tens of
+/// MiB for Python or JavaScript), not the plugin's policy code, so the
+/// plugin's per-call deadline (100 ms by default) is too short for it: a
+/// read cut short would leave the plugin without a snapshot, configuring
+/// on every request.
+const READ_DEADLINE: Duration = Duration::from_secs(30);
+
 /// A component pre-initialised for one route, ready to instantiate.
 pub(crate) struct Snapshot {
     pub(crate) pre: GuestPre,
@@ -139,7 +147,7 @@ pub(crate) async fn take(
 
         // The reads get a deadline of their own, not what configure left.
         disarm(&mut store);
-        arm(&mut store, deadline);
+        arm(&mut store, deadline.max(READ_DEADLINE));
         let _ticking = policy.ticker.call();
         let mut access = Access {
             store: &mut store,

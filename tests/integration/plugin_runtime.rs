@@ -751,17 +751,26 @@ async fn python_component_loads_with_wasi_and_runs() {
         "{err:?}"
     );
 
-    // Fresh isolation works too (instantiating the large component per request).
-    let fresh = rt
-        .configure(
-            &rt.compile(&def("hello", "hello-python")).unwrap(),
-            "r",
-            "{}",
-            host(),
-        )
-        .await
-        .unwrap();
-    call_ok(&fresh, &request("/")).await;
+    // Fresh isolation works too (instantiating the large component per
+    // request), from a snapshot taken at load even with the default 100 ms
+    // deadline: reading ~20 MiB of Python state back is load work, not a
+    // call, so each request then makes its one `on-request` call and never
+    // a `configure`.
+    let mut d = def("hello-fresh", "hello-python");
+    d.deadline = std::time::Duration::from_millis(100);
+    let compiled = tokio::task::spawn_blocking({
+        let rt = rt.clone();
+        move || rt.compile(&d)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let fresh = rt.configure(&compiled, "r", "{}", host()).await.unwrap();
+    let before = stats(&rt, "hello-fresh").calls;
+    for _ in 0..2 {
+        call_ok(&fresh, &request("/")).await;
+    }
+    assert_eq!(stats(&rt, "hello-fresh").calls - before, 2);
 }
 
 /// A guest log event's message, level and tags, from captured events.
