@@ -361,44 +361,58 @@ impl Continued<'_> {
         if expect.status.is_some() {
             failures.push("`status` is only checked for action = \"respond\"".to_owned());
         }
-        if let Some(spec) = &case.response {
-            let mut resp = response(spec)?;
-            for op in &response_edits {
-                op.apply(&mut resp.headers).map_err(|e| e.to_string())?;
-            }
-            if needs.response_phase {
-                let t = Instant::now();
-                let edits = session.on_response(request, &mut resp).await;
-                result.calls.push(("on-response", t.elapsed()));
-                let edits = edits.map_err(|e| format!("on-response failed: {}", ErrorChain(&e)))?;
-                if let Some(status) = edits.status {
-                    resp.status = status;
-                }
-                for op in edits.headers {
-                    op.apply_owned(&mut resp.headers)
-                        .map_err(|e| e.to_string())?;
-                }
-                if edits.body.is_some() && needs.response_body {
-                    resp.body = edits.body;
-                }
-            }
-            if let Some(want) = &case.expect_response {
-                compare_response(
-                    &resp,
-                    want.status,
-                    &want.headers,
-                    &want.absent,
-                    &want.body,
-                    &mut result.failures,
-                );
-            }
-        } else if case.expect_response.is_some() {
-            result
-                .failures
-                .push("expect_response needs a `response` to send".to_owned());
-        }
-        Ok(())
+        response_phase(case, needs, request, &response_edits, session, result).await
     }
+}
+
+/// The response phase of a case that continued: the case's `response`
+/// with the fixed and request-phase response edits, then the hook's,
+/// compared with `expect_response`.
+async fn response_phase(
+    case: &Case,
+    needs: Needs,
+    request: &mut PluginRequest,
+    response_edits: &[HeaderOp],
+    session: &mut (dyn PluginSession + 'static),
+    result: &mut CaseResult,
+) -> Result<(), String> {
+    if let Some(spec) = &case.response {
+        let mut resp = response(spec)?;
+        for op in response_edits {
+            op.apply(&mut resp.headers).map_err(|e| e.to_string())?;
+        }
+        if needs.response_phase {
+            let t = Instant::now();
+            let edits = session.on_response(request, &mut resp).await;
+            result.calls.push(("on-response", t.elapsed()));
+            let edits = edits.map_err(|e| format!("on-response failed: {}", ErrorChain(&e)))?;
+            if let Some(status) = edits.status {
+                resp.status = status;
+            }
+            for op in edits.headers {
+                op.apply_owned(&mut resp.headers)
+                    .map_err(|e| e.to_string())?;
+            }
+            if edits.body.is_some() && needs.response_body {
+                resp.body = edits.body;
+            }
+        }
+        if let Some(want) = &case.expect_response {
+            compare_response(
+                &resp,
+                want.status,
+                &want.headers,
+                &want.absent,
+                &want.body,
+                &mut result.failures,
+            );
+        }
+    } else if case.expect_response.is_some() {
+        result
+            .failures
+            .push("expect_response needs a `response` to send".to_owned());
+    }
+    Ok(())
 }
 
 /// Compare the case's kv store with its `expect_kv`.
