@@ -85,11 +85,14 @@ impl Generation {
     /// each route's plugins their config, and report every problem with its
     /// location, route and plugin.
     pub async fn build(config: Config, shared: &Shared) -> Result<Generation, ConfigError> {
-        let upstreams = Arc::new(Upstreams::new(
-            &config.upstreams,
-            config.runtime.worker_count(),
-        ));
         let mut problems = Vec::new();
+        let upstreams = match Upstreams::try_new(&config.upstreams, config.runtime.worker_count()) {
+            Ok(u) => Arc::new(u),
+            Err(err) => {
+                problems.extend(err.diagnostics);
+                Arc::new(Upstreams::default())
+            }
+        };
         let compiled = compile_plugins(&config, shared, &mut problems).await;
         let host = HostServices {
             kv: shared.kv.clone(),

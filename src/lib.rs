@@ -27,6 +27,7 @@ pub mod router;
 pub mod server;
 mod sync;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod workers;
 

@@ -113,12 +113,17 @@ fn main() -> ExitCode {
 async fn check(path: PathBuf) -> ExitCode {
     let result = async {
         let config = config::load(&path)?;
+        pylon::tls::listeners(&config)?;
+        let warnings = pylon::tls::expiry_warnings(&config);
         let shared = Shared::new(&config).await?;
-        Generation::build(config, &shared).await.map(drop)
+        Generation::build(config, &shared).await.map(|_| warnings)
     }
     .await;
     match result {
-        Ok(()) => {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

@@ -9,7 +9,10 @@
 //! keep the generation they started with (they hold an `Arc`), so it is freed
 //! when the last of them ends. Settings a generation cannot change —
 //! listeners, `[admin]`, `[runtime]`, `[access-log]`, `[tracing]` — are
-//! kept as they are and reported as warnings ("restart to apply").
+//! kept as they are and reported as warnings ("restart to apply"), except
+//! a TLS listener's certificates and client CAs: those are reloaded with
+//! the rest (new handshakes use them; open connections keep theirs), and a
+//! certificate that does not load fails the whole reload.
 //!
 //! Nothing here holds a generation: the [`Reloader`] holds the swap cell
 //! (always pointing at the current generation) and the watcher only a weak
@@ -34,6 +37,7 @@ use crate::{
     generation::{Generation, Shared},
     plugin::CompileOrigin,
     telemetry::{metrics::ReloadResult, observe::Observability},
+    tls::server::ServerTls,
 };
 
 /// File changes closer together than this are one change.
@@ -60,6 +64,15 @@ pub struct Reloader {
     obs: Arc<Observability>,
     lock: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    tls: std::sync::OnceLock<Vec<TlsListener>>,
+}
+
+/// A TLS listener whose certificates a reload renews.
+pub struct TlsListener {
+    /// The listener's index in `[[listeners]]`.
+    pub index: usize,
+    /// Its TLS state.
+    pub tls: Arc<ServerTls>,
 }
 
 impl Reloader {
@@ -77,7 +90,18 @@ impl Reloader {
             obs,
             lock: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
+            tls: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The TLS listeners, in `[[listeners]]` order.
+    pub fn tls_listeners(&self) -> &[TlsListener] {
+        self.tls.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// The TLS listeners to renew on reload (set once, at start).
+    pub fn set_tls_listeners(&self, listeners: Vec<TlsListener>) {
+        let _ = self.tls.set(listeners);
     }
 
     /// The generation in force.
@@ -132,10 +156,17 @@ impl Reloader {
         let old = self.current.load();
         let warnings = restart_needed(old.config(), &config);
         drop(old);
+        let tls = match self.prepare_tls(&config) {
+            Ok(tls) => tls,
+            Err(err) => return Err(self.failed(err)),
+        };
         let generation = match Generation::build(config, &self.shared).await {
             Ok(rt) => rt,
             Err(err) => return Err(self.failed(err)),
         };
+        for (listener, prepared) in tls {
+            listener.tls.swap(prepared);
+        }
         let mut report = ReloadReport {
             warnings,
             took: started.elapsed(),
@@ -161,6 +192,37 @@ impl Reloader {
         Ok(report)
     }
 
+    /// New TLS configs for every TLS listener that `config` still has, all
+    /// built before anything is swapped (one bad certificate fails the
+    /// reload, and no listener changes).
+    fn prepare_tls<'a>(
+        &'a self,
+        config: &Config,
+    ) -> Result<Vec<(&'a TlsListener, crate::tls::server::Prepared)>, ConfigError> {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for listener in self.tls.get().into_iter().flatten() {
+            let Some(settings) = config
+                .listeners
+                .get(listener.index)
+                .and_then(|l| l.tls.as_ref().map(|t| (l, t)))
+            else {
+                continue;
+            };
+            match listener.tls.prepare(settings.1) {
+                Ok(c) => out.push((listener, c)),
+                Err(err) => problems.push(crate::tls::listener_problem(settings.0, &err)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(ConfigError {
+                diagnostics: problems,
+            })
+        }
+    }
+
     fn failed(&self, err: ConfigError) -> ConfigError {
         self.obs.metrics.reload(ReloadResult::Failure);
         tracing::error!(error = %err.to_string().trim_end(), "reload failed; the previous configuration keeps serving");
@@ -179,7 +241,23 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             ));
         }
     };
-    check(old.listeners != new.listeners, "[[listeners]]");
+    // Certificates reload; turning TLS on or off does not.
+    let without_tls = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| {
+                let tls = l.tls.is_some();
+                (
+                    config::Listener {
+                        tls: None,
+                        ..l.clone()
+                    },
+                    tls,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    check(without_tls(old) != without_tls(new), "[[listeners]]");
     check(old.admin != new.admin, "[admin]");
     check(old.runtime != new.runtime, "[runtime]");
     check(old.access_log != new.access_log, "[access-log]");
@@ -232,8 +310,35 @@ impl WatchState {
         if let Some(p) = reloader.config_path() {
             files.insert(normalize(p));
         }
-        for def in reloader.generation().config().plugins.values() {
+        let generation = reloader.generation();
+        for def in generation.config().plugins.values() {
             files.insert(normalize(&def.component));
+        }
+        for tls in generation
+            .config()
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+        {
+            for c in &tls.certificates {
+                files.insert(normalize(&c.cert));
+                files.insert(normalize(&c.key));
+            }
+            if let Some(auth) = &tls.client_auth {
+                files.insert(normalize(&auth.ca));
+            }
+        }
+        for tls in generation
+            .config()
+            .upstreams
+            .values()
+            .filter_map(|u| u.tls.as_ref())
+        {
+            files.extend(tls.ca.iter().map(|p| normalize(p)));
+            if let Some(c) = &tls.client_cert {
+                files.insert(normalize(&c.cert));
+                files.insert(normalize(&c.key));
+            }
         }
         let dirs: HashSet<PathBuf> = files
             .iter()

@@ -111,6 +111,7 @@ async fn handle(
         "/admin/routes" if get => json_response(StatusCode::OK, &routes(reloader)),
         "/admin/upstreams" if get => json_response(StatusCode::OK, &upstreams(reloader)),
         "/admin/plugins" if get => json_response(StatusCode::OK, &plugins(reloader)),
+        "/admin/certificates" if get => json_response(StatusCode::OK, &certificates(reloader)),
         "/admin/reload" if method == Method::POST => reload(reloader).await,
         "/metrics" if get => {
             let text = reloader.observability().metrics.encode();
@@ -121,8 +122,14 @@ async fn handle(
             );
             resp
         }
-        "/admin/health" | "/admin/ready" | "/admin/routes" | "/admin/upstreams"
-        | "/admin/plugins" | "/admin/reload" | "/metrics" => json_response(
+        "/admin/health"
+        | "/admin/ready"
+        | "/admin/routes"
+        | "/admin/upstreams"
+        | "/admin/plugins"
+        | "/admin/certificates"
+        | "/admin/reload"
+        | "/metrics" => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"error": "method not allowed"}),
         ),
@@ -215,6 +222,7 @@ fn upstreams(reloader: &Reloader) -> Value {
                 "protocol": match c.protocol {
                     UpstreamProtocol::Http1 => "http1",
                     UpstreamProtocol::H2c => "h2c",
+                    UpstreamProtocol::H2 => "h2",
                 },
                 "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
                 "max_idle_per_target": c.max_idle_per_target,
@@ -222,6 +230,22 @@ fn upstreams(reloader: &Reloader) -> Value {
         })
         .collect();
     json!({ "upstreams": ups })
+}
+
+fn certificates(reloader: &Reloader) -> Value {
+    let generation = reloader.generation();
+    let listeners = &generation.config().listeners;
+    let list: Vec<Value> = reloader
+        .tls_listeners()
+        .iter()
+        .map(|l| {
+            json!({
+                "listener": listeners.get(l.index).map(|c| c.address.to_string()),
+                "certificates": l.tls.certificates(),
+            })
+        })
+        .collect();
+    json!({ "listeners": list })
 }
 
 fn plugins(reloader: &Reloader) -> Value {

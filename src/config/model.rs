@@ -94,10 +94,13 @@ pub struct Listener {
     pub max_header_bytes: usize,
     /// A client must send its whole request head within this time.
     pub header_timeout: Duration,
-    /// Accept HTTP/2 (prior knowledge, h2c) besides HTTP/1.1.
+    /// Accept HTTP/2 (prior knowledge, h2c; `h2` in ALPN over TLS) besides
+    /// HTTP/1.1.
     pub http2: bool,
     /// How a connection's use of the gateway is bounded.
     pub limits: ConnectionLimits,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTls>,
 }
 
 /// What one listener lets its clients hold: connections, requests, time.
@@ -201,6 +204,8 @@ pub struct Upstream {
     pub max_pending: usize,
     /// The longest a request waits for a connection before a 503.
     pub queue_timeout: Duration,
+    /// Speak TLS to the targets.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// The protocol spoken to an upstream.
@@ -210,6 +215,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge (cleartext).
     H2c,
+    /// HTTP/2 over TLS, agreed by ALPN (`h2`); needs `tls`. gRPC over TLS.
+    H2,
 }
 
 /// How plugin instances are isolated between requests.
@@ -360,4 +367,69 @@ pub enum FailurePolicy {
     FailClosed,
     /// Skip the plugin (log it) and go on as if it had continued unchanged.
     FailOpen,
+}
+
+/// TLS on a listener (`[listeners.tls]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Certificates with their keys. Each serves the DNS names of its own
+    /// subjectAltName (exact and `*.` wildcards); the first is the default.
+    pub certificates: Vec<CertKeyFiles>,
+    /// What a client without SNI, or naming no configured name, gets.
+    pub unknown_sni: UnknownSni,
+    /// Client certificates (mTLS), when asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKeyFiles {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The answer to a ClientHello whose server name matches no certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownSni {
+    /// Serve the first certificate (what nginx and Envoy do).
+    Default,
+    /// Fail the handshake (`unrecognized_name`).
+    Refuse,
+}
+
+/// Client certificate authentication on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// Whether a client without a certificate is refused.
+    pub mode: ClientAuthMode,
+    /// The PEM bundle of CAs a client certificate must chain to.
+    pub ca: PathBuf,
+}
+
+/// Whether a client certificate is required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// No certificate, or an untrusted one: the handshake fails.
+    Required,
+    /// No certificate is allowed (plugins see none); an untrusted one still
+    /// fails the handshake.
+    Optional,
+}
+
+/// TLS toward an upstream's targets (`[upstreams.NAME] tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// A PEM bundle of CAs trusted besides the system and webpki roots.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and verified in the certificate (default: the
+    /// target's host).
+    pub server_name: Option<String>,
+    /// A client certificate for upstreams that ask for one.
+    pub client_cert: Option<CertKeyFiles>,
+    /// Accept any certificate the targets present (signatures are still
+    /// checked, names and issuers are not). Never a default; logged as a
+    /// warning every time the configuration loads.
+    pub insecure_skip_verify: bool,
 }

@@ -74,6 +74,70 @@ pub(crate) struct RawListener {
     pub(crate) http2_max_send_buffer: Option<Spanned<String>>,
     pub(crate) http2_max_resets: Option<Spanned<i64>>,
     pub(crate) http2_max_resets_per_second: Option<Spanned<i64>>,
+    pub(crate) tls: Option<Spanned<RawListenerTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawListenerTls {
+    pub(crate) certificates: Spanned<Vec<Spanned<RawCertKey>>>,
+    pub(crate) unknown_sni: Option<Spanned<String>>,
+    pub(crate) client_auth: Option<Spanned<String>>,
+    pub(crate) client_ca: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawCertKey {
+    pub(crate) cert: Spanned<String>,
+    pub(crate) key: Spanned<String>,
+}
+
+/// `tls = true` or `tls = { ca = "…", … }`. Not `#[serde(untagged)]`:
+/// that buffers the value, and the buffered table loses the spans its
+/// `Spanned` fields need (every table failed to match).
+#[derive(Debug)]
+pub(crate) enum RawUpstreamTls {
+    Enabled(bool),
+    Settings(RawUpstreamTlsSettings),
+}
+
+impl<'de> Deserialize<'de> for RawUpstreamTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawUpstreamTls;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a table { ca, server-name, client-cert, client-key, insecure-skip-verify }")
+            }
+
+            fn visit_bool<E>(self, v: bool) -> Result<RawUpstreamTls, E> {
+                Ok(RawUpstreamTls::Enabled(v))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawUpstreamTls, A::Error> {
+                RawUpstreamTlsSettings::deserialize(serde::de::value::MapAccessDeserializer::new(
+                    map,
+                ))
+                .map(RawUpstreamTls::Settings)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawUpstreamTlsSettings {
+    pub(crate) ca: Option<Spanned<String>>,
+    pub(crate) server_name: Option<Spanned<String>>,
+    pub(crate) client_cert: Option<Spanned<String>>,
+    pub(crate) client_key: Option<Spanned<String>>,
+    pub(crate) insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +170,7 @@ pub(crate) struct RawUpstream {
     pub(crate) max_connections: Option<Spanned<i64>>,
     pub(crate) max_pending: Option<Spanned<i64>>,
     pub(crate) queue_timeout: Option<Spanned<String>>,
+    pub(crate) tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 #[derive(Debug, Deserialize)]

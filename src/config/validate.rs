@@ -119,7 +119,7 @@ pub(super) fn validate(
     };
 
     let runtime = runtime(&mut cx, raw.runtime.as_ref(), base_dir);
-    let listeners = listeners(&mut cx, &raw.listeners);
+    let listeners = listeners(&mut cx, &raw.listeners, base_dir);
     let admin = raw.admin.as_ref().map(|a| admin(&mut cx, a));
     let access_log = raw
         .access_log
@@ -129,7 +129,7 @@ pub(super) fn validate(
         .tracing
         .as_ref()
         .and_then(|t| tracing_config(&mut cx, t));
-    let upstreams = upstreams(&mut cx, &raw.upstreams);
+    let upstreams = upstreams(&mut cx, &raw.upstreams, base_dir);
     let plugins = plugins(&mut cx, &raw.plugins, &upstreams, &runtime, base_dir);
     let path_normalization = path_normalization(&mut cx, raw.path_normalization.as_ref());
     let routes = routes(
@@ -288,7 +288,7 @@ fn runtime(
     settings
 }
 
-fn listeners(cx: &mut Ctx<'_>, raw: &[Spanned<raw::RawListener>]) -> Vec<Listener> {
+fn listeners(cx: &mut Ctx<'_>, raw: &[Spanned<raw::RawListener>], base: &Path) -> Vec<Listener> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for l in raw {
@@ -331,6 +331,7 @@ fn listeners(cx: &mut Ctx<'_>, raw: &[Spanned<raw::RawListener>]) -> Vec<Listene
             header_timeout: cx.duration(&r.header_timeout, &subject, Duration::from_secs(10)),
             http2: r.http2.unwrap_or(true),
             limits: connection_limits(cx, r, &subject),
+            tls: r.tls.as_ref().map(|t| listener_tls(cx, t, &subject, base)),
         });
     }
     if raw.is_empty() {
@@ -508,6 +509,7 @@ fn tracing_config(cx: &mut Ctx<'_>, raw: &Spanned<raw::RawTracing>) -> Option<Tr
 fn upstreams(
     cx: &mut Ctx<'_>,
     raw: &BTreeMap<Spanned<String>, Spanned<raw::RawUpstream>>,
+    base: &Path,
 ) -> BTreeMap<String, Upstream> {
     let mut out = BTreeMap::new();
     for (name, u) in raw {
@@ -539,16 +541,34 @@ fn upstreams(
         let protocol = match r.protocol.as_ref().map(|p| p.get_ref().as_str()) {
             None | Some("http1") => UpstreamProtocol::Http1,
             Some("h2c") => UpstreamProtocol::H2c,
+            Some("h2") => UpstreamProtocol::H2,
             Some(other) => {
                 let p = r.protocol.as_ref().expect("matched Some");
                 cx.error(
                     p,
                     Some(subject.clone()),
-                    format!("unknown protocol {other:?} (expected \"http1\" or \"h2c\")"),
+                    format!("unknown protocol {other:?} (expected \"http1\", \"h2\" or \"h2c\")"),
                 );
                 UpstreamProtocol::Http1
             }
         };
+        let tls = r
+            .tls
+            .as_ref()
+            .and_then(|t| upstream_tls(cx, t, &subject, base));
+        match (protocol, &tls, &r.protocol) {
+            (UpstreamProtocol::H2, None, Some(p)) => cx.error(
+                p,
+                Some(subject.clone()),
+                "protocol \"h2\" is HTTP/2 over TLS and needs tls (for cleartext HTTP/2 use \"h2c\")",
+            ),
+            (UpstreamProtocol::H2c, Some(_), Some(p)) => cx.error(
+                p,
+                Some(subject.clone()),
+                "protocol \"h2c\" is cleartext HTTP/2; over TLS use protocol = \"h2\"",
+            ),
+            _ => {}
+        }
         let max_idle_per_target = match &r.max_idle_per_target {
             None => 64,
             Some(n) => usize::try_from(*n.get_ref()).unwrap_or_else(|_| {
@@ -589,6 +609,7 @@ fn upstreams(
                 max_connections,
                 max_pending,
                 queue_timeout: cx.duration(&r.queue_timeout, &subject, Duration::from_secs(5)),
+                tls,
             },
         );
     }
@@ -1057,4 +1078,128 @@ fn template_params(t: &str) -> Vec<String> {
         rest = &rest[start + end + 1..];
     }
     out
+}
+
+fn listener_tls(
+    cx: &mut Ctx<'_>,
+    raw: &Spanned<raw::RawListenerTls>,
+    subject: &str,
+    base: &Path,
+) -> ListenerTls {
+    let r = raw.get_ref();
+    if r.certificates.get_ref().is_empty() {
+        cx.error(
+            &r.certificates,
+            Some(subject.into()),
+            "tls needs at least one certificate: certificates = [{ cert = \"…\", key = \"…\" }]",
+        );
+    }
+    let certificates = r
+        .certificates
+        .get_ref()
+        .iter()
+        .map(|c| CertKeyFiles {
+            cert: base.join(c.get_ref().cert.get_ref()),
+            key: base.join(c.get_ref().key.get_ref()),
+        })
+        .collect();
+    let unknown_sni = match r.unknown_sni.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "default")) => UnknownSni::Default,
+        Some((_, "refuse")) => UnknownSni::Refuse,
+        Some((s, other)) => {
+            cx.error(
+                s,
+                Some(subject.into()),
+                format!("unknown-sni must be \"default\" or \"refuse\", not {other:?}"),
+            );
+            UnknownSni::Default
+        }
+    };
+    let mode = match r.client_auth.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None => None,
+        Some((_, "required")) => Some(ClientAuthMode::Required),
+        Some((_, "optional")) => Some(ClientAuthMode::Optional),
+        Some((s, other)) => {
+            cx.error(
+                s,
+                Some(subject.into()),
+                format!("client-auth must be \"required\" or \"optional\", not {other:?}"),
+            );
+            None
+        }
+    };
+    let client_auth = match (mode, &r.client_ca) {
+        (Some(mode), Some(ca)) => Some(ClientAuth {
+            mode,
+            ca: base.join(ca.get_ref()),
+        }),
+        (Some(_), None) => {
+            cx.error(
+                raw,
+                Some(subject.into()),
+                "client-auth needs client-ca, the PEM bundle of CAs that sign client certificates",
+            );
+            None
+        }
+        (None, Some(ca)) => {
+            cx.error(
+                ca,
+                Some(subject.into()),
+                "client-ca without client-auth: set client-auth = \"required\" or \"optional\"",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    ListenerTls {
+        certificates,
+        unknown_sni,
+        client_auth,
+    }
+}
+
+fn upstream_tls(
+    cx: &mut Ctx<'_>,
+    raw: &Spanned<raw::RawUpstreamTls>,
+    subject: &str,
+    base: &Path,
+) -> Option<UpstreamTls> {
+    let r = match raw.get_ref() {
+        raw::RawUpstreamTls::Enabled(false) => return None,
+        raw::RawUpstreamTls::Enabled(true) => return Some(UpstreamTls::default()),
+        raw::RawUpstreamTls::Settings(r) => r,
+    };
+    let client_cert = match (&r.client_cert, &r.client_key) {
+        (Some(cert), Some(key)) => Some(CertKeyFiles {
+            cert: base.join(cert.get_ref()),
+            key: base.join(key.get_ref()),
+        }),
+        (None, None) => None,
+        (Some(at), None) | (None, Some(at)) => {
+            cx.error(
+                at,
+                Some(subject.into()),
+                "client-cert and client-key go together",
+            );
+            None
+        }
+    };
+    if let Some(name) = &r.server_name
+        && rustls::pki_types::ServerName::try_from(name.get_ref().as_str()).is_err()
+    {
+        cx.error(
+            name,
+            Some(subject.into()),
+            format!(
+                "server-name {:?} is not a DNS name or IP address",
+                name.get_ref()
+            ),
+        );
+    }
+    Some(UpstreamTls {
+        ca: r.ca.as_ref().map(|c| base.join(c.get_ref())),
+        server_name: r.server_name.as_ref().map(|n| n.get_ref().clone()),
+        client_cert,
+        insecure_skip_verify: r.insecure_skip_verify.unwrap_or(false),
+    })
 }

@@ -33,6 +33,7 @@ use crate::{
     error::ProxyError,
     generation::Generation,
     pipeline::{RequestOutcome, Sessions},
+    tls::ClientIdentity,
     upstream::headers,
 };
 
@@ -43,17 +44,29 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The verified client certificate of a TLS connection, when the
+    /// client sent one (read once, at the handshake).
+    pub identity: Option<Arc<ClientIdentity>>,
     /// The client's IP as a header value, for `X-Forwarded-For`.
     client_ip: HeaderValue,
 }
 
 impl ConnInfo {
-    /// A connection from `client` over `scheme`.
+    /// A cleartext connection from `client`.
     pub fn new(client: SocketAddr, scheme: &'static str) -> Self {
         Self {
             client,
             scheme,
+            identity: None,
             client_ip: headers::client_ip_value(client.ip()),
+        }
+    }
+
+    /// A TLS connection from `client`, with its verified certificate.
+    pub fn tls(client: SocketAddr, identity: Option<Arc<ClientIdentity>>) -> Self {
+        Self {
+            identity,
+            ..Self::new(client, "https")
         }
     }
 }

@@ -32,7 +32,7 @@ mod watched_io;
 
 pub(super) use self::{
     bodies::{ActivityBody, ResponseBody},
-    state::{LimitCounters, ListenerShared},
+    state::{ConnState, LimitCounters, ListenerShared},
     watchdog::drive,
     watched_io::WatchedIo,
 };

@@ -13,7 +13,7 @@ use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::
 
 use crate::workers::Workers;
 use arc_swap::ArcSwap;
-use conn::{ActivityBody, LimitCounters, ListenerShared, ResponseBody, WatchedIo};
+use conn::{ActivityBody, ConnState, LimitCounters, ListenerShared, ResponseBody, WatchedIo};
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -37,6 +37,7 @@ use crate::{
         throttle::LogThrottle,
         trace::{Tracing, TracingError},
     },
+    tls::{accept::Alpn, server::ServerTls},
 };
 
 /// How long shutdown waits for buffered access log lines and spans.
@@ -124,11 +125,21 @@ impl Gateway {
         fds::check_budget(&config);
         let obs = Arc::new(observability(&config, &shared.metrics)?);
         let listeners = config.listeners.clone();
+        let tls = crate::tls::listeners(&config)?;
         let worker_count = config.runtime.worker_count();
         let admin = config.admin.clone();
         let generation = Generation::build(config, &shared).await?;
         let current = Arc::new(ArcSwap::from_pointee(generation));
         let reloader = Arc::new(Reloader::new(shared, current.clone(), path, obs.clone()));
+        reloader.set_tls_listeners(
+            tls.iter()
+                .enumerate()
+                .filter_map(|(index, t)| {
+                    t.clone()
+                        .map(|tls| crate::reload::TlsListener { index, tls })
+                })
+                .collect(),
+        );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let workers = Workers::start(worker_count).map_err(StartError::Workers)?;
         let mut tasks = JoinSet::new();
@@ -142,7 +153,7 @@ impl Gateway {
                 .map_err(|source| StartError::Bind { address, source })?;
             Ok::<_, StartError>((tcp, addr))
         };
-        for l in listeners {
+        for (l, tls) in listeners.into_iter().zip(tls) {
             let bind_err = |source| StartError::Bind {
                 address: l.address,
                 source,
@@ -158,6 +169,7 @@ impl Gateway {
                 let serve = serve(
                     tcp,
                     l.clone(),
+                    tls.clone(),
                     limits.clone(),
                     current.clone(),
                     obs.clone(),
@@ -165,7 +177,7 @@ impl Gateway {
                 );
                 tasks.spawn_on(serve, handle);
             }
-            tracing::info!(%addr, workers = workers.handles().len(), "listening");
+            tracing::info!(%addr, workers = workers.handles().len(), tls = tls.is_some(), "listening");
             addrs.push(addr);
         }
         let admin_addr = match admin {
@@ -322,40 +334,71 @@ fn bind_per_worker(
     Ok(sockets)
 }
 
+/// The HTTP side of a listener's connections: one builder that detects
+/// the protocol (cleartext: HTTP/1.1, or HTTP/2 with prior knowledge) and
+/// one per protocol for TLS, where ALPN has already chosen.
+struct Protocols {
+    detect: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(listener: &Listener) -> Self {
+        let l = &listener.limits;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(listener.header_timeout)
+            .max_buf_size(listener.max_header_bytes.max(8192))
+            // Flattened writes (see `upstream::h1`); TLS streams gain most.
+            .writev(false)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(l.http2_max_concurrent_streams)
+            .max_send_buf_size(l.http2_max_send_buffer)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+        let http1 = builder.clone().http1_only();
+        let http2 = builder.clone().http2_only();
+        let detect = if listener.http2 {
+            builder
+        } else {
+            http1.clone()
+        };
+        Self {
+            detect,
+            http1,
+            http2,
+        }
+    }
+}
+
+/// What every connection of one worker's socket shares.
+struct ConnContext {
+    listener: Listener,
+    tls: Option<Arc<ServerTls>>,
+    protocols: Protocols,
+    current: Arc<ArcSwap<Generation>>,
+    obs: Arc<Observability>,
+}
+
 /// Accept on one worker's socket of a listener until shutdown, then let
-/// its connections finish (each closes gracefully).
+/// its connections finish (each closes gracefully). The accept loop only
+/// accepts and counts: a TLS handshake runs in the connection's own task.
 async fn serve(
     tcp: std::net::TcpListener,
     listener: Listener,
+    tls: Option<Arc<ServerTls>>,
     limits: Arc<ListenerShared>,
     current: Arc<ArcSwap<Generation>>,
     obs: Arc<Observability>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let l = &listener.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(listener.header_timeout)
-        .max_buf_size(listener.max_header_bytes.max(8192))
-        // Flattened writes (see `upstream::h1`); TLS streams gain most.
-        .writev(false)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(l.http2_max_concurrent_streams)
-        .max_send_buf_size(l.http2_max_send_buffer)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
-    let builder = if listener.http2 {
-        builder
-    } else {
-        builder.http1_only()
-    };
-    let builder = Arc::new(builder);
     let tcp = match TcpListener::from_std(tcp) {
         Ok(tcp) => tcp,
         Err(err) => {
@@ -363,6 +406,13 @@ async fn serve(
             return;
         }
     };
+    let cx = Arc::new(ConnContext {
+        protocols: Protocols::new(&listener),
+        listener,
+        tls,
+        current,
+        obs,
+    });
     // Every connection task holds a sender; `recv` ends when all are gone.
     let (drained_tx, mut drained) = mpsc::channel::<()>(1);
     loop {
@@ -371,7 +421,7 @@ async fn serve(
                 Ok(a) => a,
                 Err(err) => {
                     if ACCEPT_FAILED.admit() {
-                        tracing::warn!(address = %listener.address, error = %err, "accept failed");
+                        tracing::warn!(address = %cx.listener.address, error = %err, "accept failed");
                     }
                     // EMFILE and friends: back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -380,69 +430,125 @@ async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        // At capacity: closed before anything is read, so it costs no request.
+        // At capacity: closed before anything is read (or any handshake
+        // work done), so it costs no request.
         let Some(state) = limits.admit_connection() else {
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let current = current.clone();
-        let info = ConnInfo::new(client, "http");
-        let obs = obs.clone();
-        obs.metrics.open_connections().inc();
-        let gauge = ConnectionGauge(obs.metrics.open_connections().clone());
-        let conn_state = state.clone();
-        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let rt = current.load_full();
-            let scope = obs.begin(&req, client);
-            let admitted = conn_state.admit_request();
-            let http1 = req.version() < http::Version::HTTP_2;
-            let info = info.clone();
-            async move {
-                let Some((guard, last)) = admitted else {
-                    let resp = crate::error::error_response(
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        "too many requests in flight",
-                    );
-                    let resp = Observability::finish(scope, resp);
-                    return Ok::<_, Infallible>(resp.map(|b| ResponseBody::new(b, None)));
-                };
-                let slot = guard.slot().clone();
-                let req = req.map(|b| {
-                    crate::body::boxed(CountedBody::new(
-                        ActivityBody::new(b, slot.clone()),
-                        scope.clone(),
-                    ))
-                });
-                let work = Observability::run(scope.clone(), proxy::handle(rt, req, info));
-                let resp = tokio::select! {
-                    biased;
-                    resp = work => resp,
-                    () = slot.expired() => slot.idle_response(),
-                };
-                let mut resp = Observability::finish(scope, resp);
-                if last && http1 {
-                    resp.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok(resp.map(|b| ResponseBody::new(b, Some(guard))))
-            }
-        });
-        let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
-        let conn = builder.serve_connection(io, service).into_owned();
+        cx.obs.metrics.open_connections().inc();
+        let gauge = ConnectionGauge(cx.obs.metrics.open_connections().clone());
         let drained = drained_tx.clone();
         let shutdown = shutdown.clone();
+        let cx = cx.clone();
         tokio::spawn(async move {
             let _gauge = gauge;
             let _drained = drained;
-            conn::drive(conn, |c| c.graceful_shutdown(), state, shutdown, client).await;
+            connection(cx, stream, client, state, shutdown).await;
         });
     }
     drop(tcp);
     drop(drained_tx);
     let _ = drained.recv().await;
+}
+
+/// One accepted connection: the TLS handshake if the listener has TLS
+/// (bounded by `header-timeout`, abandoned on shutdown), then HTTP.
+async fn connection(
+    cx: Arc<ConnContext>,
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    state: Arc<ConnState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let io = WatchedIo::new(stream, state.clone());
+    let Some(tls) = &cx.tls else {
+        let info = ConnInfo::new(client, "http");
+        let builder = &cx.protocols.detect;
+        return http(&cx, builder, io, info, state, shutdown, client).await;
+    };
+    let timeout = cx.listener.header_timeout;
+    let accepted = tokio::select! {
+        accepted = crate::tls::accept::handshake(tls, io, timeout) => accepted,
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    };
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(failure) => {
+            cx.obs.metrics.tls_handshake_failed(failure.label());
+            tracing::debug!(%client, reason = failure.label(), "TLS handshake failed");
+            return;
+        }
+    };
+    cx.obs
+        .metrics
+        .tls_connection(accepted.version, accepted.alpn.label());
+    let builder = match accepted.alpn {
+        Alpn::H2 => &cx.protocols.http2,
+        Alpn::Http1 | Alpn::None => &cx.protocols.http1,
+    };
+    let info = ConnInfo::tls(client, accepted.identity);
+    http(&cx, builder, accepted.stream, info, state, shutdown, client).await;
+}
+
+/// Serve HTTP on `io` until the connection ends.
+async fn http<I>(
+    cx: &Arc<ConnContext>,
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    info: ConnInfo,
+    state: Arc<ConnState>,
+    shutdown: watch::Receiver<bool>,
+    client: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let current = cx.current.clone();
+    let obs = cx.obs.clone();
+    let conn_state = state.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let rt = current.load_full();
+        let scope = obs.begin(&req, client);
+        let admitted = conn_state.admit_request();
+        let http1 = req.version() < http::Version::HTTP_2;
+        let info = info.clone();
+        async move {
+            let Some((guard, last)) = admitted else {
+                let resp = crate::error::error_response(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight",
+                );
+                let resp = Observability::finish(scope, resp);
+                return Ok::<_, Infallible>(resp.map(|b| ResponseBody::new(b, None)));
+            };
+            let slot = guard.slot().clone();
+            let req = req.map(|b| {
+                crate::body::boxed(CountedBody::new(
+                    ActivityBody::new(b, slot.clone()),
+                    scope.clone(),
+                ))
+            });
+            let work = Observability::run(scope.clone(), proxy::handle(rt, req, info));
+            let resp = tokio::select! {
+                biased;
+                resp = work => resp,
+                () = slot.expired() => slot.idle_response(),
+            };
+            let mut resp = Observability::finish(scope, resp);
+            if last && http1 {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp.map(|b| ResponseBody::new(b, Some(guard))))
+        }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    conn::drive(conn, |c| c.graceful_shutdown(), state, shutdown, client).await;
 }
 
 /// Accept failures are logged at most once per [`ACCEPT_LOG_INTERVAL`]

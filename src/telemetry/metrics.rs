@@ -21,7 +21,9 @@
 //! `reloads_total` by `result`; `open_connections`; `runtimes_alive`;
 //! `access_log_dropped_total`; `connections_closed_total` by `reason` (a
 //! connection limit ended it, [`CloseReason`]); `requests_refused_total`
-//! by `reason` (`in_flight`); `stream_idle_timeouts_total`.
+//! by `reason` (`in_flight`); `stream_idle_timeouts_total`;
+//! `tls_handshakes_total` by `result` (`success` or why it failed) and
+//! `tls_connections_total` by `version` and `alpn`.
 
 use std::{
     collections::HashMap,
@@ -125,6 +127,12 @@ impl UpstreamErrorKind {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsConnectionLabels {
+    version: &'static str,
+    alpn: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -190,6 +198,8 @@ pub struct Metrics {
     connections_closed: Family<ReasonLabel, Counter>,
     requests_refused_in_flight: Counter,
     stream_idle_timeouts: Counter,
+    tls_handshakes: Family<ResultLabel, Counter>,
+    tls_connections: Family<TlsConnectionLabels, Counter>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteMetrics>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamMetrics>>>,
 }
@@ -290,6 +300,20 @@ impl Metrics {
                 reason: reason.label(),
             });
         }
+        let tls_handshakes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pylon_tls_handshakes",
+            "TLS handshakes on client connections, by result (success, or why it failed: \
+             timeout, closed, protocol_error, incompatible, unknown_sni, no_client_certificate, \
+             bad_client_certificate, client_rejected, other)",
+            tls_handshakes.clone(),
+        );
+        let tls_connections = Family::<TlsConnectionLabels, Counter>::default();
+        registry.register(
+            "pylon_tls_connections",
+            "Client TLS connections established, by protocol version and ALPN protocol",
+            tls_connections.clone(),
+        );
         registry.register_collector(Box::new(PluginCollector { plugins }));
         // Touch both results so a dashboard sees zeros before the first reload.
         for result in ["success", "failure"] {
@@ -309,6 +333,8 @@ impl Metrics {
             connections_closed,
             requests_refused_in_flight,
             stream_idle_timeouts,
+            tls_handshakes,
+            tls_connections,
             routes: Mutex::new(HashMap::new()),
             upstreams: Mutex::new(HashMap::new()),
         }
@@ -426,7 +452,24 @@ impl Metrics {
         &self.stream_idle_timeouts
     }
 
-    /// The live-runtimes gauge (see [`GenerationsAlive`]).
+    /// Count a client TLS handshake that failed (`reason` is its label).
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&ResultLabel { result: reason })
+            .inc();
+    }
+
+    /// Count an established client TLS connection.
+    pub fn tls_connection(&self, version: &'static str, alpn: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&ResultLabel { result: "success" })
+            .inc();
+        self.tls_connections
+            .get_or_create(&TlsConnectionLabels { version, alpn })
+            .inc();
+    }
+
+    /// The live-generations gauge (see [`GenerationsAlive`]).
     pub fn runtimes_alive(&self) -> &Gauge {
         &self.runtimes_alive
     }

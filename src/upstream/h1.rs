@@ -48,7 +48,7 @@ use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
 };
 
-use super::SendError;
+use super::{SendError, tls::UpstreamTls};
 use crate::{
     body::{self, Body},
     sync::lock,
@@ -110,6 +110,7 @@ impl Drop for Queued<'_> {
 pub(super) struct TargetPool {
     authority: Authority,
     host: HeaderValue,
+    tls: Option<UpstreamTls>,
     connect_timeout: Duration,
     max_idle: usize,
     limit: Arc<TargetLimit>,
@@ -170,6 +171,7 @@ async fn drain(mut body: Incoming) -> Option<()> {
 impl TargetPool {
     pub(super) fn new(
         authority: Authority,
+        tls: Option<UpstreamTls>,
         connect_timeout: Duration,
         max_idle: usize,
         limit: Arc<TargetLimit>,
@@ -179,6 +181,7 @@ impl TargetPool {
         let pool = Arc::new(Self {
             authority,
             host,
+            tls,
             connect_timeout,
             max_idle,
             limit,
@@ -299,38 +302,39 @@ impl TargetPool {
         self.limit.checkin.notify_waiters();
     }
 
-    /// Open a connection; it holds `permit` for as long as it lives.
+    /// Open a connection (TCP, then TLS if the upstream has it, both
+    /// within the connect timeout); it holds `permit` for as long as it
+    /// lives.
     async fn connect(
         &self,
         permit: OwnedSemaphorePermit,
     ) -> Result<http1::SendRequest<Body>, SendError> {
         let addr = self.authority.as_str();
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(SendError::Connect(Box::new(e))),
-                Err(_) => {
-                    return Err(SendError::Connect(
-                        format!("no connection within {:?}", self.connect_timeout).into(),
-                    ));
+        let connecting = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| SendError::Connect(Box::new(e)))?;
+            let _ = stream.set_nodelay(true);
+            match &self.tls {
+                None => handshake(stream, permit).await,
+                Some(tls) => {
+                    let name = tls
+                        .name_for(self.authority.host())
+                        .map_err(SendError::Connect)?;
+                    let stream = tls
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| SendError::Connect(Box::new(e)))?;
+                    handshake(stream, permit).await
                 }
-            };
-        let _ = stream.set_nodelay(true);
-        // One flattened write per message rather than writev: requests and
-        // responses through a gateway are mostly small, where the kernel's
-        // per-iovec work cost more than copying the body into the buffer.
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(Box::new(e)))?;
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "upstream connection ended with an error");
             }
-        });
-        Ok(sender)
+        };
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Connect(
+                format!("no connection within {:?}", self.connect_timeout).into(),
+            )),
+        }
     }
 
     fn pooled(
@@ -349,6 +353,31 @@ impl TargetPool {
             })
         })
     }
+}
+
+/// HTTP/1.1 over `io`, whose connection task holds `permit`.
+async fn handshake<I>(
+    io: I,
+    permit: OwnedSemaphorePermit,
+) -> Result<http1::SendRequest<Body>, SendError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // One flattened write per message rather than writev: requests and
+    // responses through a gateway are mostly small, where the kernel's
+    // per-iovec work cost more than copying the body into the buffer.
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| SendError::Connect(Box::new(e)))?;
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(err) = conn.await {
+            tracing::debug!(error = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// A response body that returns its connection to the pool at its end; if

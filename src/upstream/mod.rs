@@ -9,12 +9,17 @@
 //! (each chunk within the route's `request-body-timeout`), and an upstream
 //! that stops taking the body for that long is a timeout too.
 //!
+//! An upstream with `tls` speaks HTTP/1.1 over TLS (protocol `http1`) or
+//! HTTP/2 agreed by ALPN (protocol `h2`, gRPC over TLS), verifying the
+//! targets against the system and webpki roots plus its `ca` ([`tls`]).
+//!
 //! This module forwards requests it is given; header hygiene is done by
 //! [`headers`] and called by the proxy.
 
 mod h1;
 pub mod headers;
 mod outbound;
+mod tls;
 
 pub use h1::{DRAIN_MAX_BYTES, DRAIN_TIMEOUT};
 pub use outbound::MAX_OUTBOUND_BODY;
@@ -39,7 +44,7 @@ use hyper_util::{
 
 use crate::{
     body::{Body, BoxError, RequestBodyState},
-    config::{Upstream as UpstreamConfig, UpstreamProtocol},
+    config::{ConfigError, Diagnostic, Upstream as UpstreamConfig, UpstreamProtocol},
     telemetry::metrics::UpstreamErrorKind,
     workers,
 };
@@ -148,6 +153,7 @@ pub struct UpstreamPool {
     authorities: Vec<Option<Authority>>,
     /// Each target's connection budget, shared by all workers.
     limits: Vec<Arc<h1::TargetLimit>>,
+    tls: Option<tls::UpstreamTls>,
     next: AtomicUsize,
 }
 
@@ -157,11 +163,14 @@ enum Transport {
     Http1(Vec<Option<Arc<h1::TargetPool>>>),
     /// h2c: hyper-util's client, which multiplexes one connection per target.
     H2c(Box<Client<HttpConnector, Body>>),
+    /// h2 over TLS: the same, with the TLS handshake in its connector.
+    H2(Box<Client<tls::H2Connector, Body>>),
 }
 
 impl UpstreamPool {
-    fn new(config: UpstreamConfig, workers: usize) -> Self {
+    fn new(config: UpstreamConfig, workers: usize, tls: Option<tls::UpstreamTls>) -> Self {
         Self {
+            tls,
             transports: (0..=workers.max(1)).map(|_| OnceLock::new()).collect(),
             authorities: config
                 .targets
@@ -195,6 +204,7 @@ impl UpstreamPool {
                         a.clone().map(|a| {
                             h1::TargetPool::new(
                                 a,
+                                self.tls.clone(),
                                 self.config.connect_timeout,
                                 self.config.max_idle_per_target,
                                 limit.clone(),
@@ -203,11 +213,10 @@ impl UpstreamPool {
                     })
                     .collect(),
             ),
-            UpstreamProtocol::H2c => {
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(self.config.connect_timeout));
                 connector.set_nodelay(true);
-                connector.enforce_http(true);
                 let mut builder = Client::builder(TokioExecutor::new());
                 builder
                     .timer(TokioTimer::new())
@@ -215,7 +224,20 @@ impl UpstreamPool {
                     .pool_idle_timeout(Duration::from_secs(90))
                     .pool_max_idle_per_host(self.config.max_idle_per_target)
                     .http2_only(true);
-                Transport::H2c(Box::new(builder.build(connector)))
+                match &self.tls {
+                    // Validation allows h2 only with tls, h2c only without.
+                    Some(tls) => {
+                        connector.enforce_http(false);
+                        Transport::H2(Box::new(builder.build(tls::H2Connector {
+                            tcp: connector,
+                            tls: tls.clone(),
+                        })))
+                    }
+                    None => {
+                        connector.enforce_http(true);
+                        Transport::H2c(Box::new(builder.build(connector)))
+                    }
+                }
             }
         })
     }
@@ -238,18 +260,57 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Build a pool per configured upstream, with connections kept apart
-    /// for each of `workers` data-plane threads.
+    /// for each of `workers` data-plane threads. An upstream whose TLS
+    /// files do not load is left out (logged; calls to it fail as to an
+    /// unknown upstream, never in cleartext): [`Upstreams::try_new`]
+    /// reports it instead.
     pub fn new(configs: &BTreeMap<String, UpstreamConfig>, workers: usize) -> Self {
-        Self {
-            pools: configs
-                .iter()
-                .map(|(name, c)| {
-                    (
+        let mut pools = BTreeMap::new();
+        for (name, c) in configs {
+            match upstream_tls(c) {
+                Ok(tls) => {
+                    pools.insert(
                         name.clone(),
-                        Arc::new(UpstreamPool::new(c.clone(), workers)),
-                    )
-                })
-                .collect(),
+                        Arc::new(UpstreamPool::new(c.clone(), workers, tls)),
+                    );
+                }
+                Err(err) => {
+                    tracing::error!(upstream = %name, error = %crate::error::ErrorChain(&err), "upstream left out: its TLS settings do not load");
+                }
+            }
+        }
+        Self { pools }
+    }
+
+    /// [`Upstreams::new`], reporting every upstream whose TLS files (CA
+    /// bundle, client certificate and key) do not load.
+    pub fn try_new(
+        configs: &BTreeMap<String, UpstreamConfig>,
+        workers: usize,
+    ) -> Result<Self, ConfigError> {
+        let mut pools = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, c) in configs {
+            match upstream_tls(c) {
+                Ok(tls) => {
+                    pools.insert(
+                        name.clone(),
+                        Arc::new(UpstreamPool::new(c.clone(), workers, tls)),
+                    );
+                }
+                Err(err) => problems.push(Diagnostic {
+                    location: None,
+                    subject: Some(format!("upstream \"{name}\"")),
+                    message: crate::error::ErrorChain(&err).to_string(),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { pools })
+        } else {
+            Err(ConfigError {
+                diagnostics: problems,
+            })
         }
     }
 
@@ -304,9 +365,12 @@ impl Upstreams {
                     () = deadline => Err(()),
                 }
             }
-            Transport::H2c(client) => {
+            Transport::H2c(_) | Transport::H2(_) => {
                 let mut uri = std::mem::take(req.uri_mut()).into_parts();
-                uri.scheme = Some(Scheme::HTTP);
+                uri.scheme = Some(match pool.tls {
+                    Some(_) => Scheme::HTTPS,
+                    None => Scheme::HTTP,
+                });
                 uri.authority = Some(pool.authorities[n].clone().ok_or_else(invalid_target)?);
                 *req.uri_mut() =
                     Uri::from_parts(uri).map_err(|e| UpstreamError::InvalidRequest {
@@ -315,17 +379,19 @@ impl Upstreams {
                     })?;
                 *req.version_mut() = http::Version::HTTP_2;
                 let send = async {
-                    client
-                        .request(req)
-                        .await
-                        .map(|resp| resp.map(crate::body::boxed))
-                        .map_err(|err| {
-                            if err.is_connect() {
-                                SendError::Connect(Box::new(err))
-                            } else {
-                                SendError::Failed(Box::new(err))
-                            }
-                        })
+                    match pool.transport() {
+                        Transport::H2(client) => client.request(req).await,
+                        Transport::H2c(client) => client.request(req).await,
+                        Transport::Http1(_) => unreachable!("matched above"),
+                    }
+                    .map(|resp| resp.map(crate::body::boxed))
+                    .map_err(|err| {
+                        if err.is_connect() {
+                            SendError::Connect(Box::new(err))
+                        } else {
+                            SendError::Failed(Box::new(err))
+                        }
+                    })
                 };
                 tokio::select! {
                     sent = send => Ok(sent),
@@ -353,6 +419,31 @@ impl Upstreams {
             }),
         }
     }
+}
+
+/// The TLS an upstream speaks, if any, with its config loaded and the
+/// ALPN its protocol needs.
+fn upstream_tls(c: &UpstreamConfig) -> Result<Option<tls::UpstreamTls>, crate::tls::TlsError> {
+    let Some(settings) = &c.tls else {
+        return Ok(None);
+    };
+    let alpn: &[&[u8]] = match c.protocol {
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => &[b"h2"],
+        UpstreamProtocol::Http1 => &[b"http/1.1"],
+    };
+    let config = crate::tls::client::client_config(settings, alpn)?;
+    if settings.insecure_skip_verify {
+        tracing::warn!(
+            upstream = %c.name,
+            "insecure-skip-verify: the certificates of this upstream's targets are NOT verified; \
+             anyone on the path can impersonate them"
+        );
+    }
+    let name = match &settings.server_name {
+        Some(n) => Some(crate::tls::client::server_name(settings, n)?),
+        None => None,
+    };
+    Ok(Some(tls::UpstreamTls::new(config, name)))
 }
 
 /// Completes when the response head is late: `timeout` after the request

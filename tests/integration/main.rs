@@ -17,5 +17,6 @@ mod policies;
 mod proxy;
 mod reload;
 mod shutdown;
+mod tls;
 mod traces;
 mod upstream_limits;
