@@ -90,7 +90,7 @@ async fn proxy(
 ) -> Result<Response<Body>, ProxyError> {
     let routed = route::route(rt, req)?;
     if routed.route.pipeline.is_empty() {
-        return forward::forward(rt, routed.into_outbound(&conn)).await;
+        return forward::forward(rt, straight(routed, &conn)).await;
     }
     let mut sessions = Sessions::default();
     let (mut exchange, onward, outcome) =
@@ -107,4 +107,20 @@ async fn proxy(
         }
     };
     respond::response_phase(&mut exchange, &mut sessions, for_plugins).await
+}
+
+/// Straight upstream, as the client sent it (a route without plugins).
+fn straight<'rt>(routed: route::Routed<'rt>, conn: &'rt ConnInfo) -> forward::Outbound<'rt> {
+    let query = routed.parts.uri.query();
+    let path_and_query = route::path_and_query(&routed.upstream_path, query);
+    forward::Outbound {
+        route: routed.route,
+        upstream: routed.route.config.upstream.as_deref(),
+        parts: routed.parts,
+        path_and_query,
+        host: routed.host,
+        conn,
+        body: routed.body,
+        body_state: Some(routed.body_state),
+    }
 }

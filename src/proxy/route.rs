@@ -8,7 +8,6 @@ use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, Request, Uri, Version, header};
 
-use super::{ConnInfo, forward::Outbound};
 use crate::{
     body::{self, Body, ClientBodyFailure, RequestBodyState},
     error::{ErrorChain, LOG_LINES_PER_SECOND, ProxyError},
@@ -47,22 +46,6 @@ impl<'rt> Routed<'rt> {
         self.normalized
             .as_deref()
             .unwrap_or_else(|| self.parts.uri.path())
-    }
-
-    /// Straight upstream, as the client sent it (a route without plugins).
-    pub(super) fn into_outbound(self, conn: &'rt ConnInfo) -> Outbound<'rt> {
-        let query = self.parts.uri.query();
-        let path_and_query = path_and_query(&self.upstream_path, query);
-        Outbound {
-            route: self.route,
-            upstream: self.route.config.upstream.as_deref(),
-            parts: self.parts,
-            path_and_query,
-            host: self.host,
-            conn,
-            body: self.body,
-            body_state: Some(self.body_state),
-        }
     }
 }
 
