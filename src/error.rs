@@ -23,6 +23,8 @@ use crate::{
     upstream::UpstreamError,
 };
 
+pub use crate::chain::ErrorChain;
+
 /// WARN lines per second per class of failed request; the rest are counted
 /// and summed up in one line.
 pub const LOG_LINES_PER_SECOND: u32 = 10;
@@ -202,19 +204,4 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// Displays an error with its whole `source` chain: `a: b: c`.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
 }

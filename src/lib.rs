@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod body;
+mod chain;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -95,7 +95,7 @@ pub fn listener_problem(listener: &Listener, err: &TlsError) -> Diagnostic {
     Diagnostic {
         location: None,
         subject: Some(format!("listener \"{}\"", listener.address)),
-        message: crate::error::ErrorChain(err).to_string(),
+        message: crate::chain::ErrorChain(err).to_string(),
     }
 }
 

@@ -275,7 +275,7 @@ impl Upstreams {
                     );
                 }
                 Err(err) => {
-                    tracing::error!(upstream = %name, error = %crate::error::ErrorChain(&err), "upstream left out: its TLS settings do not load");
+                    tracing::error!(upstream = %name, error = %crate::chain::ErrorChain(&err), "upstream left out: its TLS settings do not load");
                 }
             }
         }
@@ -301,7 +301,7 @@ impl Upstreams {
                 Err(err) => problems.push(Diagnostic {
                     location: None,
                     subject: Some(format!("upstream \"{name}\"")),
-                    message: crate::error::ErrorChain(&err).to_string(),
+                    message: crate::chain::ErrorChain(&err).to_string(),
                 }),
             }
         }
