@@ -103,10 +103,7 @@ impl Guest for Attacker {
                 n = std::hint::black_box(n.wrapping_add(1));
             }
         }
-        let response_phase = matches!(
-            attack.as_str(),
-            "trap-response" | "response-header-flood"
-        );
+        let response_phase = matches!(attack.as_str(), "trap-response" | "response-header-flood");
         Ok(Needs {
             request_phase: true,
             request_body: false,
