@@ -11,7 +11,10 @@ use std::{sync::Arc, time::Duration};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, header, uri::PathAndQuery};
 use http_body::Body as _;
 
-use super::{ConnInfo, route::client_body_error};
+use super::{
+    ConnInfo,
+    route::{client_body_error, client_read_error},
+};
 use crate::{
     body::{self, Body, CollectError, RequestBodyState},
     error::{LOG_LINES_PER_SECOND, ProxyError},
@@ -162,13 +165,7 @@ async fn buffer_small_body(
         Some(n) if n > 0 && n <= limit as u64 && !body.is_end_stream() => {
             match body::collect_limited(body, limit).await {
                 Ok(bytes) => Ok(body::full(bytes)),
-                Err(CollectError::Read(source)) => Err(match state.take_failure() {
-                    Some(failure) => client_body_error(route, failure),
-                    None => ProxyError::RequestBodyRead {
-                        route: route.id.to_string(),
-                        source,
-                    },
-                }),
+                Err(CollectError::Read(source)) => Err(client_read_error(route, state, source)),
                 // hyper holds a body to its declared length.
                 Err(CollectError::TooLarge { .. }) => Err(ProxyError::BadRequest(
                     "body longer than its Content-Length",

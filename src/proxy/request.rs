@@ -12,7 +12,7 @@ use http::{HeaderValue, header};
 use super::{
     ConnInfo,
     forward::Outbound,
-    route::{Routed, client_body_error, path_and_query, rewritten_path},
+    route::{Routed, client_read_error, path_and_query, rewritten_path},
 };
 use crate::{
     body::{self, Body, CollectError, RequestBodyState},
@@ -34,8 +34,9 @@ pub(super) struct Onward {
     /// The head without its headers (the plugins hold those).
     parts: http::request::Parts,
     host: Option<HeaderValue>,
-    /// The normalised client path, to see whether a plugin rewrote it.
-    path: String,
+    /// The normalised client path when normalising changed it (else the
+    /// request's own path is normal), to see whether a plugin rewrote it.
+    normalized: Option<String>,
     upstream_path: String,
     /// The client's stream; `None` once buffered for the plugins.
     body: Option<Body>,
@@ -53,11 +54,11 @@ pub(super) async fn request_phase<'rt>(
         route,
         mut parts,
         host,
+        normalized,
         params,
         upstream_path,
         body,
         body_state,
-        ..
     } = routed;
     let (buffered, body) = if route.pipeline.needs().request_body {
         (Some(buffer(route, body, &body_state).await?), None)
@@ -74,7 +75,7 @@ pub(super) async fn request_phase<'rt>(
     let mut preq = PluginRequest {
         route: route.id.clone(),
         method: parts.method.clone(),
-        path: path.clone(),
+        path,
         query: parts.uri.query().map(str::to_owned),
         headers,
         client_addr: conn.client,
@@ -98,7 +99,7 @@ pub(super) async fn request_phase<'rt>(
     let onward = Onward {
         parts,
         host,
-        path,
+        normalized,
         upstream_path,
         body,
         body_state,
@@ -118,13 +119,7 @@ async fn buffer(
             route: route.id.to_string(),
             limit,
         }),
-        Err(CollectError::Read(source)) => Err(match state.take_failure() {
-            Some(failure) => client_body_error(route, failure),
-            None => ProxyError::RequestBodyRead {
-                route: route.id.to_string(),
-                source,
-            },
-        }),
+        Err(CollectError::Read(source)) => Err(client_read_error(route, state, source)),
     }
 }
 
@@ -141,7 +136,8 @@ impl Onward {
     ) -> Result<Outbound<'a>, ProxyError> {
         let route = exchange.route;
         let preq = &mut exchange.preq;
-        let path = if preq.path != self.path {
+        let client_path = self.normalized.as_deref().unwrap_or(self.parts.uri.path());
+        let path = if preq.path != client_path {
             rewritten_path(&preq.path, &rt.config().path_normalization).map_err(|source| {
                 ProxyError::RewrittenPath {
                     route: route.id.to_string(),

@@ -30,7 +30,7 @@ pub(super) struct Routed<'rt> {
     pub(super) host: Option<HeaderValue>,
     /// The normalised path when normalising changed it; otherwise the
     /// request's own path is normal (see [`Routed::path`]).
-    normalized: Option<String>,
+    pub(super) normalized: Option<String>,
     /// Parameters the route's pattern captured.
     pub(super) params: Vec<(String, String)>,
     /// The path to send upstream, normalised.
@@ -133,6 +133,22 @@ fn watch_client_body(route: &LiveRoute, body: Body) -> (Body, Arc<RequestBodySta
             }
         }),
     )
+}
+
+/// The error for reading the client's body failing with `source`: the
+/// client's own failure (400/408) when the watch saw one, else a read error.
+pub(super) fn client_read_error(
+    route: &LiveRoute,
+    state: &RequestBodyState,
+    source: crate::body::BoxError,
+) -> ProxyError {
+    match state.take_failure() {
+        Some(failure) => client_body_error(route, failure),
+        None => ProxyError::RequestBodyRead {
+            route: route.id.to_string(),
+            source,
+        },
+    }
 }
 
 /// The error for a client body that failed or stopped arriving.
