@@ -398,15 +398,7 @@ impl ComponentCache {
         sha256: &[u8; 32],
         bytes: &[u8],
     ) -> Result<(Arc<CachedComponent>, CompileOrigin), CompileFailure> {
-        let slot = {
-            let mut slots = lock(&self.slots);
-            // Forget hashes whose component nobody holds any more.
-            slots.retain(|_, slot| {
-                Arc::strong_count(slot) > 1
-                    || slot.try_lock().map_or(true, |w| w.strong_count() > 0)
-            });
-            slots.entry(*sha256).or_default().clone()
-        };
+        let slot = self.slot(sha256);
         // One compile per content hash at a time; concurrent loads of the
         // same bytes wait for the first and share its result.
         let mut slot = lock(&slot);
@@ -433,6 +425,33 @@ impl ComponentCache {
         let cached = Arc::new(CachedComponent { component });
         *slot = Arc::downgrade(&cached);
         Ok((cached, origin))
+    }
+
+    /// The compiled component cached under `key`, from memory or disk, if
+    /// there is one; compiles nothing. For entries keyed by what produced
+    /// them rather than by their bytes (snapshots).
+    pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Arc<CachedComponent>> {
+        let slot = self.slot(key);
+        let mut slot = lock(&slot);
+        if let Some(cached) = slot.upgrade() {
+            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(cached);
+        }
+        let component = self.load_from_disk(&self.cache_path(key)?)?;
+        self.counters.disk_hits.fetch_add(1, Ordering::Relaxed);
+        let cached = Arc::new(CachedComponent { component });
+        *slot = Arc::downgrade(&cached);
+        Some(cached)
+    }
+
+    /// The slot of `key`, after forgetting keys whose component nobody
+    /// holds any more.
+    fn slot(&self, key: &[u8; 32]) -> Slot {
+        let mut slots = lock(&self.slots);
+        slots.retain(|_, slot| {
+            Arc::strong_count(slot) > 1 || slot.try_lock().map_or(true, |w| w.strong_count() > 0)
+        });
+        slots.entry(*key).or_default().clone()
     }
 
     fn load_from_disk(&self, path: &Path) -> Option<wasmtime::component::Component> {

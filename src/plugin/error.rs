@@ -98,6 +98,21 @@ pub enum PluginLoadError {
         #[source]
         source: PluginError,
     },
+    /// The configured state cannot be captured at load, so new instances
+    /// would have to call `configure` on the request path: refused.
+    #[error(
+        "route \"{route}\", plugin \"{plugin}\": cannot be configured off the request path \
+         (its configured state cannot be captured at load)"
+    )]
+    NotConfigurableAtLoad {
+        /// The route's id.
+        route: String,
+        /// The plugin's name.
+        plugin: String,
+        /// Why the snapshot failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// `configure` returned an error: the plugin rejects its configuration.
     #[error("route \"{route}\", plugin \"{plugin}\": config rejected: {message}")]
     ConfigRejected {
@@ -140,6 +155,7 @@ impl PluginLoadError {
             | PluginLoadError::Link { plugin, .. }
             | PluginLoadError::Instantiate { plugin, .. }
             | PluginLoadError::Configure { plugin, .. }
+            | PluginLoadError::NotConfigurableAtLoad { plugin, .. }
             | PluginLoadError::ConfigRejected { plugin, .. } => Some(plugin),
         }
     }
@@ -149,6 +165,7 @@ impl PluginLoadError {
         match self {
             PluginLoadError::Instantiate { route, .. }
             | PluginLoadError::Configure { route, .. }
+            | PluginLoadError::NotConfigurableAtLoad { route, .. }
             | PluginLoadError::ConfigRejected { route, .. } => Some(route),
             _ => None,
         }

@@ -2,12 +2,16 @@
 //! [`crate::pipeline::Plugin`]; and the guarded calls into its instances.
 //!
 //! Isolation follows the plugin definition:
-//! - `fresh`: every request gets a new instance (from the pre-instantiated
-//!   component and the pooling allocator), which is `configure`d with the
-//!   route's config and then serves both phases of that request only;
-//! - `pooled`: instances are configured once and reused by later requests
-//!   (never two at a time). One whose call failed in Wasm (trap, deadline,
-//!   memory) is dropped, never reused.
+//! - `fresh`: every request gets a new instance (of the route's snapshot,
+//!   see `snapshot`, and the pooling allocator), which serves both phases
+//!   of that request only;
+//! - `pooled`: instances are reused by later requests (never two at a
+//!   time); a new one, when none is idle, is an instance of the snapshot
+//!   too. One whose call failed in Wasm (trap, deadline, memory) is
+//!   dropped, never reused.
+//!
+//! So `configure` never runs on the request path: only at load, where its
+//! state is captured in the snapshot.
 //!
 //! Every call — instantiation included — gets a fresh epoch deadline (so
 //! nothing carries over between requests) and a timer of the same length,
@@ -596,24 +600,17 @@ pub(crate) struct WasmPlugin {
 }
 
 struct Inner {
-    compiled: Arc<CompiledPlugin>,
+    /// Keeps the component (and its stats) alive while the route serves.
+    _compiled: Arc<CompiledPlugin>,
     ctx: Arc<GuestContext>,
     policy: CallPolicy,
-    config_json: String,
     needs: Needs,
     fixed: FixedEdits,
     /// `None` for `fresh` isolation.
     pool: Option<IdlePool>,
-    /// For `fresh` isolation: the component already configured for this
-    /// route, whose instances need no `configure` call.
-    snapshot: Option<Snapshot>,
-}
-
-/// A `configure` at request time answered differently from load time.
-#[derive(Debug, thiserror::Error)]
-#[error("configure rejected at request time the config it accepted at load: {message}")]
-struct ConfigureRejectedLater {
-    message: String,
+    /// The component already configured for this route: every new
+    /// instance is one of it, and needs no `configure` call.
+    snapshot: Snapshot,
 }
 
 /// How a plugin that accepted its config at load serves requests.
@@ -625,9 +622,8 @@ pub(crate) enum Ready {
         workers: usize,
         first: Instance,
     },
-    /// From a new instance per request: of the snapshot if one was taken,
-    /// else of the component, configured each time.
-    Fresh { snapshot: Option<Snapshot> },
+    /// From a new instance per request.
+    Fresh,
 }
 
 impl WasmPlugin {
@@ -636,23 +632,22 @@ impl WasmPlugin {
         compiled: Arc<CompiledPlugin>,
         ctx: Arc<GuestContext>,
         policy: CallPolicy,
-        config_json: String,
         (needs, fixed): (Needs, FixedEdits),
+        snapshot: Snapshot,
         ready: Ready,
     ) -> Self {
-        let (pool, snapshot, first) = match ready {
+        let (pool, first) = match ready {
             Ready::Pooled {
                 max_idle,
                 workers,
                 first,
-            } => (Some(IdlePool::new(max_idle, workers)), None, Some(first)),
-            Ready::Fresh { snapshot } => (None, snapshot, None),
+            } => (Some(IdlePool::new(max_idle, workers)), Some(first)),
+            Ready::Fresh => (None, None),
         };
         let inner = Arc::new(Inner {
-            compiled,
+            _compiled: compiled,
             ctx,
             policy,
-            config_json,
             needs,
             fixed,
             pool,
@@ -676,23 +671,10 @@ impl Inner {
         }
     }
 
+    /// A new instance, configured: one of the snapshot taken at load.
     async fn new_configured(&self) -> Result<Instance, PluginError> {
         let policy = &self.policy;
-        if let Some(snapshot) = &self.snapshot {
-            return Instance::new(&snapshot.pre, &self.ctx, policy, policy.deadline).await;
-        }
-        let mut instance =
-            Instance::new(self.compiled.pre(), &self.ctx, policy, policy.deadline).await?;
-        match instance
-            .configure(policy, policy.deadline, &self.config_json)
-            .await?
-        {
-            Ok(_) => Ok(instance),
-            Err(message) => Err(PluginError::Instantiate {
-                plugin: policy.plugin.clone(),
-                source: Box::new(ConfigureRejectedLater { message }),
-            }),
-        }
+        Instance::new(&self.snapshot.pre, &self.ctx, policy, policy.deadline).await
     }
 }
 

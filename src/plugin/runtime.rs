@@ -360,7 +360,7 @@ impl PluginRuntime {
             origin,
             uses_wasi,
             pre,
-            bytes: matches!(def.isolation, Isolation::Fresh).then(|| Arc::from(bytes)),
+            bytes: Some(Arc::from(bytes)),
             stats: self.stats_for(&def.name),
             calls: Arc::new(tokio::sync::Semaphore::new(def.max_concurrency)),
             cpu: Arc::new(tokio::sync::Semaphore::new(rt.workers.max(1))),
@@ -440,33 +440,36 @@ impl PluginRuntime {
                 });
             }
         };
+        let snapshot = self
+            .snapshot(compiled, &ctx, &policy, load_deadline, config_json)
+            .await
+            .map_err(|why| PluginLoadError::NotConfigurableAtLoad {
+                route: route.to_owned(),
+                plugin: def.name.clone(),
+                source: Box::new(why),
+            })?;
         let ready = match def.isolation {
             Isolation::Pooled { max_idle } => Ready::Pooled {
                 max_idle,
                 workers: self.inner.workers,
                 first: instance,
             },
-            Isolation::Fresh => {
-                drop(instance);
-                Ready::Fresh {
-                    snapshot: self
-                        .snapshot(compiled, &ctx, &policy, load_deadline, config_json, route)
-                        .await,
-                }
-            }
+            Isolation::Fresh => Ready::Fresh,
         };
         Ok(Arc::new(WasmPlugin::new(
             compiled.clone(),
             ctx,
             policy,
-            config_json.to_owned(),
             needs,
+            snapshot,
             ready,
         )))
     }
 
-    /// The snapshot fresh instances of `compiled` on `route` start from, or
-    /// `None` (logged) when it cannot be taken.
+    /// The snapshot every new instance of `compiled` on a route starts
+    /// from: `configure` ran at load and its state is captured, so no
+    /// request ever pays for (or depends on) a `configure` call. Cached under
+    /// what determines it (see `snapshot::SnapshotKey`).
     async fn snapshot(
         &self,
         compiled: &CompiledPlugin,
@@ -474,14 +477,13 @@ impl PluginRuntime {
         policy: &CallPolicy,
         deadline: Duration,
         config_json: &str,
-        route: &str,
-    ) -> Option<snapshot::Snapshot> {
+    ) -> Result<snapshot::Snapshot, snapshot::NoSnapshot> {
         let linker = if compiled.uses_wasi {
             &self.inner.with_wasi
         } else {
             &self.inner.plain
         };
-        let taken = snapshot::take(
+        snapshot::take(
             &self.inner.cache,
             linker,
             compiled,
@@ -489,22 +491,7 @@ impl PluginRuntime {
             deadline,
             config_json,
         )
-        .await;
-        match taken {
-            Ok(snapshot) => {
-                tracing::debug!(plugin = %compiled.name, route, "fresh instances start from a snapshot");
-                Some(snapshot)
-            }
-            Err(why) => {
-                tracing::warn!(
-                    plugin = %compiled.name,
-                    route,
-                    reason = %crate::error::ErrorChain(&why),
-                    "fresh instances will call configure each: no snapshot"
-                );
-                None
-            }
-        }
+        .await
     }
 
     /// Counters per plugin name (all routes and reloads together).

@@ -1,27 +1,37 @@
-//! Snapshots for `fresh` isolation: the component pre-initialised with one
-//! route's config, so a fresh instance starts configured instead of running
-//! `configure` on every request.
+//! Snapshots: the component pre-initialised with one route's config, so
+//! every new instance (one per request for `fresh` isolation, one per idle
+//! pool miss for `pooled`) starts configured and `configure` never runs on
+//! the request path.
 //!
 //! At load, the component is instrumented (wasmtime-wizer adds an export
 //! that reads every core instance's memories and globals), instantiated,
 //! `configure`d with the route's config, and its state is written back into
 //! a copy of the component as data segments and global initialisers. That
-//! copy is compiled through the same caches as any component (keyed by its
-//! hash, so a restart or a reload with the same config compiles nothing) and
-//! pre-instantiated. Each request then gets a new instance of it: the same
-//! state every time, nothing carried over from another request.
+//! copy is compiled through the same caches as any component and
+//! pre-instantiated. Each new instance is one of it: the same state every
+//! time, nothing carried over from another request.
 //!
-//! Not every component can be captured, and those keep calling `configure`
-//! per instance (the reason is logged): wizer refuses some shapes (nested
-//! components, a module instantiated twice, component start functions), and
-//! a `configure` that leaves host resources alive (a WASI stream kept in a
-//! static) cannot be, since those live in the host, not in the instance.
-//! Host calls `configure` makes (log, clock, kv) happen once, at load.
+//! The snapshot is cached under what determines it ([`SnapshotKey`]: the
+//! component, the config, the plugin and its grants), not under its own
+//! bytes: those differ at every load of a component whose `configure` reads
+//! WASI random or clocks (the Python interpreter seeds its hashes), which
+//! would recompile it every time. A restart or a reload with the same
+//! config and component then instruments, configures and compiles nothing;
+//! `configure`'s host calls (log, clock, kv) happened at the load that took
+//! the snapshot.
+//!
+//! Not every component can be captured, and those are refused at load
+//! (`PluginLoadError::NotConfigurableAtLoad`, with this module's reason):
+//! wizer refuses some shapes (nested components, a module instantiated
+//! twice, component start functions), and a `configure` that leaves host
+//! resources alive (a WASI stream kept in a static) cannot be, since those
+//! live in the host, not in the instance.
 
 use std::{sync::Arc, time::Duration};
 
+use sha2::{Digest, Sha256};
 use wasmtime::{
-    Store,
+    Store, Trap,
     component::{Instance as ComponentInstance, Lift, Linker, WasmList},
 };
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
@@ -52,8 +62,7 @@ pub(crate) struct Snapshot {
     _component: Arc<CachedComponent>,
 }
 
-/// Why a plugin is served without a snapshot (it then calls `configure`
-/// per instance, as before).
+/// Why a plugin's configured state cannot be captured (it is refused).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NoSnapshot {
     /// wizer cannot instrument or rewrite this component.
@@ -88,10 +97,14 @@ pub(crate) async fn take(
     deadline: Duration,
     config_json: &str,
 ) -> Result<Snapshot, NoSnapshot> {
+    let version = compiled.contract();
+    let key = SnapshotKey::new(compiled, ctx, policy, config_json);
+    if let Some(component) = cache.lookup(&key.0) {
+        return ready(linker, version, component);
+    }
     let bytes = compiled.bytes().cloned().ok_or_else(|| {
         NoSnapshot::Unsupported(wasmtime::format_err!("the component's bytes were not kept"))
     })?;
-    let version = compiled.contract();
     let engine = compiled.engine().clone();
     let (cache_, linker_) = (cache.clone(), linker.clone());
     let (ctx, policy, config_json) = (ctx.clone(), policy.clone(), config_json.to_owned());
@@ -138,6 +151,12 @@ pub(crate) async fn take(
             match handle.block_on(policy.bounded(std::time::Instant::now(), deadline, configure)) {
                 Ok(Ok((instance, Ok(())))) => instance,
                 Ok(Ok((_, Err(message)))) => return Err(NoSnapshot::Inconsistent(message)),
+                // The epoch interrupts a guest that computes past its
+                // deadline; the timer one that waits on the host past it:
+                // both are the same failure.
+                Ok(Err(err)) if is_interrupt(&err) => {
+                    return Err(NoSnapshot::Deadline(deadline));
+                }
                 Ok(Err(err)) => return Err(NoSnapshot::Configure(err)),
                 Err(_) => return Err(NoSnapshot::Deadline(deadline)),
             };
@@ -166,7 +185,50 @@ pub(crate) async fn take(
         NoSnapshot::Unsupported(wasmtime::format_err!("snapshot task failed: {join}"))
     })??;
 
-    let component = compile(cache, snapshot).await?;
+    let component = compile(cache, key, snapshot).await?;
+    ready(linker, version, component)
+}
+
+/// Whether `err` is the epoch's interrupt (the deadline passed while the
+/// guest computed).
+fn is_interrupt(err: &wasmtime::Error) -> bool {
+    err.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+}
+
+/// What a snapshot is cached under: a hash of everything that decides what
+/// `configure` sees and may do (the component's own hash, the config, the
+/// plugin's name, which prefixes its kv keys, its grants and memory cap).
+/// The engine's compatibility is part of every cache entry's name.
+pub(crate) struct SnapshotKey([u8; 32]);
+
+impl SnapshotKey {
+    fn new(
+        compiled: &CompiledPlugin,
+        ctx: &GuestContext,
+        policy: &CallPolicy,
+        config_json: &str,
+    ) -> Self {
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(b"pylon snapshot 1");
+        field(compiled.sha256_hex().as_bytes());
+        field(config_json.as_bytes());
+        field(ctx.plugin.as_bytes());
+        field(format!("{:?}", ctx.grants).as_bytes());
+        field(&(policy.memory_limit as u64).to_le_bytes());
+        Self(h.finalize().into())
+    }
+}
+
+/// Pre-instantiate a compiled snapshot for serving.
+fn ready(
+    linker: &Linker<HostState>,
+    version: ContractVersion,
+    component: Arc<CachedComponent>,
+) -> Result<Snapshot, NoSnapshot> {
     let pre = linker
         .instantiate_pre(&component.component)
         .map_err(NoSnapshot::Compile)?;
@@ -179,12 +241,18 @@ pub(crate) async fn take(
 
 async fn compile(
     cache: &Arc<ComponentCache>,
+    key: SnapshotKey,
     bytes: Vec<u8>,
 ) -> Result<Arc<CachedComponent>, NoSnapshot> {
     let cache = cache.clone();
-    blocking(move || cache.compile(&bytes).map_err(|failure| failure.0))
-        .await
-        .map_err(NoSnapshot::Compile)
+    blocking(move || {
+        cache
+            .get_or_compile(&key.0, &bytes)
+            .map(|(component, _)| component)
+            .map_err(|failure| failure.0)
+    })
+    .await
+    .map_err(NoSnapshot::Compile)
 }
 
 /// Run CPU-heavy load work off the async threads.

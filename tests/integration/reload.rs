@@ -92,6 +92,16 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reloads_under_load_fail_no_request_and_free_old_runtimes() {
     let up = Upstream::named("ok").await;
+    // The configs are new to the shared disk cache (a run-unique tag), so
+    // what this test compiles is what the reloads compile.
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     let cfg = |version: &str| {
         parse(&format!(
             r#"[upstreams.u]
@@ -105,7 +115,7 @@ path-prefix = "/"
 upstream = "u"
 [[routes.plugins]]
 plugin = "hdr"
-config = {{ request = {{ set = {{ "x-config" = "{version}" }} }}, response = {{ set = {{ "x-config" = "{version}" }} }} }}
+config = {{ request = {{ set = {{ "x-config" = "{version}", "x-run" = "{tag}" }} }}, response = {{ set = {{ "x-config" = "{version}" }} }} }}
 "#,
             up.addr,
             plugin("headers")
@@ -144,14 +154,31 @@ config = {{ request = {{ set = {{ "x-config" = "{version}" }} }}, response = {{ 
     })
     .await;
     for i in 0..20 {
+        let stats_before = gw.shared().plugins.cache_stats();
         let report = gw
             .reload_with(cfg(if i % 2 == 0 { "b" } else { "a" }))
             .await
             .unwrap();
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        // The component itself is never compiled again.
         assert!(
             report.compiled.is_empty(),
             "unchanged component recompiled: {report:?}"
+        );
+        assert_eq!(report.reused, ["hdr"], "{report:?}");
+        // Configure runs at load only, so a changed config compiles its
+        // snapshot: exactly once, at the first reload to "b"; every later
+        // reload (back to "a", again to "b") finds its snapshot cached.
+        let stats = gw.shared().plugins.cache_stats();
+        let compiles = stats.compiled - stats_before.compiled;
+        assert_eq!(
+            compiles,
+            u64::from(i == 0),
+            "reload {i} compiled {compiles} (before {stats_before:?}, after {stats:?})"
+        );
+        assert!(
+            stats.memory_hits + stats.disk_hits > stats_before.memory_hits + stats_before.disk_hits,
+            "reload {i} found nothing cached: {stats:?}"
         );
         let before = ok.load(Ordering::Relaxed);
         eventually("requests go on after a reload", async || {
@@ -174,8 +201,8 @@ config = {{ request = {{ set = {{ "x-config" = "{version}" }} }}, response = {{ 
     .await;
     assert_eq!(
         gw.shared().plugins.cache_stats().compiled,
-        compiled_before,
-        "a reload recompiled"
+        compiled_before + 1,
+        "the reloads compiled more than the snapshot of config \"b\""
     );
 }
 

@@ -5,6 +5,11 @@
 //!
 //! - `none`: continues without edits (a control);
 //! - `configure-loop`: `configure` never returns;
+//! - `configure-later`: `configure` counts its calls in kv (key
+//!   `configures`, needs `kv`) and never returns once they pass `n`
+//!   (default 2: what a load makes); `on-request` continues with
+//!   `x-configures: <the count>`. A host that configures on the request
+//!   path times out every request;
 //! - `spin`: `on-request` never returns;
 //! - `busy`: `on-request` busy-waits `n` ms (default 40; needs `clock`),
 //!   then continues;
@@ -97,7 +102,10 @@ impl Guest for Attacker {
             serde_json::from_str(&text).map_err(|e| format!("invalid attacker config: {e}"))?;
         let attack = parsed.attack.clone();
         CONFIG.with(|c| *c.borrow_mut() = parsed);
-        if attack == "configure-loop" {
+        let later = attack == "configure-later"
+            && kv::incr("configures", 1, None).map_err(|e| format!("kv: {e:?}"))?
+                > i64::try_from(CONFIG.with(|c| c.borrow().n).unwrap_or(2)).unwrap_or(i64::MAX);
+        if attack == "configure-loop" || later {
             let mut n: u64 = 0;
             loop {
                 n = std::hint::black_box(n.wrapping_add(1));
@@ -178,6 +186,16 @@ impl Guest for Attacker {
                 RequestAction::Continue(edits(vec![HeaderOp::Set(header(
                     "x-kv-refused".into(),
                     refused.to_string().as_bytes(),
+                ))]))
+            }
+            "configure-later" => {
+                let count = match kv::get("configures") {
+                    Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
+                    _ => "?".to_owned(),
+                };
+                RequestAction::Continue(edits(vec![HeaderOp::Set(header(
+                    "x-configures".into(),
+                    count.as_bytes(),
                 ))]))
             }
             _ => RequestAction::Continue(edits(vec![])),
