@@ -36,7 +36,10 @@ use crate::{
     config::{self, Config, ConfigError, Diagnostic},
     generation::{Generation, Shared},
     plugin::CompileOrigin,
-    telemetry::{metrics::ReloadResult, observe::Observability},
+    telemetry::{
+        metrics::{CertificateExpiry, ReloadResult},
+        observe::Observability,
+    },
     tls::server::ServerTls,
 };
 
@@ -71,6 +74,8 @@ pub struct Reloader {
 pub struct TlsListener {
     /// The listener's index in `[[listeners]]`.
     pub index: usize,
+    /// The address it is bound to (the configured one may say port 0).
+    pub address: std::net::SocketAddr,
     /// Its TLS state.
     pub tls: Arc<ServerTls>,
 }
@@ -102,6 +107,26 @@ impl Reloader {
     /// The TLS listeners to renew on reload (set once, at start).
     pub fn set_tls_listeners(&self, listeners: Vec<TlsListener>) {
         let _ = self.tls.set(listeners);
+        self.publish_tls_certificates();
+    }
+
+    /// Hand what each TLS listener serves now to the expiry gauge.
+    fn publish_tls_certificates(&self) {
+        for l in self.tls_listeners() {
+            let served = l
+                .tls
+                .certificates()
+                .into_iter()
+                .map(|c| CertificateExpiry {
+                    name: c.names.into_iter().next().unwrap_or_default(),
+                    sha256: c.sha256,
+                    not_after: c.not_after_unix,
+                })
+                .collect();
+            self.obs
+                .metrics
+                .set_tls_certificates(&l.address.to_string(), served);
+        }
     }
 
     /// The generation in force.
@@ -167,6 +192,7 @@ impl Reloader {
         for (listener, prepared) in tls {
             listener.tls.swap(prepared);
         }
+        self.publish_tls_certificates();
         let mut report = ReloadReport {
             warnings,
             took: started.elapsed(),

@@ -240,7 +240,8 @@ fn certificates(reloader: &Reloader) -> Value {
         .iter()
         .map(|l| {
             json!({
-                "listener": listeners.get(l.index).map(|c| c.address.to_string()),
+                "listener": l.address.to_string(),
+                "configured": listeners.get(l.index).map(|c| c.address.to_string()),
                 "certificates": l.tls.certificates(),
             })
         })

@@ -131,15 +131,6 @@ impl Gateway {
         let generation = Generation::build(config, &shared).await?;
         let current = Arc::new(ArcSwap::from_pointee(generation));
         let reloader = Arc::new(Reloader::new(shared, current.clone(), path, obs.clone()));
-        reloader.set_tls_listeners(
-            tls.iter()
-                .enumerate()
-                .filter_map(|(index, t)| {
-                    t.clone()
-                        .map(|tls| crate::reload::TlsListener { index, tls })
-                })
-                .collect(),
-        );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let workers = Workers::start(worker_count).map_err(StartError::Workers)?;
         let mut tasks = JoinSet::new();
@@ -153,7 +144,8 @@ impl Gateway {
                 .map_err(|source| StartError::Bind { address, source })?;
             Ok::<_, StartError>((tcp, addr))
         };
-        for (l, tls) in listeners.into_iter().zip(tls) {
+        let mut tls_listeners = Vec::new();
+        for (index, (l, tls)) in listeners.into_iter().zip(tls).enumerate() {
             let bind_err = |source| StartError::Bind {
                 address: l.address,
                 source,
@@ -178,8 +170,16 @@ impl Gateway {
                 tasks.spawn_on(serve, handle);
             }
             tracing::info!(%addr, workers = workers.handles().len(), tls = tls.is_some(), "listening");
+            if let Some(tls) = tls {
+                tls_listeners.push(crate::reload::TlsListener {
+                    index,
+                    address: addr,
+                    tls,
+                });
+            }
             addrs.push(addr);
         }
+        reloader.set_tls_listeners(tls_listeners);
         let admin_addr = match admin {
             Some(admin) => {
                 let (tcp, addr) = bind(admin.address).await?;

@@ -23,12 +23,15 @@
 //! connection limit ended it, [`CloseReason`]); `requests_refused_total`
 //! by `reason` (`in_flight`); `stream_idle_timeouts_total`;
 //! `tls_handshakes_total` by `result` (`success` or why it failed) and
-//! `tls_connections_total` by `version` and `alpn`.
+//! `tls_connections_total` by `version` and `alpn`;
+//! `tls_certificate_expiry_seconds` by `listener`, `name` and `sha256`
+//! (seconds until a served certificate's `notAfter`, computed at scrape
+//! time from what the listener serves now, so a reload updates it).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
@@ -200,6 +203,7 @@ pub struct Metrics {
     stream_idle_timeouts: Counter,
     tls_handshakes: Family<ResultLabel, Counter>,
     tls_connections: Family<TlsConnectionLabels, Counter>,
+    tls_certificates: Arc<Mutex<TlsCertificates>>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteMetrics>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamMetrics>>>,
 }
@@ -315,6 +319,8 @@ impl Metrics {
             tls_connections.clone(),
         );
         registry.register_collector(Box::new(PluginCollector { plugins }));
+        let tls_certificates = Arc::new(Mutex::new(TlsCertificates::new()));
+        registry.register_collector(Box::new(TlsCertificateCollector(tls_certificates.clone())));
         // Touch both results so a dashboard sees zeros before the first reload.
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ResultLabel { result });
@@ -335,6 +341,7 @@ impl Metrics {
             stream_idle_timeouts,
             tls_handshakes,
             tls_connections,
+            tls_certificates,
             routes: Mutex::new(HashMap::new()),
             upstreams: Mutex::new(HashMap::new()),
         }
@@ -467,6 +474,13 @@ impl Metrics {
         self.tls_connections
             .get_or_create(&TlsConnectionLabels { version, alpn })
             .inc();
+    }
+
+    /// Replace what `listener` (its bound address) serves, for
+    /// `pylon_tls_certificate_expiry_seconds`: at start and after every
+    /// reload that swapped its certificates.
+    pub fn set_tls_certificates(&self, listener: &str, certificates: Vec<CertificateExpiry>) {
+        lock(&self.tls_certificates).insert(listener.to_owned(), certificates);
     }
 
     /// The live-generations gauge (see [`GenerationsAlive`]).
@@ -610,6 +624,60 @@ impl UpstreamMetrics {
     /// `response-body-timeout` (after the head was answered).
     pub fn body_timeout(&self) {
         self.body_timeout.inc();
+    }
+}
+
+/// A certificate a TLS listener serves, as the expiry gauge sees it.
+#[derive(Debug, Clone)]
+pub struct CertificateExpiry {
+    /// The first name it serves (a `*.` wildcard kept).
+    pub name: String,
+    /// SHA-256 of the leaf, hex (tells two certificates for one name apart).
+    pub sha256: String,
+    /// `notAfter`, seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// Served certificates by listener address.
+type TlsCertificates = BTreeMap<String, Vec<CertificateExpiry>>;
+
+/// Encodes `pylon_tls_certificate_expiry_seconds` at scrape time, so the
+/// value counts down without a timer. Bounded: one series per configured
+/// certificate.
+struct TlsCertificateCollector(Arc<Mutex<TlsCertificates>>);
+
+impl std::fmt::Debug for TlsCertificateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCertificateCollector")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for TlsCertificateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let served = lock(&self.0).clone();
+        let mut family = encoder.encode_descriptor(
+            "pylon_tls_certificate_expiry_seconds",
+            "Seconds until a served TLS certificate expires (negative: expired), by listener, \
+             name and sha256",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (listener, certificates) in &served {
+            for c in certificates {
+                let labels = [
+                    ("listener", listener.as_str()),
+                    ("name", c.name.as_str()),
+                    ("sha256", c.sha256.as_str()),
+                ];
+                prometheus_client::metrics::gauge::ConstGauge::new(c.not_after.saturating_sub(now))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -55,21 +55,27 @@ pub fn client_config(
     let builder = if settings.insecure_skip_verify {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider.clone())))
     } else {
         builder.with_root_certificates(roots)
     };
     let mut config = match &settings.client_cert {
         None => builder.with_no_client_auth(),
         Some(files) => {
-            let chain = certs::read_certs(&files.cert)?;
-            let key = certs::read_key(&files.key)?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|source| TlsError::Key {
-                    path: files.key.clone(),
-                    source,
-                })?
+            // Checked as a listener's certificate is (validity, key
+            // match), so an expired client certificate fails the load
+            // rather than every handshake with the upstream.
+            let loaded = certs::load(files, &provider)?;
+            if loaded.not_after < certs::unix_now() + super::EXPIRY_WARNING.as_secs() as i64 {
+                tracing::warn!(
+                    cert = %files.cert.display(),
+                    not_after = %certs::utc(loaded.not_after),
+                    "upstream TLS client certificate expires soon"
+                );
+            }
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                loaded.key,
+            )))
         }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

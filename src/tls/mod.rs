@@ -127,7 +127,8 @@ pub fn listeners(config: &Config) -> Result<Vec<Option<Arc<server::ServerTls>>>,
 }
 
 /// Certificates of `config`'s listeners that expire within
-/// [`EXPIRY_WARNING`], as warnings (`pylon check` prints them).
+/// [`EXPIRY_WARNING`], and upstreams' client certificates, as warnings
+/// (`pylon check` prints them).
 pub fn expiry_warnings(config: &Config) -> Vec<String> {
     let provider = provider();
     let soon = certs::unix_now() + EXPIRY_WARNING.as_secs() as i64;
@@ -144,6 +145,18 @@ pub fn expiry_warnings(config: &Config) -> Vec<String> {
                     certs::utc(c.not_after)
                 ));
             }
+        }
+    }
+    for (name, u) in &config.upstreams {
+        if let Some(files) = u.tls.as_ref().and_then(|t| t.client_cert.as_ref())
+            && let Ok(c) = certs::load(files, &provider)
+            && c.not_after < soon
+        {
+            out.push(format!(
+                "upstream \"{name}\": client certificate {} expires on {}",
+                files.cert.display(),
+                certs::utc(c.not_after)
+            ));
         }
     }
     out

@@ -52,6 +52,9 @@ pub struct CertificateSummary {
     pub issuer: String,
     /// `notAfter`, RFC 3339 UTC.
     pub not_after: String,
+    /// `notAfter`, seconds since the epoch (for the expiry gauge).
+    #[serde(skip)]
+    pub not_after_unix: i64,
     /// SHA-256 of the leaf, hex.
     pub sha256: String,
     /// Whether clients without SNI or with an unknown name get it.
@@ -150,6 +153,7 @@ fn build(
             names: loaded.names.clone(),
             issuer: loaded.issuer.clone(),
             not_after: certs::utc(loaded.not_after),
+            not_after_unix: loaded.not_after,
             sha256: loaded.sha256.clone(),
             default,
         });

@@ -65,6 +65,9 @@ impl Pki {
         self.issue_valid(file, cn, sans, client, None)
     }
 
+    /// [`Pki::issue`] valid from the first of January of `validity.0` to
+    /// the first of January of `validity.1`, or (`validity.1` of 10 000
+    /// or more) to that many seconds from now.
     fn issue_valid(
         &self,
         file: &str,
@@ -90,7 +93,18 @@ impl Pki {
         }];
         if let Some((from, to)) = validity {
             params.not_before = rcgen::date_time_ymd(from, 1, 1);
-            params.not_after = rcgen::date_time_ymd(to, 1, 1);
+            params.not_after = match to {
+                // A year: its first of January.
+                0..10_000 => rcgen::date_time_ymd(to, 1, 1),
+                // Else seconds from now.
+                secs => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap();
+                    rcgen::date_time_ymd(1970, 1, 1)
+                        + (now + std::time::Duration::from_secs(secs as u64))
+                }
+            };
         }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let issued = Issued {
@@ -169,6 +183,12 @@ fn served_names(stream: &TlsStream<TcpStream>) -> Vec<String> {
 
 /// GET `path` over an established TLS stream, HTTP/2 if ALPN chose it.
 async fn get(stream: TlsStream<TcpStream>, host: &str, path: &str) -> (StatusCode, Bytes) {
+    let resp = send(stream, host, path).await;
+    (resp.status(), resp.into_body())
+}
+
+/// [`get`], with the response's headers.
+async fn send(stream: TlsStream<TcpStream>, host: &str, path: &str) -> http::Response<Bytes> {
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     let resp = if h2 {
@@ -189,8 +209,8 @@ async fn get(stream: TlsStream<TcpStream>, host: &str, path: &str) -> (StatusCod
             .unwrap();
         send.send_request(req).await.unwrap()
     };
-    let status = resp.status();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
+    let (parts, body) = resp.into_parts();
+    http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
 }
 
 /// A gateway whose one listener is `tls_toml` (the `[listeners.tls]` table
@@ -205,10 +225,20 @@ async fn gateway_with(
     tls_toml: &str,
     up: SocketAddr,
 ) -> (pylon::Gateway, SocketAddr, PathBuf) {
+    gateway_full("", listener, tls_toml, up).await
+}
+
+/// [`gateway_with`] with more top-level tables (`top`, e.g. `[admin]`).
+async fn gateway_full(
+    top: &str,
+    listener: &str,
+    tls_toml: &str,
+    up: SocketAddr,
+) -> (pylon::Gateway, SocketAddr, PathBuf) {
     let dir = tempfile::tempdir().unwrap().keep();
     let file = dir.join("pylon.toml");
     let text = format!(
-        "[runtime]\ncache-dir = {cache:?}\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n{listener}\n\n[listeners.tls]\n{tls_toml}\n\n\
+        "[runtime]\ncache-dir = {cache:?}\n\n{top}\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n{listener}\n\n[listeners.tls]\n{tls_toml}\n\n\
          [upstreams.u]\ntargets = [\"{up}\"]\n\n[[routes]]\nid = \"r\"\npath-prefix = \"/\"\nupstream = \"u\"\n",
         cache = cache_dir().display().to_string(),
     );
@@ -976,6 +1006,133 @@ fn curl_reaches_the_real_binary_over_https_h2_and_http1() {
             format!("https {version}")
         );
     }
+    // openssl's client: the chain verifies for the name, ALPN picks h2.
+    if Command::new("openssl").arg("version").output().is_ok() {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", "api.test", "-verify_hostname", "api.test"])
+            .args(["-alpn", "h2,http/1.1", "-verify_return_error", "-CAfile"])
+            .arg(&pki.ca)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Verify return code: 0 (ok)") && text.contains("ALPN protocol: h2"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn certificate_expiry_is_a_metric_per_listener_and_follows_reloads() {
+    use sha2::Digest;
+    let up = Upstream::named("up").await;
+    let pki = Pki::new("edge");
+    let first = pki.issue_valid("first", "first", &["api.test"], false, Some((2020, 2090)));
+    let (gw, addr, _file) = gateway_full(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "",
+        &certs_toml(&[&first]),
+        up.addr,
+    )
+    .await;
+    let sha = |issued: &Issued| {
+        let der = CertificateDer::from_pem_file(&issued.cert).unwrap();
+        hex::encode(sha2::Sha256::digest(der.as_ref()))
+    };
+    let series = |issued: &Issued, name: &str| {
+        format!(
+            "pylon_tls_certificate_expiry_seconds{{listener=\"{addr}\",name=\"{name}\",sha256=\"{}\"}}",
+            sha(issued)
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    // 2090-01-01T00:00:00Z.
+    let left = metric(&gw, &series(&first, "api.test"));
+    assert!((left - (3_786_912_000.0 - now)).abs() < 600.0, "{left}");
+    // The admin API names the bound address, not the configured port 0.
+    let (status, body) = crate::harness::admin_get(&gw, "/admin/certificates").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["listeners"][0]["listener"], addr.to_string(), "{body}");
+    assert_eq!(json["listeners"][0]["configured"], "127.0.0.1:0", "{body}");
+    assert_eq!(
+        json["listeners"][0]["certificates"][0]["sha256"],
+        sha(&first),
+        "{body}"
+    );
+
+    // Rotated to a certificate expiring in a week: the gauge follows.
+    let soon = pki.issue_valid(
+        "soon",
+        "soon",
+        &["api.test"],
+        false,
+        Some((2020, 7 * 86_400)),
+    );
+    std::fs::copy(&soon.cert, &first.cert).unwrap();
+    std::fs::copy(&soon.key, &first.key).unwrap();
+    gw.reload().await.unwrap_or_else(|e| panic!("{e}"));
+    let left = metric(&gw, &series(&soon, "api.test"));
+    assert!((left - 7.0 * 86_400.0).abs() < 600.0, "{left}");
+    let text = gw.metrics().encode();
+    assert_eq!(
+        text.matches("pylon_tls_certificate_expiry_seconds{")
+            .count(),
+        1,
+        "the replaced certificate's series is gone: {text}"
+    );
+    // `pylon check`'s warnings name it.
+    let config = pylon::config::load(gw.config_path().unwrap()).unwrap();
+    let warnings = pylon::tls::expiry_warnings(&config);
+    assert!(
+        warnings.iter().any(|w| w.contains("first.pem expires on")),
+        "{warnings:?}"
+    );
+    gw.shutdown(std::time::Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn an_upstream_client_certificate_is_checked_at_load_like_a_listener_one() {
+    let pki = Pki::new("backend");
+    let clients = Pki::new("gateways");
+    let expired = clients.issue_valid("old", "gw", &["gw.internal"], true, Some((2001, 2002)));
+    let soon = clients.issue_valid("soon", "gw", &["gw.internal"], true, Some((2020, 86_400)));
+    let good = clients.issue("good", "gw", &["gw.internal"], true);
+    let mismatched = Issued {
+        cert: good.cert.clone(),
+        key: soon.key.clone(),
+    };
+    let upstream = |c: &Issued| {
+        format!(
+            "[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\ntls = {{ ca = {:?}, client-cert = {:?}, client-key = {:?} }}\n",
+            pki.ca, c.cert, c.key
+        )
+    };
+    for (bad, expect) in [
+        (&expired, "expired on 2002-01-01"),
+        (&mismatched, "soon.key"),
+    ] {
+        let config = crate::harness::parse(&upstream(bad)).unwrap();
+        let err = match pylon::Gateway::start(config).await {
+            Ok(_) => panic!("started with a bad client certificate ({expect})"),
+            Err(e) => pylon::error::ErrorChain(&e).to_string(),
+        };
+        assert!(err.contains(expect) && err.contains("\"u\""), "{err}");
+    }
+    let config = crate::harness::parse(&upstream(&soon)).unwrap();
+    let warnings = pylon::tls::expiry_warnings(&config);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("upstream \"u\"") && w.contains("soon.pem expires on")),
+        "{warnings:?}"
+    );
 }
