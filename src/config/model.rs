@@ -101,6 +101,19 @@ pub struct Listener {
     pub limits: ConnectionLimits,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTls>,
+    /// Answer every request with a 308 to `https://` (a cleartext
+    /// listener only).
+    pub redirect_to_https: Option<HttpsRedirect>,
+    /// The `Strict-Transport-Security` value set on every response (a TLS
+    /// listener only).
+    pub hsts: Option<http::HeaderValue>,
+}
+
+/// Where a cleartext listener's 308 sends clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpsRedirect {
+    /// The HTTPS port in the `Location` (none: the default, 443).
+    pub port: Option<u16>,
 }
 
 /// What one listener lets its clients hold: connections, requests, time.

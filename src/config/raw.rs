@@ -64,6 +64,8 @@ pub(crate) struct RawListener {
     pub(crate) max_header_size: Option<Spanned<String>>,
     pub(crate) header_timeout: Option<Spanned<String>>,
     pub(crate) http2: Option<bool>,
+    pub(crate) redirect_to_https: Option<Spanned<RawRedirect>>,
+    pub(crate) hsts: Option<Spanned<String>>,
     pub(crate) max_connections: Option<Spanned<i64>>,
     pub(crate) max_requests_in_flight: Option<Spanned<i64>>,
     pub(crate) max_requests_per_connection: Option<Spanned<i64>>,
@@ -91,6 +93,35 @@ pub(crate) struct RawListenerTls {
 pub(crate) struct RawCertKey {
     pub(crate) cert: Spanned<String>,
     pub(crate) key: Spanned<String>,
+}
+
+/// `redirect-to-https = true` or a port.
+#[derive(Debug)]
+pub(crate) enum RawRedirect {
+    Enabled(bool),
+    Port(i64),
+}
+
+impl<'de> Deserialize<'de> for RawRedirect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawRedirect;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or the HTTPS port")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawRedirect, E> {
+                Ok(RawRedirect::Enabled(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawRedirect, E> {
+                Ok(RawRedirect::Port(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawRedirect, E> {
+                Ok(RawRedirect::Port(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `tls = true` or `tls = { ca = "…", … }`. Not `#[serde(untagged)]`:

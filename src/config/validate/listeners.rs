@@ -57,6 +57,8 @@ pub(super) fn listeners(
             http2: r.http2.unwrap_or(true),
             limits: connection_limits(cx, r, &subject),
             tls: r.tls.as_ref().map(|t| listener_tls(cx, t, &subject, base)),
+            redirect_to_https: https_redirect(cx, r, &subject),
+            hsts: hsts(cx, r, &subject),
         });
     }
     if raw.is_empty() {
@@ -177,6 +179,64 @@ pub(super) fn admin(cx: &mut Ctx<'_>, raw: &Spanned<raw::RawAdmin>) -> Admin {
         }
     });
     Admin { address, token }
+}
+
+fn https_redirect(cx: &mut Ctx<'_>, r: &raw::RawListener, subject: &str) -> Option<HttpsRedirect> {
+    let raw = r.redirect_to_https.as_ref()?;
+    if r.tls.is_some() {
+        cx.error(
+            raw,
+            Some(subject.into()),
+            "redirect-to-https is for a cleartext listener; this one has tls",
+        );
+        return None;
+    }
+    match raw.get_ref() {
+        raw::RawRedirect::Enabled(false) => None,
+        raw::RawRedirect::Enabled(true) => Some(HttpsRedirect { port: None }),
+        raw::RawRedirect::Port(p) => match u16::try_from(*p) {
+            Ok(443) => Some(HttpsRedirect { port: None }),
+            Ok(port) if port > 0 => Some(HttpsRedirect { port: Some(port) }),
+            _ => {
+                cx.error(
+                    raw,
+                    Some(subject.into()),
+                    "redirect-to-https must be true or the HTTPS port (1-65535)",
+                );
+                None
+            }
+        },
+    }
+}
+
+fn hsts(cx: &mut Ctx<'_>, r: &raw::RawListener, subject: &str) -> Option<http::HeaderValue> {
+    let raw = r.hsts.as_ref()?;
+    if r.tls.is_none() {
+        cx.error(
+            raw,
+            Some(subject.into()),
+            "hsts is for a TLS listener (browsers ignore it over cleartext)",
+        );
+        return None;
+    }
+    let text = raw.get_ref();
+    let max_age = text
+        .split(';')
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .is_some_and(|v| v.parse::<u64>().is_ok());
+    match http::HeaderValue::from_str(text) {
+        Ok(v) if max_age => Some(v),
+        _ => {
+            cx.error(
+                raw,
+                Some(subject.into()),
+                format!(
+                    "hsts {text:?} is not a Strict-Transport-Security value: expected e.g. \"max-age=31536000; includeSubDomains\""
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn listener_tls(
