@@ -143,7 +143,7 @@ pub(super) fn compile(
     };
     let mut detail = ErrorChain(&err).to_string();
     match &err {
-        PluginLoadError::NotAPlugin { .. } => {
+        PluginLoadError::NotAPlugin { .. } | PluginLoadError::UnsupportedContract { .. } => {
             let bytes = std::fs::read(component).unwrap_or_default();
             let served: Vec<&str> = ContractVersion::SUPPORTED
                 .iter()

@@ -1,32 +1,22 @@
-//! The earlier contracts, `pylon:plugin@0.3.0` and `@0.2.0`, served beside
-//! the current one (0.4.0) so plugins built against them keep loading.
+//! The previous contract, `pylon:plugin@0.3.0`, served beside the current
+//! one (0.4.0) so plugins built against it keep loading (the support
+//! policy: the current contract and the previous one, see the README).
 //!
 //! 0.3.0 differs from 0.4.0 only in `needs`, which has no fixed header
 //! edits: a 0.3.0 plugin declares none. Its resources are the same, so its
 //! hooks get the same lent handles (`handle`), and every other type converts
 //! field by field into its 0.4.0 twin.
 //!
-//! 0.2.0 differs from 0.3.0 in how the hooks receive the request and
-//! response: it copies them whole into the guest as records, built here from
-//! the host model (borrowed, as the 0.2.0 host did, so nothing is copied
-//! twice). Everything else — the imports, `needs`, the edits, the actions —
-//! is structurally identical, so the generated 0.2.0 types convert field by
-//! field into their current twins (and back, for import results). The logic
-//! itself exists once, written against the current contract: host
-//! capabilities in `crate::plugin::host`, output validation in
+//! The logic itself exists once, written against the current contract:
+//! host capabilities in `crate::plugin::host`, output validation in
 //! `convert::Validate`.
 //!
 //! Not a place for behaviour: an older plugin must see exactly what a
 //! current plugin sees, only in the older shape.
 
-use http::HeaderMap;
 use wasmtime::component::Resource;
 
-use super::{
-    bindings::pylon::plugin as current, bindings_v0_2::pylon::plugin as v0_2,
-    bindings_v0_3::pylon::plugin as v0_3, convert::socket_addr_text,
-};
-use crate::pipeline::{PluginRequest, PluginResponse};
+use super::{bindings::pylon::plugin as current, bindings_v0_3::pylon::plugin as v0_3};
 
 /// Every item converted, in order.
 pub(crate) fn each<A: Into<B>, B>(items: Vec<A>) -> Vec<B> {
@@ -40,10 +30,8 @@ pub(crate) fn handle<A: 'static, B: 'static>(h: Resource<A>) -> Resource<B> {
 }
 
 /// The conversions between an older version's generated types and the
-/// current ones. The shapes are the same in every version served; only
-/// the names of the `header` and `response` records differ (0.2.0's
-/// borrowing bindings call their owned forms `header-result` and
-/// `response-result`).
+/// current ones (the shapes are the same in every version served; the
+/// record names are parameters so a later previous version can reuse it).
 macro_rules! older_version_conversions {
     ($v:ident, header = $header:ident, response = $response:ident) => {
         // What an older guest returns -> current.
@@ -230,156 +218,18 @@ macro_rules! older_version_conversions {
 }
 
 older_version_conversions!(v0_3, header = Header, response = Response);
-older_version_conversions!(v0_2, header = HeaderResult, response = ResponseResult);
-
-// ------------------------------------------------ host model -> 0.2.0 records
-
-/// Every header value, in order, repeated names once per value, borrowed.
-fn headers_param(map: &HeaderMap) -> Vec<v0_2::types::HeaderParam<'_>> {
-    map.iter()
-        .map(|(name, value)| v0_2::types::HeaderParam {
-            name: name.as_str(),
-            value: value.as_bytes(),
-        })
-        .collect()
-}
-
-/// The parts of a 0.2.0 `request` record that the host model does not hold
-/// in the borrowed form the guest call needs. The record borrows the rest
-/// straight from the [`PluginRequest`].
-pub(crate) struct RequestParts<'a> {
-    req: &'a PluginRequest,
-    headers: Vec<v0_2::types::HeaderParam<'a>>,
-    params: Vec<(&'a str, &'a str)>,
-    client_addr: String,
-    with_body: bool,
-}
-
-impl<'a> RequestParts<'a> {
-    /// Prepare `req` for the guest; the body only when the plugin asked.
-    pub(crate) fn new(req: &'a PluginRequest, with_body: bool) -> Self {
-        Self {
-            req,
-            headers: headers_param(&req.headers),
-            params: req
-                .params
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            client_addr: socket_addr_text(req.client_addr),
-            with_body,
-        }
-    }
-
-    /// The request as a 0.2.0 guest sees it.
-    pub(crate) fn request(&self) -> v0_2::types::Request<'_> {
-        let req = self.req;
-        v0_2::types::Request {
-            route: &req.route,
-            method: req.method.as_str(),
-            path: &req.path,
-            query: req.query.as_deref(),
-            headers: &self.headers,
-            client_addr: &self.client_addr,
-            scheme: req.scheme,
-            params: &self.params,
-            body: req.body.as_deref().filter(|_| self.with_body),
-        }
-    }
-}
-
-/// The headers of a 0.2.0 `response` record, borrowed by [`ResponseParts::response`].
-pub(crate) struct ResponseParts<'a> {
-    resp: &'a PluginResponse,
-    headers: Vec<v0_2::types::HeaderParam<'a>>,
-    with_body: bool,
-}
-
-impl<'a> ResponseParts<'a> {
-    /// Prepare `resp` for the guest; the body only when the plugin asked.
-    pub(crate) fn new(resp: &'a PluginResponse, with_body: bool) -> Self {
-        Self {
-            resp,
-            headers: headers_param(&resp.headers),
-            with_body,
-        }
-    }
-
-    /// The response as a 0.2.0 guest sees it.
-    pub(crate) fn response(&self) -> v0_2::types::ResponseParam<'_> {
-        v0_2::types::ResponseParam {
-            status: self.resp.status.as_u16(),
-            headers: &self.headers,
-            body: self.resp.body.as_deref().filter(|_| self.with_body),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
-    use std::{net::SocketAddr, sync::Arc};
+    use std::sync::Arc;
 
-    use bytes::Bytes;
-    use http::{HeaderValue, Method, StatusCode};
+    use http::StatusCode;
 
     use super::*;
     use crate::{
         pipeline::{HeaderOp, PluginError, RequestAction},
         plugin::convert::Validate,
     };
-
-    fn request() -> PluginRequest {
-        let mut req = PluginRequest {
-            route: Arc::from("r"),
-            method: Method::POST,
-            path: "/a%20b".into(),
-            query: Some("x=1".into()),
-            headers: HeaderMap::new(),
-            client_addr: SocketAddr::from(([10, 0, 0, 1], 4000)),
-            scheme: "https",
-            params: vec![("id".into(), "7".into())],
-            body: Some(Bytes::from_static(b"hi")),
-        };
-        req.headers.append("x-a", HeaderValue::from_static("1"));
-        req.headers.append("x-a", HeaderValue::from_static("2"));
-        req.headers
-            .append("x-b", HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        req
-    }
-
-    #[test]
-    fn request_record_holds_the_whole_request_and_the_body_only_when_asked() {
-        let req = request();
-        let parts = RequestParts::new(&req, false);
-        let r = parts.request();
-        assert_eq!(
-            (r.route, r.method, r.path, r.query, r.scheme),
-            ("r", "POST", "/a%20b", Some("x=1"), "https")
-        );
-        assert_eq!(r.client_addr, "10.0.0.1:4000");
-        assert_eq!(r.params, [("id", "7")]);
-        let headers: Vec<_> = r.headers.iter().map(|h| (h.name, h.value)).collect();
-        assert_eq!(
-            headers,
-            [
-                ("x-a", &b"1"[..]),
-                ("x-a", &b"2"[..]),
-                ("x-b", &b"caf\xe9"[..])
-            ]
-        );
-        assert_eq!(r.body, None);
-        assert_eq!(
-            RequestParts::new(&req, true).request().body,
-            Some(&b"hi"[..])
-        );
-
-        let mut resp = PluginResponse::new(StatusCode::CREATED);
-        resp.body = Some(Bytes::from_static(b"out"));
-        assert_eq!(ResponseParts::new(&resp, false).response().body, None);
-        let parts = ResponseParts::new(&resp, true);
-        assert_eq!(parts.response().status, 201);
-        assert_eq!(parts.response().body, Some(&b"out"[..]));
-    }
 
     #[test]
     fn guest_output_converts_and_validates_as_current_output_does() {
@@ -388,23 +238,23 @@ mod tests {
             plugin: &plugin,
             max_body: 1 << 20,
         };
-        let header = |name: &str, value: &[u8]| v0_2::types::HeaderResult {
+        let header = |name: &str, value: &[u8]| v0_3::types::Header {
             name: name.into(),
             value: value.to_vec(),
         };
-        let edits = v0_2::types::RequestEdits {
+        let edits = v0_3::types::RequestEdits {
             headers: vec![
-                v0_2::types::HeaderOp::Set(header("x-a", b"1")),
-                v0_2::types::HeaderOp::Append(header("x-a", b"\xff")),
-                v0_2::types::HeaderOp::Remove("x-b".into()),
+                v0_3::types::HeaderOp::Set(header("x-a", b"1")),
+                v0_3::types::HeaderOp::Append(header("x-a", b"\xff")),
+                v0_3::types::HeaderOp::Remove("x-b".into()),
             ],
             path: Some("/new".into()),
             query: Some("q=1".into()),
             upstream: Some("other".into()),
             body: Some(b"body".to_vec()),
-            response_headers: vec![v0_2::types::HeaderOp::Set(header("x-r", b"2"))],
+            response_headers: vec![v0_3::types::HeaderOp::Set(header("x-r", b"2"))],
         };
-        let action = v0_2::types::RequestAction::Continue(edits);
+        let action = v0_3::types::RequestAction::Continue(edits);
         let RequestAction::Continue(edits) = v.action(action.into()).unwrap() else {
             panic!("continues");
         };
@@ -419,7 +269,7 @@ mod tests {
         assert_eq!(edits.body.as_deref(), Some(&b"body"[..]));
         assert_eq!(edits.response_headers.len(), 1);
 
-        let respond = v0_2::types::RequestAction::Respond(v0_2::types::ResponseResult {
+        let respond = v0_3::types::RequestAction::Respond(v0_3::types::Response {
             status: 418,
             headers: vec![header("x-c", b"3")],
             body: None,
@@ -431,7 +281,7 @@ mod tests {
         assert_eq!(resp.headers["x-c"], "3");
         assert_eq!(resp.body.as_deref(), Some(&b""[..]));
 
-        let bad = v0_2::types::ResponseEdits {
+        let bad = v0_3::types::ResponseEdits {
             status: Some(99),
             headers: vec![],
             body: None,

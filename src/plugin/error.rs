@@ -67,6 +67,24 @@ pub enum PluginLoadError {
         /// What is missing or wrong.
         detail: String,
     },
+    /// The component is a plugin built against a contract version this
+    /// host does not serve: one the support policy dropped (see the
+    /// README), or a newer one.
+    #[error(
+        "plugin \"{plugin}\": {} was built against pylon:plugin@{found}, which this host does \
+         not serve: rebuild it against {rebuild_against}",
+        path.display()
+    )]
+    UnsupportedContract {
+        /// The plugin's name.
+        plugin: String,
+        /// The component file.
+        path: PathBuf,
+        /// The version of `pylon:plugin/guest` it exports.
+        found: String,
+        /// The versions served, newest first (`0.4.0 or 0.3.0`).
+        rebuild_against: String,
+    },
     /// The component imports something the host does not provide.
     #[error("plugin \"{plugin}\": component imports what the host does not provide")]
     Link {
@@ -152,6 +170,7 @@ impl PluginLoadError {
             | PluginLoadError::Compile { plugin, .. }
             | PluginLoadError::CompilePanicked { plugin, .. }
             | PluginLoadError::NotAPlugin { plugin, .. }
+            | PluginLoadError::UnsupportedContract { plugin, .. }
             | PluginLoadError::Link { plugin, .. }
             | PluginLoadError::Instantiate { plugin, .. }
             | PluginLoadError::Configure { plugin, .. }

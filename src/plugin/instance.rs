@@ -22,11 +22,10 @@
 //! outcome; the timer travels too, so it is the pool that stops a call
 //! whose deadline passed while it waited.
 //!
-//! An instance speaks the contract version its component exports: 0.4.0
-//! and 0.3.0 hooks get the request and response lent through
-//! `host::exchange`; 0.2.0 hooks get them as records (`compat`). What older
-//! versions return is converted to 0.4.0 types, so all go through the same
-//! validation.
+//! An instance speaks the contract version its component exports (0.4.0 or
+//! 0.3.0); its hooks get the request and response lent through
+//! `host::exchange`. What 0.3.0 returns is converted to 0.4.0 types
+//! (`compat`), so all go through the same validation.
 
 use std::{
     pin::Pin,
@@ -41,8 +40,7 @@ use wasmtime::{Store, Trap, UpdateDeadline, component::Resource};
 use super::{
     CompiledPlugin,
     bindings::{self, pylon::plugin::types as wit},
-    bindings_v0_2, bindings_v0_3,
-    compat::{self, RequestParts, ResponseParts},
+    bindings_v0_3, compat,
     convert::Validate,
     engine::EpochTicker,
     offload,
@@ -155,23 +153,15 @@ pub(crate) struct Instance {
     guest: Guest,
 }
 
-/// An instance's `guest` export, in the contract version it speaks.
-enum Guest {
-    /// Hooks that read the request and response through lent handles.
-    Lent(LentGuest),
-    /// 0.2.0: hooks that get them as records.
-    V0_2(bindings_v0_2::exports::pylon::plugin::guest::Guest),
-}
-
-/// The versions whose hooks take lent handles: one lending, arming and
-/// accounting around the call, whichever of them it is.
+/// An instance's `guest` export, in the contract version it speaks: one
+/// lending, arming and accounting around the call, whichever it is.
 #[derive(Clone)]
-enum LentGuest {
+enum Guest {
     V0_4(bindings::exports::pylon::plugin::guest::Guest),
     V0_3(bindings_v0_3::exports::pylon::plugin::guest::Guest),
 }
 
-impl LentGuest {
+impl Guest {
     async fn on_request(
         &self,
         store: &mut Store<HostState>,
@@ -218,19 +208,13 @@ impl Instance {
         policy.stats.record_instantiation();
         let instantiate = async {
             wasmtime::Result::Ok(match pre {
-                GuestPre::V0_4(pre) => Guest::Lent(LentGuest::V0_4(
+                GuestPre::V0_4(pre) => Guest::V0_4(
                     pre.instantiate_async(&mut store)
                         .await?
                         .pylon_plugin_guest()
                         .clone(),
-                )),
-                GuestPre::V0_3(pre) => Guest::Lent(LentGuest::V0_3(
-                    pre.instantiate_async(&mut store)
-                        .await?
-                        .pylon_plugin_guest()
-                        .clone(),
-                )),
-                GuestPre::V0_2(pre) => Guest::V0_2(
+                ),
+                GuestPre::V0_3(pre) => Guest::V0_3(
                     pre.instantiate_async(&mut store)
                         .await?
                         .pylon_plugin_guest()
@@ -267,14 +251,8 @@ impl Instance {
         let started = arm(store, deadline);
         let call = async {
             match guest {
-                Guest::Lent(LentGuest::V0_4(guest)) => {
-                    guest.call_configure(&mut *store, config_json).await
-                }
-                Guest::Lent(LentGuest::V0_3(guest)) => Ok(guest
-                    .call_configure(&mut *store, config_json)
-                    .await?
-                    .map(Into::into)),
-                Guest::V0_2(guest) => Ok(guest
+                Guest::V0_4(guest) => guest.call_configure(&mut *store, config_json).await,
+                Guest::V0_3(guest) => Ok(guest
                     .call_configure(&mut *store, config_json)
                     .await?
                     .map(Into::into)),
@@ -293,11 +271,10 @@ impl Instance {
         }
     }
 
-    /// The request phase. For 0.4.0 and 0.3.0, `req` is lent to the store
-    /// for the call (see `host::exchange`) and is back in place when this
-    /// returns, whatever the outcome; only a cancelled call leaves it behind,
-    /// with the request and the instance. For 0.2.0 it is only read, into
-    /// the record the guest gets.
+    /// The request phase. `req` is lent to the store for the call (see
+    /// `host::exchange`) and is back in place when this returns, whatever
+    /// the outcome; only a cancelled call leaves it behind, with the request
+    /// and the instance.
     ///
     /// The instance is taken for the call because a lent call may finish on
     /// the plugin pool (`offload`); it comes back with the outcome.
@@ -309,37 +286,22 @@ impl Instance {
     ) -> (Self, Result<RequestAction, PluginError>) {
         let Self { mut store, guest } = self;
         let deadline = policy.deadline;
-        let action = match &guest {
-            Guest::Lent(lent) => {
-                let handle = store
-                    .data_mut()
-                    .exchange
-                    .lend_request(req, needs.request_body);
-                let started = arm(&mut store, deadline);
-                let lent = lent.clone();
-                let _ticking = policy.ticker.call();
-                let (back, result) = offload::run(async move {
-                    let result =
-                        timed(started, deadline, lent.on_request(&mut store, handle)).await;
-                    (store, result)
-                })
-                .await;
-                store = back;
-                store.data_mut().exchange.give_back(req, None);
-                finish(&mut store, policy, deadline, started, result)
-            }
-            Guest::V0_2(guest) => {
-                let parts = RequestParts::new(req, needs.request_body);
-                let started = arm(&mut store, deadline);
-                let result = policy
-                    .bounded(
-                        started,
-                        deadline,
-                        guest.call_on_request(&mut store, parts.request()),
-                    )
-                    .await;
-                finish(&mut store, policy, deadline, started, result).map(Into::into)
-            }
+        let action = {
+            let handle = store
+                .data_mut()
+                .exchange
+                .lend_request(req, needs.request_body);
+            let started = arm(&mut store, deadline);
+            let lent = guest.clone();
+            let _ticking = policy.ticker.call();
+            let (back, result) = offload::run(async move {
+                let result = timed(started, deadline, lent.on_request(&mut store, handle)).await;
+                (store, result)
+            })
+            .await;
+            store = back;
+            store.data_mut().exchange.give_back(req, None);
+            finish(&mut store, policy, deadline, started, result)
         };
         let action = action.and_then(|action| {
             Validate {
@@ -352,8 +314,7 @@ impl Instance {
         (Self { store, guest }, action)
     }
 
-    /// The response phase; `req` and `resp` are lent (0.4.0, 0.3.0) or read
-    /// (0.2.0) as in `on_request`.
+    /// The response phase; `req` and `resp` are lent as in `on_request`.
     async fn on_response(
         self,
         policy: &CallPolicy,
@@ -363,41 +324,22 @@ impl Instance {
     ) -> (Self, Result<ResponseEdits, PluginError>) {
         let Self { mut store, guest } = self;
         let deadline = policy.deadline;
-        let edits = match &guest {
-            Guest::Lent(lent) => {
-                let exchange = &mut store.data_mut().exchange;
-                let req_handle = exchange.lend_request(req, needs.request_body);
-                let resp_handle = exchange.lend_response(resp, needs.response_body);
-                let started = arm(&mut store, deadline);
-                let lent = lent.clone();
-                let _ticking = policy.ticker.call();
-                let (back, result) = offload::run(async move {
-                    let call = lent.on_response(&mut store, req_handle, resp_handle);
-                    let result = timed(started, deadline, call).await;
-                    (store, result)
-                })
-                .await;
-                store = back;
-                store.data_mut().exchange.give_back(req, Some(resp));
-                finish(&mut store, policy, deadline, started, result)
-            }
-            Guest::V0_2(guest) => {
-                let req_parts = RequestParts::new(req, needs.request_body);
-                let resp_parts = ResponseParts::new(resp, needs.response_body);
-                let started = arm(&mut store, deadline);
-                let result = policy
-                    .bounded(
-                        started,
-                        deadline,
-                        guest.call_on_response(
-                            &mut store,
-                            req_parts.request(),
-                            resp_parts.response(),
-                        ),
-                    )
-                    .await;
-                finish(&mut store, policy, deadline, started, result).map(Into::into)
-            }
+        let edits = {
+            let exchange = &mut store.data_mut().exchange;
+            let req_handle = exchange.lend_request(req, needs.request_body);
+            let resp_handle = exchange.lend_response(resp, needs.response_body);
+            let started = arm(&mut store, deadline);
+            let lent = guest.clone();
+            let _ticking = policy.ticker.call();
+            let (back, result) = offload::run(async move {
+                let call = lent.on_response(&mut store, req_handle, resp_handle);
+                let result = timed(started, deadline, call).await;
+                (store, result)
+            })
+            .await;
+            store = back;
+            store.data_mut().exchange.give_back(req, Some(resp));
+            finish(&mut store, policy, deadline, started, result)
         };
         let edits = edits.and_then(|edits| {
             Validate {

@@ -2,10 +2,10 @@
 //! [`crate::pipeline::Plugin`].
 //!
 //! - `bindings`: the `pylon:plugin` WIT contract as Rust types;
-//!   `bindings_v0_3` and `bindings_v0_2` the same for the earlier contract
-//!   versions still served;
-//! - `compat`: 0.3.0 and 0.2.0 served on top of 0.4.0 (their types
-//!   converted to the current ones; for 0.2.0, records built for its hooks);
+//!   `bindings_v0_3` the same for the previous contract version, still
+//!   served;
+//! - `compat`: 0.3.0 served on top of 0.4.0 (its types converted to the
+//!   current ones);
 //! - `engine`: the one `Engine` (pooling allocator, epoch ticker) and the
 //!   compile caches (memory and disk);
 //! - `runtime`: [`PluginRuntime`] — compile, configure, stats;
@@ -26,7 +26,6 @@
 //! instance from the pool.
 
 mod bindings;
-mod bindings_v0_2;
 mod bindings_v0_3;
 mod compat;
 mod convert;

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, component::Linker};
 
 use super::{
-    PluginLoadError, bindings, bindings_v0_2, bindings_v0_3,
+    PluginLoadError, bindings, bindings_v0_3,
     engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
     host,
     instance::{CallPolicy, Instance, Ready, WasmPlugin},
@@ -35,25 +35,25 @@ pub enum ContractVersion {
     /// `pylon:plugin@0.4.0`, the current contract (`wit/plugin.wit`): a
     /// plugin can declare header edits the host applies without a call.
     V0_4,
-    /// `pylon:plugin@0.3.0` (`wit/compat/0.3.0`): the hooks read the request
-    /// and response through resources; no fixed header edits.
+    /// `pylon:plugin@0.3.0`, the previous one (`wit/compat/0.3.0`): the
+    /// hooks read the request and response through resources; no fixed
+    /// header edits.
     V0_3,
-    /// `pylon:plugin@0.2.0`, the previous one (`wit/compat/0.2.0`): the
-    /// hooks get the request and response as records copied whole.
-    V0_2,
 }
 
 impl ContractVersion {
     /// Every version served, newest first (a component exporting several
-    /// is served under the newest).
-    pub const SUPPORTED: [Self; 3] = [Self::V0_4, Self::V0_3, Self::V0_2];
+    /// is served under the newest). The support policy (README, "Plugin
+    /// contract versions"): before 1.0, the current contract and the
+    /// previous one; a component built against an older one is refused at
+    /// load, naming the versions to rebuild against.
+    pub const SUPPORTED: [Self; 2] = [Self::V0_4, Self::V0_3];
 
-    /// `0.4.0`, `0.3.0`, `0.2.0`.
+    /// `0.4.0`, `0.3.0`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::V0_4 => "0.4.0",
             Self::V0_3 => "0.3.0",
-            Self::V0_2 => "0.2.0",
         }
     }
 
@@ -62,7 +62,6 @@ impl ContractVersion {
         match self {
             Self::V0_4 => "pylon:plugin/guest@0.4.0",
             Self::V0_3 => "pylon:plugin/guest@0.3.0",
-            Self::V0_2 => "pylon:plugin/guest@0.2.0",
         }
     }
 }
@@ -186,7 +185,6 @@ impl CompiledPlugin {
         match self.pre {
             GuestPre::V0_4(_) => ContractVersion::V0_4,
             GuestPre::V0_3(_) => ContractVersion::V0_3,
-            GuestPre::V0_2(_) => ContractVersion::V0_2,
         }
     }
 
@@ -204,7 +202,6 @@ impl CompiledPlugin {
 pub(crate) enum GuestPre {
     V0_4(bindings::PluginPre<HostState>),
     V0_3(bindings_v0_3::PluginPre<HostState>),
-    V0_2(bindings_v0_2::PluginPre<HostState>),
 }
 
 impl GuestPre {
@@ -216,7 +213,6 @@ impl GuestPre {
         match version {
             ContractVersion::V0_4 => bindings::PluginPre::new(pre).map(GuestPre::V0_4),
             ContractVersion::V0_3 => bindings_v0_3::PluginPre::new(pre).map(GuestPre::V0_3),
-            ContractVersion::V0_2 => bindings_v0_2::PluginPre::new(pre).map(GuestPre::V0_2),
         }
     }
 
@@ -224,7 +220,6 @@ impl GuestPre {
         match self {
             GuestPre::V0_4(pre) => pre.engine(),
             GuestPre::V0_3(pre) => pre.engine(),
-            GuestPre::V0_2(pre) => pre.engine(),
         }
     }
 }
@@ -309,6 +304,21 @@ impl PluginRuntime {
             .into_iter()
             .find(|v| component.get_export_index(None, v.guest_export()).is_some());
         let Some(version) = version else {
+            if let Some(found) = ty
+                .exports(&rt.engine)
+                .find_map(|(name, _)| name.strip_prefix("pylon:plugin/guest@"))
+            {
+                return Err(PluginLoadError::UnsupportedContract {
+                    plugin: plugin(),
+                    path: path(),
+                    found: found.to_owned(),
+                    rebuild_against: ContractVersion::SUPPORTED
+                        .iter()
+                        .map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                });
+            }
             let supported: Vec<String> = ContractVersion::SUPPORTED
                 .iter()
                 .map(|v| format!("`{}`", v.guest_export()))

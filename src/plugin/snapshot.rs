@@ -37,7 +37,7 @@ use wasmtime::{
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::{
-    CompiledPlugin, bindings, bindings_v0_2, bindings_v0_3,
+    CompiledPlugin, bindings, bindings_v0_3,
     engine::{CachedComponent, ComponentCache},
     instance::{CallPolicy, arm, disarm, new_store},
     runtime::{ContractVersion, GuestPre},
@@ -135,11 +135,6 @@ pub(crate) async fn take(
                     .await?
                     .map(|_| ()),
                 ContractVersion::V0_3 => bindings_v0_3::Plugin::new(&mut store, &instance)?
-                    .pylon_plugin_guest()
-                    .call_configure(&mut store, &config_json)
-                    .await?
-                    .map(|_| ()),
-                ContractVersion::V0_2 => bindings_v0_2::Plugin::new(&mut store, &instance)?
                     .pylon_plugin_guest()
                     .call_configure(&mut store, &config_json)
                     .await?

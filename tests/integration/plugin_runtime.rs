@@ -1,8 +1,8 @@
 //! The plugin runtime against real guest components (`build/plugins/*.wasm`,
 //! built once per run by `scripts/build-plugins`): deadlines, memory
 //! caps, traps, config rejection, compile caches, isolation, capability
-//! grants, logging, concurrent outbound HTTP, and plugins built against the
-//! previous contracts (0.2.0, 0.3.0).
+//! grants, logging, concurrent outbound HTTP, plugins built against the
+//! previous contract (0.3.0), and the refusal of older ones.
 
 use std::{
     collections::HashMap,
@@ -17,7 +17,7 @@ use pylon::{
     config::ProcessSettings,
     kv::MemoryKv,
     pipeline::{PluginError, PluginResponse, RequestAction},
-    plugin::{CompileOrigin, ContractVersion, HostServices, PluginLoadError, PluginRuntime},
+    plugin::{CompileOrigin, HostServices, PluginLoadError, PluginRuntime},
 };
 
 use crate::harness::runtime::{
@@ -482,10 +482,64 @@ async fn load_errors_name_plugin_and_file() {
         chain(&err),
         format!(
             "plugin \"empty\": {} is not a pylon plugin: it exports neither \
-             `pylon:plugin/guest@0.4.0` nor `pylon:plugin/guest@0.3.0` nor \
-             `pylon:plugin/guest@0.2.0` (the contract versions this host serves); its exports: none",
+             `pylon:plugin/guest@0.4.0` nor `pylon:plugin/guest@0.3.0` \
+             (the contract versions this host serves); its exports: none",
             not_plugin.component.display()
         )
+    );
+}
+
+/// A component that exports `pylon:plugin/guest@<version>` (an empty
+/// instance: enough to name the contract it was built against).
+fn component_exporting_guest(version: &str) -> Vec<u8> {
+    let name = format!("pylon:plugin/guest@{version}");
+    let name_len = u8::try_from(name.len()).unwrap();
+    assert!(name_len < 128, "single-byte LEB128 sizes only");
+    let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+    // Instance section: one instance made of no exports.
+    bytes.extend_from_slice(&[0x05, 0x03, 0x01, 0x01, 0x00]);
+    // Export section: that instance (sort 0x05, index 0) under `name`.
+    let mut export = vec![0x01, 0x00, name_len];
+    export.extend_from_slice(name.as_bytes());
+    export.extend_from_slice(&[0x05, 0x00, 0x00]);
+    bytes.extend_from_slice(&[0x0b, u8::try_from(export.len()).unwrap()]);
+    bytes.extend_from_slice(&export);
+    bytes
+}
+
+/// The support policy: the current contract and the previous one. A
+/// plugin built against an older one (0.2.0, dropped) is refused at load,
+/// naming the version it was built against and those to rebuild against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_a_dropped_contract_is_refused_naming_the_versions() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.wasm");
+    std::fs::write(&old, component_exporting_guest("0.2.0")).unwrap();
+    let mut d = def("old", "headers");
+    d.component = old;
+    let err = rt.compile(&d).unwrap_err();
+    assert!(
+        matches!(&err, PluginLoadError::UnsupportedContract { found, .. } if found == "0.2.0"),
+        "{err:?}"
+    );
+    assert_eq!(
+        chain(&err),
+        format!(
+            "plugin \"old\": {} was built against pylon:plugin@0.2.0, which this host does \
+             not serve: rebuild it against 0.4.0 or 0.3.0",
+            d.component.display()
+        )
+    );
+    // A supported version in the same shape is not refused for its version
+    // (it lacks the functions, so it is not a plugin).
+    let current = dir.path().join("current.wasm");
+    std::fs::write(&current, component_exporting_guest("0.4.0")).unwrap();
+    d.component = current;
+    let err = rt.compile(&d).unwrap_err();
+    assert!(
+        matches!(&err, PluginLoadError::NotAPlugin { .. }),
+        "{err:?}"
     );
 }
 
@@ -883,207 +937,6 @@ async fn python_component_loads_with_wasi_and_runs() {
         call_ok(&fresh, &request("/")).await;
     }
     assert_eq!(stats(&rt, "hello-fresh").calls - before, 2);
-}
-
-/// A guest log event's message, level and tags, from captured events.
-fn guest_logs(captured: &Captured) -> Vec<(String, String, String, String)> {
-    captured
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e["target"] == "pylon::plugin::guest")
-        .map(|e| {
-            let field = |k: &str| e.get(k).cloned().unwrap_or_default();
-            (
-                field("level"),
-                field("route"),
-                field("plugin"),
-                field("message"),
-            )
-        })
-        .collect()
-}
-
-// Current-thread runtime (and compile on this thread): the load and the
-// guest's log line are captured by the subscriber set here.
-#[tokio::test]
-async fn legacy_v0_2_plugin_sees_the_request_record_and_edits_both_phases() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(captured.clone());
-    let _serial = TRACING_TESTS.lock().await;
-    let _guard = capture_on_this_thread(subscriber);
-
-    let rt = runtime();
-    assert_eq!(
-        rt.compile(&def("headers", "headers")).unwrap().contract(),
-        ContractVersion::V0_4
-    );
-    let mut d = def("legacy", "legacy-v0-2");
-    d.grants.log = true;
-    d.grants.kv = true;
-    d.grants.clock = true;
-    d.grants.http_upstreams = vec!["up".into()];
-    let compiled = rt.compile(&d).unwrap();
-    assert_eq!(compiled.contract(), ContractVersion::V0_2);
-    assert_eq!(compiled.contract().to_string(), "0.2.0");
-    let loaded_event = captured
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|e| e["message"] == "plugin component ready" && e["plugin"] == "legacy")
-        .cloned();
-    let loaded_event = loaded_event.expect("the load is logged");
-    assert_eq!(
-        (
-            loaded_event["level"].as_str(),
-            loaded_event["contract"].as_str()
-        ),
-        ("INFO", "0.2.0")
-    );
-
-    let services = HostServices {
-        kv: Arc::new(MemoryKv::new()),
-        http: Arc::new(Upstreams {
-            targets: HashMap::from([("up".to_owned(), slow_server("ok", Duration::ZERO).await)]),
-        }),
-    };
-    let p = rt
-        .configure(
-            &compiled,
-            "users",
-            r#"{"fetch": "up", "clock": true}"#,
-            services,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}", chain(&e)));
-    assert!(p.needs().request_phase && p.needs().response_phase);
-
-    for hits in ["1", "2"] {
-        let mut req = request("/items/7");
-        req.headers.insert(
-            "user-agent",
-            HeaderValue::from_bytes(b"legacy-test/\xff").unwrap(),
-        );
-        let mut session = p.start().await.unwrap();
-        let RequestAction::Continue(edits) = session.on_request(&mut req).await.unwrap() else {
-            panic!("legacy continues");
-        };
-        let mut headers = HeaderMap::new();
-        edits
-            .headers
-            .iter()
-            .for_each(|op| op.apply(&mut headers).unwrap());
-        assert_eq!(headers["x-legacy-path"], "/items/7");
-        assert_eq!(
-            headers["x-legacy-agent"].as_bytes(),
-            b"legacy-test/\xff",
-            "header bytes reach the record unaltered"
-        );
-        assert_eq!(headers["x-legacy-hits"], hits, "kv through 0.2.0 imports");
-        assert_eq!(
-            headers["x-legacy-fetch"], "200",
-            "http-client through 0.2.0"
-        );
-        let now: u64 = headers["x-legacy-now-ms"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(now > 1_600_000_000_000, "clock through 0.2.0: {now}");
-        let mut early = HeaderMap::new();
-        edits
-            .response_headers
-            .iter()
-            .for_each(|op| op.apply(&mut early).unwrap());
-        assert_eq!(early["x-legacy-early"], "1");
-
-        let edits = session
-            .on_response(&mut req, &mut PluginResponse::new(StatusCode::CREATED))
-            .await
-            .unwrap();
-        let mut headers = HeaderMap::new();
-        edits
-            .headers
-            .iter()
-            .for_each(|op| op.apply(&mut headers).unwrap());
-        assert_eq!(headers["x-legacy-status"], "201");
-        assert_eq!(headers["x-legacy-saw-path"], "/items/7");
-        assert_eq!(req.path, "/items/7", "the request is left as it was");
-    }
-    assert_eq!(
-        guest_logs(&captured),
-        vec![
-            (
-                "INFO".to_owned(),
-                "users".to_owned(),
-                "legacy".to_owned(),
-                "legacy-v0-2: GET /items/7".to_owned()
-            );
-            2
-        ]
-    );
-
-    let mut req = request("/items/8");
-    req.headers
-        .insert("x-legacy-respond", HeaderValue::from_static("1"));
-    let resp = responded(call_ok(&p, &req).await);
-    assert_eq!(resp.status, StatusCode::OK);
-    assert_eq!(resp.headers["content-type"], "text/plain");
-    assert_eq!(body(&resp), "legacy-v0-2 answered /items/8");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn legacy_v0_2_plugin_gets_capabilities_only_when_granted() {
-    let rt = runtime();
-    let services = HostServices {
-        kv: Arc::new(MemoryKv::new()),
-        http: Arc::new(Upstreams {
-            targets: HashMap::from([("up".to_owned(), slow_server("ok", Duration::ZERO).await)]),
-        }),
-    };
-    let d = pooled(def("legacy", "legacy-v0-2"), 2);
-    let p = load(&rt, &d, "r", r#"{"fetch": "up"}"#, services.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{}", chain(&e)));
-    for _ in 0..2 {
-        let RequestAction::Continue(edits) = call_ok(&p, &request("/")).await else {
-            panic!("legacy continues");
-        };
-        let mut headers = HeaderMap::new();
-        edits
-            .headers
-            .iter()
-            .for_each(|op| op.apply(&mut headers).unwrap());
-        assert_eq!(headers["x-legacy-kv-error"], "denied");
-        assert_eq!(headers["x-legacy-fetch"], "denied");
-        assert_eq!(headers["x-legacy-agent"], "-");
-    }
-    assert_eq!(stats(&rt, "legacy").instantiations, 1, "pooled and reused");
-
-    // Without the clock grant the clock call traps, naming the capability.
-    let p = load(&rt, &d, "r", r#"{"clock": true}"#, services.clone())
-        .await
-        .unwrap();
-    let err = call(&p, &request("/")).await.unwrap_err();
-    assert!(matches!(err, PluginError::Trap { .. }), "{err:?}");
-    assert!(
-        chain(&err).contains("pylon:plugin/clock"),
-        "{}",
-        chain(&err)
-    );
-
-    let err = load(&rt, &d, "r", r#"{"nope": 1}"#, services)
-        .await
-        .err()
-        .expect("unknown keys are rejected");
-    assert!(
-        matches!(&err, PluginLoadError::ConfigRejected { message, .. }
-            if message.starts_with("invalid plugin config: unknown field `nope`")),
-        "{err:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! Plugins through the running gateway: each decision of the contract,
 //! failure policies, the sandbox limits, a non-Rust plugin, and plugins
-//! built against the earlier contracts (0.3.0, 0.2.0).
+//! built against the previous contract (0.3.0).
 
 use std::time::{Duration, Instant};
 
@@ -710,11 +710,6 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
         before,
         "a response from the plugin skips the upstream"
     );
-}
-
-#[tokio::test]
-async fn legacy_v0_2_plugin_runs_in_the_same_pipeline_as_current_ones() {
-    legacy_plugin_runs_in_the_same_pipeline_as_current_ones("legacy-v0-2", "0.2.0").await;
 }
 
 #[tokio::test]

@@ -81,8 +81,11 @@ async fn admin_reload(gw: &Gateway) -> (u16, Value) {
 }
 
 /// Wait (bounded) until `f` holds; for effects with no signal to await.
+/// Generous: a reload that changes a component compiles it, its
+/// instrumented copy and its snapshot, which on a loaded machine takes tens
+/// of seconds.
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;

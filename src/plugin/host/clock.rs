@@ -1,7 +1,7 @@
 //! `pylon:plugin/clock`: wall time in milliseconds and a monotonic clock in
 //! nanoseconds (from a process-wide origin, so it never goes backwards even
 //! across instances). Serves `clock` of every contract version the host
-//! serves (0.4.0, 0.3.0, 0.2.0).
+//! serves (0.4.0, 0.3.0).
 
 use std::{
     sync::OnceLock,
@@ -13,7 +13,6 @@ use wasmtime::component::{HasData, Linker};
 use super::CapabilityDenied;
 use crate::plugin::{
     bindings::pylon::plugin::clock,
-    bindings_v0_2::pylon::plugin::clock as clock_v0_2,
     bindings_v0_3::pylon::plugin::clock as clock_v0_3,
     state::{GuestContext, HostState},
 };
@@ -31,8 +30,7 @@ impl HasData for ClockData {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     clock::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })?;
-    clock_v0_3::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })?;
-    clock_v0_2::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })
+    clock_v0_3::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })
 }
 
 impl ClockView<'_> {
@@ -84,4 +82,3 @@ macro_rules! serve_clock {
 
 serve_clock!(clock);
 serve_clock!(clock_v0_3);
-serve_clock!(clock_v0_2);

@@ -5,8 +5,7 @@
 //! over its upstream pools (and by fakes in tests). `send-all` runs its
 //! requests concurrently on the calling task (`join_all`): the guest waits
 //! for all of them while the host thread serves other work. Serves
-//! `http-client` of every contract version the host serves (0.4.0, 0.3.0,
-//! 0.2.0).
+//! `http-client` of every contract version the host serves (0.4.0, 0.3.0).
 
 use std::time::Duration;
 
@@ -22,7 +21,6 @@ use crate::plugin::{
         http_client::{self, HttpError, OutboundRequest},
         types::{Header, Response},
     },
-    bindings_v0_2::pylon::plugin::http_client as http_v0_2,
     bindings_v0_3::pylon::plugin::http_client as http_v0_3,
     compat::each,
     state::HostState,
@@ -95,8 +93,7 @@ impl HasData for HttpData {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     http_client::add_to_linker::<HostState, HttpData>(linker, view)?;
-    http_v0_3::add_to_linker::<HostState, HttpData>(linker, view)?;
-    http_v0_2::add_to_linker::<HostState, HttpData>(linker, view)
+    http_v0_3::add_to_linker::<HostState, HttpData>(linker, view)
 }
 
 /// The view of `s` every version's import functions get.
@@ -148,7 +145,6 @@ macro_rules! serve_older_http {
 }
 
 serve_older_http!(http_v0_3);
-serve_older_http!(http_v0_2);
 
 /// `send-all`: every request at once, answers in request order.
 async fn send_many(

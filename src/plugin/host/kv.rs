@@ -3,7 +3,7 @@
 //! plugin's `kv-max-value-size` is refused here, whatever the backend;
 //! refusals reach the guest as `unavailable` with the reason, and are
 //! counted in the plugin's `kv_refusals`. Serves `kv` of every
-//! contract version the host serves (0.4.0, 0.3.0, 0.2.0).
+//! contract version the host serves (0.4.0, 0.3.0).
 
 use std::time::Duration;
 
@@ -15,7 +15,6 @@ use crate::{
     kv::{KvError, KvStore},
     plugin::{
         bindings::pylon::plugin::kv::{self, KvError as WitKvError},
-        bindings_v0_2::pylon::plugin::kv as kv_v0_2,
         bindings_v0_3::pylon::plugin::kv as kv_v0_3,
         state::HostState,
     },
@@ -38,8 +37,7 @@ impl HasData for KvData {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     kv::add_to_linker::<HostState, KvData>(linker, view)?;
-    kv_v0_3::add_to_linker::<HostState, KvData>(linker, view)?;
-    kv_v0_2::add_to_linker::<HostState, KvData>(linker, view)
+    kv_v0_3::add_to_linker::<HostState, KvData>(linker, view)
 }
 
 /// The view of `s` every version's import functions get.
@@ -191,4 +189,3 @@ macro_rules! serve_older_kv {
 }
 
 serve_older_kv!(kv_v0_3);
-serve_older_kv!(kv_v0_2);

@@ -1,13 +1,12 @@
 //! `pylon:plugin/log`: guest log lines become `tracing` events with `route`
 //! and `plugin` fields, under the target `pylon::plugin::guest`. Without the
 //! `log` grant, lines are dropped (a log line never fails a request).
-//! Serves `log` of every contract version the host serves (0.4.0, 0.3.0, 0.2.0).
+//! Serves `log` of every contract version the host serves (0.4.0, 0.3.0).
 
 use wasmtime::component::{HasData, Linker};
 
 use crate::plugin::{
     bindings::pylon::plugin::log::{self, Level},
-    bindings_v0_2::pylon::plugin::log as log_v0_2,
     bindings_v0_3::pylon::plugin::log as log_v0_3,
     state::{GuestContext, HostState},
 };
@@ -29,8 +28,7 @@ impl HasData for LogData {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     log::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })?;
-    log_v0_3::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })?;
-    log_v0_2::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })
+    log_v0_3::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })
 }
 
 impl log::Host for LogView<'_> {
@@ -53,7 +51,6 @@ macro_rules! serve_older_log {
 }
 
 serve_older_log!(log_v0_3);
-serve_older_log!(log_v0_2);
 
 impl LogView<'_> {
     /// One `log` call, whatever the contract version.

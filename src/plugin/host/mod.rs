@@ -6,7 +6,7 @@
 //! lines are dropped, and `clock` traps with [`CapabilityDenied`].
 //!
 //! Each file serves its interface for every contract version the host
-//! serves (0.4.0, 0.3.0 and 0.2.0, see `crate::plugin::compat`): one
+//! serves (0.4.0 and 0.3.0, see `crate::plugin::compat`): one
 //! implementation, written against 0.4.0, behind every generated trait.
 
 pub(crate) mod clock;
@@ -19,8 +19,8 @@ pub(crate) mod wasi;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{
-    bindings::pylon::plugin::types, bindings_v0_2::pylon::plugin::types as types_v0_2,
-    bindings_v0_3::pylon::plugin::types as types_v0_3, state::HostState,
+    bindings::pylon::plugin::types, bindings_v0_3::pylon::plugin::types as types_v0_3,
+    state::HostState,
 };
 
 /// A plugin called a trapping capability (`clock`) it was not granted.
@@ -35,15 +35,11 @@ pub struct CapabilityDenied {
     pub capability: &'static str,
 }
 
-// 0.2.0's `types` holds records only: there is nothing to serve.
-impl types_v0_2::Host for HostState {}
-
 /// Add the `pylon:plugin` imports of every contract version served (all of
 /// them: grants are checked per call, so one linker serves every plugin).
 pub(crate) fn add_plugin_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     types_v0_3::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
-    types_v0_2::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     log::add_to_linker(linker)?;
     clock::add_to_linker(linker)?;
     kv::add_to_linker(linker)?;
