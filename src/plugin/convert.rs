@@ -17,7 +17,7 @@ use std::{str::FromStr, sync::Arc};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, uri::PathAndQuery};
 
-use super::bindings::pylon::plugin::types as wit;
+use super::contract::current::pylon::plugin::types as wit;
 use crate::pipeline::{
     FixedEdits, HeaderOp, Needs, PluginError, PluginResponse, RequestAction, RequestEdits,
     ResponseEdits,

@@ -82,7 +82,7 @@ pub enum PluginLoadError {
         path: PathBuf,
         /// The version of `pylon:plugin/guest` it exports.
         found: String,
-        /// The versions served, newest first (`0.4.0 or 0.3.0`).
+        /// The versions served, newest first, joined by `or`.
         rebuild_against: String,
     },
     /// The component imports something the host does not provide.

@@ -22,10 +22,10 @@
 //! outcome; the timer travels too, so it is the pool that stops a call
 //! whose deadline passed while it waited.
 //!
-//! An instance speaks the contract version its component exports (0.4.0 or
-//! 0.3.0); its hooks get the request and response lent through
-//! `host::exchange`. What 0.3.0 returns is converted to 0.4.0 types
-//! (`compat`), so all go through the same validation.
+//! An instance speaks the contract version its component exports; its
+//! hooks get the request and response lent through `host::exchange`, and
+//! what an older version returns is converted to the current types
+//! (`contract`), so all go through the same validation.
 
 use std::{
     pin::Pin,
@@ -35,16 +35,14 @@ use std::{
 };
 
 use async_trait::async_trait;
-use wasmtime::{Store, Trap, UpdateDeadline, component::Resource};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::{
     CompiledPlugin,
-    bindings::{self, pylon::plugin::types as wit},
-    bindings_v0_3, compat,
+    contract::{Guest, GuestPre},
     convert::Validate,
     engine::EpochTicker,
     offload,
-    runtime::GuestPre,
     snapshot::Snapshot,
     state::{GuestContext, HostState},
     stats::PluginStats,
@@ -153,45 +151,6 @@ pub(crate) struct Instance {
     guest: Guest,
 }
 
-/// An instance's `guest` export, in the contract version it speaks: one
-/// lending, arming and accounting around the call, whichever it is.
-#[derive(Clone)]
-enum Guest {
-    V0_4(bindings::exports::pylon::plugin::guest::Guest),
-    V0_3(bindings_v0_3::exports::pylon::plugin::guest::Guest),
-}
-
-impl Guest {
-    async fn on_request(
-        &self,
-        store: &mut Store<HostState>,
-        req: Resource<wit::Request>,
-    ) -> wasmtime::Result<wit::RequestAction> {
-        match self {
-            Self::V0_4(guest) => guest.call_on_request(store, req).await,
-            Self::V0_3(guest) => Ok(guest
-                .call_on_request(store, compat::handle(req))
-                .await?
-                .into()),
-        }
-    }
-
-    async fn on_response(
-        &self,
-        store: &mut Store<HostState>,
-        req: Resource<wit::Request>,
-        resp: Resource<wit::ResponseView>,
-    ) -> wasmtime::Result<wit::ResponseEdits> {
-        match self {
-            Self::V0_4(guest) => guest.call_on_response(store, req, resp).await,
-            Self::V0_3(guest) => Ok(guest
-                .call_on_response(store, compat::handle(req), compat::handle(resp))
-                .await?
-                .into()),
-        }
-    }
-}
-
 /// A `configure` that ran: the plugin's answer to its config, its needs
 /// and the header edits it fixed for every request.
 pub(crate) type ConfigureResult = Result<(Needs, FixedEdits), String>;
@@ -206,22 +165,7 @@ impl Instance {
     ) -> Result<Self, PluginError> {
         let mut store = new_store(pre.engine(), ctx, policy, deadline);
         policy.stats.record_instantiation();
-        let instantiate = async {
-            wasmtime::Result::Ok(match pre {
-                GuestPre::V0_4(pre) => Guest::V0_4(
-                    pre.instantiate_async(&mut store)
-                        .await?
-                        .pylon_plugin_guest()
-                        .clone(),
-                ),
-                GuestPre::V0_3(pre) => Guest::V0_3(
-                    pre.instantiate_async(&mut store)
-                        .await?
-                        .pylon_plugin_guest()
-                        .clone(),
-                ),
-            })
-        };
+        let instantiate = pre.instantiate(&mut store);
         let result = policy.bounded(Instant::now(), deadline, instantiate).await;
         disarm(&mut store);
         let err = match result {
@@ -249,15 +193,7 @@ impl Instance {
     ) -> Result<ConfigureResult, PluginError> {
         let Self { store, guest } = self;
         let started = arm(store, deadline);
-        let call = async {
-            match guest {
-                Guest::V0_4(guest) => guest.call_configure(&mut *store, config_json).await,
-                Guest::V0_3(guest) => Ok(guest
-                    .call_configure(&mut *store, config_json)
-                    .await?
-                    .map(Into::into)),
-            }
-        };
+        let call = guest.configure(&mut *store, config_json);
         let result = policy.bounded(started, deadline, call).await;
         let answer = finish(store, policy, deadline, started, result)?;
         match answer {

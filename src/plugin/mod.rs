@@ -1,11 +1,10 @@
 //! WebAssembly component plugins: the Wasm implementation of
 //! [`crate::pipeline::Plugin`].
 //!
-//! - `bindings`: the `pylon:plugin` WIT contract as Rust types;
-//!   `bindings_v0_3` the same for the previous contract version, still
-//!   served;
-//! - `compat`: 0.3.0 served on top of 0.4.0 (its types converted to the
-//!   current ones);
+//! - `contract`: every version of the `pylon:plugin` WIT contract served
+//!   (the only module that names one): the current contract's types, the
+//!   one model the rest uses, and each older version bound and converted
+//!   onto it;
 //! - `engine`: the one `Engine` (pooling allocator, epoch ticker) and the
 //!   compile caches (memory and disk);
 //! - `runtime`: [`PluginRuntime`] — compile, configure, stats;
@@ -25,9 +24,7 @@
 //! only instantiates from the pre-instantiated component, or reuses an
 //! instance from the pool.
 
-mod bindings;
-mod bindings_v0_3;
-mod compat;
+mod contract;
 mod convert;
 mod engine;
 mod error;
@@ -39,11 +36,12 @@ mod snapshot;
 mod state;
 mod stats;
 
+pub use contract::ContractVersion;
 pub use engine::CompileOrigin;
 pub use error::PluginLoadError;
 pub use host::{
     CapabilityDenied,
     http::{MAX_SEND_ALL, OutboundError, OutboundHttp},
 };
-pub use runtime::{CacheStats, CompiledPlugin, ContractVersion, HostServices, PluginRuntime};
+pub use runtime::{CacheStats, CompiledPlugin, HostServices, PluginRuntime};
 pub use stats::{LATENCY_BUCKETS_US, PluginStatsSnapshot};

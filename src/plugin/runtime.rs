@@ -1,7 +1,6 @@
 //! [`PluginRuntime`]: the engine, linkers, compile caches and stats shared
 //! by every plugin of the process; [`CompiledPlugin`]: one plugin definition
-//! compiled and pre-instantiated, ready to be configured on routes;
-//! [`ContractVersion`]: the versions of the plugin contract the host serves.
+//! compiled and pre-instantiated, ready to be configured on routes.
 
 use std::{
     collections::BTreeMap,
@@ -13,9 +12,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, component::Linker};
 
 use super::{
-    PluginLoadError, bindings, bindings_v0_3,
+    PluginLoadError,
+    contract::{self, ContractVersion, GuestPre},
     engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
-    host,
     instance::{CallPolicy, Instance, Ready, WasmPlugin},
     snapshot,
     state::{GuestContext, HostState},
@@ -26,51 +25,6 @@ use crate::{
     pipeline::Plugin,
     sync::lock,
 };
-
-/// A version of the `pylon:plugin` contract the host serves. A plugin is
-/// served under the version whose `guest` interface it exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ContractVersion {
-    /// `pylon:plugin@0.4.0`, the current contract (`wit/plugin.wit`): a
-    /// plugin can declare header edits the host applies without a call.
-    V0_4,
-    /// `pylon:plugin@0.3.0`, the previous one (`wit/compat/0.3.0`): the
-    /// hooks read the request and response through resources; no fixed
-    /// header edits.
-    V0_3,
-}
-
-impl ContractVersion {
-    /// Every version served, newest first (a component exporting several
-    /// is served under the newest). The support policy (README, "Plugin
-    /// contract versions"): before 1.0, the current contract and the
-    /// previous one; a component built against an older one is refused at
-    /// load, naming the versions to rebuild against.
-    pub const SUPPORTED: [Self; 2] = [Self::V0_4, Self::V0_3];
-
-    /// `0.4.0`, `0.3.0`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::V0_4 => "0.4.0",
-            Self::V0_3 => "0.3.0",
-        }
-    }
-
-    /// The export a plugin of this version has (looked up semver-compatibly).
-    pub fn guest_export(self) -> &'static str {
-        match self {
-            Self::V0_4 => "pylon:plugin/guest@0.4.0",
-            Self::V0_3 => "pylon:plugin/guest@0.3.0",
-        }
-    }
-}
-
-impl std::fmt::Display for ContractVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Calls at load time (instantiate + `configure`) get at least this long:
 /// the first instantiation of a large component touches cold pages.
@@ -182,10 +136,7 @@ impl CompiledPlugin {
 
     /// The contract version it is served under.
     pub fn contract(&self) -> ContractVersion {
-        match self.pre {
-            GuestPre::V0_4(_) => ContractVersion::V0_4,
-            GuestPre::V0_3(_) => ContractVersion::V0_3,
-        }
+        self.pre.version()
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -194,33 +145,6 @@ impl CompiledPlugin {
 
     pub(crate) fn pre(&self) -> &GuestPre {
         &self.pre
-    }
-}
-
-/// A component pre-instantiated with the bindings of the contract version
-/// it exports.
-pub(crate) enum GuestPre {
-    V0_4(bindings::PluginPre<HostState>),
-    V0_3(bindings_v0_3::PluginPre<HostState>),
-}
-
-impl GuestPre {
-    /// Check `pre` exports `version`'s guest interface and bind it.
-    pub(crate) fn new(
-        version: ContractVersion,
-        pre: wasmtime::component::InstancePre<HostState>,
-    ) -> wasmtime::Result<Self> {
-        match version {
-            ContractVersion::V0_4 => bindings::PluginPre::new(pre).map(GuestPre::V0_4),
-            ContractVersion::V0_3 => bindings_v0_3::PluginPre::new(pre).map(GuestPre::V0_3),
-        }
-    }
-
-    pub(crate) fn engine(&self) -> &Engine {
-        match self {
-            GuestPre::V0_4(pre) => pre.engine(),
-            GuestPre::V0_3(pre) => pre.engine(),
-        }
     }
 }
 
@@ -245,7 +169,7 @@ impl PluginRuntime {
         };
         let engine = engine::build_engine(settings).map_err(engine_err)?;
         let mut plain = Linker::new(&engine);
-        host::add_plugin_imports(&mut plain).map_err(engine_err)?;
+        contract::add_to_linker(&mut plain).map_err(engine_err)?;
         let mut with_wasi = plain.clone();
         wasmtime_wasi::p2::add_to_linker_async(&mut with_wasi).map_err(engine_err)?;
         let cache = ComponentCache::new(&engine, settings.cache_dir.clone()).map_err(|source| {

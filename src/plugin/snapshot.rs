@@ -37,10 +37,10 @@ use wasmtime::{
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::{
-    CompiledPlugin, bindings, bindings_v0_3,
+    CompiledPlugin,
+    contract::{ContractVersion, Guest, GuestPre},
     engine::{CachedComponent, ComponentCache},
     instance::{CallPolicy, arm, disarm, new_store},
-    runtime::{ContractVersion, GuestPre},
     state::{GuestContext, HostState},
 };
 
@@ -128,18 +128,8 @@ pub(crate) async fn take(
         let mut store = new_store(&engine, &ctx, &policy, deadline);
         let configure = async {
             let instance = pre.instantiate_async(&mut store).await?;
-            let answer = match version {
-                ContractVersion::V0_4 => bindings::Plugin::new(&mut store, &instance)?
-                    .pylon_plugin_guest()
-                    .call_configure(&mut store, &config_json)
-                    .await?
-                    .map(|_| ()),
-                ContractVersion::V0_3 => bindings_v0_3::Plugin::new(&mut store, &instance)?
-                    .pylon_plugin_guest()
-                    .call_configure(&mut store, &config_json)
-                    .await?
-                    .map(|_| ()),
-            };
+            let guest = Guest::of_instance(version, &mut store, &instance)?;
+            let answer = guest.configure(&mut store, &config_json).await?.map(|_| ());
             wasmtime::Result::Ok((instance, answer))
         };
         let instance =

@@ -1,7 +1,7 @@
 //! `pylon:plugin/clock`: wall time in milliseconds and a monotonic clock in
 //! nanoseconds (from a process-wide origin, so it never goes backwards even
-//! across instances). Serves `clock` of every contract version the host
-//! serves (0.4.0, 0.3.0).
+//! across instances). Serves the current contract's `clock`; older
+//! versions adapt onto it in `contract`.
 
 use std::{
     sync::OnceLock,
@@ -12,8 +12,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::CapabilityDenied;
 use crate::plugin::{
-    bindings::pylon::plugin::clock,
-    bindings_v0_3::pylon::plugin::clock as clock_v0_3,
+    contract::current::pylon::plugin::clock,
     state::{GuestContext, HostState},
 };
 
@@ -22,15 +21,19 @@ pub(crate) struct ClockView<'a> {
     ctx: &'a GuestContext,
 }
 
-struct ClockData;
+pub(crate) struct ClockData;
 
 impl HasData for ClockData {
     type Data<'a> = ClockView<'a>;
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    clock::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })?;
-    clock_v0_3::add_to_linker::<HostState, ClockData>(linker, |s| ClockView { ctx: &s.ctx })
+    clock::add_to_linker::<HostState, ClockData>(linker, view)
+}
+
+/// What `clock` of every contract version sees of `s`.
+pub(crate) fn view(s: &mut HostState) -> ClockView<'_> {
+    ClockView { ctx: &s.ctx }
 }
 
 impl ClockView<'_> {
@@ -81,4 +84,3 @@ macro_rules! serve_clock {
 }
 
 serve_clock!(clock);
-serve_clock!(clock_v0_3);

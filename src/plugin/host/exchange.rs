@@ -22,9 +22,7 @@ use wasmtime::component::Resource;
 use crate::{
     pipeline::{PluginRequest, PluginResponse},
     plugin::{
-        bindings::pylon::plugin::types::{self, Request, ResponseView},
-        bindings_v0_3::pylon::plugin::types as types_v0_3,
-        compat::each,
+        contract::current::pylon::plugin::types::{self, Request, ResponseView},
         convert::{self, headers_to_wit_owned},
         state::HostState,
     },
@@ -144,8 +142,8 @@ fn every(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The `types` resources of one contract version (0.4.0 and 0.3.0 share
-/// their shapes; only the `header` record type is each version's own).
+/// The current contract's `types` resources (older versions adapt onto
+/// them in `contract`).
 macro_rules! serve_types {
     ($t:ident) => {
         impl $t::Host for HostState {}
@@ -184,9 +182,7 @@ macro_rules! serve_types {
             }
 
             fn headers(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<Vec<$t::Header>> {
-                Ok(each(headers_to_wit_owned(
-                    &self.exchange.request()?.headers,
-                )))
+                Ok(headers_to_wit_owned(&self.exchange.request()?.headers))
             }
 
             fn client_addr(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
@@ -256,9 +252,7 @@ macro_rules! serve_types {
                 &mut self,
                 _: Resource<$t::ResponseView>,
             ) -> wasmtime::Result<Vec<$t::Header>> {
-                Ok(each(headers_to_wit_owned(
-                    &self.exchange.response()?.headers,
-                )))
+                Ok(headers_to_wit_owned(&self.exchange.response()?.headers))
             }
 
             fn body(&mut self, _: Resource<$t::ResponseView>) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -274,7 +268,6 @@ macro_rules! serve_types {
 }
 
 serve_types!(types);
-serve_types!(types_v0_3);
 
 #[cfg(test)]
 mod tests {

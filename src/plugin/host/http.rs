@@ -5,7 +5,8 @@
 //! over its upstream pools (and by fakes in tests). `send-all` runs its
 //! requests concurrently on the calling task (`join_all`): the guest waits
 //! for all of them while the host thread serves other work. Serves
-//! `http-client` of every contract version the host serves (0.4.0, 0.3.0).
+//! the current contract's `http-client`; older versions adapt onto it in
+//! `contract`.
 
 use std::time::Duration;
 
@@ -17,12 +18,10 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::error::ErrorChain;
 use crate::plugin::{
-    bindings::pylon::plugin::{
+    contract::current::pylon::plugin::{
         http_client::{self, HttpError, OutboundRequest},
         types::{Header, Response},
     },
-    bindings_v0_3::pylon::plugin::http_client as http_v0_3,
-    compat::each,
     state::HostState,
 };
 
@@ -85,19 +84,18 @@ pub(crate) struct HttpView<'a> {
     client: &'a dyn OutboundHttp,
 }
 
-struct HttpData;
+pub(crate) struct HttpData;
 
 impl HasData for HttpData {
     type Data<'a> = HttpView<'a>;
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    http_client::add_to_linker::<HostState, HttpData>(linker, view)?;
-    http_v0_3::add_to_linker::<HostState, HttpData>(linker, view)
+    http_client::add_to_linker::<HostState, HttpData>(linker, view)
 }
 
 /// The view of `s` every version's import functions get.
-fn view(s: &mut HostState) -> HttpView<'_> {
+pub(crate) fn view(s: &mut HostState) -> HttpView<'_> {
     HttpView {
         allowed: &s.ctx.grants.http_upstreams,
         client: &*s.ctx.services.http,
@@ -116,35 +114,6 @@ impl http_client::Host for HttpView<'_> {
         send_many(self.allowed, self.client, requests).await
     }
 }
-
-/// An older version's `http-client`: its request, response and error
-/// types converted.
-macro_rules! serve_older_http {
-    ($http:ident) => {
-        impl $http::Host for HttpView<'_> {
-            async fn send(
-                &mut self,
-                request: $http::OutboundRequest,
-            ) -> Result<$http::Response, $http::HttpError> {
-                let response = send_one(self.allowed, self.client, request.into()).await?;
-                Ok(response.into())
-            }
-
-            async fn send_all(
-                &mut self,
-                requests: Vec<$http::OutboundRequest>,
-            ) -> Vec<Result<$http::Response, $http::HttpError>> {
-                send_many(self.allowed, self.client, each(requests))
-                    .await
-                    .into_iter()
-                    .map(|result| result.map(Into::into).map_err(Into::into))
-                    .collect()
-            }
-        }
-    };
-}
-
-serve_older_http!(http_v0_3);
 
 /// `send-all`: every request at once, answers in request order.
 async fn send_many(

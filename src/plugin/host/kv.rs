@@ -2,8 +2,8 @@
 //! `<plugin>:`, so plugins never see each other's keys. A value over the
 //! plugin's `kv-max-value-size` is refused here, whatever the backend;
 //! refusals reach the guest as `unavailable` with the reason, and are
-//! counted in the plugin's `kv_refusals`. Serves `kv` of every
-//! contract version the host serves (0.4.0, 0.3.0).
+//! counted in the plugin's `kv_refusals`. Serves the current contract's
+//! `kv`; older versions adapt onto it in `contract`.
 
 use std::time::Duration;
 
@@ -14,8 +14,7 @@ use crate::{
     error::ErrorChain,
     kv::{KvError, KvStore},
     plugin::{
-        bindings::pylon::plugin::kv::{self, KvError as WitKvError},
-        bindings_v0_3::pylon::plugin::kv as kv_v0_3,
+        contract::current::pylon::plugin::kv::{self, KvError as WitKvError},
         state::HostState,
     },
 };
@@ -29,19 +28,18 @@ pub(crate) struct KvView<'a> {
     stats: &'a crate::plugin::stats::PluginStats,
 }
 
-struct KvData;
+pub(crate) struct KvData;
 
 impl HasData for KvData {
     type Data<'a> = KvView<'a>;
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    kv::add_to_linker::<HostState, KvData>(linker, view)?;
-    kv_v0_3::add_to_linker::<HostState, KvData>(linker, view)
+    kv::add_to_linker::<HostState, KvData>(linker, view)
 }
 
 /// The view of `s` every version's import functions get.
-fn view(s: &mut HostState) -> KvView<'_> {
+pub(crate) fn view(s: &mut HostState) -> KvView<'_> {
     KvView {
         granted: s.ctx.grants.kv,
         prefix: &s.ctx.kv_prefix,
@@ -154,38 +152,3 @@ impl kv::Host for KvView<'_> {
         self.add(key, delta, ttl_ms).await
     }
 }
-
-/// An older version's `kv`: the same calls, its error type converted.
-macro_rules! serve_older_kv {
-    ($kv:ident) => {
-        impl $kv::Host for KvView<'_> {
-            async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, $kv::KvError> {
-                Ok(self.get_value(key).await?)
-            }
-
-            async fn set(
-                &mut self,
-                key: String,
-                value: Vec<u8>,
-                ttl_ms: Option<u64>,
-            ) -> Result<(), $kv::KvError> {
-                Ok(self.set_value(key, value, ttl_ms).await?)
-            }
-
-            async fn delete(&mut self, key: String) -> Result<bool, $kv::KvError> {
-                Ok(self.delete_key(key).await?)
-            }
-
-            async fn incr(
-                &mut self,
-                key: String,
-                delta: i64,
-                ttl_ms: Option<u64>,
-            ) -> Result<i64, $kv::KvError> {
-                Ok(self.add(key, delta, ttl_ms).await?)
-            }
-        }
-    };
-}
-
-serve_older_kv!(kv_v0_3);

@@ -1,13 +1,13 @@
 //! `pylon:plugin/log`: guest log lines become `tracing` events with `route`
 //! and `plugin` fields, under the target `pylon::plugin::guest`. Without the
 //! `log` grant, lines are dropped (a log line never fails a request).
-//! Serves `log` of every contract version the host serves (0.4.0, 0.3.0).
+//! Serves the current contract's `log`; older versions adapt onto it in
+//! `contract`.
 
 use wasmtime::component::{HasData, Linker};
 
 use crate::plugin::{
-    bindings::pylon::plugin::log::{self, Level},
-    bindings_v0_3::pylon::plugin::log as log_v0_3,
+    contract::current::pylon::plugin::log::{self, Level},
     state::{GuestContext, HostState},
 };
 
@@ -20,15 +20,19 @@ pub(crate) struct LogView<'a> {
     ctx: &'a GuestContext,
 }
 
-struct LogData;
+pub(crate) struct LogData;
 
 impl HasData for LogData {
     type Data<'a> = LogView<'a>;
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    log::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })?;
-    log_v0_3::add_to_linker::<HostState, LogData>(linker, |s| LogView { ctx: &s.ctx })
+    log::add_to_linker::<HostState, LogData>(linker, view)
+}
+
+/// What `log` of every contract version sees of `s`.
+pub(crate) fn view(s: &mut HostState) -> LogView<'_> {
+    LogView { ctx: &s.ctx }
 }
 
 impl log::Host for LogView<'_> {
@@ -37,20 +41,6 @@ impl log::Host for LogView<'_> {
         Ok(())
     }
 }
-
-/// An older version's `log`: its level converted.
-macro_rules! serve_older_log {
-    ($log:ident) => {
-        impl $log::Host for LogView<'_> {
-            fn log(&mut self, level: $log::Level, message: String) -> wasmtime::Result<()> {
-                self.emit(level.into(), &message);
-                Ok(())
-            }
-        }
-    };
-}
-
-serve_older_log!(log_v0_3);
 
 impl LogView<'_> {
     /// One `log` call, whatever the contract version.

@@ -5,9 +5,9 @@
 //! otherwise: `kv` and `http-client` answer `denied`, ungranted `log`
 //! lines are dropped, and `clock` traps with [`CapabilityDenied`].
 //!
-//! Each file serves its interface for every contract version the host
-//! serves (0.4.0 and 0.3.0, see `crate::plugin::compat`): one
-//! implementation, written against 0.4.0, behind every generated trait.
+//! Each file serves its interface of the current contract: one
+//! implementation, behind which `crate::plugin::contract` adapts every
+//! older version served.
 
 pub(crate) mod clock;
 pub(crate) mod exchange;
@@ -18,10 +18,7 @@ pub(crate) mod wasi;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{
-    bindings::pylon::plugin::types, bindings_v0_3::pylon::plugin::types as types_v0_3,
-    state::HostState,
-};
+use super::{contract::current::pylon::plugin::types, state::HostState};
 
 /// A plugin called a trapping capability (`clock`) it was not granted.
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +32,10 @@ pub struct CapabilityDenied {
     pub capability: &'static str,
 }
 
-/// Add the `pylon:plugin` imports of every contract version served (all of
-/// them: grants are checked per call, so one linker serves every plugin).
+/// Add the current contract's `pylon:plugin` imports (all of them: grants
+/// are checked per call, so one linker serves every plugin).
 pub(crate) fn add_plugin_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
-    types_v0_3::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     log::add_to_linker(linker)?;
     clock::add_to_linker(linker)?;
     kv::add_to_linker(linker)?;

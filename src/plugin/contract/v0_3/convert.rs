@@ -1,25 +1,17 @@
-//! The previous contract, `pylon:plugin@0.3.0`, served beside the current
-//! one (0.4.0) so plugins built against it keep loading (the support
-//! policy: the current contract and the previous one, see the README).
-//!
-//! 0.3.0 differs from 0.4.0 only in `needs`, which has no fixed header
-//! edits: a 0.3.0 plugin declares none. Its resources are the same, so its
-//! hooks get the same lent handles (`handle`), and every other type converts
-//! field by field into its 0.4.0 twin.
-//!
-//! The logic itself exists once, written against the current contract:
-//! host capabilities in `crate::plugin::host`, output validation in
-//! `convert::Validate`.
+//! The 0.3.0 types converted to and from their current twins: what the
+//! guest returns and what its imports take -> current, import results ->
+//! 0.3.0. Field by field; 0.3.0's `needs` has no fixed header edits, so a
+//! 0.3.0 plugin declares none.
 //!
 //! Not a place for behaviour: an older plugin must see exactly what a
 //! current plugin sees, only in the older shape.
 
 use wasmtime::component::Resource;
 
-use super::{bindings::pylon::plugin as current, bindings_v0_3::pylon::plugin as v0_3};
+use super::{super::current::pylon::plugin as current, bindings::pylon::plugin as v0_3};
 
 /// Every item converted, in order.
-pub(crate) fn each<A: Into<B>, B>(items: Vec<A>) -> Vec<B> {
+pub(super) fn each<A: Into<B>, B>(items: Vec<A>) -> Vec<B> {
     items.into_iter().map(Into::into).collect()
 }
 
