@@ -366,10 +366,46 @@ pub struct Route {
     /// A request body declared (`Content-Length`) no larger than this is
     /// read whole before the upstream is connected to; 0 disables it.
     pub request_buffer_bytes: usize,
+    /// Conditions on headers and query parameters (`match`), all of
+    /// which must hold; empty matches any request.
+    pub matches: RequestMatch,
     /// The plugin pipeline, in order.
     pub plugins: Vec<PluginRef>,
     /// Where it was defined.
     pub location: Location,
+}
+
+/// A route's `match = { headers = { … }, query = { … } }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMatch {
+    /// Header conditions (names lower case). A header sent several times
+    /// is matched on its values joined with `,` (RFC 9110 5.3, as Envoy).
+    pub headers: Vec<(http::HeaderName, ValueMatch)>,
+    /// Query parameter conditions, on the percent-decoded names and values
+    /// (`+` is a space); a parameter sent several times matches if any of
+    /// its values does.
+    pub query: Vec<(String, ValueMatch)>,
+}
+
+impl RequestMatch {
+    /// How many conditions there are.
+    pub fn len(&self) -> usize {
+        self.headers.len() + self.query.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One header or query parameter condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueMatch {
+    /// Present, with any value (even empty).
+    Present,
+    /// Present with exactly this value (case-sensitive).
+    Exact(String),
 }
 
 /// What the route does when one of its plugins fails.

@@ -239,8 +239,48 @@ pub(crate) struct RawRoute {
     pub(crate) request_body_timeout: Option<Spanned<String>>,
     pub(crate) response_body_timeout: Option<Spanned<String>>,
     pub(crate) request_buffer_size: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    pub(crate) matches: Option<Spanned<RawRequestMatch>>,
     #[serde(default)]
     pub(crate) plugins: Vec<Spanned<RawPluginRef>>,
+}
+
+/// `[[routes]] match = { headers = { … }, query = { … } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRequestMatch {
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, Spanned<RawValueMatch>>,
+    #[serde(default)]
+    pub(crate) query: BTreeMap<String, Spanned<RawValueMatch>>,
+}
+
+/// A header or query parameter condition: a string (that exact value) or
+/// `true` (present). A visitor rather than `#[serde(untagged)]`, which
+/// would lose the spans.
+#[derive(Debug)]
+pub(crate) enum RawValueMatch {
+    Exact(String),
+    Present(bool),
+}
+
+impl<'de> Deserialize<'de> for RawValueMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawValueMatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string (the exact value) or true (present)")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawValueMatch, E> {
+                Ok(RawValueMatch::Present(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawValueMatch, E> {
+                Ok(RawValueMatch::Exact(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

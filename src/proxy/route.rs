@@ -62,7 +62,13 @@ pub(super) fn route(rt: &Generation, req: Request<Body>) -> Result<Routed<'_>, P
     }
     let m = rt
         .router()
-        .route(host.as_deref(), &parts.method, &path)
+        .route_request(
+            host.as_deref(),
+            &parts.method,
+            &path,
+            &parts.headers,
+            parts.uri.query(),
+        )
         .ok_or(ProxyError::NoRoute)?;
     let normalized = match path {
         Cow::Owned(p) => Some(p),

@@ -16,6 +16,7 @@ mod plugins;
 mod policies;
 mod proxy;
 mod reload;
+mod routing;
 mod shutdown;
 mod tls;
 mod traces;

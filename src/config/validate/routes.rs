@@ -132,6 +132,11 @@ pub(super) fn routes(
                     16 << 10
                 }),
             },
+            matches: r
+                .matches
+                .as_ref()
+                .map(|m| request_match(cx, m, &subject))
+                .unwrap_or_default(),
             plugins: refs,
             location: cx.loc(route),
         });
@@ -231,6 +236,66 @@ fn route_rewrite(
         }
         _ => None,
     }
+}
+
+fn request_match(
+    cx: &mut Ctx<'_>,
+    raw: &Spanned<raw::RawRequestMatch>,
+    subject: &str,
+) -> RequestMatch {
+    let mut out = RequestMatch::default();
+    let value = |cx: &mut Ctx<'_>, what: &str, v: &Spanned<raw::RawValueMatch>| match v.get_ref() {
+        raw::RawValueMatch::Present(true) => Some(ValueMatch::Present),
+        raw::RawValueMatch::Present(false) => {
+            cx.error(
+                v,
+                Some(subject.into()),
+                format!("match {what}: false is not a condition; use true (present) or a string (that exact value)"),
+            );
+            None
+        }
+        raw::RawValueMatch::Exact(s) => Some(ValueMatch::Exact(s.clone())),
+    };
+    for (name, v) in &raw.get_ref().headers {
+        let what = format!("header {name:?}");
+        let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            cx.error(
+                v,
+                Some(subject.into()),
+                format!("match {what}: not a valid header name"),
+            );
+            continue;
+        };
+        let Some(m) = value(cx, &what, v) else {
+            continue;
+        };
+        if let ValueMatch::Exact(e) = &m
+            && http::HeaderValue::from_str(e).is_err()
+        {
+            cx.error(
+                v,
+                Some(subject.into()),
+                format!("match {what}: {e:?} can never be a header value"),
+            );
+            continue;
+        }
+        out.headers.push((header, m));
+    }
+    for (name, v) in &raw.get_ref().query {
+        let what = format!("query parameter {name:?}");
+        if name.is_empty() {
+            cx.error(
+                v,
+                Some(subject.into()),
+                "match query: a parameter needs a name",
+            );
+            continue;
+        }
+        if let Some(m) = value(cx, &what, v) {
+            out.query.push((name.clone(), m));
+        }
+    }
+    out
 }
 
 fn route_host(cx: &mut Ctx<'_>, h: &Spanned<String>, subject: &str) -> String {
