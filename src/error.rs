@@ -160,20 +160,37 @@ impl ProxyError {
         }
     }
 
+    /// Log the error (once, here) and turn it into the client's response:
+    /// for a gRPC request (`grpc`), HTTP 200 with the gRPC status of
+    /// [`grpc_status`] in a trailers-only response.
+    pub fn into_response_for(self, grpc: bool) -> Response<Body> {
+        if !grpc {
+            return self.into_response();
+        }
+        let status = self.status();
+        self.log();
+        grpc_response(grpc_status(status), self.public_message())
+    }
+
     /// Log the error (once, here) and turn it into the client's response.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
+        self.log();
+        error_response(status, self.public_message())
+    }
+
+    fn log(&self) {
+        let status = self.status();
         match self.log_throttle() {
             None => {
-                tracing::debug!(status = status.as_u16(), error = %ErrorChain(&self), "request rejected")
+                tracing::debug!(status = status.as_u16(), error = %ErrorChain(self), "request rejected")
             }
             Some(throttle) => {
                 if throttle.admit() {
-                    tracing::warn!(status = status.as_u16(), error = %ErrorChain(&self), "request failed")
+                    tracing::warn!(status = status.as_u16(), error = %ErrorChain(self), "request failed")
                 }
             }
         }
-        error_response(status, self.public_message())
     }
 
     /// The throttle of this error's WARN line, or `None` for errors that
@@ -192,6 +209,57 @@ impl ProxyError {
             ProxyError::NoUpstream { .. } => Some(&OTHER_FAILED),
         }
     }
+}
+
+/// The gRPC status code for an answer pylon gives with HTTP `status`: the
+/// gRPC spec's HTTP-to-gRPC mapping (401 → UNAUTHENTICATED 16, 403 →
+/// PERMISSION_DENIED 7, 404 → UNIMPLEMENTED 12, 429, 502 and 503 →
+/// UNAVAILABLE 14), except that a timeout (408, 504) is DEADLINE_EXCEEDED
+/// 4 as Envoy answers it, a body too large is RESOURCE_EXHAUSTED 8, other
+/// 4xx are INVALID_ARGUMENT 3 and other 5xx INTERNAL 13.
+pub fn grpc_status(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        200..=299 => 0,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        408 | 504 => 4,
+        413 => 8,
+        429 | 502 | 503 => 14,
+        400..=499 => 3,
+        _ => 13,
+    }
+}
+
+/// A gRPC trailers-only response: HTTP 200, `content-type:
+/// application/grpc`, `grpc-status` and the percent-encoded
+/// `grpc-message` in the one header block, no body.
+pub fn grpc_response(code: u32, message: &str) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as
+/// `%XX` (the gRPC HTTP/2 protocol spec).
+pub fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A small JSON error response: `{"error": "...", "status": N}`.

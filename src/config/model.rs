@@ -369,6 +369,11 @@ pub struct Route {
     /// Conditions on headers and query parameters (`match`), all of
     /// which must hold; empty matches any request.
     pub matches: RequestMatch,
+    /// WebSocket upgrades (HTTP/1.1 `Upgrade: websocket`) are tunnelled to
+    /// the upstream; otherwise an upgrade request goes as an ordinary one.
+    pub websocket: bool,
+    /// A tunnel with no byte moving either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// The plugin pipeline, in order.
     pub plugins: Vec<PluginRef>,
     /// Where it was defined.

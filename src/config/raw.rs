@@ -241,6 +241,8 @@ pub(crate) struct RawRoute {
     pub(crate) request_buffer_size: Option<Spanned<String>>,
     #[serde(rename = "match")]
     pub(crate) matches: Option<Spanned<RawRequestMatch>>,
+    pub(crate) websocket: Option<Spanned<bool>>,
+    pub(crate) tunnel_idle_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) plugins: Vec<Spanned<RawPluginRef>>,
 }

@@ -20,16 +20,19 @@
 //! each normalised again) is what goes upstream.
 
 mod forward;
+mod grpc;
 mod request;
 mod respond;
 mod route;
+mod upgrade;
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Request, Response};
 
 use crate::{
     body::Body,
+    config::ConnectionLimits,
     error::ProxyError,
     generation::Generation,
     pipeline::{RequestOutcome, Sessions},
@@ -49,6 +52,9 @@ pub struct ConnInfo {
     pub identity: Option<Arc<ClientIdentity>>,
     /// The client's IP as a header value, for `X-Forwarded-For`.
     client_ip: HeaderValue,
+    /// The listener's `send-timeout`: a tunnel's write that makes no
+    /// progress for this long ends it.
+    send_timeout: Duration,
 }
 
 impl ConnInfo {
@@ -59,7 +65,14 @@ impl ConnInfo {
             scheme,
             identity: None,
             client_ip: headers::client_ip_value(client.ip()),
+            send_timeout: ConnectionLimits::default().send_timeout,
         }
+    }
+
+    /// The listener's `send-timeout`, for tunnels.
+    pub fn with_send_timeout(mut self, send_timeout: Duration) -> Self {
+        self.send_timeout = send_timeout;
+        self
     }
 
     /// A TLS connection from `client`, with its verified certificate.
@@ -73,13 +86,14 @@ impl ConnInfo {
 
 /// Handle one client request to completion.
 pub async fn handle(rt: Arc<Generation>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
+    let grpc = grpc::is_grpc(req.headers());
     // Boxing as `dyn Future + Send` proves `Send` here, with concrete
     // lifetimes; left to hyper's higher-ranked service bounds, rustc cannot.
     let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + '_>> =
-        Box::pin(proxy(&rt, req, conn));
+        Box::pin(proxy(&rt, req, conn, grpc));
     match fut.await {
         Ok(resp) => resp,
-        Err(err) => err.into_response(),
+        Err(err) => err.into_response_for(grpc),
     }
 }
 
@@ -87,26 +101,42 @@ async fn proxy(
     rt: &Generation,
     req: Request<Body>,
     conn: ConnInfo,
+    grpc: bool,
 ) -> Result<Response<Body>, ProxyError> {
-    let routed = route::route(rt, req)?;
+    let mut routed = route::route(rt, req)?;
+    let upgrade = upgrade::wanted(&mut routed)?;
     if routed.route.pipeline.is_empty() {
-        return forward::forward(rt, straight(routed, &conn)).await;
+        let out = straight(routed, &conn);
+        return match upgrade {
+            Some(wanted) => upgrade::forward(rt, out, wanted).await,
+            None => forward::forward(rt, out).await,
+        };
     }
     let mut sessions = Sessions::default();
     let (mut exchange, onward, outcome) =
         request::request_phase(routed, &conn, &mut sessions).await?;
+    let local = matches!(outcome, RequestOutcome::Respond(_));
     let for_plugins = match outcome {
         RequestOutcome::Respond(resp) => (resp, None),
         RequestOutcome::Forward { upstream } => {
             let out = onward.outbound(rt, &mut exchange, upstream.as_deref(), &sessions, &conn)?;
-            let resp = forward::forward(rt, out).await?;
-            if sessions.is_empty() {
+            let resp = match upgrade {
+                Some(wanted) => upgrade::forward(rt, out, wanted).await?,
+                None => forward::forward(rt, out).await?,
+            };
+            // Switched: there is no response left for the plugins to edit.
+            if sessions.is_empty() || resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 return Ok(resp);
             }
             respond::read_for_plugins(&exchange, upstream.as_deref(), resp).await?
         }
     };
-    respond::response_phase(&mut exchange, &mut sessions, for_plugins).await
+    let resp = respond::response_phase(&mut exchange, &mut sessions, for_plugins).await?;
+    Ok(if local && grpc {
+        grpc::local_reply(resp).await
+    } else {
+        resp
+    })
 }
 
 /// Straight upstream, as the client sent it (a route without plugins).

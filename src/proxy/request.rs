@@ -60,7 +60,10 @@ pub(super) async fn request_phase<'rt>(
         body,
         body_state,
     } = routed;
-    let (buffered, body) = if route.pipeline.needs().request_body {
+    // A gRPC call's body is a stream that may never end while the call
+    // waits on answers: never buffered (see `super::grpc`).
+    let buffer_it = route.pipeline.needs().request_body && !super::grpc::is_grpc(&parts.headers);
+    let (buffered, body) = if buffer_it {
         (Some(buffer(route, body, &body_state).await?), None)
     } else {
         (None, Some(body))

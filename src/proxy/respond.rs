@@ -26,7 +26,11 @@ pub(super) async fn read_for_plugins(
 ) -> Result<ForPlugins, ProxyError> {
     let route = exchange.route;
     let (rparts, rbody) = resp.into_parts();
-    let (body, passthrough) = if route.pipeline.wants_response_body() && !exchange.is_head {
+    // A gRPC response ends in trailers a buffered copy would lose.
+    let buffer_it = route.pipeline.wants_response_body()
+        && !exchange.is_head
+        && !super::grpc::is_grpc(&rparts.headers);
+    let (body, passthrough) = if buffer_it {
         match body::buffer_or_stream(rbody, route.response_body_limit).await {
             Ok(Buffered::Full(b)) => (Some(b), None),
             Ok(Buffered::TooLarge(stream)) => (None, Some(stream)),

@@ -362,7 +362,9 @@ impl Protocols {
             .max_concurrent_streams(l.http2_max_concurrent_streams)
             .max_send_buf_size(l.http2_max_send_buffer)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            // RFC 8441: WebSocket over HTTP/2 (see `proxy::upgrade`).
+            .enable_connect_protocol();
         let http1 = builder.clone().http1_only();
         let http2 = builder.clone().http2_only();
         let detect = if listener.http2 {
@@ -464,7 +466,7 @@ async fn connection(
 ) {
     let io = WatchedIo::new(stream, state.clone());
     let Some(tls) = &cx.tls else {
-        let info = ConnInfo::new(client, "http");
+        let info = ConnInfo::new(client, "http").with_send_timeout(cx.listener.limits.send_timeout);
         let builder = &cx.protocols.detect;
         return http(&cx, builder, io, info, state, shutdown, client).await;
     };
@@ -488,7 +490,8 @@ async fn connection(
         Alpn::H2 => &cx.protocols.http2,
         Alpn::Http1 | Alpn::None => &cx.protocols.http1,
     };
-    let info = ConnInfo::tls(client, accepted.identity);
+    let info =
+        ConnInfo::tls(client, accepted.identity).with_send_timeout(cx.listener.limits.send_timeout);
     http(&cx, builder, accepted.stream, info, state, shutdown, client).await;
 }
 
@@ -559,8 +562,10 @@ async fn http<I>(
             Ok(resp.map(|b| ResponseBody::new(b, Some(guard))))
         }
     });
+    // With upgrades: a WebSocket upgrade's 101 hands the socket (still
+    // holding the connection's slot) to the proxy's tunnel.
     let conn = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     conn::drive(conn, |c| c.graceful_shutdown(), state, shutdown, client).await;
 }

@@ -26,7 +26,9 @@
 //! `tls_connections_total` by `version` and `alpn`;
 //! `tls_certificate_expiry_seconds` by `listener`, `name` and `sha256`
 //! (seconds until a served certificate's `notAfter`, computed at scrape
-//! time from what the listener serves now, so a reload updates it).
+//! time from what the listener serves now, so a reload updates it);
+//! `tunnels_open`, `tunnels_total` by `route` and `tunnels_closed_total`
+//! by `route` and `reason`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -88,6 +90,17 @@ struct UpstreamErrorLabels {
 struct RouteKind {
     route: Arc<str>,
     kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: Arc<str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteReason {
+    route: Arc<str>,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -204,6 +217,9 @@ pub struct Metrics {
     tls_handshakes: Family<ResultLabel, Counter>,
     tls_connections: Family<TlsConnectionLabels, Counter>,
     tls_certificates: Arc<Mutex<TlsCertificates>>,
+    tunnels_open: Family<RouteLabel, Gauge>,
+    tunnels: Family<RouteLabel, Counter>,
+    tunnels_closed: Family<RouteReason, Counter>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteMetrics>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamMetrics>>>,
 }
@@ -318,6 +334,26 @@ impl Metrics {
             "Client TLS connections established, by protocol version and ALPN protocol",
             tls_connections.clone(),
         );
+        let tunnels_open = Family::<RouteLabel, Gauge>::default();
+        registry.register(
+            "pylon_tunnels_open",
+            "Upgraded connections (WebSocket) being tunnelled now, by route",
+            tunnels_open.clone(),
+        );
+        let tunnels = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "pylon_tunnels",
+            "Upgraded connections (WebSocket) tunnelled, by route",
+            tunnels.clone(),
+        );
+        let tunnels_closed = Family::<RouteReason, Counter>::default();
+        registry.register(
+            "pylon_tunnels_closed",
+            "Tunnels ended, by route and reason (client_closed, upstream_closed, idle: no byte \
+             either way for tunnel-idle-timeout, stalled: a side did not read for the \
+             listener's send-timeout, error, shutdown)",
+            tunnels_closed.clone(),
+        );
         registry.register_collector(Box::new(PluginCollector { plugins }));
         let tls_certificates = Arc::new(Mutex::new(TlsCertificates::new()));
         registry.register_collector(Box::new(TlsCertificateCollector(tls_certificates.clone())));
@@ -342,6 +378,9 @@ impl Metrics {
             tls_handshakes,
             tls_connections,
             tls_certificates,
+            tunnels_open,
+            tunnels,
+            tunnels_closed,
             routes: Mutex::new(HashMap::new()),
             upstreams: Mutex::new(HashMap::new()),
         }
@@ -376,6 +415,15 @@ impl Metrics {
         let r = Arc::new(RouteMetrics {
             client_body_invalid: body_errors("invalid"),
             client_body_timeout: body_errors("timeout"),
+            tunnels: TunnelMetrics {
+                open: self
+                    .tunnels_open
+                    .get_or_create_owned(&RouteLabel { route: id.clone() }),
+                total: self
+                    .tunnels
+                    .get_or_create_owned(&RouteLabel { route: id.clone() }),
+                closed: self.tunnels_closed.clone(),
+            },
             route: id.clone(),
             requests: self.requests.clone(),
             durations: self.request_duration.clone(),
@@ -521,6 +569,41 @@ pub struct RouteMetrics {
     grow: Mutex<()>,
     client_body_invalid: Counter,
     client_body_timeout: Counter,
+    tunnels: TunnelMetrics,
+}
+
+/// A route's tunnel series.
+struct TunnelMetrics {
+    open: Gauge,
+    total: Counter,
+    closed: Family<RouteReason, Counter>,
+}
+
+/// Counts a tunnel as open until dropped, then as closed for the reason
+/// last set.
+pub struct TunnelGauge {
+    route: Arc<RouteMetrics>,
+    reason: &'static str,
+}
+
+impl TunnelGauge {
+    /// Why the tunnel ended (counted when it is dropped).
+    pub fn set_reason(&mut self, reason: &'static str) {
+        self.reason = reason;
+    }
+}
+
+impl Drop for TunnelGauge {
+    fn drop(&mut self) {
+        let t = &self.route.tunnels;
+        t.open.dec();
+        t.closed
+            .get_or_create(&RouteReason {
+                route: self.route.route.clone(),
+                reason: self.reason,
+            })
+            .inc();
+    }
 }
 
 struct StatusHandles {
@@ -542,6 +625,17 @@ impl RouteMetrics {
             self.client_body_timeout.inc();
         } else {
             self.client_body_invalid.inc();
+        }
+    }
+
+    /// Count a tunnel opened on this route; it counts as open until the
+    /// gauge is dropped.
+    pub fn tunnel_opened(self: &Arc<Self>) -> TunnelGauge {
+        self.tunnels.total.inc();
+        self.tunnels.open.inc();
+        TunnelGauge {
+            route: self.clone(),
+            reason: "error",
         }
     }
 

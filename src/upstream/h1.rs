@@ -89,6 +89,12 @@ impl TargetLimit {
         }
     }
 
+    /// A permit for a connection that is not pooled (a tunnel), if one is
+    /// free now.
+    pub(super) fn try_tunnel_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
     /// An idle connection from any worker's pool.
     fn steal(&self) -> Option<http1::SendRequest<Body>> {
         let pools: Vec<Arc<TargetPool>> =

@@ -22,7 +22,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Remove hop-by-hop headers, including every header the `Connection`
-/// header names. `Upgrade` is removed too: pylon does not tunnel upgrades.
+/// header names, and `Upgrade` (a WebSocket tunnel sets its own, see
+/// `crate::proxy`). `TE` is kept as `trailers` when it names trailers.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests carry none: one pass over the names (interned standard
     // headers compare cheaply) instead of nine hashed removals.
@@ -42,10 +43,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
+    // `TE: trailers` is the one TE value HTTP/2 allows and gRPC servers
+    // may require; it goes on, as Envoy sends it (RFC 9113 §8.2.2).
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// The client address as a header value, formatted once per connection.
@@ -110,11 +122,15 @@ mod tests {
         );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip, Trailers"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h[header::TE], "trailers");
     }
 
     #[test]

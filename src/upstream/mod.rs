@@ -20,9 +20,11 @@ mod h1;
 pub mod headers;
 mod outbound;
 mod tls;
+mod tunnel;
 
 pub use h1::{DRAIN_MAX_BYTES, DRAIN_TIMEOUT};
 pub use outbound::MAX_OUTBOUND_BODY;
+pub use tunnel::TunnelConn;
 
 use std::{
     collections::BTreeMap,

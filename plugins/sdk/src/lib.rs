@@ -58,7 +58,7 @@ pub mod types;
 pub mod __private;
 
 pub use types::{
-    Header, HeaderOp, Headers, Needs, ReadRequest, ReadResponse, Request, RequestAction,
+    GrpcCode, Header, HeaderOp, Headers, Needs, ReadRequest, ReadResponse, Request, RequestAction,
     RequestData, RequestEdits, Response, ResponseEdits, ResponseView,
 };
 

@@ -327,6 +327,29 @@ impl Response {
             .with_body(body)
     }
 
+    /// A gRPC call refused with `code` and `message`: the trailers-only
+    /// response gRPC clients read as a status (HTTP 200, `content-type:
+    /// application/grpc`, `grpc-status`, `grpc-message` percent-encoded as
+    /// the gRPC spec says, no body). Answer a request whose `content-type`
+    /// starts with `application/grpc` with it; pylon itself turns any other
+    /// early answer to a gRPC call into one too (401 → UNAUTHENTICATED, 403
+    /// → PERMISSION_DENIED, 429 → UNAVAILABLE, ...), but only this one
+    /// chooses the code.
+    pub fn grpc_status(code: GrpcCode, message: &str) -> Self {
+        let mut encoded = String::with_capacity(message.len());
+        for b in message.bytes() {
+            if (0x20..=0x7e).contains(&b) && b != b'%' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        Response::new(200)
+            .with_header("content-type", "application/grpc")
+            .with_header("grpc-status", (code as u32).to_string())
+            .with_header("grpc-message", encoded)
+    }
+
     /// Append a header (repeated names are kept).
     pub fn with_header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
         self.headers.push(Header::new(name, value));
@@ -559,4 +582,28 @@ impl Needs {
         self.fixed_response_headers.extend(ops);
         self
     }
+}
+
+/// gRPC status codes, for [`Response::grpc_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+#[allow(missing_docs)]
+pub enum GrpcCode {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
 }

@@ -137,11 +137,50 @@ pub(super) fn routes(
                 .as_ref()
                 .map(|m| request_match(cx, m, &subject))
                 .unwrap_or_default(),
+            websocket: websocket(cx, r, upstreams, &subject),
+            // Envoy's connection idle timeout (1 h): a WebSocket is often
+            // quiet for minutes (a chat, a dashboard between events);
+            // nginx's 60 s proxy_read_timeout cutting those is a classic
+            // surprise. A peer that stops reading is caught sooner, by the
+            // listener's send-timeout.
+            tunnel_idle_timeout: cx.duration(
+                &r.tunnel_idle_timeout,
+                &subject,
+                Duration::from_secs(3600),
+            ),
             plugins: refs,
             location: cx.loc(route),
         });
     }
     out
+}
+
+/// `websocket = true` tunnels over HTTP/1.1 only: the route's upstream must
+/// speak `http1`.
+fn websocket(
+    cx: &mut Ctx<'_>,
+    r: &raw::RawRoute,
+    upstreams: &BTreeMap<String, Upstream>,
+    subject: &str,
+) -> bool {
+    let Some(w) = &r.websocket else { return false };
+    if !*w.get_ref() {
+        return false;
+    }
+    let upstream = r.upstream.as_ref().and_then(|u| upstreams.get(u.get_ref()));
+    if let Some(u) = upstream
+        && u.protocol != UpstreamProtocol::Http1
+    {
+        cx.error(
+            w,
+            Some(subject.to_owned()),
+            format!(
+                "websocket needs an http1 upstream; upstream {:?} speaks HTTP/2",
+                u.name
+            ),
+        );
+    }
+    true
 }
 
 fn route_path(
