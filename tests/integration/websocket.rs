@@ -421,3 +421,14 @@ async fn websocket_over_http2_extended_connect() {
     })
     .await;
 }
+
+#[test]
+fn websocket_needs_an_http1_upstream() {
+    let err = parse(
+        "[upstreams.g]\ntargets = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\n\
+         [[routes]]\nid = \"r\"\npath-prefix = \"/\"\nupstream = \"g\"\nwebsocket = true\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("websocket needs an http1 upstream"), "{err}");
+}
