@@ -71,6 +71,8 @@ pub(crate) struct CallPolicy {
     /// Calls that have run through an epoch tick (CPU-bound ones) that
     /// may run at once: one per worker thread.
     pub(crate) cpu: Arc<tokio::sync::Semaphore>,
+    /// Where this route plugin's calls start (learnt from their length).
+    pub(crate) placement: Arc<offload::Placement>,
 }
 
 impl CallPolicy {
@@ -230,7 +232,7 @@ impl Instance {
             let started = arm(&mut store, deadline);
             let lent = guest.clone();
             let _ticking = policy.ticker.call();
-            let (back, result) = offload::run(async move {
+            let (back, result) = offload::run(&policy.placement, async move {
                 let result = timed(started, deadline, lent.on_request(&mut store, handle)).await;
                 (store, result)
             })
@@ -267,7 +269,7 @@ impl Instance {
             let started = arm(&mut store, deadline);
             let lent = guest.clone();
             let _ticking = policy.ticker.call();
-            let (back, result) = offload::run(async move {
+            let (back, result) = offload::run(&policy.placement, async move {
                 let call = lent.on_response(&mut store, req_handle, resp_handle);
                 let result = timed(started, deadline, call).await;
                 (store, result)

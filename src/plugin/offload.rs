@@ -13,6 +13,13 @@
 //! unprivileged process may lower a thread's priority but never raise it
 //! back: hence threads of their own, not workers that lend themselves.
 //!
+//! A plugin whose recent calls mostly ran long (a hostile loop, a heavy
+//! policy) starts its next calls on the pool directly ([`Placement`]):
+//! otherwise each of them would hold a worker for its first tick (about
+//! a millisecond) before moving, and at hundreds of such calls a second
+//! those first ticks alone fill a worker. The plugin's calls come back to
+//! their worker once short ones outnumber long ones again.
+//!
 //! Not for: short calls (they never leave their worker and pay one box),
 //! instantiation and `configure` (both bounded, neither on a hot path once
 //! configuration happens at load).
@@ -21,7 +28,10 @@ use std::{
     cell::Cell,
     future::Future,
     pin::Pin,
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -67,25 +77,68 @@ fn lower_priority() {
     }
 }
 
-/// Run `call` inline and, once it has gone long, on the plugin pool.
+/// Where one route plugin's calls start, learnt from how its recent calls
+/// went: a score that a long call raises by [`LONG_WEIGHT`] and a short
+/// one lowers by one, between 0 and [`MAX_SCORE`]. At [`START_ON_POOL`] or
+/// more, calls start on the pool. So four long calls in a row move the
+/// plugin, and it takes some fifty short calls to bring it back: a plugin
+/// with as few as one long call in five stays on the pool.
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    score: AtomicU32,
+}
+
+const LONG_WEIGHT: u32 = 4;
+const MAX_SCORE: u32 = 64;
+const START_ON_POOL: u32 = 16;
+
+impl Placement {
+    fn on_pool(&self) -> bool {
+        self.score.load(Ordering::Relaxed) >= START_ON_POOL
+    }
+
+    fn record(&self, long: bool) {
+        let _ = self
+            .score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(if long {
+                    (s + LONG_WEIGHT).min(MAX_SCORE)
+                } else {
+                    s.saturating_sub(1)
+                })
+            });
+    }
+}
+
+/// Run `call` inline and, once it has gone long, on the plugin pool; or
+/// wholly on the pool when `placement` says the plugin's calls run long.
 ///
 /// The call future owns everything it touches (store, guest handle), so it
 /// can move between threads half-way. If this future is dropped (the
 /// request went away) while the call is on the pool, the call is aborted
 /// there. A panic in the call resumes here, as it would inline.
-pub(crate) async fn run<F>(call: F) -> F::Output
+pub(crate) async fn run<F>(placement: &Placement, call: F) -> F::Output
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let mut call = Box::pin(call);
-    let inline = std::future::poll_fn(|cx| poll_inline(call.as_mut(), cx)).await;
-    if let Some(out) = inline {
-        return out;
+    let mut call = Box::pin(Watched {
+        call,
+        went_long: false,
+    });
+    if !placement.on_pool() {
+        let inline = std::future::poll_fn(|cx| poll_inline(call.as_mut(), cx)).await;
+        if let Some((out, long)) = inline {
+            placement.record(long);
+            return out;
+        }
     }
     let task = AbortOnDrop(pool().spawn(call));
     match task.await {
-        Ok(out) => out,
+        Ok((out, long)) => {
+            placement.record(long);
+            out
+        }
         Err(err) => match err.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
             // Only `AbortOnDrop` aborts, and it is gone by then; a pool
@@ -95,18 +148,38 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A call that notes whether it went long at any of its polls,
+    /// wherever it is polled; its output is the call's and that.
+    struct Watched<F> {
+        #[pin]
+        call: F,
+        went_long: bool,
+    }
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = (F::Output, bool);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outer = WENT_LONG.with(|w| w.replace(false));
+        let poll = this.call.poll(cx);
+        let long = WENT_LONG.with(|w| w.replace(outer));
+        *this.went_long |= long;
+        poll.map(|out| (out, *this.went_long))
+    }
+}
+
 /// One inline poll: `Ready(Some(out))` when the call finished,
 /// `Ready(None)` when it went long and must move, `Pending` otherwise.
-fn poll_inline<F: Future + ?Sized>(
-    call: Pin<&mut F>,
+fn poll_inline<F: Future>(
+    mut call: Pin<&mut Watched<F>>,
     cx: &mut Context<'_>,
-) -> Poll<Option<F::Output>> {
-    let outer = WENT_LONG.with(|w| w.replace(false));
-    let poll = call.poll(cx);
-    let long = WENT_LONG.with(|w| w.replace(outer));
-    match poll {
+) -> Poll<Option<(F::Output, bool)>> {
+    match call.as_mut().poll(cx) {
         Poll::Ready(out) => Poll::Ready(Some(out)),
-        Poll::Pending if long => Poll::Ready(None),
+        Poll::Pending if call.went_long => Poll::Ready(None),
         Poll::Pending => Poll::Pending,
     }
 }
@@ -132,6 +205,14 @@ impl<T> Drop for AbortOnDrop<T> {
 mod tests {
     use super::*;
 
+    async fn run_default<F>(call: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        run(&Placement::default(), call).await
+    }
+
     fn thread_name() -> Option<String> {
         std::thread::current().name().map(str::to_owned)
     }
@@ -139,7 +220,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_that_never_goes_long_stays_on_its_thread() {
         let here = thread_name();
-        let there = run(async {
+        let there = run(&Placement::default(), async {
             tokio::task::yield_now().await;
             thread_name()
         })
@@ -150,7 +231,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_moves_to_the_low_priority_pool_at_its_first_long_yield() {
         let here = thread_name();
-        let (before, after, nice) = run(async {
+        let (before, after, nice) = run(&Placement::default(), async {
             let before = thread_name();
             mark_long();
             tokio::task::yield_now().await;
@@ -167,7 +248,7 @@ mod tests {
     async fn dropping_the_caller_aborts_the_call_on_the_pool() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-        let caller = tokio::spawn(run(async move {
+        let caller = tokio::spawn(run_default(async move {
             mark_long();
             tokio::task::yield_now().await;
             let _tx = tx;
@@ -178,5 +259,33 @@ mod tests {
         caller.abort();
         // The call's future (holding `tx`) is dropped on the pool.
         assert!(rx.await.is_err());
+    }
+
+    async fn long_call() {
+        mark_long();
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_plugin_whose_calls_run_long_starts_them_on_the_pool_until_short_ones_win() {
+        let here = thread_name();
+        let placement = Placement::default();
+        for _ in 0..3 {
+            run(&placement, long_call()).await;
+        }
+        assert!(!placement.on_pool(), "three long calls are not a pattern yet");
+        run(&placement, long_call()).await;
+        assert!(placement.on_pool());
+        // Now even a call that never goes long starts on the pool, and it
+        // is not counted as long there.
+        let there = run(&placement, async { thread_name() }).await;
+        assert_eq!(there.as_deref(), Some("pylon-plugin"));
+        let mut short = 1;
+        while placement.on_pool() {
+            run(&placement, async {}).await;
+            short += 1;
+            assert!(short < 100, "short calls never bring the plugin back");
+        }
+        assert_eq!(run(&placement, async { thread_name() }).await, here);
     }
 }

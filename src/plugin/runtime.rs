@@ -345,6 +345,7 @@ impl PluginRuntime {
             calls: compiled.calls.clone(),
             max_concurrency: def.max_concurrency,
             cpu: compiled.cpu.clone(),
+            placement: Default::default(),
         };
         let load_deadline = def.deadline.max(LOAD_DEADLINE_FLOOR);
         let mut instance = Instance::new(compiled.pre(), &ctx, &policy, load_deadline)
