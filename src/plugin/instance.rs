@@ -317,6 +317,7 @@ pub(crate) fn new_store(
         if data.call_until.is_some_and(|until| Instant::now() >= until) {
             return Ok(UpdateDeadline::Interrupt);
         }
+        super::offload::tick();
         if data.long_call.is_none() {
             // A call's first tick: from now on it is CPU-bound work, which
             // runs only while holding one of the plugin's CPU slots (one
