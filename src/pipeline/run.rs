@@ -15,7 +15,7 @@ use http::HeaderMap;
 
 use super::{
     HeaderOp, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
-    RequestAction,
+    RequestAction, RequestEdits,
 };
 use crate::config::FailurePolicy;
 
@@ -178,25 +178,7 @@ impl Pipeline {
                 }
                 continue;
             }
-            let mut call = observe::plugin_call(entry.plugin.id(), "on-request");
-            let result = match entry.plugin.start().await {
-                Ok(mut session) => match session.on_request(req).await {
-                    Ok(RequestAction::Continue(edits)) => {
-                        match HeaderOp::fit(&req.headers, &edits.headers) {
-                            Ok(()) => Ok((session, RequestAction::Continue(edits))),
-                            Err(limit) => Err(over_limit(&*entry.plugin, limit)),
-                        }
-                    }
-                    Ok(action) => Ok((session, action)),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-            if let Err(err) = &result {
-                call.fail(err);
-            }
-            drop(call);
-            let (session, action) = match result {
+            let (session, action) = match request_phase(entry, req).await {
                 Ok(ok) => ok,
                 Err(err) => match entry.on_error {
                     FailurePolicy::FailClosed => return Err(err),
@@ -217,33 +199,14 @@ impl Pipeline {
             };
             match action {
                 RequestAction::Continue(mut edits) => {
-                    // Fits: checked above, before the failure policy.
-                    apply_owned_edits(
-                        &*entry.plugin,
-                        std::mem::take(&mut edits.headers),
-                        &mut req.headers,
-                    )?;
-                    if let Some(path) = edits.path {
-                        req.path = path;
-                    }
-                    if let Some(query) = edits.query {
-                        req.query = (!query.is_empty()).then_some(query);
-                    }
-                    if edits.upstream.is_some() {
-                        upstream = edits.upstream;
-                    }
-                    if needs.request_body
-                        && let Some(body) = edits.body
-                    {
-                        req.body = Some(body);
-                    }
-                    if needs.response_phase || fixed_response || !edits.response_headers.is_empty()
-                    {
+                    let response_headers = std::mem::take(&mut edits.response_headers);
+                    apply_continue(entry, needs, edits, req, &mut upstream)?;
+                    if needs.response_phase || fixed_response || !response_headers.is_empty() {
                         sessions.active.push(Pending {
                             index,
                             session: needs.response_phase.then_some(session),
                             call: needs.response_phase,
-                            response_headers: edits.response_headers,
+                            response_headers,
                         });
                     }
                 }
@@ -343,4 +306,63 @@ impl Sessions {
     pub fn calls_response_phase(&self) -> bool {
         self.active.iter().any(|p| p.call)
     }
+}
+
+/// One plugin's request hook: a session started and called, its header
+/// edits checked to fit the request, the call observed (a failure counted
+/// before any failure policy applies).
+async fn request_phase(
+    entry: &PipelineEntry,
+    req: &mut PluginRequest,
+) -> Result<(Box<dyn PluginSession>, RequestAction), PluginError> {
+    let mut call = observe::plugin_call(entry.plugin.id(), "on-request");
+    let result = match entry.plugin.start().await {
+        Ok(mut session) => match session.on_request(req).await {
+            Ok(RequestAction::Continue(edits)) => {
+                match HeaderOp::fit(&req.headers, &edits.headers) {
+                    Ok(()) => Ok((session, RequestAction::Continue(edits))),
+                    Err(limit) => Err(over_limit(&*entry.plugin, limit)),
+                }
+            }
+            Ok(action) => Ok((session, action)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(err) = &result {
+        call.fail(err);
+    }
+    result
+}
+
+/// Apply what a plugin that continued asked of the request (its response
+/// header edits are the caller's, kept for the response phase).
+fn apply_continue(
+    entry: &PipelineEntry,
+    needs: Needs,
+    mut edits: RequestEdits,
+    req: &mut PluginRequest,
+    upstream: &mut Option<String>,
+) -> Result<(), PluginError> {
+    // Fits: checked in `request_phase`, before the failure policy.
+    apply_owned_edits(
+        &*entry.plugin,
+        std::mem::take(&mut edits.headers),
+        &mut req.headers,
+    )?;
+    if let Some(path) = edits.path {
+        req.path = path;
+    }
+    if let Some(query) = edits.query {
+        req.query = (!query.is_empty()).then_some(query);
+    }
+    if edits.upstream.is_some() {
+        *upstream = edits.upstream;
+    }
+    if needs.request_body
+        && let Some(body) = edits.body
+    {
+        req.body = Some(body);
+    }
+    Ok(())
 }
