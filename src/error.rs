@@ -130,7 +130,9 @@ impl ProxyError {
                 UpstreamError::Timeout { .. } | UpstreamError::BodyTimeout { .. } => {
                     StatusCode::GATEWAY_TIMEOUT
                 }
-                UpstreamError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                UpstreamError::Overflow { .. } | UpstreamError::Shed { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 UpstreamError::Connect { .. }
                 | UpstreamError::Failed { .. }
                 | UpstreamError::Unknown(_) => StatusCode::BAD_GATEWAY,
@@ -153,7 +155,7 @@ impl ProxyError {
                 UpstreamError::Timeout { .. } | UpstreamError::BodyTimeout { .. } => {
                     "upstream timed out"
                 }
-                UpstreamError::Overflow { .. } => "upstream busy",
+                UpstreamError::Overflow { .. } | UpstreamError::Shed { .. } => "upstream busy",
                 UpstreamError::InvalidRequest { .. } => "the request could not be forwarded",
                 _ => "upstream unavailable",
             },
@@ -176,7 +178,16 @@ impl ProxyError {
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         self.log();
-        error_response(status, self.public_message())
+        let shed = match &self {
+            ProxyError::Upstream { source, .. } => source.shed_reason(),
+            _ => None,
+        };
+        let mut resp = error_response(status, self.public_message());
+        if let Some(reason) = shed {
+            resp.headers_mut()
+                .insert(SHED_HEADER, HeaderValue::from_static(reason));
+        }
+        resp
     }
 
     fn log(&self) {
@@ -261,6 +272,11 @@ pub fn grpc_percent_encode(message: &str) -> String {
     }
     out
 }
+
+/// Names the limit that shed a request pylon answered 503 at once
+/// (`max-requests`, `max-pending`, `queue-timeout`), as Envoy's
+/// `x-envoy-overloaded` does.
+pub const SHED_HEADER: &str = "x-pylon-shed";
 
 /// A small JSON error response: `{"error": "...", "status": N}`.
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {

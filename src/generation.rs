@@ -119,6 +119,10 @@ impl Generation {
                 )
             })
             .collect();
+        for (name, pool) in upstreams.iter() {
+            pool.attach_metrics(shared.metrics.upstream(name));
+        }
+        upstreams.start_health_checks();
         Ok(Generation {
             router: Router::new(&config.routes),
             config: Arc::new(config),

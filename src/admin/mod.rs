@@ -7,7 +7,7 @@
 //! | `GET /admin/health` | 200 while the process serves (liveness) |
 //! | `GET /admin/ready` | 200 once the configuration is loaded and listeners are bound, 503 otherwise (and while shutting down) |
 //! | `GET /admin/routes` | the routes in force, in match order |
-//! | `GET /admin/upstreams` | the upstreams and their targets |
+//! | `GET /admin/upstreams` | the upstreams and their targets; per target: health, ejection, breaker, in-flight requests, peak-EWMA latency |
 //! | `GET /admin/plugins` | each component: file, sha256, contract version, load time, origin, stats |
 //! | `POST /admin/reload` | reload from the configuration file: 200 with what changed, or 422 with every problem (the old configuration keeps serving) |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
@@ -35,6 +35,7 @@ use crate::{
     plugin::CompileOrigin,
     reload::Reloader,
     telemetry::{access_log::rfc3339, metrics::Metrics},
+    upstream::policy::Balance,
 };
 
 /// Serve the admin API on `tcp` until `shutdown` turns true.
@@ -226,6 +227,25 @@ fn upstreams(reloader: &Reloader) -> Value {
                 },
                 "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
                 "max_idle_per_target": c.max_idle_per_target,
+                "balance": match &c.resilience.balance {
+                    Balance::RoundRobin => "round-robin",
+                    Balance::LeastRequest { peak_ewma: false } => "least-request",
+                    Balance::LeastRequest { peak_ewma: true } => "peak-ewma",
+                    Balance::Hash(_) => "hash",
+                },
+                "active_requests": pool.active().0,
+                "active_retries": pool.active().1,
+                "target_states": pool.target_states().map(|(target, s)| json!({
+                    "target": target,
+                    "healthy": s.healthy,
+                    "ejected": s.ejected_for.is_some(),
+                    "ejected_for_ms": s.ejected_for.map(|d| d.as_millis() as u64),
+                    "ejections": s.ejections,
+                    "breaker": s.breaker,
+                    "consecutive_failures": s.consecutive_failures,
+                    "in_flight": s.in_flight,
+                    "ewma_ms": s.ewma.as_secs_f64() * 1e3,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -219,6 +219,9 @@ pub struct Upstream {
     pub queue_timeout: Duration,
     /// Speak TLS to the targets.
     pub tls: Option<UpstreamTls>,
+    /// Balancing, health checks, outlier detection, breaker, retry budget
+    /// and `max-requests`.
+    pub resilience: crate::upstream::policy::Resilience,
 }
 
 /// The protocol spoken to an upstream.
@@ -374,6 +377,8 @@ pub struct Route {
     pub websocket: bool,
     /// A tunnel with no byte moving either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// When and how its upstream calls are retried.
+    pub retry: crate::upstream::policy::RetryPolicy,
     /// The plugin pipeline, in order.
     pub plugins: Vec<PluginRef>,
     /// Where it was defined.

@@ -202,6 +202,62 @@ pub(crate) struct RawUpstream {
     pub(crate) max_pending: Option<Spanned<i64>>,
     pub(crate) queue_timeout: Option<Spanned<String>>,
     pub(crate) tls: Option<Spanned<RawUpstreamTls>>,
+    /// Per-target weights, in the order of `targets` (default 1 each).
+    pub(crate) weights: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub(crate) balance: Option<Spanned<String>>,
+    pub(crate) hash_on: Option<Spanned<String>>,
+    pub(crate) max_requests: Option<Spanned<i64>>,
+    pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
+    pub(crate) outlier_detection: Option<Spanned<RawOutlier>>,
+    pub(crate) circuit_breaker: Option<Spanned<RawBreaker>>,
+    pub(crate) retry_budget: Option<Spanned<RawRetryBudget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawHealthCheck {
+    pub(crate) path: Spanned<String>,
+    pub(crate) method: Option<Spanned<String>>,
+    pub(crate) host: Option<Spanned<String>>,
+    pub(crate) statuses: Option<Spanned<String>>,
+    pub(crate) interval: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) healthy_threshold: Option<Spanned<i64>>,
+    pub(crate) unhealthy_threshold: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawOutlier {
+    pub(crate) consecutive_failures: Option<Spanned<i64>>,
+    pub(crate) base_ejection_time: Option<Spanned<String>>,
+    pub(crate) max_ejection_time: Option<Spanned<String>>,
+    pub(crate) max_ejected_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawBreaker {
+    pub(crate) consecutive_failures: Option<Spanned<i64>>,
+    pub(crate) backoff: Option<Spanned<String>>,
+    pub(crate) max_backoff: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawRetryBudget {
+    pub(crate) ratio: Option<Spanned<f64>>,
+    pub(crate) min_concurrent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawRetry {
+    pub(crate) retries: Option<Spanned<i64>>,
+    pub(crate) statuses: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub(crate) non_idempotent: Option<Spanned<bool>>,
+    pub(crate) backoff: Option<Spanned<String>>,
+    pub(crate) max_backoff: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +299,7 @@ pub(crate) struct RawRoute {
     pub(crate) matches: Option<Spanned<RawRequestMatch>>,
     pub(crate) websocket: Option<Spanned<bool>>,
     pub(crate) tunnel_idle_timeout: Option<Spanned<String>>,
+    pub(crate) retry: Option<Spanned<RawRetry>>,
     #[serde(default)]
     pub(crate) plugins: Vec<Spanned<RawPluginRef>>,
 }

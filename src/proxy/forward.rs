@@ -1,14 +1,29 @@
-//! Phase 3, forward: one request to an upstream, with the forwarding
-//! headers (`X-Forwarded-*`, `Via`, hop-by-hop removed), the trace context,
-//! the upstream's metrics, and its response body watched for stalls
+//! Phase 3, forward: the upstream call, with the forwarding headers
+//! (`X-Forwarded-*`, `Via`, hop-by-hop removed), the trace context, the
+//! upstream's metrics, and its response body watched for stalls
 //! ([`body::UpstreamBody`]). A small body with a declared length is read
 //! whole first (`request-buffer-size`), so a client stalling in it costs no
-//! upstream connection. Which target, connection limits and timeouts
-//! are [`crate::upstream`]'s.
+//! upstream connection, and so it can be sent again.
+//!
+//! Retries are decided here, per the route's policy (`retry`): an attempt
+//! that never left (no connection, or one closed before use) goes to
+//! another target whatever the method, since nothing was sent; a reset
+//! before the response head or a retried status (502, 503, 504) is retried
+//! only for an idempotent method (unless the route says otherwise) and only
+//! when the body is held whole (none, the small-body buffer, or the
+//! plugins' copy): bytes of a streamed body that went out cannot be sent
+//! twice. Each retry waits a random time up to an exponentially growing
+//! ceiling (full jitter), prefers a target not yet tried, and must fit the
+//! upstream's retry budget. Plugins ran once, before; they see the final
+//! answer. Which target, connection limits and timeouts are
+//! [`crate::upstream`]'s.
 
 use std::{sync::Arc, time::Duration};
 
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, header, uri::PathAndQuery};
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header, uri::PathAndQuery,
+};
 use http_body::Body as _;
 
 use super::{
@@ -20,7 +35,9 @@ use crate::{
     error::{LOG_LINES_PER_SECOND, ProxyError},
     generation::{Generation, LiveRoute},
     telemetry::{observe, throttle::LogThrottle, trace::TRACEPARENT},
-    upstream::{UpstreamError, headers},
+    upstream::{
+        AttemptError, Outcome, Refused, UpstreamError, UpstreamPool, headers, policy::RetryPolicy,
+    },
 };
 
 static UPSTREAM_BODY_STALLED: LogThrottle = LogThrottle::new(
@@ -46,9 +63,31 @@ pub(super) struct Outbound<'a> {
     /// The client's body's state when `body` is the client's stream (not a
     /// buffered copy): its failure makes the call the client's error.
     pub(super) body_state: Option<Arc<RequestBodyState>>,
+    /// The route's path parameters (for hashing on one).
+    pub(super) params: Vec<(String, String)>,
 }
 
-/// Send `out` upstream and return the response head with its body watched.
+/// The request head every attempt sends.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Send `out` upstream, retrying per the route's policy, and return the
+/// response head with its body watched.
 pub(super) async fn forward(
     rt: &Generation,
     out: Outbound<'_>,
@@ -60,17 +99,32 @@ pub(super) async fn forward(
         path_and_query,
         host,
         conn,
-        mut body,
+        body,
         body_state,
+        params,
     } = out;
     let Some(upstream) = upstream else {
         return Err(ProxyError::NoUpstream {
             route: route.id.to_string(),
         });
     };
-    if let Some(state) = &body_state {
-        body = buffer_small_body(route, &parts.headers, body, state).await?;
-    }
+    let upstream_error = |source| ProxyError::Upstream {
+        route: route.id.to_string(),
+        source,
+    };
+    let (body, replay) = match &body_state {
+        Some(state) => buffer_small_body(route, &parts.headers, body, state).await?,
+        // A buffered copy (the plugins'), or none: held whole already.
+        None => match body::collect_limited(body, usize::MAX).await {
+            Ok(bytes) => (body::full(bytes.clone()), Some(bytes)),
+            Err(e) => {
+                return Err(ProxyError::RequestBodyRead {
+                    route: route.id.to_string(),
+                    source: Box::new(e),
+                });
+            }
+        },
+    };
     let client_version = parts.version;
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(
@@ -85,46 +139,221 @@ pub(super) async fn forward(
     {
         parts.headers.insert(header::HOST, h);
     }
-    let pq = PathAndQuery::try_from(path_and_query.as_str()).map_err(|_| ProxyError::Upstream {
-        route: route.id.to_string(),
-        source: UpstreamError::InvalidRequest {
+    let pq = PathAndQuery::try_from(path_and_query.as_str()).map_err(|_| {
+        upstream_error(UpstreamError::InvalidRequest {
             upstream: upstream.to_string(),
             detail: format!("invalid path {path_and_query:?}"),
-        },
+        })
     })?;
     parts.uri = Uri::from(pq);
-    let metrics = rt.upstream_metrics(upstream);
-    let call = match metrics {
-        Some((name, metrics)) => observe::upstream_call(name, Some(metrics)),
-        None => observe::upstream_call(&Arc::from(upstream), None),
+    let Some(pool) = rt.upstreams().get(upstream) else {
+        return Err(upstream_error(UpstreamError::Unknown(upstream.to_string())));
     };
-    if let Some(tp) = call.traceparent() {
-        parts.headers.insert(TRACEPARENT, tp);
+    let key = pool.hash_key(&parts.headers, conn.client.ip(), &params);
+    let policy = &route.config.retry;
+    let calls = Calls {
+        rt,
+        upstream,
+        route,
+        body_state: body_state.as_deref(),
+    };
+    let resp = attempts(&calls, pool, policy, key, parts, body, replay).await?;
+    Ok(watch_response(rt, route, upstream, resp))
+}
+
+/// What each attempt needs besides its request.
+struct Calls<'a> {
+    rt: &'a Generation,
+    upstream: &'a str,
+    route: &'a LiveRoute,
+    body_state: Option<&'a RequestBodyState>,
+}
+
+/// Why an attempt is retried, for `pylon_upstream_retries{reason}`.
+enum Retry {
+    /// Nothing was sent (no connection, or one closed before use).
+    Connect,
+    /// The connection failed before the response head.
+    Reset,
+    /// A retried status.
+    Status,
+}
+
+impl Retry {
+    fn label(&self) -> &'static str {
+        match self {
+            Retry::Connect => "connect",
+            Retry::Reset => "reset",
+            Retry::Status => "status",
+        }
     }
-    let req = Request::from_parts(parts, body);
-    let body_state = body_state.as_deref();
-    let result = rt
-        .upstreams()
-        .forward(upstream, req, route.config.timeout, body_state)
-        .await;
-    if result.is_err()
-        && let Some(failure) = body_state.and_then(RequestBodyState::take_failure)
-    {
-        call.client_failed();
-        return Err(client_body_error(route, failure));
-    }
-    call.finish(match &result {
-        Ok(resp) => Ok(resp.status().as_u16()),
-        Err(e) => Err(e.kind()),
-    });
-    let resp = result.map_err(|source| ProxyError::Upstream {
-        route: route.id.to_string(),
+}
+
+/// The attempts of one request: the first, then retries while the policy,
+/// the budget and the body allow.
+async fn attempts(
+    calls: &Calls<'_>,
+    pool: &UpstreamPool,
+    policy: &RetryPolicy,
+    key: Option<u64>,
+    parts: http::request::Parts,
+    body: Body,
+    replay: Option<Bytes>,
+) -> Result<Response<Body>, ProxyError> {
+    let upstream_error = |source| ProxyError::Upstream {
+        route: calls.route.id.to_string(),
         source,
-    })?;
+    };
+    let safe_method = policy.non_idempotent || is_idempotent(&parts.method);
+    // The head is kept for a resend only when a whole body could go again.
+    let head = (policy.retries > 0 && replay.is_some()).then(|| Head {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+    });
+    let mut req = Request::from_parts(parts, body);
+    let mut tried: Vec<usize> = Vec::new();
+    // The answer to give if a retry cannot go: the last response, or error.
+    let mut last: Option<Result<Response<Body>, UpstreamError>> = None;
+    loop {
+        let retry = !tried.is_empty();
+        let attempt = match pool.admit(key, &tried, retry) {
+            Ok(a) => a,
+            Err(refused) => {
+                if refused == Refused::Budget
+                    && let Some(m) = calls.rt.upstream_metrics(calls.upstream)
+                {
+                    m.1.retry_denied();
+                }
+                return match last {
+                    Some(Ok(resp)) => Ok(resp),
+                    Some(Err(e)) => Err(upstream_error(e)),
+                    None => Err(upstream_error(UpstreamError::Shed {
+                        upstream: calls.upstream.to_string(),
+                        reason: "max-requests",
+                    })),
+                };
+            }
+        };
+        tried.push(attempt.index());
+        observe::upstream_attempt(attempt.target(), tried.len());
+        let call = match calls.rt.upstream_metrics(calls.upstream) {
+            Some((name, metrics)) => observe::upstream_call(name, Some(metrics)),
+            None => observe::upstream_call(&Arc::from(calls.upstream), None),
+        };
+        if let Some(tp) = call.traceparent() {
+            req.headers_mut().insert(TRACEPARENT, tp);
+        }
+        let start = tokio::time::Instant::now();
+        let result = pool
+            .send(&attempt, req, calls.route.config.timeout, calls.body_state)
+            .await;
+        let latency = start.elapsed();
+        let more = (tried.len() as u32) <= policy.retries;
+        let (retry, next) = match result {
+            Ok(resp) => {
+                call.finish(Ok(resp.status().as_u16()));
+                let status = resp.status();
+                attempt.report(
+                    if status.is_server_error() {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                    Some(latency),
+                );
+                let retried = more && safe_method && policy.statuses.contains(&status.as_u16());
+                match (&head, &replay) {
+                    (Some(head), Some(bytes)) if retried => {
+                        last = Some(Ok(resp));
+                        (Retry::Status, head.request(body::full(bytes.clone())))
+                    }
+                    _ => return Ok(resp),
+                }
+            }
+            Err(AttemptError { error, unsent }) => {
+                if let Some(failure) = calls.body_state.and_then(RequestBodyState::take_failure) {
+                    call.client_failed();
+                    attempt.report(Outcome::Neutral, None);
+                    return Err(client_body_error(calls.route, failure));
+                }
+                call.finish(Err(error.kind()));
+                attempt.report(error.outcome(), None);
+                if let (UpstreamError::Overflow { .. }, Some(reason), Some(m)) = (
+                    &error,
+                    error.shed_reason(),
+                    calls.rt.upstream_metrics(calls.upstream),
+                ) {
+                    m.1.shed(reason);
+                }
+                let resend = match (&head, &replay) {
+                    (Some(head), Some(bytes)) => Some(head.request(body::full(bytes.clone()))),
+                    _ => None,
+                };
+                let next = match &error {
+                    UpstreamError::Connect { .. } | UpstreamError::Failed { .. } if more => {
+                        match (unsent, resend) {
+                            // Never written: safe whatever the method.
+                            (Some(unsent), _) => Some((Retry::Connect, unsent)),
+                            (None, Some(resend))
+                                if matches!(error, UpstreamError::Connect { .. }) =>
+                            {
+                                Some((Retry::Connect, resend))
+                            }
+                            (None, Some(resend)) if safe_method => Some((Retry::Reset, resend)),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match next {
+                    Some(next) => {
+                        last = Some(Err(error));
+                        next
+                    }
+                    None => return Err(upstream_error(error)),
+                }
+            }
+        };
+        if let Some(m) = calls.rt.upstream_metrics(calls.upstream) {
+            m.1.retry(retry.label());
+        }
+        tokio::time::sleep(backoff(policy, tried.len() as u32)).await;
+        req = next;
+    }
+}
+
+/// Full jitter: a random time up to `backoff × 2^(n-1)`, capped, before
+/// the n-th retry (AWS's "exponential backoff and jitter", Envoy's).
+fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
+    let ceiling = policy
+        .backoff
+        .saturating_mul(1u32 << (n.saturating_sub(1)).min(20))
+        .min(policy.max_backoff);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+/// RFC 9110 §9.2.2: a method whose repetition has the effect of one.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The upstream's response with hop-by-hop headers removed, `Via` added,
+/// and its body watched for stalls.
+fn watch_response(
+    rt: &Generation,
+    route: &LiveRoute,
+    upstream: &str,
+    resp: Response<Body>,
+) -> Response<Body> {
     let (mut rparts, rbody) = resp.into_parts();
     headers::remove_hop_by_hop(&mut rparts.headers);
     headers::append_via(&mut rparts.headers, rparts.version);
-    let stalled_metrics = metrics.map(|(_, m)| m.clone());
+    let stalled_metrics = rt.upstream_metrics(upstream).map(|(_, m)| m.clone());
     let (route_id, upstream_name) = (route.id.clone(), upstream.to_owned());
     let idle = route.config.response_body_timeout;
     let rbody = body::UpstreamBody::wrap(
@@ -139,7 +368,7 @@ pub(super) async fn forward(
             }
         }),
     );
-    Ok(Response::from_parts(rparts, rbody))
+    Response::from_parts(rparts, rbody)
 }
 
 /// Read a client's body whole before the upstream is connected to when its
@@ -150,21 +379,27 @@ pub(super) async fn forward(
 /// (gRPC-style), which buffering would stall. Content-Length bodies carry no
 /// trailers over HTTP/1; an HTTP/2 client's request trailers on such a body
 /// are not forwarded.
+///
+/// Returns the body to send and, when it is held whole (buffered here, or
+/// empty), its bytes for a resend.
 async fn buffer_small_body(
     route: &LiveRoute,
     headers: &HeaderMap,
     body: Body,
     state: &RequestBodyState,
-) -> Result<Body, ProxyError> {
+) -> Result<(Body, Option<Bytes>), ProxyError> {
+    if body.is_end_stream() {
+        return Ok((body, Some(Bytes::new())));
+    }
     let limit = route.config.request_buffer_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > 0 && n <= limit as u64 && !body.is_end_stream() => {
+        Some(n) if n > 0 && n <= limit as u64 => {
             match body::collect_limited(body, limit).await {
-                Ok(bytes) => Ok(body::full(bytes)),
+                Ok(bytes) => Ok((body::full(bytes.clone()), Some(bytes))),
                 Err(CollectError::Read(source)) => Err(client_read_error(route, state, source)),
                 // hyper holds a body to its declared length.
                 Err(CollectError::TooLarge { .. }) => Err(ProxyError::BadRequest(
@@ -172,6 +407,6 @@ async fn buffer_small_body(
                 )),
             }
         }
-        _ => Ok(body),
+        _ => Ok((body, None)),
     }
 }

@@ -152,5 +152,6 @@ fn straight<'rt>(routed: route::Routed<'rt>, conn: &'rt ConnInfo) -> forward::Ou
         conn,
         body: routed.body,
         body_state: Some(routed.body_state),
+        params: routed.params,
     }
 }

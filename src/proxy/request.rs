@@ -179,6 +179,7 @@ impl Onward {
             conn,
             body,
             body_state,
+            params: preq.params.clone(),
         })
     }
 }

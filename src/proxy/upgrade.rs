@@ -145,6 +145,7 @@ pub(super) async fn forward(
         conn,
         body,
         body_state: _,
+        params: _,
     } = out;
     let Some(upstream) = upstream else {
         return Err(ProxyError::NoUpstream {

@@ -9,8 +9,10 @@
 //! A line: `{"time":"2026-01-02T03:04:05.678Z","route":"users","method":"GET",
 //! "path":"/users/7","status":200,"bytes_in":0,"bytes_out":123,
 //! "duration_ms":1.234,"upstream":"users","upstream_ms":0.987,
+//! "target":"10.0.0.7:8080","attempts":1,
 //! "client":"127.0.0.1:50412","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}`
-//! (`route`, `upstream` and `upstream_ms` are `null` when there was none).
+//! (`route`, `upstream`, `upstream_ms` and `target` are `null` when there
+//! was none; `target` is the last attempt's, `attempts` counts retries + 1).
 
 use std::{
     io::Write,
@@ -58,6 +60,10 @@ pub struct Entry<'a> {
     pub duration: Duration,
     /// The upstream called and its time to response head, if any.
     pub upstream: Option<(&'a str, Duration)>,
+    /// The target of the last attempt (the one that answered, if any).
+    pub target: Option<&'a str>,
+    /// Upstream attempts made (retries + 1; 0 when none was).
+    pub attempts: usize,
     /// The client's address.
     pub client: SocketAddr,
     /// The W3C trace id, as 32 hex digits.
@@ -154,6 +160,9 @@ pub fn format_line(e: &Entry<'_>) -> String {
         }
         None => s.push_str("null,\"upstream_ms\":null"),
     }
+    s.push_str(",\"target\":");
+    json_opt_str(&mut s, e.target);
+    let _ = write!(s, ",\"attempts\":{}", e.attempts);
     let _ = write!(s, ",\"client\":\"{}\",\"trace_id\":", e.client);
     json_str(&mut s, e.trace_id);
     s.push_str("}\n");
@@ -252,6 +261,8 @@ mod tests {
             bytes_out: 5,
             duration: Duration::from_micros(1500),
             upstream: Some(("u", Duration::from_millis(1))),
+            target: Some("127.0.0.1:1"),
+            attempts: 2,
             client: "127.0.0.1:1234".parse().unwrap(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         };
@@ -268,6 +279,8 @@ mod tests {
         let none = Entry {
             route: None,
             upstream: None,
+            target: None,
+            attempts: 0,
             ..e
         };
         let v: serde_json::Value = serde_json::from_str(&format_line(&none)).unwrap();

@@ -87,6 +87,34 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamReason {
+    upstream: Arc<str>,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamEvent {
+    upstream: Arc<str>,
+    event: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamResult {
+    upstream: Arc<str>,
+    result: &'static str,
+}
+
+/// The upstream-resilience families, shared by every upstream's handles.
+#[derive(Clone, Default)]
+struct ResilienceFamilies {
+    retries: Family<UpstreamReason, Counter>,
+    retries_denied: Family<UpstreamReason, Counter>,
+    target_events: Family<UpstreamEvent, Counter>,
+    health_checks: Family<UpstreamResult, Counter>,
+    shed: Family<UpstreamReason, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteKind {
     route: Arc<str>,
     kind: &'static str,
@@ -206,6 +234,7 @@ pub struct Metrics {
     request_duration: HistogramFamily<RouteStatus>,
     upstream_duration: HistogramFamily<UpstreamLabel>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    resilience: ResilienceFamilies,
     client_body_errors: Family<RouteKind, Counter>,
     reloads: Family<ResultLabel, Counter>,
     open_connections: Gauge,
@@ -267,6 +296,37 @@ impl Metrics {
              overflow: no connection free nor queue room; body_timeout: the response body \
              stalled)",
             upstream_errors.clone(),
+        );
+        let resilience = ResilienceFamilies::default();
+        registry.register(
+            "pylon_upstream_retries",
+            "Retries sent to an upstream, by upstream and reason (connect: no connection or \
+             nothing sent; reset: the connection failed before the response head; status: a \
+             retried status such as 503)",
+            resilience.retries.clone(),
+        );
+        registry.register(
+            "pylon_upstream_retries_denied",
+            "Retries not sent because the upstream's retry budget was spent, by upstream",
+            resilience.retries_denied.clone(),
+        );
+        registry.register(
+            "pylon_upstream_target_events",
+            "Changes of a target's state, by upstream and event (ejected, returned: outlier \
+             detection; open, half_open, closed: the breaker; unhealthy, healthy: active health \
+             checks)",
+            resilience.target_events.clone(),
+        );
+        registry.register(
+            "pylon_upstream_health_checks",
+            "Active health checks, by upstream and result (pass, fail)",
+            resilience.health_checks.clone(),
+        );
+        registry.register(
+            "pylon_upstream_shed",
+            "Requests answered 503 at once because an upstream limit was reached, by upstream \
+             and reason (max-requests, max-pending, queue-timeout)",
+            resilience.shed.clone(),
         );
         registry.register(
             "pylon_client_body_errors",
@@ -367,6 +427,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_errors,
+            resilience,
             client_body_errors,
             reloads,
             open_connections,
@@ -462,6 +523,8 @@ impl Metrics {
                     upstream: name.clone(),
                     kind: "body_timeout",
                 }),
+            name: name.clone(),
+            families: self.resilience.clone(),
         });
         upstreams.insert(name, u.clone());
         u
@@ -690,6 +753,8 @@ pub struct UpstreamMetrics {
     failed: Counter,
     overflow: Counter,
     body_timeout: Counter,
+    name: Arc<str>,
+    families: ResilienceFamilies,
 }
 
 impl UpstreamMetrics {
@@ -718,6 +783,61 @@ impl UpstreamMetrics {
     /// `response-body-timeout` (after the head was answered).
     pub fn body_timeout(&self) {
         self.body_timeout.inc();
+    }
+
+    /// Count a retry sent, for `reason` (`connect`, `reset`, `status`).
+    pub fn retry(&self, reason: &'static str) {
+        self.families
+            .retries
+            .get_or_create(&UpstreamReason {
+                upstream: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Count a retry the retry budget denied.
+    pub fn retry_denied(&self) {
+        self.families
+            .retries_denied
+            .get_or_create(&UpstreamReason {
+                upstream: self.name.clone(),
+                reason: "budget",
+            })
+            .inc();
+    }
+
+    /// Count a change of a target's state (see `pylon_upstream_target_events`).
+    pub fn target_event(&self, event: &'static str) {
+        self.families
+            .target_events
+            .get_or_create(&UpstreamEvent {
+                upstream: self.name.clone(),
+                event,
+            })
+            .inc();
+    }
+
+    /// Count an active health check.
+    pub fn health_check(&self, passed: bool) {
+        self.families
+            .health_checks
+            .get_or_create(&UpstreamResult {
+                upstream: self.name.clone(),
+                result: if passed { "pass" } else { "fail" },
+            })
+            .inc();
+    }
+
+    /// Count a request shed by an upstream limit.
+    pub fn shed(&self, reason: &'static str) {
+        self.families
+            .shed
+            .get_or_create(&UpstreamReason {
+                upstream: self.name.clone(),
+                reason,
+            })
+            .inc();
     }
 }
 

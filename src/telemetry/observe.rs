@@ -86,6 +86,7 @@ impl Observability {
             trace,
             route: OnceLock::new(),
             upstream: Mutex::new(None),
+            attempt: Mutex::new(None),
             bytes_in: AtomicU64::new(0),
             done: std::sync::atomic::AtomicBool::new(false),
         })
@@ -136,6 +137,8 @@ pub struct RequestScope {
     trace: RequestTrace,
     route: OnceLock<Arc<RouteMetrics>>,
     upstream: Mutex<Option<(Arc<str>, Duration)>>,
+    /// The target of the last upstream attempt and the attempts made.
+    attempt: Mutex<Option<(String, usize)>>,
     bytes_in: AtomicU64,
     done: std::sync::atomic::AtomicBool,
 }
@@ -163,6 +166,7 @@ impl RequestScope {
         self.trace.end(self.method.as_str(), matched, status);
         if let Some(log) = &self.obs.access_log {
             let upstream = lock(&self.upstream).clone();
+            let attempt = lock(&self.attempt).take();
             let trace_id = self.trace.trace_id_hex();
             log.log(&Entry {
                 time: self.time,
@@ -178,6 +182,8 @@ impl RequestScope {
                 bytes_out,
                 duration: elapsed,
                 upstream: upstream.as_ref().map(|(n, d)| (&**n, *d)),
+                target: attempt.as_ref().map(|(t, _)| t.as_str()),
+                attempts: attempt.as_ref().map_or(0, |(_, n)| *n),
                 client: self.client,
                 trace_id: &trace_id,
             });
@@ -196,6 +202,23 @@ pub fn path_normalized(path: &str) {
     with_scope(|s| {
         if s.path.is_some() {
             let _ = s.normalized_path.set(path.to_owned());
+        }
+    });
+}
+
+/// The proxy sends attempt number `n` (from 1) to `target`.
+pub fn upstream_attempt(target: &str, n: usize) {
+    with_scope(|s| {
+        if s.obs.access_log.is_some() {
+            let mut a = lock(&s.attempt);
+            match &mut *a {
+                Some((t, count)) => {
+                    t.clear();
+                    t.push_str(target);
+                    *count = n;
+                }
+                None => *a = Some((target.to_owned(), n)),
+            }
         }
     });
 }

@@ -198,27 +198,37 @@ impl TargetPool {
     }
 
     /// Send `req` (origin-form URI) and return the response with a body
-    /// that gives the connection back when it ends.
+    /// that gives the connection back when it ends. A request that failed
+    /// before any of it was written (no connection to be had, or one that
+    /// closed before use) comes back with the error, untouched, so it can
+    /// go to another target whatever its method and body.
     pub(super) async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<Response<Body>, (SendError, Option<Request<Body>>)> {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
         loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(sender) => (sender, true),
+            let got = match self.checkout() {
+                Some(sender) => Ok((sender, true)),
                 None => match self.limit.permits.clone().try_acquire_owned() {
-                    Ok(permit) => (self.connect(permit).await?, false),
-                    Err(_) => self.wait_for_connection().await?,
+                    Ok(permit) => self.connect(permit).await.map(|s| (s, false)),
+                    Err(_) => self.wait_for_connection().await,
                 },
+            };
+            let (mut sender, reused) = match got {
+                Ok(got) => got,
+                Err(e) => return Err((e, Some(req))),
             };
             if sender.ready().await.is_err() {
                 if reused {
                     continue;
                 }
-                return Err(SendError::Failed("connection closed before use".into()));
+                return Err((
+                    SendError::Failed("connection closed before use".into()),
+                    Some(req),
+                ));
             }
             let mut exchange = InFlight {
                 response: Some(Box::pin(sender.try_send_request(req))),
@@ -239,7 +249,9 @@ impl TargetPool {
                     // Never written: the upstream had closed the idle
                     // connection. Another one gets the request.
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Failed(Box::new(err.into_error()))),
+                    unsent => {
+                        return Err((SendError::Failed(Box::new(err.into_error())), unsent));
+                    }
                 },
             }
         }

@@ -1,8 +1,16 @@
-//! Upstreams: named groups of targets with a pooled HTTP client each,
-//! round-robin balancing, a connection budget per target (`max-connections`
-//! with a bounded queue, see [`h1`]), connect and response timeouts, and the
-//! error classification the proxy maps to statuses (refused/reset → 502,
-//! timeout → 504, no connection to be had → 503).
+//! Upstreams: named groups of targets with a pooled HTTP client each, a
+//! connection budget per target (`max-connections` with a bounded queue,
+//! see [`h1`]), connect and response timeouts, and the error classification
+//! the proxy maps to statuses (refused/reset → 502, timeout → 504, no
+//! connection to be had or load shed → 503).
+//!
+//! Each attempt is admitted by [`UpstreamPool::admit`]: the upstream's
+//! `max-requests` and, for a retry, its retry budget, then a target picked
+//! by the balancer ([`balance`]) among those that may take traffic
+//! ([`target`]: health checks, outlier ejection, breaker), and reported back
+//! ([`Attempt::report`]) so the target's state learns from it. Retrying is
+//! the proxy's decision (`proxy/forward.rs`); active health checks run in
+//! [`health`].
 //!
 //! The response-head timeout counts from the end of the request body, as
 //! Envoy's route timeout does: an upload takes as long as the client needs
@@ -13,24 +21,34 @@
 //! HTTP/2 agreed by ALPN (protocol `h2`, gRPC over TLS), verifying the
 //! targets against the system and webpki roots plus its `ca` ([`tls`]).
 //!
+//! A target given by host name is resolved again for every new connection
+//! (the system resolver, which caches as configured), so a changed address
+//! is used as soon as the kept-alive connections to the old one are gone.
+//!
 //! This module forwards requests it is given; header hygiene is done by
 //! [`headers`] and called by the proxy.
 
+mod balance;
 mod h1;
 pub mod headers;
+mod health;
 mod outbound;
+pub mod policy;
+mod target;
 mod tls;
 mod tunnel;
 
+pub use balance::hash_bytes;
 pub use h1::{DRAIN_MAX_BYTES, DRAIN_TIMEOUT};
 pub use outbound::MAX_OUTBOUND_BODY;
+pub use target::{Event, Outcome, Snapshot as TargetSnapshot};
 pub use tunnel::TunnelConn;
 
 use std::{
     collections::BTreeMap,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -44,12 +62,19 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
+use self::{balance::Balancer, policy::Resilience, target::TargetState};
 use crate::{
     body::{Body, BoxError, RequestBodyState},
     config::{ConfigError, Diagnostic, Upstream as UpstreamConfig, UpstreamProtocol},
-    telemetry::metrics::UpstreamErrorKind,
+    telemetry::{
+        metrics::{UpstreamErrorKind, UpstreamMetrics},
+        throttle::LogThrottle,
+    },
     workers,
 };
+
+static PANIC_MODE: LogThrottle =
+    LogThrottle::new("upstream panic mode", 10, Duration::from_secs(10));
 
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +132,15 @@ pub enum UpstreamError {
         /// Queue full, or waited past `queue-timeout`.
         reason: &'static str,
     },
+    /// Load shed before a target was tried: the upstream's `max-requests`
+    /// are in flight.
+    #[error("upstream `{upstream}` shed the request: {reason}")]
+    Shed {
+        /// Upstream name.
+        upstream: String,
+        /// The limit reached, as the `x-pylon-shed` header names it.
+        reason: &'static str,
+    },
     /// The request could not be formed (bad path from a plugin, ...).
     #[error("invalid request for upstream `{upstream}`: {detail}")]
     InvalidRequest {
@@ -125,10 +159,46 @@ impl UpstreamError {
                 UpstreamErrorKind::Timeout
             }
             UpstreamError::Connect { .. } => UpstreamErrorKind::Connect,
-            UpstreamError::Overflow { .. } => UpstreamErrorKind::Overflow,
+            UpstreamError::Overflow { .. } | UpstreamError::Shed { .. } => {
+                UpstreamErrorKind::Overflow
+            }
             _ => UpstreamErrorKind::Failed,
         }
     }
+
+    /// For load pylon shed itself (503): the limit that shed it, the value
+    /// of the response's `x-pylon-shed` header.
+    pub fn shed_reason(&self) -> Option<&'static str> {
+        match self {
+            UpstreamError::Shed { reason, .. } => Some(reason),
+            UpstreamError::Overflow { reason, .. } => Some(if reason.contains("queue-timeout") {
+                "queue-timeout"
+            } else {
+                "max-pending"
+            }),
+            _ => None,
+        }
+    }
+
+    /// What a failed attempt tells about its target.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::Failed { .. }
+            | UpstreamError::Timeout { .. } => Outcome::Failure,
+            _ => Outcome::Neutral,
+        }
+    }
+}
+
+/// An attempt that got no response head; `unsent` is the request back
+/// when none of it was written, so it may go elsewhere whatever it is.
+#[derive(Debug)]
+pub struct AttemptError {
+    /// Why.
+    pub error: UpstreamError,
+    /// The request, untouched, when it never left.
+    pub unsent: Option<Request<Body>>,
 }
 
 /// Why a transport got no response head (mapped to [`UpstreamError`] with
@@ -156,7 +226,81 @@ pub struct UpstreamPool {
     /// Each target's connection budget, shared by all workers.
     limits: Vec<Arc<h1::TargetLimit>>,
     tls: Option<tls::UpstreamTls>,
-    next: AtomicUsize,
+    /// The resilience settings (`config`'s, kept at hand).
+    resilience: Resilience,
+    /// Each target's health, ejection, breaker and load.
+    targets: Vec<TargetState>,
+    balancer: Balancer,
+    /// Attempts admitted and not yet answered (all targets).
+    active: AtomicUsize,
+    /// Of those, retries.
+    retries_active: AtomicUsize,
+    /// No target could take traffic at the last pick.
+    panicking: AtomicBool,
+    metrics: OnceLock<Arc<UpstreamMetrics>>,
+}
+
+/// Why [`UpstreamPool::admit`] refused an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The upstream's `max-requests` are in flight.
+    MaxRequests,
+    /// A retry over the retry budget.
+    Budget,
+}
+
+/// An admitted attempt on one target: counted in flight until dropped;
+/// [`Attempt::report`] tells the target's state how it went.
+pub struct Attempt<'a> {
+    pool: &'a UpstreamPool,
+    index: usize,
+    probe: bool,
+    retry: bool,
+    reported: bool,
+}
+
+impl Attempt<'_> {
+    /// The target (`host:port` as configured).
+    pub fn target(&self) -> &str {
+        &self.pool.targets[self.index].name
+    }
+
+    /// The target's index in the upstream's list.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Record how the attempt went (`latency`: time to the response head).
+    pub fn report(mut self, outcome: Outcome, latency: Option<Duration>) {
+        self.reported = true;
+        let pool = self.pool;
+        let r = &pool.resilience;
+        let mut events = Vec::new();
+        pool.targets[self.index].record(
+            outcome,
+            latency,
+            self.probe,
+            (&r.outlier, &r.breaker),
+            tokio::time::Instant::now(),
+            || pool.may_eject(),
+            &mut events,
+        );
+        pool.emit(self.index, &events);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let pool = self.pool;
+        pool.targets[self.index].end();
+        pool.active.fetch_sub(1, Ordering::Relaxed);
+        if self.retry {
+            pool.retries_active.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.probe && !self.reported {
+            pool.targets[self.index].release_probe();
+        }
+    }
 }
 
 /// How one worker reaches the upstream's targets.
@@ -171,6 +315,17 @@ enum Transport {
 
 impl UpstreamPool {
     fn new(config: UpstreamConfig, workers: usize, tls: Option<tls::UpstreamTls>) -> Self {
+        let targets: Vec<TargetState> = config
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                TargetState::new(
+                    t.clone(),
+                    config.resilience.weights.get(i).copied().unwrap_or(1),
+                )
+            })
+            .collect();
         Self {
             tls,
             transports: (0..=workers.max(1)).map(|_| OnceLock::new()).collect(),
@@ -190,8 +345,14 @@ impl UpstreamPool {
                     ))
                 })
                 .collect(),
+            resilience: config.resilience.clone(),
+            balancer: Balancer::new(&config.resilience.balance, &targets),
+            targets,
             config,
-            next: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            retries_active: AtomicUsize::new(0),
+            panicking: AtomicBool::new(false),
+            metrics: OnceLock::new(),
         }
     }
 
@@ -249,9 +410,299 @@ impl UpstreamPool {
         &self.config
     }
 
-    fn pick(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.config.targets.len()
+    /// Admit an attempt: within `max-requests` and, for a retry, the
+    /// retry budget, on a target picked by the balancer (`key` for a
+    /// hashing one) that may take traffic, preferring one not in `tried`.
+    pub fn admit(
+        &self,
+        key: Option<u64>,
+        tried: &[usize],
+        retry: bool,
+    ) -> Result<Attempt<'_>, Refused> {
+        let active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        if active > self.resilience.max_requests {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            if let Some(m) = self.metrics.get() {
+                m.shed("max-requests");
+            }
+            return Err(Refused::MaxRequests);
+        }
+        if retry {
+            let budget = &self.resilience.retry_budget;
+            let allowed = budget
+                .min_concurrent
+                .max((budget.ratio * active as f64) as usize);
+            if self.retries_active.fetch_add(1, Ordering::Relaxed) >= allowed {
+                self.retries_active.fetch_sub(1, Ordering::Relaxed);
+                self.active.fetch_sub(1, Ordering::Relaxed);
+                return Err(Refused::Budget);
+            }
+        }
+        let mut events = Vec::new();
+        let mut returned = Vec::new();
+        let now = tokio::time::Instant::now();
+        let pick = self.balancer.pick(&self.targets, key, tried, |i| {
+            let before = events.len();
+            let a = self.targets[i].admit(now, &mut events);
+            returned.extend(std::iter::repeat_n(i, events.len() - before));
+            a
+        });
+        for (i, e) in returned.iter().zip(&events) {
+            self.emit(*i, std::slice::from_ref(e));
+        }
+        if pick.panic != self.panicking.load(Ordering::Relaxed)
+            && self.panicking.swap(pick.panic, Ordering::Relaxed) != pick.panic
+            && PANIC_MODE.admit()
+        {
+            if pick.panic {
+                tracing::warn!(upstream = %self.config.name, "panic mode: no target is healthy, out of ejection and with its breaker closed; requests are spread over all targets");
+            } else {
+                tracing::info!(upstream = %self.config.name, "panic mode over: a target takes traffic again");
+            }
+        }
+        self.targets[pick.index].start();
+        Ok(Attempt {
+            pool: self,
+            index: pick.index,
+            probe: pick.probe,
+            retry,
+            reported: false,
+        })
     }
+
+    /// A target for a tunnel (a WebSocket): the balancer's pick among
+    /// those that may take traffic, without the attempt accounting (a
+    /// tunnel is not a request whose answer teaches the target's state).
+    pub(super) fn pick(&self) -> usize {
+        let now = tokio::time::Instant::now();
+        let mut events = Vec::new();
+        let pick = self.balancer.pick(&self.targets, None, &[], |i| {
+            self.targets[i].admit(now, &mut events)
+        });
+        if pick.probe {
+            self.targets[pick.index].release_probe();
+        }
+        pick.index
+    }
+
+    /// Whether outlier detection may eject one more target now.
+    fn may_eject(&self) -> bool {
+        let n = self.targets.len();
+        let max = (n * usize::from(self.resilience.outlier.max_ejected_percent) / 100).max(1);
+        self.targets.iter().filter(|t| t.is_ejected()).count() < max
+    }
+
+    /// Log and count what happened to target `index`.
+    fn emit(&self, index: usize, events: &[Event]) {
+        let upstream = &self.config.name;
+        let target = &self.targets[index].name;
+        for e in events {
+            if let Some(m) = self.metrics.get() {
+                m.target_event(e.label());
+            }
+            match e {
+                Event::Ejected(time) => {
+                    tracing::warn!(%upstream, %target, ?time, "target ejected after consecutive failures")
+                }
+                Event::Returned => tracing::info!(%upstream, %target, "target back from ejection"),
+                Event::BreakerOpened(time) => {
+                    tracing::warn!(%upstream, %target, ?time, "target's breaker opened")
+                }
+                Event::BreakerHalfOpen => {
+                    tracing::info!(%upstream, %target, "target's breaker half-open: one probe request")
+                }
+                Event::BreakerClosed => {
+                    tracing::info!(%upstream, %target, "target's breaker closed")
+                }
+                Event::Unhealthy => {
+                    tracing::warn!(%upstream, %target, "target failed its health checks: no traffic")
+                }
+                Event::Healthy => {
+                    tracing::info!(%upstream, %target, "target passed its health checks: traffic again")
+                }
+            }
+        }
+    }
+
+    /// The key a hashing upstream hashes the request on, if it is one and
+    /// the request has the key.
+    pub fn hash_key(
+        &self,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+        params: &[(String, String)],
+    ) -> Option<u64> {
+        use policy::{Balance, HashOn};
+        let Balance::Hash(on) = &self.resilience.balance else {
+            return None;
+        };
+        match on {
+            HashOn::Header(name) => headers.get(name).map(|v| hash_bytes(v.as_bytes(), 0)),
+            HashOn::Cookie(name) => cookie(headers, name).map(|v| hash_bytes(v, 0)),
+            HashOn::ClientIp => Some(match client {
+                std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets(), 0),
+                std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets(), 0),
+            }),
+            HashOn::PathParam(name) => params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash_bytes(v.as_bytes(), 0)),
+        }
+    }
+
+    /// Each target's state, in configuration order.
+    pub fn target_states(&self) -> impl Iterator<Item = (&str, TargetSnapshot)> {
+        let now = tokio::time::Instant::now();
+        self.targets
+            .iter()
+            .map(move |t| (t.name.as_str(), t.snapshot(now)))
+    }
+
+    /// Attempts in flight and, of those, retries.
+    pub fn active(&self) -> (usize, usize) {
+        (
+            self.active.load(Ordering::Relaxed),
+            self.retries_active.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Hand the pool its metric handles (once, at load).
+    pub fn attach_metrics(&self, metrics: Arc<UpstreamMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// Send `req` (whose URI carries only path and query) to `attempt`'s
+    /// target, waiting at most `timeout` for the response head after the
+    /// request body (whose progress `body` reports, for a streamed one)
+    /// has been sent.
+    pub async fn send(
+        &self,
+        attempt: &Attempt<'_>,
+        req: Request<Body>,
+        timeout: Duration,
+        body: Option<&RequestBodyState>,
+    ) -> Result<Response<Body>, AttemptError> {
+        self.send_to(attempt.index, req, timeout, body).await
+    }
+
+    async fn send_to(
+        &self,
+        n: usize,
+        mut req: Request<Body>,
+        timeout: Duration,
+        body: Option<&RequestBodyState>,
+    ) -> Result<Response<Body>, AttemptError> {
+        let upstream = self.config.name.as_str();
+        let target = &self.config.targets[n];
+        let fail = |error| AttemptError {
+            error,
+            unsent: None,
+        };
+        let invalid_target = || UpstreamError::InvalidRequest {
+            upstream: upstream.to_string(),
+            detail: format!("invalid target {target:?}"),
+        };
+        if req.uri().path_and_query().is_none() {
+            *req.uri_mut() = Uri::from_static("/");
+        }
+        if let Some(b) = body {
+            b.touch();
+        }
+        let deadline = head_deadline(timeout, body);
+        let sent = match self.transport() {
+            Transport::Http1(targets) => {
+                let target_pool = targets[n]
+                    .as_ref()
+                    .ok_or_else(invalid_target)
+                    .map_err(fail)?;
+                *req.version_mut() = http::Version::HTTP_11;
+                tokio::select! {
+                    sent = target_pool.send(req) => Ok(sent),
+                    () = deadline => Err(()),
+                }
+            }
+            Transport::H2c(_) | Transport::H2(_) => {
+                let mut uri = std::mem::take(req.uri_mut()).into_parts();
+                uri.scheme = Some(match self.tls {
+                    Some(_) => Scheme::HTTPS,
+                    None => Scheme::HTTP,
+                });
+                uri.authority = Some(
+                    self.authorities[n]
+                        .clone()
+                        .ok_or_else(invalid_target)
+                        .map_err(fail)?,
+                );
+                *req.uri_mut() = Uri::from_parts(uri).map_err(|e| {
+                    fail(UpstreamError::InvalidRequest {
+                        upstream: upstream.to_string(),
+                        detail: format!("{e}"),
+                    })
+                })?;
+                *req.version_mut() = http::Version::HTTP_2;
+                let send = async {
+                    match self.transport() {
+                        Transport::H2(client) => client.request(req).await,
+                        Transport::H2c(client) => client.request(req).await,
+                        Transport::Http1(_) => unreachable!("matched above"),
+                    }
+                    .map(|resp| resp.map(crate::body::boxed))
+                    .map_err(|err| {
+                        if err.is_connect() {
+                            (SendError::Connect(Box::new(err)), None)
+                        } else {
+                            (SendError::Failed(Box::new(err)), None)
+                        }
+                    })
+                };
+                tokio::select! {
+                    sent = send => Ok(sent),
+                    () = deadline => Err(()),
+                }
+            }
+        };
+        let (err, unsent) = match sent {
+            Err(()) => {
+                return Err(fail(UpstreamError::Timeout {
+                    upstream: upstream.to_string(),
+                    timeout,
+                }));
+            }
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(e)) => e,
+        };
+        let error = match err {
+            SendError::Connect(source) => UpstreamError::Connect {
+                upstream: upstream.to_string(),
+                target: target.clone(),
+                source,
+            },
+            SendError::Failed(source) => UpstreamError::Failed {
+                upstream: upstream.to_string(),
+                target: target.clone(),
+                source,
+            },
+            SendError::Overflow(reason) => UpstreamError::Overflow {
+                upstream: upstream.to_string(),
+                target: target.clone(),
+                reason,
+            },
+        };
+        Err(AttemptError { error, unsent })
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
 }
 
 /// All upstreams of a configuration.
@@ -327,13 +778,14 @@ impl Upstreams {
     }
 
     /// Send `req` (whose URI carries only path and query) to a target of
-    /// `upstream`, waiting at most `timeout` for the response head after
-    /// the request body (whose progress `body` reports, for a streamed
-    /// one) has been sent.
+    /// `upstream`, once (no retry), waiting at most `timeout` for the
+    /// response head after the request body (whose progress `body`
+    /// reports, for a streamed one) has been sent. Plugins' outbound calls
+    /// come this way.
     pub async fn forward(
         &self,
         upstream: &str,
-        mut req: Request<Body>,
+        req: Request<Body>,
         timeout: Duration,
         body: Option<&RequestBodyState>,
     ) -> Result<Response<Body>, UpstreamError> {
@@ -341,84 +793,36 @@ impl Upstreams {
             .pools
             .get(upstream)
             .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
-        let n = pool.pick();
-        let target = &pool.config.targets[n];
-        let invalid_target = || UpstreamError::InvalidRequest {
-            upstream: upstream.to_string(),
-            detail: format!("invalid target {target:?}"),
-        };
-        let timed_out = || UpstreamError::Timeout {
-            upstream: upstream.to_string(),
-            timeout,
-        };
-        if req.uri().path_and_query().is_none() {
-            *req.uri_mut() = Uri::from_static("/");
+        let attempt = pool
+            .admit(None, &[], false)
+            .map_err(|_| UpstreamError::Shed {
+                upstream: upstream.to_string(),
+                reason: "max-requests",
+            })?;
+        let start = tokio::time::Instant::now();
+        let result = pool.send(&attempt, req, timeout, body).await;
+        match &result {
+            Ok(resp) => attempt.report(
+                if resp.status().is_server_error() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                },
+                Some(start.elapsed()),
+            ),
+            Err(e) => attempt.report(e.error.outcome(), None),
         }
-        if let Some(b) = body {
-            b.touch();
-        }
-        let deadline = head_deadline(timeout, body);
-        let sent = match pool.transport() {
-            Transport::Http1(targets) => {
-                let target_pool = targets[n].as_ref().ok_or_else(invalid_target)?;
-                *req.version_mut() = http::Version::HTTP_11;
-                tokio::select! {
-                    sent = target_pool.send(req) => Ok(sent),
-                    () = deadline => Err(()),
-                }
+        result.map_err(|e| e.error)
+    }
+
+    /// Start the active health checks of every upstream that has them, on
+    /// the current tokio runtime; each stops when its upstream is dropped
+    /// (the configuration was replaced).
+    pub fn start_health_checks(&self) {
+        for pool in self.pools.values() {
+            if let Some(hc) = &pool.resilience.health_check {
+                health::spawn(Arc::downgrade(pool), hc.clone());
             }
-            Transport::H2c(_) | Transport::H2(_) => {
-                let mut uri = std::mem::take(req.uri_mut()).into_parts();
-                uri.scheme = Some(match pool.tls {
-                    Some(_) => Scheme::HTTPS,
-                    None => Scheme::HTTP,
-                });
-                uri.authority = Some(pool.authorities[n].clone().ok_or_else(invalid_target)?);
-                *req.uri_mut() =
-                    Uri::from_parts(uri).map_err(|e| UpstreamError::InvalidRequest {
-                        upstream: upstream.to_string(),
-                        detail: format!("{e}"),
-                    })?;
-                *req.version_mut() = http::Version::HTTP_2;
-                let send = async {
-                    match pool.transport() {
-                        Transport::H2(client) => client.request(req).await,
-                        Transport::H2c(client) => client.request(req).await,
-                        Transport::Http1(_) => unreachable!("matched above"),
-                    }
-                    .map(|resp| resp.map(crate::body::boxed))
-                    .map_err(|err| {
-                        if err.is_connect() {
-                            SendError::Connect(Box::new(err))
-                        } else {
-                            SendError::Failed(Box::new(err))
-                        }
-                    })
-                };
-                tokio::select! {
-                    sent = send => Ok(sent),
-                    () = deadline => Err(()),
-                }
-            }
-        };
-        match sent {
-            Err(_) => Err(timed_out()),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(SendError::Connect(source))) => Err(UpstreamError::Connect {
-                upstream: upstream.to_string(),
-                target: target.clone(),
-                source,
-            }),
-            Ok(Err(SendError::Failed(source))) => Err(UpstreamError::Failed {
-                upstream: upstream.to_string(),
-                target: target.clone(),
-                source,
-            }),
-            Ok(Err(SendError::Overflow(reason))) => Err(UpstreamError::Overflow {
-                upstream: upstream.to_string(),
-                target: target.clone(),
-                reason,
-            }),
         }
     }
 }

@@ -22,4 +22,5 @@ mod shutdown;
 mod tls;
 mod traces;
 mod upstream_limits;
+mod upstreams;
 mod websocket;

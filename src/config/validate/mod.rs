@@ -8,6 +8,7 @@
 mod listeners;
 mod plugins;
 mod process;
+mod resilience;
 mod routes;
 mod telemetry;
 mod upstreams;

@@ -148,6 +148,7 @@ pub(super) fn routes(
                 &subject,
                 Duration::from_secs(3600),
             ),
+            retry: super::resilience::retry(cx, &r.retry, &subject),
             plugins: refs,
             location: cx.loc(route),
         });

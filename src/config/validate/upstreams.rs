@@ -1,4 +1,5 @@
-//! `[upstreams.*]`: targets, pools, timeouts and upstream TLS.
+//! `[upstreams.*]`: targets, pools, timeouts and upstream TLS; the
+//! resilience settings are [`super::resilience`]'s.
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -52,6 +53,12 @@ pub(super) fn upstreams(
                 max_pending,
                 queue_timeout: cx.duration(&r.queue_timeout, &subject, Duration::from_secs(5)),
                 tls,
+                resilience: super::resilience::resilience(
+                    cx,
+                    r,
+                    &subject,
+                    r.targets.get_ref().len(),
+                ),
             },
         );
     }

@@ -1,0 +1,74 @@
+//! Active HTTP health checks: every `interval`, each target of an upstream
+//! is sent the configured request (over the upstream's own connections and
+//! protocol, TLS included) and its status compared with the expected ones;
+//! the thresholds turn passes and failures into the target's health
+//! ([`super::target::TargetState::check_result`]); a passed check also
+//! ends an outlier ejection (Envoy's default).
+//!
+//! One task per upstream, holding only a weak reference: when a reload
+//! replaces the configuration and the old upstream is dropped, its checks
+//! stop at the next tick. The first round runs at once, so a target that is
+//! down at start is found within `unhealthy-threshold` rounds.
+
+use std::sync::{Arc, Weak};
+
+use http::{HeaderValue, Request, header};
+
+use super::{UpstreamPool, policy::HealthCheck};
+use crate::body;
+
+/// Start checking `pool`'s targets.
+pub(super) fn spawn(pool: Weak<UpstreamPool>, hc: HealthCheck) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(hc.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            round(&pool, &hc).await;
+        }
+    });
+}
+
+/// Check every target once, concurrently.
+async fn round(pool: &Arc<UpstreamPool>, hc: &HealthCheck) {
+    let checks = (0..pool.targets.len()).map(|i| async move {
+        let passed = check(pool, hc, i).await;
+        if let Some(m) = pool.metrics.get() {
+            m.health_check(passed);
+        }
+        let events = pool.targets[i].check_result(
+            passed,
+            (hc.healthy_threshold, hc.unhealthy_threshold),
+            tokio::time::Instant::now(),
+        );
+        pool.emit(i, &events);
+    });
+    futures::future::join_all(checks).await;
+}
+
+async fn check(pool: &UpstreamPool, hc: &HealthCheck, i: usize) -> bool {
+    let mut req = Request::new(body::empty());
+    *req.method_mut() = hc.method.clone();
+    let Ok(uri) = hc.path.parse() else {
+        return false;
+    };
+    *req.uri_mut() = uri;
+    let host = hc.host.as_deref().unwrap_or(&pool.targets[i].name);
+    if let Ok(v) = HeaderValue::from_str(host) {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("pylon-health-check"),
+    );
+    let sent = tokio::time::timeout(hc.timeout, pool.send_to(i, req, hc.timeout, None)).await;
+    // The response body is dropped unread: the pool drains it (bounded)
+    // in the background and reuses the connection.
+    matches!(sent, Ok(Ok(resp)) if hc.healthy_status(resp.status().as_u16()))
+}

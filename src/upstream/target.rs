@@ -1,0 +1,648 @@
+//! What pylon knows about one target at run time: requests in flight, the
+//! peak-EWMA latency, failures in a row, and the three reasons it may get
+//! no traffic: an active health check failed, outlier detection ejected
+//! it, or its breaker is open. Picking among targets is [`super::balance`]'s;
+//! this module only answers "may this target take a request now?" and
+//! records how each attempt went.
+//!
+//! The common case (a target with no mark against it) is one atomic load;
+//! the lock is taken only while a target is marked. The clock is an
+//! argument (`now`), so unit tests drive the breaker and ejection logic
+//! through exact instants, deterministically.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
+};
+
+use tokio::time::{Duration, Instant};
+
+use super::policy::{Breaker, Outlier};
+use crate::sync::lock;
+
+/// Marked unhealthy by the active health check.
+const UNHEALTHY: u8 = 1;
+/// Ejected by outlier detection.
+const EJECTED: u8 = 2;
+/// Its breaker is open or half-open.
+const BREAKER: u8 = 4;
+
+/// Linkerd's default RTT estimate before a target has answered.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// Linkerd's peak-EWMA decay.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// The breaker of one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BreakerState {
+    /// Traffic flows.
+    Closed,
+    /// No traffic until `until`.
+    Open {
+        /// When the probe may go.
+        until: Instant,
+        /// How long this open period lasted.
+        backoff: Duration,
+    },
+    /// One probe request may go (`probing` once it has); its result decides.
+    HalfOpen {
+        /// The open period before this probe.
+        backoff: Duration,
+        /// The probe is in flight.
+        probing: bool,
+    },
+}
+
+/// A change worth logging and counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Ejected for this long.
+    Ejected(Duration),
+    /// Back from an ejection.
+    Returned,
+    /// The breaker opened for this long.
+    BreakerOpened(Duration),
+    /// The breaker let one probe through.
+    BreakerHalfOpen,
+    /// The breaker closed.
+    BreakerClosed,
+    /// The active health check marked it unhealthy.
+    Unhealthy,
+    /// The active health check marked it healthy again.
+    Healthy,
+}
+
+impl Event {
+    /// The label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Event::Ejected(_) => "ejected",
+            Event::Returned => "returned",
+            Event::BreakerOpened(_) => "open",
+            Event::BreakerHalfOpen => "half_open",
+            Event::BreakerClosed => "closed",
+            Event::Unhealthy => "unhealthy",
+            Event::Healthy => "healthy",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Marks {
+    healthy: bool,
+    /// Checks in a row that disagree with `healthy`.
+    check_streak: u32,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+    last_return: Option<Instant>,
+    breaker: BreakerState,
+}
+
+/// How an attempt went, as far as the target's health is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response that is not a 5xx.
+    Success,
+    /// A 5xx, a refused or failed connection, a timeout.
+    Failure,
+    /// Nothing learnt about the target (the client went away, the
+    /// request was shed before it left).
+    Neutral,
+}
+
+/// One target's run-time state.
+#[derive(Debug)]
+pub(super) struct TargetState {
+    /// The configured `host:port`.
+    pub(super) name: String,
+    /// Its weight.
+    pub(super) weight: u32,
+    in_flight: AtomicUsize,
+    /// Peak-EWMA latency in nanoseconds, and when it was last updated
+    /// (nanoseconds since `epoch`).
+    ewma_ns: AtomicU64,
+    ewma_at: AtomicU64,
+    epoch: Instant,
+    consecutive: AtomicU32,
+    flags: AtomicU8,
+    marks: Mutex<Marks>,
+}
+
+/// May a target take a request now, and if so, as the breaker's probe?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// No.
+    No,
+    /// Yes.
+    Yes,
+    /// Yes, as the half-open breaker's single probe.
+    Probe,
+}
+
+impl TargetState {
+    /// A healthy target with no history.
+    pub(super) fn new(name: String, weight: u32) -> Self {
+        Self {
+            name,
+            weight: weight.max(1),
+            in_flight: AtomicUsize::new(0),
+            ewma_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64),
+            ewma_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            consecutive: AtomicU32::new(0),
+            flags: AtomicU8::new(0),
+            marks: Mutex::new(Marks {
+                healthy: true,
+                check_streak: 0,
+                ejected_until: None,
+                ejections: 0,
+                last_return: None,
+                breaker: BreakerState::Closed,
+            }),
+        }
+    }
+
+    /// Requests in flight to it.
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+
+    pub(super) fn start(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn end(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// The peak-EWMA latency estimate.
+    pub(super) fn ewma(&self) -> Duration {
+        Duration::from_nanos(self.ewma_ns.load(Relaxed))
+    }
+
+    /// Linkerd's cost: latency times load.
+    pub(super) fn cost(&self) -> f64 {
+        self.ewma_ns.load(Relaxed) as f64 * (self.in_flight() + 1) as f64
+    }
+
+    fn observe_latency(&self, rtt: Duration, now: Instant) {
+        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let rtt = rtt.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let prev = self.ewma_ns.load(Relaxed);
+        let at = self.ewma_at.swap(now, Relaxed);
+        let next = if rtt > prev {
+            rtt
+        } else {
+            let elapsed = now.saturating_sub(at) as f64;
+            let w = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
+            (prev as f64 * w + rtt as f64 * (1.0 - w)) as u64
+        };
+        self.ewma_ns.store(next, Relaxed);
+    }
+
+    /// Whether it may take a request now. A target whose ejection has run
+    /// out returns here (`events` gets [`Event::Returned`]); an open breaker
+    /// whose backoff passed turns half-open and admits one probe.
+    pub(super) fn admit(&self, now: Instant, events: &mut Vec<Event>) -> Admit {
+        if self.flags.load(Relaxed) == 0 {
+            return Admit::Yes;
+        }
+        let mut m = lock(&self.marks);
+        if let Some(until) = m.ejected_until
+            && now >= until
+        {
+            m.ejected_until = None;
+            m.last_return = Some(now);
+            self.consecutive.store(0, Relaxed);
+            events.push(Event::Returned);
+        }
+        if !m.healthy || m.ejected_until.is_some() {
+            self.sync_flags(&m);
+            return Admit::No;
+        }
+        let admit = match m.breaker {
+            BreakerState::Closed => Admit::Yes,
+            BreakerState::Open { until, backoff } if now >= until => {
+                m.breaker = BreakerState::HalfOpen {
+                    backoff,
+                    probing: true,
+                };
+                events.push(Event::BreakerHalfOpen);
+                Admit::Probe
+            }
+            BreakerState::Open { .. } => Admit::No,
+            BreakerState::HalfOpen {
+                backoff,
+                probing: false,
+            } => {
+                m.breaker = BreakerState::HalfOpen {
+                    backoff,
+                    probing: true,
+                };
+                Admit::Probe
+            }
+            BreakerState::HalfOpen { probing: true, .. } => Admit::No,
+        };
+        self.sync_flags(&m);
+        admit
+    }
+
+    /// A probe that never reported (its request was dropped): let another go.
+    pub(super) fn release_probe(&self) {
+        let mut m = lock(&self.marks);
+        if let BreakerState::HalfOpen { backoff, .. } = m.breaker {
+            m.breaker = BreakerState::HalfOpen {
+                backoff,
+                probing: false,
+            };
+        }
+    }
+
+    /// Record an attempt's outcome. `may_eject` says whether outlier
+    /// detection may eject this target now (the ejected share allows it);
+    /// it is asked only when the failure streak reaches the threshold.
+    pub(super) fn record(
+        &self,
+        outcome: Outcome,
+        latency: Option<Duration>,
+        probe: bool,
+        (outlier, breaker): (&Outlier, &Breaker),
+        now: Instant,
+        may_eject: impl FnOnce() -> bool,
+        events: &mut Vec<Event>,
+    ) {
+        if let Some(rtt) = latency {
+            self.observe_latency(rtt, now);
+        }
+        match outcome {
+            Outcome::Neutral => {
+                if probe {
+                    self.release_probe();
+                }
+            }
+            Outcome::Success => {
+                if self.consecutive.load(Relaxed) != 0 {
+                    self.consecutive.store(0, Relaxed);
+                }
+                if probe || self.flags.load(Relaxed) & BREAKER != 0 {
+                    let mut m = lock(&self.marks);
+                    if matches!(m.breaker, BreakerState::HalfOpen { .. }) {
+                        m.breaker = BreakerState::Closed;
+                        events.push(Event::BreakerClosed);
+                        self.sync_flags(&m);
+                    }
+                }
+            }
+            Outcome::Failure => {
+                let n = self.consecutive.fetch_add(1, Relaxed) + 1;
+                if probe {
+                    let mut m = lock(&self.marks);
+                    if let BreakerState::HalfOpen { backoff, .. } = m.breaker {
+                        let backoff = (backoff * 2).min(breaker.max_backoff);
+                        m.breaker = BreakerState::Open {
+                            until: now + backoff,
+                            backoff,
+                        };
+                        events.push(Event::BreakerOpened(backoff));
+                        self.sync_flags(&m);
+                    }
+                    return;
+                }
+                let eject = outlier.consecutive_failures > 0 && n >= outlier.consecutive_failures;
+                let open = breaker.consecutive_failures > 0 && n >= breaker.consecutive_failures;
+                if !eject && !open {
+                    return;
+                }
+                let eject = eject && may_eject();
+                let mut m = lock(&self.marks);
+                if eject && m.ejected_until.is_none() {
+                    // The multiplier decays: a target that stayed in for
+                    // the longest ejection starts over.
+                    if m.last_return
+                        .is_some_and(|r| now.saturating_duration_since(r) >= outlier.max_ejection)
+                    {
+                        m.ejections = 0;
+                    }
+                    m.ejections += 1;
+                    let time = (outlier.base_ejection * m.ejections).min(outlier.max_ejection);
+                    m.ejected_until = Some(now + time);
+                    events.push(Event::Ejected(time));
+                } else if open && m.breaker == BreakerState::Closed {
+                    m.breaker = BreakerState::Open {
+                        until: now + breaker.backoff,
+                        backoff: breaker.backoff,
+                    };
+                    events.push(Event::BreakerOpened(breaker.backoff));
+                }
+                self.sync_flags(&m);
+            }
+        }
+    }
+
+    /// The active health check's verdict on one check, and what changed.
+    /// A pass also ends an ejection, as Envoy's
+    /// `successful_active_health_check_uneject_host` does: the check just
+    /// saw the target answer.
+    pub(super) fn check_result(
+        &self,
+        passed: bool,
+        (healthy_after, unhealthy_after): (u32, u32),
+        now: Instant,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut m = lock(&self.marks);
+        if passed && m.ejected_until.is_some() {
+            m.ejected_until = None;
+            m.last_return = Some(now);
+            self.consecutive.store(0, Relaxed);
+            events.push(Event::Returned);
+        }
+        if passed == m.healthy {
+            m.check_streak = 0;
+        } else {
+            m.check_streak += 1;
+            let needed = if passed {
+                healthy_after
+            } else {
+                unhealthy_after
+            };
+            if m.check_streak >= needed.max(1) {
+                m.check_streak = 0;
+                m.healthy = passed;
+                if passed {
+                    self.consecutive.store(0, Relaxed);
+                }
+                events.push(if passed {
+                    Event::Healthy
+                } else {
+                    Event::Unhealthy
+                });
+            }
+        }
+        self.sync_flags(&m);
+        events
+    }
+
+    /// Whether it is ejected now (an expired ejection counts until noticed).
+    pub(super) fn is_ejected(&self) -> bool {
+        self.flags.load(Relaxed) & EJECTED != 0
+    }
+
+    /// A view for the admin API.
+    pub(super) fn snapshot(&self, now: Instant) -> Snapshot {
+        let m = lock(&self.marks);
+        Snapshot {
+            healthy: m.healthy,
+            ejected_for: m
+                .ejected_until
+                .map(|u| u.saturating_duration_since(now))
+                .filter(|d| !d.is_zero()),
+            ejections: m.ejections,
+            breaker: match m.breaker {
+                BreakerState::Closed => "closed",
+                BreakerState::Open { until, .. } if now < until => "open",
+                BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => "half-open",
+            },
+            consecutive_failures: self.consecutive.load(Relaxed),
+            in_flight: self.in_flight(),
+            ewma: self.ewma(),
+        }
+    }
+
+    fn sync_flags(&self, m: &Marks) {
+        let mut f = 0;
+        if !m.healthy {
+            f |= UNHEALTHY;
+        }
+        if m.ejected_until.is_some() {
+            f |= EJECTED;
+        }
+        if m.breaker != BreakerState::Closed {
+            f |= BREAKER;
+        }
+        self.flags.store(f, Relaxed);
+    }
+}
+
+/// One target's state, for the admin API.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The active health check's verdict (true without checks).
+    pub healthy: bool,
+    /// Time left in the current ejection.
+    pub ejected_for: Option<Duration>,
+    /// Ejections so far (the multiplier of the next one).
+    pub ejections: u32,
+    /// `closed`, `open` or `half-open`.
+    pub breaker: &'static str,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Peak-EWMA latency.
+    pub ewma: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test clock: instants advanced by hand.
+    struct Clock(Instant);
+
+    impl Clock {
+        fn new() -> Self {
+            Clock(Instant::now())
+        }
+        fn advance(&mut self, d: Duration) {
+            self.0 += d;
+        }
+    }
+
+    fn fail(t: &TargetState, c: &Clock, probe: bool, o: &Outlier, b: &Breaker) -> Vec<Event> {
+        let mut ev = Vec::new();
+        t.record(Outcome::Failure, None, probe, (o, b), c.0, || true, &mut ev);
+        ev
+    }
+
+    fn admit(t: &TargetState, c: &Clock) -> (Admit, Vec<Event>) {
+        let mut ev = Vec::new();
+        (t.admit(c.0, &mut ev), ev)
+    }
+
+    #[test]
+    fn ejection_lasts_base_times_count_and_is_capped() {
+        let t = TargetState::new("a:1".into(), 1);
+        let mut c = Clock::new();
+        let o = Outlier {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejected_percent: 100,
+        };
+        let b = Breaker {
+            consecutive_failures: 0,
+            ..Breaker::default()
+        };
+        for round in 1..=3u32 {
+            assert!(fail(&t, &c, false, &o, &b).is_empty());
+            assert!(fail(&t, &c, false, &o, &b).is_empty());
+            let ev = fail(&t, &c, false, &o, &b);
+            let expect = Duration::from_secs(10 * u64::from(round)).min(Duration::from_secs(25));
+            assert_eq!(ev, vec![Event::Ejected(expect)], "round {round}");
+            assert_eq!(admit(&t, &c).0, Admit::No);
+            c.advance(expect - Duration::from_millis(1));
+            assert_eq!(admit(&t, &c).0, Admit::No);
+            c.advance(Duration::from_millis(1));
+            assert_eq!(admit(&t, &c), (Admit::Yes, vec![Event::Returned]));
+        }
+    }
+
+    #[test]
+    fn ejection_refused_when_the_share_is_used_up() {
+        let t = TargetState::new("a:1".into(), 1);
+        let c = Clock::new();
+        let o = Outlier {
+            consecutive_failures: 1,
+            ..Outlier::default()
+        };
+        let b = Breaker {
+            consecutive_failures: 0,
+            ..Breaker::default()
+        };
+        let mut ev = Vec::new();
+        t.record(
+            Outcome::Failure,
+            None,
+            false,
+            (&o, &b),
+            c.0,
+            || false,
+            &mut ev,
+        );
+        assert!(ev.is_empty());
+        assert_eq!(admit(&t, &c).0, Admit::Yes);
+    }
+
+    #[test]
+    fn breaker_opens_probes_once_and_doubles_its_backoff() {
+        let t = TargetState::new("a:1".into(), 1);
+        let mut c = Clock::new();
+        let o = Outlier {
+            consecutive_failures: 0,
+            ..Outlier::default()
+        };
+        let b = Breaker {
+            consecutive_failures: 2,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(3),
+        };
+        assert!(fail(&t, &c, false, &o, &b).is_empty());
+        assert_eq!(
+            fail(&t, &c, false, &o, &b),
+            vec![Event::BreakerOpened(Duration::from_secs(1))]
+        );
+        assert_eq!(admit(&t, &c).0, Admit::No);
+        c.advance(Duration::from_secs(1));
+        assert_eq!(admit(&t, &c), (Admit::Probe, vec![Event::BreakerHalfOpen]));
+        // Only one probe at a time.
+        assert_eq!(admit(&t, &c).0, Admit::No);
+        assert_eq!(
+            fail(&t, &c, true, &o, &b),
+            vec![Event::BreakerOpened(Duration::from_secs(2))]
+        );
+        c.advance(Duration::from_secs(2));
+        assert_eq!(admit(&t, &c).0, Admit::Probe);
+        assert_eq!(
+            fail(&t, &c, true, &o, &b),
+            vec![Event::BreakerOpened(Duration::from_secs(3))],
+            "capped at max-backoff"
+        );
+        c.advance(Duration::from_secs(3));
+        assert_eq!(admit(&t, &c).0, Admit::Probe);
+        // A dropped probe lets another go.
+        t.release_probe();
+        assert_eq!(admit(&t, &c).0, Admit::Probe);
+        let mut ev = Vec::new();
+        t.record(
+            Outcome::Success,
+            None,
+            true,
+            (&o, &b),
+            c.0,
+            || true,
+            &mut ev,
+        );
+        assert_eq!(ev, vec![Event::BreakerClosed]);
+        assert_eq!(admit(&t, &c).0, Admit::Yes);
+    }
+
+    #[test]
+    fn health_follows_the_thresholds() {
+        let t = TargetState::new("a:1".into(), 1);
+        let now = Instant::now();
+        let check = |passed| t.check_result(passed, (2, 3), now);
+        assert!(check(false).is_empty());
+        assert!(check(false).is_empty());
+        assert!(check(true).is_empty(), "a pass resets the streak");
+        assert!(check(false).is_empty());
+        assert!(check(false).is_empty());
+        assert_eq!(check(false), vec![Event::Unhealthy]);
+        assert_eq!(t.admit(now, &mut Vec::new()), Admit::No);
+        assert!(check(true).is_empty());
+        assert_eq!(check(true), vec![Event::Healthy]);
+        assert_eq!(t.admit(now, &mut Vec::new()), Admit::Yes);
+    }
+
+    #[test]
+    fn a_passed_health_check_ends_an_ejection() {
+        let t = TargetState::new("a:1".into(), 1);
+        let c = Clock::new();
+        let o = Outlier {
+            consecutive_failures: 1,
+            ..Outlier::default()
+        };
+        let b = Breaker::default();
+        assert_eq!(
+            fail(&t, &c, false, &o, &b),
+            vec![Event::Ejected(o.base_ejection)]
+        );
+        assert_eq!(admit(&t, &c).0, Admit::No);
+        assert_eq!(t.check_result(true, (2, 2), c.0), vec![Event::Returned]);
+        assert_eq!(admit(&t, &c).0, Admit::Yes);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let t = TargetState::new("a:1".into(), 1);
+        let mut c = Clock::new();
+        let (o, b) = (Outlier::default(), Breaker::default());
+        let mut ev = Vec::new();
+        let ok = Outcome::Success;
+        t.record(
+            ok,
+            Some(Duration::from_millis(500)),
+            false,
+            (&o, &b),
+            c.0,
+            || true,
+            &mut ev,
+        );
+        assert_eq!(t.ewma(), Duration::from_millis(500));
+        c.advance(Duration::from_secs(10));
+        t.record(
+            ok,
+            Some(Duration::from_millis(10)),
+            false,
+            (&o, &b),
+            c.0,
+            || true,
+            &mut ev,
+        );
+        let e = t.ewma();
+        assert!(
+            e < Duration::from_millis(300) && e > Duration::from_millis(10),
+            "{e:?}"
+        );
+    }
+}
