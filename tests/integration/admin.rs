@@ -129,9 +129,11 @@ plugin = "trap"
             r#"pylon_upstream_request_duration_seconds_count{upstream="u"}"#,
             2.0,
         ),
+        // One request, three connect failures: a refused connect is
+        // retried (twice by default), here on the only target there is.
         (
             r#"pylon_upstream_errors_total{upstream="dead",kind="connect"}"#,
-            1.0,
+            3.0,
         ),
         (r#"pylon_plugin_traps_total{plugin="trap"}"#, 1.0),
         ("pylon_runtimes_alive", 1.0),
