@@ -293,7 +293,10 @@ mod tests {
         for _ in 0..3 {
             run(&placement, long_call()).await;
         }
-        assert!(!placement.on_pool(), "three long calls are not a pattern yet");
+        assert!(
+            !placement.on_pool(),
+            "three long calls are not a pattern yet"
+        );
         run(&placement, long_call()).await;
         assert!(placement.on_pool());
         // Now even a call that never goes long starts on the pool, and it
