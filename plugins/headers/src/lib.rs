@@ -41,17 +41,7 @@ struct RawEdits {
     #[serde(default)]
     set: BTreeMap<String, String>,
     #[serde(default)]
-    append: BTreeMap<String, OneOrMany>,
-}
-
-#[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "an `append` value must be a string or a list of strings"
-)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+    append: BTreeMap<String, config::OneOrMany<String>>,
 }
 
 /// The plugin: everything it does is declared at configure, so there is
@@ -93,10 +83,7 @@ fn validate(phase: &str, raw: RawEdits, problems: &mut Vec<String>) -> Vec<Heade
         }
     }
     for (name, values) in raw.append {
-        let values = match values {
-            OneOrMany::One(v) => vec![v],
-            OneOrMany::Many(vs) => vs,
-        };
+        let values = values.into_vec();
         let checked_name = check_name(phase, "append", &name, problems);
         let mut values_ok = true;
         for value in &values {

@@ -49,19 +49,9 @@ struct RawCall {
     #[serde(default)]
     method: Option<String>,
     #[serde(default)]
-    timeout: Option<RawDuration>,
+    timeout: Option<config::DurationOrNumber>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a duration like \"500ms\" or \"2s\", or milliseconds"
-)]
-enum RawDuration {
-    Ms(u32),
-    Text(String),
 }
 
 /// How answers are combined.
@@ -384,17 +374,13 @@ fn validate_calls(list: &str, raw: Vec<RawCall>, problems: &mut Vec<String>) -> 
                 None
             }
         };
-        let timeout_ms = match raw.timeout {
-            None => Some(DEFAULT_TIMEOUT_MS),
-            Some(RawDuration::Ms(ms)) => Some(ms),
-            Some(RawDuration::Text(t)) => parse_duration_ms(&t),
-        }
-        .filter(|&ms| ms > 0);
-        if timeout_ms.is_none() {
-            problems.push(format!(
-                "{at}.timeout: not a positive duration like \"500ms\" or \"2s\""
-            ));
-        }
+        let timeout_ms = match raw.timeout.as_ref().map(timeout_ms).transpose() {
+            Ok(ms) => Some(ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+            Err(e) => {
+                problems.push(format!("{at}.timeout: not a positive duration: {e}"));
+                None
+            }
+        };
         let mut headers = Vec::new();
         for (name, value) in raw.headers {
             if name.is_empty() || !name.bytes().all(is_tchar) {
@@ -430,16 +416,16 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// `"250ms"`, `"2s"` (whole numbers) as milliseconds.
-fn parse_duration_ms(text: &str) -> Option<u32> {
-    let (num, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1000)
-    } else {
-        return None;
-    };
-    num.trim().parse::<u32>().ok()?.checked_mul(scale)
+/// A call's timeout in milliseconds: a duration (`"250ms"`, `"2s"`,
+/// `"1m"`, see the SDK) or a bare number of milliseconds; more than 0 and
+/// at most `u32::MAX` ms (what the host's `timeout-ms` takes).
+fn timeout_ms(value: &config::DurationOrNumber) -> Result<u32, String> {
+    let d = value.to_duration(std::time::Duration::from_millis(1))?;
+    match u32::try_from(d.as_millis()) {
+        Ok(0) => Err("it is 0".to_owned()),
+        Ok(ms) => Ok(ms),
+        Err(_) => Err(format!("{}ms is too long", d.as_millis())),
+    }
 }
 
 #[cfg(test)]
@@ -496,10 +482,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration_ms("500ms"), Some(500));
-        assert_eq!(parse_duration_ms("2s"), Some(2000));
-        assert_eq!(parse_duration_ms("1.5s"), None);
-        assert_eq!(parse_duration_ms("5m"), None);
+        use config::DurationOrNumber::{Number, Text};
+        let ms = |text: &str| timeout_ms(&Text(text.to_owned())).ok();
+        assert_eq!(ms("500ms"), Some(500));
+        assert_eq!(ms("2s"), Some(2000));
+        assert_eq!(ms("1.5s"), None);
+        // Since the SDK's durations: minutes (and compounds) too.
+        assert_eq!(ms("5m"), Some(300_000));
+        assert_eq!(ms("1m30s"), Some(90_000));
+        assert_eq!(ms("0s"), None);
+        assert_eq!(ms("50d"), None);
+        assert_eq!(timeout_ms(&Number(250)), Ok(250));
+        assert!(timeout_ms(&Number(0)).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use pylon_plugin_sdk::config;
+use pylon_plugin_sdk::config::{self, DurationOrNumber, OneOrMany};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -23,13 +23,13 @@ struct RawConfig {
     #[serde(default)]
     algorithms: Option<Vec<String>>,
     #[serde(default)]
-    issuer: Option<OneOrMany>,
+    issuer: Option<OneOrMany<String>>,
     #[serde(default)]
-    audience: Option<OneOrMany>,
+    audience: Option<OneOrMany<String>>,
     #[serde(default)]
     required_claims: Vec<String>,
     #[serde(default)]
-    leeway: Option<DurationText>,
+    leeway: Option<DurationOrNumber>,
     #[serde(default)]
     forward_claims: BTreeMap<String, String>,
     #[serde(default)]
@@ -59,37 +59,11 @@ struct RawJwks {
     upstream: String,
     path: String,
     #[serde(default)]
-    cache_ttl: Option<DurationText>,
+    cache_ttl: Option<DurationOrNumber>,
     #[serde(default)]
-    min_refresh_interval: Option<DurationText>,
+    min_refresh_interval: Option<DurationOrNumber>,
     #[serde(default)]
-    timeout: Option<DurationText>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged, expecting = "a string or a list of strings")]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a duration such as \"30s\", \"5m\" or \"250ms\""
-)]
-enum DurationText {
-    Seconds(u64),
-    Text(String),
+    timeout: Option<DurationOrNumber>,
 }
 
 /// Where the JWK Set lives and how it is cached.
@@ -286,7 +260,7 @@ fn jwks(raw: RawJwks) -> Result<JwksConfig, Vec<String>> {
             raw.path
         ));
     }
-    let mut dur = |name: &str, value: Option<DurationText>, default: u64| match value
+    let mut dur = |name: &str, value: Option<DurationOrNumber>, default: u64| match value
         .map(duration_ms)
         .transpose()
     {
@@ -314,26 +288,11 @@ fn jwks(raw: RawJwks) -> Result<JwksConfig, Vec<String>> {
     })
 }
 
-/// Milliseconds of `"250ms"`, `"30s"`, `"5m"`, `"1h"` or a bare number of
-/// seconds.
-fn duration_ms(d: DurationText) -> Result<u64, String> {
-    let text = match d {
-        DurationText::Seconds(s) => return s.checked_mul(1000).ok_or("too large".to_string()),
-        DurationText::Text(t) => t,
-    };
-    let bad = || format!("{text:?} is not a duration such as \"30s\", \"5m\" or \"250ms\"");
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let scale = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(scale).ok_or_else(bad)
+/// Milliseconds of a duration (`"250ms"`, `"30s"`, `"1h30m"`, see the SDK)
+/// or a bare number of seconds.
+fn duration_ms(d: DurationOrNumber) -> Result<u64, String> {
+    let d = d.to_duration(std::time::Duration::from_secs(1))?;
+    u64::try_from(d.as_millis()).map_err(|_| "too large".to_string())
 }
 
 /// An HTTP token (RFC 9110 `tchar`s), as header names must be.

@@ -144,20 +144,11 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// `"250ms"`, `"1s"`, `"5m"`, `"1h"`, `"1d"` → milliseconds.
+/// `"250ms"`, `"1s"`, `"5m"`, `"1h30m"`, `"1d"` (the SDK's durations) →
+/// milliseconds.
 pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad =
-        || format!("{text:?} is not a duration like \"500ms\", \"1s\", \"5m\", \"1h\" or \"1d\"");
-    let (n, unit) = split_number(text).ok_or_else(bad)?;
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(scale).ok_or_else(bad)
+    let d = config::parse_duration(text)?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("{text:?} is too long"))
 }
 
 /// `"512"`, `"64KiB"`, `"1MiB"`, `"10MB"` → bytes.

@@ -19,14 +19,7 @@ struct Raw {
     #[serde(default)]
     allow_credentials: bool,
     #[serde(default)]
-    max_age: Option<MaxAge>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged, expecting = "a number of seconds or a duration like \"10m\"")]
-enum MaxAge {
-    Seconds(u64),
-    Text(String),
+    max_age: Option<config::DurationOrNumber>,
 }
 
 /// Which origins may read responses.
@@ -127,16 +120,17 @@ pub(crate) fn parse(text: &str) -> Result<Settings, String> {
         );
     }
 
-    let max_age = match raw.max_age {
+    // A bare number counts in seconds, the header's own unit.
+    let max_age = match raw
+        .max_age
+        .map(|v| v.to_duration(std::time::Duration::from_secs(1)))
+    {
         None => None,
-        Some(MaxAge::Seconds(s)) => Some(s),
-        Some(MaxAge::Text(t)) => match parse_duration(&t) {
-            Ok(ms) => Some(ms / 1000),
-            Err(e) => {
-                problems.push(format!("max-age: {e}"));
-                None
-            }
-        },
+        Some(Ok(d)) => Some(d.as_secs()),
+        Some(Err(e)) => {
+            problems.push(format!("max-age: {e}"));
+            None
+        }
     };
 
     if !problems.is_empty() {
@@ -243,24 +237,6 @@ fn pattern(text: &str) -> Result<Pattern, String> {
         return Err(bad("has an invalid host"));
     }
     Ok(Pattern::Exact(lower))
-}
-
-/// `"30s"`, `"10m"`, `"1h"`, `"1d"` → milliseconds.
-fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a duration like \"30s\", \"10m\" or \"1h\"");
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(scale).ok_or_else(bad)
 }
 
 #[cfg(test)]

@@ -304,25 +304,11 @@ fn header_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// `"250ms"`, `"1s"`, `"5m"`, `"1h"`, `"1d"` → milliseconds.
+/// `"250ms"`, `"1s"`, `"5m"`, `"1h30m"`, `"1d"` (the SDK's durations) →
+/// milliseconds.
 pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let bad =
-        || format!("{text:?} is not a duration like \"500ms\", \"1s\", \"5m\", \"1h\" or \"1d\"");
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let scale = match unit.trim() {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(scale).ok_or_else(bad)
+    let d = config::parse_duration(text)?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]

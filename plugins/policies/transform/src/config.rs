@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use pylon_plugin_sdk::config::OneOrMany;
 use regex_lite::Regex;
 use serde::Deserialize;
 
@@ -57,23 +58,7 @@ struct RawNamed {
     #[serde(default)]
     set: BTreeMap<String, String>,
     #[serde(default)]
-    add: BTreeMap<String, OneOrMany>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged, expecting = "a string or a list of strings")]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(v) => vec![v],
-            OneOrMany::Many(vs) => vs,
-        }
-    }
+    add: BTreeMap<String, OneOrMany<String>>,
 }
 
 #[derive(Deserialize)]
