@@ -9,12 +9,18 @@
 //!     failures, how long after the kill the dead target stopped being
 //!     tried (the last connect error), and how long after the restart it
 //!     received traffic again.
-//! (b) Two fast targets and one answering 50 ms slower, 32 concurrent
-//!     clients: p50/p99 latency with `round-robin` and with
-//!     `least-request` (and `peak-ewma`).
+//! (b) Two fast targets and one answering 50 ms slower: p50/p99 latency
+//!     with `round-robin`, `least-request` and `peak-ewma`, first at a
+//!     fixed rate (open loop, `RESILIENCE_RATE` requests/s, default 1000),
+//!     then with 32 closed-loop clients, which on a small machine makes it
+//!     CPU-bound: every request then waits for a core, the fast targets'
+//!     in-flight counts and latencies with it, and the balancers see less
+//!     difference between fast and slow.
 //!
 //! `cargo bench --bench resilience` (`-- a` or `-- b` for one part).
-//! `RESILIENCE_SECS` sets each phase's length (default 4 s).
+//! `RESILIENCE_SECS` sets each phase's length (default 4 s),
+//! `RESILIENCE_WARMUP` the unmeasured load before each of (b)'s (default
+//! 10 s, peak-EWMA's decay time: its estimates start at 30 ms).
 
 use std::{
     convert::Infallible,
@@ -278,8 +284,61 @@ async fn part_a(phase: Duration) {
     }
 }
 
-async fn part_b(phase: Duration) {
-    println!("(b) two fast targets and one 50 ms slower; 32 clients, {phase:?} each");
+/// Requests at a fixed rate (open loop: a slow answer does not slow the
+/// sending, so the latency is not understated by coordinated omission),
+/// each timed from when it was due; failures and sorted latencies.
+async fn open_loop(url: String, rate: u32, phase: Duration) -> (usize, usize, Vec<Duration>) {
+    let http = client();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut set = JoinSet::new();
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < phase {
+        let due = tick.tick().await.into_std();
+        sent += 1;
+        let (http, url, failures, lat) =
+            (http.clone(), url.clone(), failures.clone(), latencies.clone());
+        set.spawn(async move {
+            let ok = match http.get(&url).send().await {
+                Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+                _ => false,
+            };
+            if ok {
+                lat.lock().unwrap().push(due.elapsed());
+            } else {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        while set.try_join_next().is_some() {}
+    }
+    while set.join_next().await.is_some() {}
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    lat.sort();
+    (sent, failures.load(Ordering::Relaxed), lat)
+}
+
+/// How part (b) loads the gateway.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// A fixed request rate (per second).
+    Rate(u32),
+    /// So many clients, each sending its next request when the last is
+    /// answered: on this machine, as fast as the CPU allows.
+    Closed(usize),
+}
+
+async fn part_b(phase: Duration, warmup: Duration, pace: Pace) {
+    match pace {
+        Pace::Rate(r) => println!(
+            "(b) two fast targets and one 50 ms slower; open loop, {r} requests/s, {phase:?} each after {warmup:?}"
+        ),
+        Pace::Closed(c) => println!(
+            "(b) two fast targets and one 50 ms slower; {c} closed-loop clients (CPU-bound), {phase:?} each after {warmup:?}"
+        ),
+    }
     let mut p99s = Vec::new();
     for balance in ["round-robin", "least-request", "peak-ewma"] {
         let targets = [
@@ -294,12 +353,29 @@ async fn part_b(phase: Duration) {
             list.join(", ")
         ))
         .await;
-        let load = Load::start(format!("http://{addr}/"), 32);
-        tokio::time::sleep(phase).await;
-        let (sent, failures, lat) = load.stop().await;
-        let slow_share = targets[2].hits.load(Ordering::Relaxed) as f64 / sent.max(1) as f64;
+        let url = format!("http://{addr}/");
+        let run = |length| {
+            let url = url.clone();
+            async move {
+                match pace {
+                    Pace::Rate(r) => open_loop(url, r, length).await,
+                    Pace::Closed(c) => {
+                        let load = Load::start(url, c);
+                        tokio::time::sleep(length).await;
+                        load.stop().await
+                    }
+                }
+            }
+        };
+        // Unmeasured: long enough for the latency estimates to forget
+        // their 30 ms start (10 s decay).
+        run(warmup).await;
+        let slow_before = targets[2].hits.load(Ordering::Relaxed);
+        let (sent, failures, lat) = run(phase).await;
+        let slow = targets[2].hits.load(Ordering::Relaxed) - slow_before;
+        let slow_share = slow as f64 / sent.max(1) as f64;
         println!(
-            "  {balance:>13}: {sent} requests, {failures} failed, p50 {:.2} ms, p99 {:.2} ms, slow target took {:.1}%",
+            "  {balance:>13}: {sent} requests, {failures} failed, p50 {:.2} ms, p99 {:.2} ms, slow target took {:.2}%",
             pct(&lat, 0.5),
             pct(&lat, 0.99),
             slow_share * 100.0
@@ -322,6 +398,16 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(4),
     );
+    let rate = std::env::var("RESILIENCE_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let warmup = Duration::from_secs(
+        std::env::var("RESILIENCE_WARMUP")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -331,7 +417,8 @@ fn main() {
             part_a(phase).await;
         }
         if filter.as_deref() != Some("a") {
-            part_b(phase).await;
+            part_b(phase, warmup, Pace::Rate(rate)).await;
+            part_b(phase, warmup, Pace::Closed(32)).await;
         }
     });
 }
