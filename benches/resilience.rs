@@ -144,6 +144,8 @@ struct Load {
     failures: Arc<AtomicUsize>,
     sent: Arc<AtomicUsize>,
     latencies: Arc<Mutex<Vec<Duration>>>,
+    /// When each failure was seen, and what it was (status or error).
+    failed: Arc<Mutex<Vec<(Instant, String)>>>,
     set: JoinSet<()>,
 }
 
@@ -154,30 +156,41 @@ impl Load {
             failures: Arc::default(),
             sent: Arc::default(),
             latencies: Arc::default(),
+            failed: Arc::default(),
             set: JoinSet::new(),
         };
         let mut set = JoinSet::new();
         let http = client();
         for _ in 0..clients {
             let (http, url) = (http.clone(), url.clone());
-            let (stop, failures, sent, lat) = (
+            let (stop, failures, sent, lat, failed) = (
                 load.stop.clone(),
                 load.failures.clone(),
                 load.sent.clone(),
                 load.latencies.clone(),
+                load.failed.clone(),
             );
             set.spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let ok = match http.get(&url).send().await {
-                        Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
-                        _ => false,
+                    let outcome = match http.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            r.bytes().await.map(drop).map_err(|e| e.to_string())
+                        }
+                        Ok(r) => Err(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => Err(e.to_string()),
                     };
                     sent.fetch_add(1, Ordering::Relaxed);
-                    if ok {
-                        lat.lock().unwrap().push(t.elapsed());
-                    } else {
-                        failures.fetch_add(1, Ordering::Relaxed);
+                    match outcome {
+                        Ok(()) => lat.lock().unwrap().push(t.elapsed()),
+                        Err(what) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            failed.lock().unwrap().push((Instant::now(), what));
+                        }
                     }
                 }
             });
@@ -269,6 +282,7 @@ async fn part_a(phase: Duration) {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let failed = load.failed.clone();
         let (sent, failures, _) = load.stop().await;
         println!(
             "  {label:>3}: {sent} requests, {failures} failed ({failures_dead} while the target was dead); \
@@ -280,6 +294,12 @@ async fn part_a(phase: Duration) {
                 None => format!("not within {:?} (ejected for 30 s)", phase * 10),
             }
         );
+        if label == "on" {
+            for (at, what) in failed.lock().unwrap().iter().take(5) {
+                let since = at.saturating_duration_since(killed_at).as_secs_f64() * 1e3;
+                println!("       failed {since:.0} ms after the kill: {what}");
+            }
+        }
         gw.shutdown(Duration::from_secs(1)).await;
     }
 }
@@ -299,8 +319,12 @@ async fn open_loop(url: String, rate: u32, phase: Duration) -> (usize, usize, Ve
     while start.elapsed() < phase {
         let due = tick.tick().await.into_std();
         sent += 1;
-        let (http, url, failures, lat) =
-            (http.clone(), url.clone(), failures.clone(), latencies.clone());
+        let (http, url, failures, lat) = (
+            http.clone(),
+            url.clone(),
+            failures.clone(),
+            latencies.clone(),
+        );
         set.spawn(async move {
             let ok = match http.get(&url).send().await {
                 Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
