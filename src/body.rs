@@ -176,6 +176,8 @@ pub enum ClientBodyFailure {
     /// The connection reported an error: bad chunked framing, a body cut
     /// short, or the client resetting the stream.
     Invalid(BoxError),
+    /// The body grew past the route's `max-request-body` (this many bytes).
+    TooLarge(u64),
 }
 
 /// The error the upstream side sees when the client's body failed (the
@@ -291,16 +293,21 @@ pub type OnClientBodyFailure = Box<dyn Fn(&ClientBodyFailure) + Send + Sync>;
 pub struct ClientBody {
     inner: Body,
     timer: IdleTimer,
+    /// Body bytes the client may still send (`u64::MAX`: no limit).
+    allowance: u64,
+    limit: Option<u64>,
     state: Arc<RequestBodyState>,
     on_failure: OnClientBodyFailure,
     done: bool,
 }
 
 impl ClientBody {
-    /// Wrap `inner`; the returned state is shared with the proxy.
+    /// Wrap `inner`, which may carry at most `limit` bytes; the returned
+    /// state is shared with the proxy.
     pub fn wrap(
         inner: Body,
         idle: Duration,
+        limit: Option<u64>,
         on_failure: OnClientBodyFailure,
     ) -> (Body, Arc<RequestBodyState>) {
         let state = Arc::new(RequestBodyState::new(idle));
@@ -311,6 +318,8 @@ impl ClientBody {
         let body = ClientBody {
             inner,
             timer: IdleTimer::new(idle),
+            allowance: limit.unwrap_or(u64::MAX),
+            limit,
             state: state.clone(),
             on_failure,
             done: false,
@@ -342,6 +351,14 @@ impl HttpBody for ClientBody {
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match self.allowance.checked_sub(len) {
+                    Some(left) => self.allowance = left,
+                    None => {
+                        let limit = self.limit.unwrap_or(u64::MAX);
+                        return self.failed(ClientBodyFailure::TooLarge(limit));
+                    }
+                }
                 self.timer.reset();
                 self.state.waiting_on_client.store(false, Ordering::Relaxed);
                 self.state.progress();

@@ -47,7 +47,8 @@ pub enum ProxyError {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// The request body is larger than a plugin on the route accepts.
+    /// The request body is larger than the route's `max-request-body`, or
+    /// than a plugin on the route buffers.
     #[error("request body exceeds the {limit}-byte limit of route `{route}`")]
     RequestBodyTooLarge {
         /// The route.

@@ -369,6 +369,11 @@ pub struct Route {
     /// A request body declared (`Content-Length`) no larger than this is
     /// read whole before the upstream is connected to; 0 disables it.
     pub request_buffer_bytes: usize,
+    /// The largest request body the route takes (`None`: no limit): a
+    /// larger `Content-Length` is answered 413 at once, and a body that
+    /// grows past it as it streams is cut (413 if no response has begun;
+    /// the upstream request is aborted either way).
+    pub max_request_body: Option<u64>,
     /// Conditions on headers and query parameters (`match`), all of
     /// which must hold; empty matches any request.
     pub matches: RequestMatch,

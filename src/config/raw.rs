@@ -295,6 +295,7 @@ pub(crate) struct RawRoute {
     pub(crate) request_body_timeout: Option<Spanned<String>>,
     pub(crate) response_body_timeout: Option<Spanned<String>>,
     pub(crate) request_buffer_size: Option<Spanned<String>>,
+    pub(crate) max_request_body: Option<Spanned<String>>,
     #[serde(rename = "match")]
     pub(crate) matches: Option<Spanned<RawRequestMatch>>,
     pub(crate) websocket: Option<Spanned<bool>>,

@@ -2,7 +2,11 @@
 //! the upstream path is normalised again after strip-prefix or rewrite; the
 //! client's body is watched from here on ([`body::ClientBody`]), so a body
 //! that fails or stops arriving is the client's error (400/408) even when it
-//! surfaces as a failed upstream call.
+//! surfaces as a failed upstream call. The route's `max-request-body` is
+//! enforced here: a larger `Content-Length` is refused (413) before any
+//! plugin or upstream sees the request, and the watch cuts a body that grows
+//! past it (413 while no response has begun; the upstream request is aborted,
+//! never completed, so the upstream never takes a truncated body as whole).
 
 use std::{borrow::Cow, sync::Arc, time::Duration};
 
@@ -78,6 +82,11 @@ pub(super) fn route(rt: &Generation, req: Request<Body>) -> Result<Routed<'_>, P
     observe::route_matched(&route.metrics);
     let upstream_path = renormalize(m.upstream_path, opts)
         .map_err(|e| ProxyError::BadRequest(e.public_message()))?;
+    if let Some(limit) = route.config.max_request_body
+        && declared_length(&parts.headers).is_some_and(|n| n > limit)
+    {
+        return Err(too_large(route, limit));
+    }
     let (body, body_state) = watch_client_body(route, body);
     let host = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
     Ok(Routed {
@@ -117,7 +126,25 @@ pub(super) fn rewritten_path(p: &str, opts: &PathNormalization) -> Result<String
     Ok(path::normalize(p, opts)?.into_owned())
 }
 
-/// Watch the client's body for the route's idle timeout and for failure,
+/// The body length the request declares, if it declares one that parses
+/// (hyper refuses a malformed or conflicting one before pylon sees it).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(route: &LiveRoute, limit: u64) -> ProxyError {
+    ProxyError::RequestBodyTooLarge {
+        route: route.id.to_string(),
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+    }
+}
+
+/// Watch the client's body for the route's idle timeout, its size limit and for failure,
 /// counting and logging (throttled) a failure where it happens.
 fn watch_client_body(route: &LiveRoute, body: Body) -> (Body, Arc<RequestBodyState>) {
     let metrics = route.metrics.clone();
@@ -125,6 +152,7 @@ fn watch_client_body(route: &LiveRoute, body: Body) -> (Body, Arc<RequestBodySta
     body::ClientBody::wrap(
         body,
         route.config.request_body_timeout,
+        route.config.max_request_body,
         Box::new(move |failure| {
             metrics.client_body_error(matches!(failure, ClientBodyFailure::Timeout(_)));
             if CLIENT_BODY_FAILED.admit() {
@@ -134,6 +162,9 @@ fn watch_client_body(route: &LiveRoute, body: Body) -> (Body, Arc<RequestBodySta
                     }
                     ClientBodyFailure::Invalid(e) => {
                         tracing::info!(route = %route_id, error = %ErrorChain(&**e), "client request body failed")
+                    }
+                    ClientBodyFailure::TooLarge(limit) => {
+                        tracing::info!(route = %route_id, limit, "client request body over max-request-body; cut")
                     }
                 }
             }
@@ -159,10 +190,16 @@ pub(super) fn client_read_error(
 
 /// The error for a client body that failed or stopped arriving.
 pub(super) fn client_body_error(route: &LiveRoute, failure: ClientBodyFailure) -> ProxyError {
-    let route = route.id.to_string();
     match failure {
-        ClientBodyFailure::Timeout(timeout) => ProxyError::RequestBodyTimeout { route, timeout },
-        ClientBodyFailure::Invalid(source) => ProxyError::RequestBodyRead { route, source },
+        ClientBodyFailure::Timeout(timeout) => ProxyError::RequestBodyTimeout {
+            route: route.id.to_string(),
+            timeout,
+        },
+        ClientBodyFailure::Invalid(source) => ProxyError::RequestBodyRead {
+            route: route.id.to_string(),
+            source,
+        },
+        ClientBodyFailure::TooLarge(limit) => too_large(route, limit),
     }
 }
 

@@ -315,3 +315,105 @@ async fn a_small_body_that_never_finishes_costs_no_upstream_connection() {
         10.0
     );
 }
+
+#[tokio::test]
+async fn a_declared_body_over_max_request_body_is_refused_before_it_is_read() {
+    let (up, accepted) = counting_upstream().await;
+    let gw = TestGateway::start(&gateway_toml(up, "max-request-body = \"1KiB\"")).await;
+    // Only the head: a 413 that arrives proves the body was never awaited
+    // (the route's request-body-timeout is 60 s, the read gives up at 10).
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1025\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    // A body at the limit passes (the counting upstream takes it).
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut req = b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1024\r\n\r\n".to_vec();
+    req.extend_from_slice(&[b'x'; 1024]);
+    s.write_all(&req).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a body at the limit never went upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_chunked_body_growing_past_max_request_body_gets_413_and_aborts_the_upstream_request() {
+    let (up, mut seen, mut closed) = recording_upstream(b"first").await;
+    let gw = TestGateway::start(&gateway_toml(up, "max-request-body = \"1KiB\"")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut head =
+        b"POST /upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n200\r\nfirst"
+            .to_vec();
+    head.extend_from_slice(&[b'a'; 0x200 - 5]);
+    head.extend_from_slice(b"\r\n");
+    s.write_all(&head).await.unwrap();
+    // The upstream request is under way (its head and first chunk sent).
+    tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("the upstream never saw the first chunk")
+        .unwrap();
+    // Two more chunks of 512 bytes: 1536 in all, past the 1024 limit.
+    for _ in 0..2 {
+        let mut chunk = b"200\r\n".to_vec();
+        chunk.extend_from_slice(&[b'b'; 0x200]);
+        chunk.extend_from_slice(b"\r\n");
+        let _ = s.write_all(&chunk).await;
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    let got = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the upstream connection was left open")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got.bytes);
+    assert!(
+        !text.contains("\r\n0\r\n\r\n"),
+        "the upstream got a complete request: {text:?}"
+    );
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let body_bytes = body.matches(['a', 'b']).count() + "first".len();
+    assert!(
+        body_bytes <= 1024,
+        "{body_bytes} body bytes went upstream, past the limit"
+    );
+}
+
+#[tokio::test]
+async fn an_http2_body_longer_than_its_content_length_never_passes_the_limit() {
+    let (up, mut seen, _closed) = recording_upstream(b"POST").await;
+    let gw = TestGateway::start(&gateway_toml(up, "max-request-body = \"1KiB\"")).await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    // Declares 10 bytes (under the limit, under request-buffer-size), sends 8 KiB.
+    let req = http::Request::post(format!("http://{}/upload", gw.addr))
+        .header("content-length", "10")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    let _ = body.send_data(bytes::Bytes::from(vec![b'x'; 8192]), true);
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("no answer or reset within 10 s");
+    if let Ok(r) = &resp {
+        assert!(
+            r.status().is_client_error(),
+            "a lying Content-Length got {}",
+            r.status()
+        );
+    }
+    assert!(
+        seen.try_recv().is_err(),
+        "the lying request reached the upstream"
+    );
+}

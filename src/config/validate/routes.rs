@@ -132,6 +132,7 @@ pub(super) fn routes(
                     16 << 10
                 }),
             },
+            max_request_body: max_request_body(cx, r, &subject),
             matches: r
                 .matches
                 .as_ref()
@@ -154,6 +155,30 @@ pub(super) fn routes(
         });
     }
     out
+}
+
+/// The route's `max-request-body`: 100 MiB by default, `0` for none.
+///
+/// Not nginx's 1 MiB (`client_max_body_size`), the best-known cause of
+/// surprise 413s on ordinary uploads, nor Envoy's and Traefik's "none":
+/// pylon streams bodies, so the limit guards the upstream and the
+/// bandwidth rather than pylon's memory, and 100 MiB (Cloudflare's
+/// default request-body limit) passes everyday uploads while still
+/// bounding what one request can push through. It counts every body
+/// byte of a stream too (a client-streaming gRPC call included).
+fn max_request_body(cx: &mut Ctx<'_>, r: &raw::RawRoute, subject: &str) -> Option<u64> {
+    const DEFAULT: u64 = 100 << 20;
+    let Some(s) = &r.max_request_body else {
+        return Some(DEFAULT);
+    };
+    match parse_size(s.get_ref()) {
+        Ok(0) => None,
+        Ok(n) => Some(n as u64),
+        Err(e) => {
+            cx.error(s, Some(subject.to_string()), e);
+            Some(DEFAULT)
+        }
+    }
 }
 
 /// `websocket = true` tunnels over HTTP/1.1 only: the route's upstream must
