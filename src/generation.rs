@@ -4,7 +4,8 @@
 //! started with (they hold an `Arc`).
 //!
 //! Process-wide things that outlive reloads (the Wasm engine with its
-//! compile caches, the key-value store, the metrics) live in [`Shared`].
+//! compile caches, the key-value store, the metrics, the upstream targets'
+//! health and load) live in [`Shared`].
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
@@ -16,7 +17,7 @@ use crate::{
     plugin::{CompiledPlugin, HostServices, PluginLoadError, PluginRuntime},
     router::Router,
     telemetry::metrics::{GenerationsAlive, Metrics, RouteMetrics, UpstreamMetrics},
-    upstream::Upstreams,
+    upstream::{TargetRegistry, Upstreams},
 };
 
 /// What outlives reloads: the plugin engine and caches, the KV store and
@@ -28,6 +29,8 @@ pub struct Shared {
     pub kv: Arc<dyn KvStore>,
     /// The metrics registry (plugin series read from `plugins`).
     pub metrics: Arc<Metrics>,
+    /// The upstream targets' states, kept across reloads.
+    pub upstream_targets: TargetRegistry,
 }
 
 impl Shared {
@@ -48,6 +51,7 @@ impl Shared {
             plugins,
             kv,
             metrics,
+            upstream_targets: TargetRegistry::new(),
         })
     }
 }
@@ -86,7 +90,11 @@ impl Generation {
     /// location, route and plugin.
     pub async fn build(config: Config, shared: &Shared) -> Result<Generation, ConfigError> {
         let mut problems = Vec::new();
-        let upstreams = match Upstreams::try_new(&config.upstreams, config.runtime.worker_count()) {
+        let upstreams = match Upstreams::try_new(
+            &config.upstreams,
+            config.runtime.worker_count(),
+            &shared.upstream_targets,
+        ) {
             Ok(u) => Arc::new(u),
             Err(err) => {
                 problems.extend(err.diagnostics);

@@ -7,7 +7,8 @@
 //!
 //! One task per upstream, holding only a weak reference: when a reload
 //! replaces the configuration and the old upstream is dropped, its checks
-//! stop at the next tick. The first round runs at once, so a target that is
+//! stop at the next tick; while it drains, it leaves the targets the new
+//! configuration took over (their state is shared) to the new one's checks. The first round runs at once, so a target that is
 //! down at start is found within `unhealthy-threshold` rounds.
 
 use std::sync::{Arc, Weak};
@@ -38,6 +39,10 @@ pub(super) fn spawn(pool: Weak<UpstreamPool>, hc: HealthCheck) {
 /// Check every target once, concurrently.
 async fn round(pool: &Arc<UpstreamPool>, hc: &HealthCheck) {
     let checks = (0..pool.targets.len()).map(|i| async move {
+        // A newer configuration lists this target and checks it itself.
+        if !pool.targets[i].owned_by(pool.id) {
+            return;
+        }
         let passed = check(pool, hc, i).await;
         if let Some(m) = pool.metrics.get() {
             m.health_check(passed);

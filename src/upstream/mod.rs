@@ -34,6 +34,7 @@ pub mod headers;
 mod health;
 mod outbound;
 pub mod policy;
+mod registry;
 mod target;
 mod tls;
 mod tunnel;
@@ -41,6 +42,7 @@ mod tunnel;
 pub use balance::hash_bytes;
 pub use h1::{DRAIN_MAX_BYTES, DRAIN_TIMEOUT};
 pub use outbound::MAX_OUTBOUND_BODY;
+pub use registry::TargetRegistry;
 pub use target::{Event, Outcome, Snapshot as TargetSnapshot};
 pub use tunnel::TunnelConn;
 
@@ -48,7 +50,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -213,8 +215,14 @@ enum SendError {
     Overflow(&'static str),
 }
 
+/// Distinguishes the pools of successive configurations (health checks:
+/// only the newest pool's judge a target they share).
+static POOL_IDS: AtomicU64 = AtomicU64::new(1);
+
 /// One upstream at run time.
 pub struct UpstreamPool {
+    /// Unique in the process.
+    id: u64,
     config: UpstreamConfig,
     /// Connections per worker thread (slot 0 for everything off the data
     /// plane, then one per worker): a connection's task runs on the thread
@@ -314,19 +322,30 @@ enum Transport {
 }
 
 impl UpstreamPool {
-    fn new(config: UpstreamConfig, workers: usize, tls: Option<tls::UpstreamTls>) -> Self {
+    fn new(
+        config: UpstreamConfig,
+        workers: usize,
+        tls: Option<tls::UpstreamTls>,
+        registry: &TargetRegistry,
+    ) -> Self {
+        let id = POOL_IDS.fetch_add(1, Ordering::Relaxed);
+        let checked = config.resilience.health_check.is_some();
         let targets: Vec<TargetState> = config
             .targets
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                TargetState::new(
+                let state = TargetState::with_live(
                     t.clone(),
                     config.resilience.weights.get(i).copied().unwrap_or(1),
-                )
+                    registry.live(&config.name, t),
+                );
+                state.claim(id, checked);
+                state
             })
             .collect();
         Self {
+            id,
             tls,
             transports: (0..=workers.max(1)).map(|_| OnceLock::new()).collect(),
             authorities: config
@@ -713,18 +732,20 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Build a pool per configured upstream, with connections kept apart
-    /// for each of `workers` data-plane threads. An upstream whose TLS
+    /// for each of `workers` data-plane threads and no target state from
+    /// earlier configurations. An upstream whose TLS
     /// files do not load is left out (logged; calls to it fail as to an
     /// unknown upstream, never in cleartext): [`Upstreams::try_new`]
     /// reports it instead.
     pub fn new(configs: &BTreeMap<String, UpstreamConfig>, workers: usize) -> Self {
+        let registry = TargetRegistry::new();
         let mut pools = BTreeMap::new();
         for (name, c) in configs {
             match upstream_tls(c) {
                 Ok(tls) => {
                     pools.insert(
                         name.clone(),
-                        Arc::new(UpstreamPool::new(c.clone(), workers, tls)),
+                        Arc::new(UpstreamPool::new(c.clone(), workers, tls, &registry)),
                     );
                 }
                 Err(err) => {
@@ -735,11 +756,14 @@ impl Upstreams {
         Self { pools }
     }
 
-    /// [`Upstreams::new`], reporting every upstream whose TLS files (CA
-    /// bundle, client certificate and key) do not load.
+    /// [`Upstreams::new`], with each target's state taken from `registry`
+    /// (an earlier configuration's, when it listed the target), reporting
+    /// every upstream whose TLS files (CA bundle, client certificate and
+    /// key) do not load.
     pub fn try_new(
         configs: &BTreeMap<String, UpstreamConfig>,
         workers: usize,
+        registry: &TargetRegistry,
     ) -> Result<Self, ConfigError> {
         let mut pools = BTreeMap::new();
         let mut problems = Vec::new();
@@ -748,7 +772,7 @@ impl Upstreams {
                 Ok(tls) => {
                     pools.insert(
                         name.clone(),
-                        Arc::new(UpstreamPool::new(c.clone(), workers, tls)),
+                        Arc::new(UpstreamPool::new(c.clone(), workers, tls, registry)),
                     );
                 }
                 Err(err) => problems.push(Diagnostic {

@@ -11,7 +11,7 @@
 //! through exact instants, deterministically.
 
 use std::sync::{
-    Mutex,
+    Arc, Mutex,
     atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
 };
 
@@ -110,13 +110,23 @@ pub enum Outcome {
     Neutral,
 }
 
-/// One target's run-time state.
+/// One target's run-time state: its name and weight in this
+/// configuration, and what it has shown ([`Live`]), which a reload that
+/// keeps the target carries over ([`super::registry`]).
 #[derive(Debug)]
 pub(super) struct TargetState {
     /// The configured `host:port`.
     pub(super) name: String,
     /// Its weight.
     pub(super) weight: u32,
+    live: Arc<Live>,
+}
+
+/// What a target has shown: requests in flight, latency, failures and
+/// marks. Shared by every configuration that lists the target, so a reload
+/// neither forgets a dead target nor resets its load and latency.
+#[derive(Debug)]
+pub(super) struct Live {
     in_flight: AtomicUsize,
     /// Peak-EWMA latency in nanoseconds, and when it was last updated
     /// (nanoseconds since `epoch`).
@@ -126,6 +136,32 @@ pub(super) struct TargetState {
     consecutive: AtomicU32,
     flags: AtomicU8,
     marks: Mutex<Marks>,
+    /// The upstream pool whose health checks judge it (the newest
+    /// configuration's; an older one still draining leaves it alone).
+    owner: AtomicU64,
+}
+
+impl Live {
+    /// A healthy target with no history.
+    pub(super) fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            ewma_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64),
+            ewma_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            consecutive: AtomicU32::new(0),
+            flags: AtomicU8::new(0),
+            marks: Mutex::new(Marks {
+                healthy: true,
+                check_streak: 0,
+                ejected_until: None,
+                ejections: 0,
+                last_return: None,
+                breaker: BreakerState::Closed,
+            }),
+            owner: AtomicU64::new(0),
+        }
+    }
 }
 
 /// May a target take a request now, and if so, as the breaker's probe?
@@ -141,55 +177,68 @@ pub(super) enum Admit {
 
 impl TargetState {
     /// A healthy target with no history.
+    #[cfg(test)]
     pub(super) fn new(name: String, weight: u32) -> Self {
+        Self::with_live(name, weight, Arc::new(Live::new()))
+    }
+
+    /// A target whose history is `live` (kept from an earlier
+    /// configuration, or new).
+    pub(super) fn with_live(name: String, weight: u32, live: Arc<Live>) -> Self {
         Self {
             name,
             weight: weight.max(1),
-            in_flight: AtomicUsize::new(0),
-            ewma_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64),
-            ewma_at: AtomicU64::new(0),
-            epoch: Instant::now(),
-            consecutive: AtomicU32::new(0),
-            flags: AtomicU8::new(0),
-            marks: Mutex::new(Marks {
-                healthy: true,
-                check_streak: 0,
-                ejected_until: None,
-                ejections: 0,
-                last_return: None,
-                breaker: BreakerState::Closed,
-            }),
+            live,
         }
+    }
+
+    /// Make pool `owner`'s health checks the ones that judge this target;
+    /// without health checks (`checked` false) a verdict of an earlier
+    /// configuration's checks no longer holds, so the target counts as
+    /// healthy again.
+    pub(super) fn claim(&self, owner: u64, checked: bool) {
+        self.live.owner.store(owner, Relaxed);
+        if !checked {
+            let mut m = lock(&self.live.marks);
+            m.healthy = true;
+            m.check_streak = 0;
+            self.sync_flags(&m);
+        }
+    }
+
+    /// Whether pool `owner`'s health checks judge this target.
+    pub(super) fn owned_by(&self, owner: u64) -> bool {
+        self.live.owner.load(Relaxed) == owner
     }
 
     /// Requests in flight to it.
     pub(super) fn in_flight(&self) -> usize {
-        self.in_flight.load(Relaxed)
+        self.live.in_flight.load(Relaxed)
     }
 
     pub(super) fn start(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+        self.live.in_flight.fetch_add(1, Relaxed);
     }
 
     pub(super) fn end(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.live.in_flight.fetch_sub(1, Relaxed);
     }
 
     /// The peak-EWMA latency estimate.
     pub(super) fn ewma(&self) -> Duration {
-        Duration::from_nanos(self.ewma_ns.load(Relaxed))
+        Duration::from_nanos(self.live.ewma_ns.load(Relaxed))
     }
 
     /// Linkerd's cost: latency times load.
     pub(super) fn cost(&self) -> f64 {
-        self.ewma_ns.load(Relaxed) as f64 * (self.in_flight() + 1) as f64
+        self.live.ewma_ns.load(Relaxed) as f64 * (self.in_flight() + 1) as f64
     }
 
     fn observe_latency(&self, rtt: Duration, now: Instant) {
-        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let now = now.saturating_duration_since(self.live.epoch).as_nanos() as u64;
         let rtt = rtt.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let prev = self.ewma_ns.load(Relaxed);
-        let at = self.ewma_at.swap(now, Relaxed);
+        let prev = self.live.ewma_ns.load(Relaxed);
+        let at = self.live.ewma_at.swap(now, Relaxed);
         let next = if rtt > prev {
             rtt
         } else {
@@ -197,23 +246,23 @@ impl TargetState {
             let w = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
             (prev as f64 * w + rtt as f64 * (1.0 - w)) as u64
         };
-        self.ewma_ns.store(next, Relaxed);
+        self.live.ewma_ns.store(next, Relaxed);
     }
 
     /// Whether it may take a request now. A target whose ejection has run
     /// out returns here (`events` gets [`Event::Returned`]); an open breaker
     /// whose backoff passed turns half-open and admits one probe.
     pub(super) fn admit(&self, now: Instant, events: &mut Vec<Event>) -> Admit {
-        if self.flags.load(Relaxed) == 0 {
+        if self.live.flags.load(Relaxed) == 0 {
             return Admit::Yes;
         }
-        let mut m = lock(&self.marks);
+        let mut m = lock(&self.live.marks);
         if let Some(until) = m.ejected_until
             && now >= until
         {
             m.ejected_until = None;
             m.last_return = Some(now);
-            self.consecutive.store(0, Relaxed);
+            self.live.consecutive.store(0, Relaxed);
             events.push(Event::Returned);
         }
         if !m.healthy || m.ejected_until.is_some() {
@@ -249,7 +298,7 @@ impl TargetState {
 
     /// A probe that never reported (its request was dropped): let another go.
     pub(super) fn release_probe(&self) {
-        let mut m = lock(&self.marks);
+        let mut m = lock(&self.live.marks);
         if let BreakerState::HalfOpen { backoff, .. } = m.breaker {
             m.breaker = BreakerState::HalfOpen {
                 backoff,
@@ -281,11 +330,11 @@ impl TargetState {
                 }
             }
             Outcome::Success => {
-                if self.consecutive.load(Relaxed) != 0 {
-                    self.consecutive.store(0, Relaxed);
+                if self.live.consecutive.load(Relaxed) != 0 {
+                    self.live.consecutive.store(0, Relaxed);
                 }
-                if probe || self.flags.load(Relaxed) & BREAKER != 0 {
-                    let mut m = lock(&self.marks);
+                if probe || self.live.flags.load(Relaxed) & BREAKER != 0 {
+                    let mut m = lock(&self.live.marks);
                     if matches!(m.breaker, BreakerState::HalfOpen { .. }) {
                         m.breaker = BreakerState::Closed;
                         events.push(Event::BreakerClosed);
@@ -294,9 +343,9 @@ impl TargetState {
                 }
             }
             Outcome::Failure => {
-                let n = self.consecutive.fetch_add(1, Relaxed) + 1;
+                let n = self.live.consecutive.fetch_add(1, Relaxed) + 1;
                 if probe {
-                    let mut m = lock(&self.marks);
+                    let mut m = lock(&self.live.marks);
                     if let BreakerState::HalfOpen { backoff, .. } = m.breaker {
                         let backoff = (backoff * 2).min(breaker.max_backoff);
                         m.breaker = BreakerState::Open {
@@ -314,7 +363,7 @@ impl TargetState {
                     return;
                 }
                 let eject = eject && may_eject();
-                let mut m = lock(&self.marks);
+                let mut m = lock(&self.live.marks);
                 if eject && m.ejected_until.is_none() {
                     // The multiplier decays: a target that stayed in for
                     // the longest ejection starts over.
@@ -350,11 +399,11 @@ impl TargetState {
         now: Instant,
     ) -> Vec<Event> {
         let mut events = Vec::new();
-        let mut m = lock(&self.marks);
+        let mut m = lock(&self.live.marks);
         if passed && m.ejected_until.is_some() {
             m.ejected_until = None;
             m.last_return = Some(now);
-            self.consecutive.store(0, Relaxed);
+            self.live.consecutive.store(0, Relaxed);
             events.push(Event::Returned);
         }
         if passed == m.healthy {
@@ -370,7 +419,7 @@ impl TargetState {
                 m.check_streak = 0;
                 m.healthy = passed;
                 if passed {
-                    self.consecutive.store(0, Relaxed);
+                    self.live.consecutive.store(0, Relaxed);
                 }
                 events.push(if passed {
                     Event::Healthy
@@ -385,12 +434,12 @@ impl TargetState {
 
     /// Whether it is ejected now (an expired ejection counts until noticed).
     pub(super) fn is_ejected(&self) -> bool {
-        self.flags.load(Relaxed) & EJECTED != 0
+        self.live.flags.load(Relaxed) & EJECTED != 0
     }
 
     /// A view for the admin API.
     pub(super) fn snapshot(&self, now: Instant) -> Snapshot {
-        let m = lock(&self.marks);
+        let m = lock(&self.live.marks);
         Snapshot {
             healthy: m.healthy,
             ejected_for: m
@@ -403,7 +452,7 @@ impl TargetState {
                 BreakerState::Open { until, .. } if now < until => "open",
                 BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => "half-open",
             },
-            consecutive_failures: self.consecutive.load(Relaxed),
+            consecutive_failures: self.live.consecutive.load(Relaxed),
             in_flight: self.in_flight(),
             ewma: self.ewma(),
         }
@@ -420,7 +469,7 @@ impl TargetState {
         if m.breaker != BreakerState::Closed {
             f |= BREAKER;
         }
-        self.flags.store(f, Relaxed);
+        self.live.flags.store(f, Relaxed);
     }
 }
 

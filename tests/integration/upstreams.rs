@@ -749,3 +749,55 @@ fn resilience_settings_are_checked_at_load() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_that_keeps_the_targets_keeps_a_dead_one_out() {
+    let live = Upstream::named("live").await;
+    let dead = dead_addr().await;
+    let toml = |timeout: &str| {
+        with_admin(&format!(
+            "[upstreams.u]\ntargets = [\"{dead}\", \"{}\"]\n{}",
+            live.addr,
+            route_to_u(&format!("timeout = \"{timeout}\""))
+        ))
+    };
+    let gw = TestGateway::start(&toml("30s")).await;
+    let http = client();
+    let get_all = async || {
+        for i in 0..40 {
+            let r = http.get(gw.url("/x")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "request {i}");
+            assert_eq!(r.text().await.unwrap(), "live");
+        }
+    };
+    get_all().await;
+    let connect_errors = async || {
+        series(
+            &metrics(&gw).await,
+            "pylon_upstream_errors_total{upstream=\"u\",kind=\"connect\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = connect_errors().await;
+    assert!(before >= 1.0, "the dead target was tried");
+    assert_eq!(
+        upstreams_json(&gw).await["upstreams"][0]["target_states"][0]["ejected"],
+        true
+    );
+    // Same targets, another route timeout: a new configuration.
+    gw.gateway
+        .reload_with(crate::harness::parse(&toml("20s")).unwrap())
+        .await
+        .unwrap();
+    let v = upstreams_json(&gw).await;
+    assert_eq!(
+        v["upstreams"][0]["target_states"][0]["ejected"], true,
+        "the reload forgot the ejection: {v}"
+    );
+    get_all().await;
+    assert_eq!(
+        connect_errors().await,
+        before,
+        "the dead target got traffic again after the reload"
+    );
+}
