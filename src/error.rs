@@ -281,6 +281,23 @@ pub const SHED_HEADER: &str = "x-pylon-shed";
 
 /// A small JSON error response: `{"error": "...", "status": N}`.
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    error_response_json(status, message)
+}
+
+/// [`error_response`], or for a gRPC request (`grpc`) the trailers-only
+/// gRPC answer with the status [`grpc_status`] maps `status` to: what the
+/// server itself answers (too many requests in flight, a stream idle
+/// timeout) reaches a gRPC client as a gRPC status, not an HTTP error its
+/// library can only guess at.
+pub fn error_response_for(grpc: bool, status: StatusCode, message: &str) -> Response<Body> {
+    if grpc {
+        grpc_response(grpc_status(status), message)
+    } else {
+        error_response_json(status, message)
+    }
+}
+
+fn error_response_json(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": message, "status": status.as_u16() }).to_string();
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;

@@ -30,7 +30,7 @@ use crate::{
 const MAX_MESSAGE_BYTES: usize = 512;
 
 /// Whether `headers` are a gRPC request's (or response's).
-pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
+pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.as_bytes())

@@ -26,6 +26,8 @@ mod respond;
 mod route;
 mod upgrade;
 
+pub use grpc::is_grpc;
+
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Request, Response};
@@ -55,6 +57,10 @@ pub struct ConnInfo {
     /// The listener's `send-timeout`: a tunnel's write that makes no
     /// progress for this long ends it.
     send_timeout: Duration,
+    /// Held by the connection and its tunnels: the listener's shutdown
+    /// waits (its grace period) while any is held, then drops the
+    /// receiver, which ends the tunnels still open.
+    drain: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl ConnInfo {
@@ -66,12 +72,19 @@ impl ConnInfo {
             identity: None,
             client_ip: headers::client_ip_value(client.ip()),
             send_timeout: ConnectionLimits::default().send_timeout,
+            drain: None,
         }
     }
 
     /// The listener's `send-timeout`, for tunnels.
     pub fn with_send_timeout(mut self, send_timeout: Duration) -> Self {
         self.send_timeout = send_timeout;
+        self
+    }
+
+    /// The listener's drain handle (see the field), for tunnels.
+    pub fn with_drain(mut self, drain: tokio::sync::mpsc::Sender<()>) -> Self {
+        self.drain = Some(drain);
         self
     }
 

@@ -237,11 +237,22 @@ pub(super) async fn forward(
     };
     let mut gauge = route.metrics.tunnel_opened();
     let route_id = route.id.clone();
+    let drain = conn.drain.clone();
     tokio::spawn(async move {
         let (client, upstream) = tokio::join!(wanted.on_upgrade, upstream_upgrade);
         match (client, upstream) {
             (Ok(client), Ok(upstream)) => {
-                let end = tunnel(TokioIo::new(client), TokioIo::new(upstream), limits).await;
+                let run = tunnel(TokioIo::new(client), TokioIo::new(upstream), limits);
+                // Gateway shutdown: the tunnel runs on through the grace
+                // period (holding `drain` keeps the listener draining),
+                // and is closed, both sockets, once it is over.
+                let end = match &drain {
+                    Some(d) => tokio::select! {
+                        end = run => end,
+                        () = d.closed() => TunnelEnd::Shutdown,
+                    },
+                    None => run.await,
+                };
                 gauge.set_reason(end.label());
                 tracing::debug!(route = %route_id, reason = end.label(), "tunnel closed");
             }
@@ -354,6 +365,8 @@ pub(crate) enum TunnelEnd {
     Stalled,
     /// A read or write failed (a reset).
     Error,
+    /// The gateway shut down and its grace period ended.
+    Shutdown,
 }
 
 impl TunnelEnd {
@@ -365,6 +378,7 @@ impl TunnelEnd {
             TunnelEnd::Idle => "idle",
             TunnelEnd::Stalled => "stalled",
             TunnelEnd::Error => "error",
+            TunnelEnd::Shutdown => "shutdown",
         }
     }
 }

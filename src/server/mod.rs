@@ -446,8 +446,7 @@ async fn serve(
         let cx = cx.clone();
         tokio::spawn(async move {
             let _gauge = gauge;
-            let _drained = drained;
-            connection(cx, stream, client, state, shutdown).await;
+            connection(cx, stream, client, state, shutdown, drained).await;
         });
     }
     drop(tcp);
@@ -463,10 +462,13 @@ async fn connection(
     client: SocketAddr,
     state: Arc<ConnState>,
     mut shutdown: watch::Receiver<bool>,
+    drained: mpsc::Sender<()>,
 ) {
     let io = WatchedIo::new(stream, state.clone());
     let Some(tls) = &cx.tls else {
-        let info = ConnInfo::new(client, "http").with_send_timeout(cx.listener.limits.send_timeout);
+        let info = ConnInfo::new(client, "http")
+            .with_send_timeout(cx.listener.limits.send_timeout)
+            .with_drain(drained);
         let builder = &cx.protocols.detect;
         return http(&cx, builder, io, info, state, shutdown, client).await;
     };
@@ -490,8 +492,9 @@ async fn connection(
         Alpn::H2 => &cx.protocols.http2,
         Alpn::Http1 | Alpn::None => &cx.protocols.http1,
     };
-    let info =
-        ConnInfo::tls(client, accepted.identity).with_send_timeout(cx.listener.limits.send_timeout);
+    let info = ConnInfo::tls(client, accepted.identity)
+        .with_send_timeout(cx.listener.limits.send_timeout)
+        .with_drain(drained);
     http(&cx, builder, accepted.stream, info, state, shutdown, client).await;
 }
 
@@ -519,11 +522,13 @@ async fn http<I>(
         let scope = obs.begin(&req, client);
         let admitted = conn_state.admit_request();
         let http1 = req.version() < http::Version::HTTP_2;
+        let grpc = proxy::is_grpc(req.headers());
         let info = info.clone();
         let hsts = hsts.clone();
         async move {
             let Some((guard, last)) = admitted else {
-                let resp = crate::error::error_response(
+                let resp = crate::error::error_response_for(
+                    grpc,
                     http::StatusCode::SERVICE_UNAVAILABLE,
                     "too many requests in flight",
                 );
@@ -544,7 +549,7 @@ async fn http<I>(
                     tokio::select! {
                         biased;
                         resp = work => resp,
-                        () = slot.expired() => slot.idle_response(),
+                        () = slot.expired() => slot.idle_response(grpc),
                     }
                 }
             };

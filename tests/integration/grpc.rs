@@ -178,7 +178,13 @@ fn client(addr: SocketAddr) -> Channel {
     tonic::client::Grpc::with_origin(http, format!("http://{addr}").parse().unwrap())
 }
 
-async fn unary(c: &mut Channel, msg: &'static str) -> Result<Bytes, Status> {
+async fn unary<T>(c: &mut tonic::client::Grpc<T>, msg: &'static str) -> Result<Bytes, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: std::fmt::Debug,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     c.ready().await.unwrap();
     c.unary(
         Request::new(Bytes::from_static(msg.as_bytes())),
@@ -326,4 +332,128 @@ async fn the_sdk_helper_chooses_the_status_and_message() {
         err.message(),
         "calls to /t.Echo/Unary are not allowed: ünïcode"
     );
+}
+
+#[tokio::test]
+async fn answers_of_the_server_itself_are_grpc_statuses() {
+    let up = echo_server().await;
+    // No route for the call: UNIMPLEMENTED (from 404).
+    let gw = TestGateway::start(&format!(
+        "[upstreams.g]\ntargets = [\"{up}\"]\nprotocol = \"h2c\"\n\
+         [[routes]]\nid = \"r\"\npath-prefix = \"/elsewhere\"\nupstream = \"g\"\n"
+    ))
+    .await;
+    let err = unary(&mut client(gw.addr), "ping").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+    // The listener's stream idle timeout (1 s) passes while `slow` (5 s)
+    // is awaited: the server's own 504 is DEADLINE_EXCEEDED.
+    let gw = gateway(
+        up,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nstream-idle-timeout = \"1s\"\n",
+        "",
+    )
+    .await;
+    let err = unary(&mut client(gw.gateway.local_addrs()[1]), "slow")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(err.message(), "stream idle timeout");
+
+    // One call in flight at most: while `slow` is, another is UNAVAILABLE
+    // with the server's reason.
+    let gw = gateway(
+        up,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nmax-requests-in-flight = 1\n",
+        "",
+    )
+    .await;
+    let addr = gw.gateway.local_addrs()[1];
+    let mut first = client(addr);
+    let slow = tokio::spawn(async move { unary(&mut first, "slow").await });
+    let mut second = client(addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    let err = loop {
+        match unary(&mut second, "ping").await {
+            // The first call had not arrived yet.
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never refused for the in-flight limit"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "too many requests in flight");
+    slow.abort();
+}
+
+/// A tower service sending requests over one HTTP/2 connection (tonic's
+/// client needs one; hyper 1's `SendRequest` is not).
+#[derive(Clone)]
+struct H2Conn(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for H2Conn {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, hyper::Error>>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let fut = self.0.send_request(req);
+        Box::pin(fut)
+    }
+}
+
+#[tokio::test]
+async fn grpc_over_tls_to_the_gateway_reaches_an_h2c_upstream() {
+    use crate::tls::{Pki, certs_toml, client_config, connect};
+    let up = echo_server().await;
+    let pki = Pki::new("grpc");
+    let leaf = pki.issue("api", "api", &["api.test"], false);
+    let gw = gateway(
+        up,
+        &format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n{}\n",
+            certs_toml(&[&leaf])
+        ),
+        "",
+    )
+    .await;
+    let addr = gw.gateway.local_addrs()[1];
+    let tls = connect(addr, "api.test", client_config(&pki, &[b"h2"], None))
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut c = tonic::client::Grpc::with_origin(H2Conn(send), "https://api.test".parse().unwrap());
+    assert_eq!(unary(&mut c, "ping").await.unwrap(), "ping");
+    let err = unary(&mut c, "fail").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "no such thing");
+    // Streaming both ways over the TLS connection.
+    c.ready().await.unwrap();
+    let parts = futures::stream::iter(["x", "yy"].map(|p| Bytes::from_static(p.as_bytes())));
+    let mut answers = c
+        .streaming(
+            Request::new(parts),
+            PathAndQuery::from_static("/t.Echo/Chat"),
+            Raw,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = answers.message().await.unwrap() {
+        got.push(m);
+    }
+    assert_eq!(got, ["X", "YY"]);
 }

@@ -29,7 +29,7 @@ use x509_parser::{extensions::GeneralName, prelude::FromDer};
 use crate::harness::{Upstream, cache_dir};
 
 /// A CA and the files of what it issued, in a temp dir.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     issuer: Issuer<'static, KeyPair>,
     ca: PathBuf,
@@ -37,13 +37,13 @@ struct Pki {
 
 /// A certificate and key written to disk.
 #[derive(Clone)]
-struct Issued {
+pub(crate) struct Issued {
     cert: PathBuf,
     key: PathBuf,
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -61,7 +61,7 @@ impl Pki {
     }
 
     /// A leaf for `sans` (DNS names, or `uri:` + a URI), valid now.
-    fn issue(&self, file: &str, cn: &str, sans: &[&str], client: bool) -> Issued {
+    pub(crate) fn issue(&self, file: &str, cn: &str, sans: &[&str], client: bool) -> Issued {
         self.issue_valid(file, cn, sans, client, None)
     }
 
@@ -131,7 +131,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A client config trusting `pki`, offering `alpn`, with an optional
 /// client certificate.
-fn client_config(pki: &Pki, alpn: &[&[u8]], cert: Option<&Issued>) -> Arc<ClientConfig> {
+pub(crate) fn client_config(pki: &Pki, alpn: &[&[u8]], cert: Option<&Issued>) -> Arc<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -152,7 +152,7 @@ fn client_config(pki: &Pki, alpn: &[&[u8]], cert: Option<&Issued>) -> Arc<Client
     Arc::new(config)
 }
 
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     sni: &str,
     config: Arc<ClientConfig>,
@@ -276,7 +276,7 @@ fn metric(gw: &pylon::Gateway, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn certs_toml(issued: &[&Issued]) -> String {
+pub(crate) fn certs_toml(issued: &[&Issued]) -> String {
     let list: Vec<String> = issued
         .iter()
         .map(|i| format!("{{ cert = {:?}, key = {:?} }}", i.cert, i.key))

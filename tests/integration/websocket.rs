@@ -432,3 +432,51 @@ fn websocket_needs_an_http1_upstream() {
     .to_string();
     assert!(err.contains("websocket needs an http1 upstream"), "{err}");
 }
+
+#[tokio::test]
+async fn a_tunnel_is_drained_on_shutdown_and_closed_after_the_grace_period() {
+    let up = WsUpstream::start().await;
+    let gw = gateway(up.addr, "", "websocket = true", |_| {}).await;
+    let addr = gw.local_addrs()[0];
+    let mut ws = connect(&gw, "/ws").await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+    let grace = Duration::from_secs(3);
+    let begun = Instant::now();
+    let shutdown = tokio::spawn(gw.shutdown(grace));
+    // The shutdown has begun once the listener takes no new connection.
+    eventually_async("the listener to stop accepting", async || {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // Within the grace period the tunnel still carries messages, and the
+    // shutdown waits for it.
+    ws.send(Message::text("draining")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("draining"));
+    // Then the gateway closes it.
+    let end = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("closed within 20 s");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "{end:?}"
+    );
+    assert!(
+        begun.elapsed() >= grace - Duration::from_millis(500),
+        "closed after {:?}, before the grace period ended",
+        begun.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(20), shutdown)
+        .await
+        .expect("shutdown ended")
+        .unwrap();
+}
+
+/// Wait (up to 20 s) until `f` holds.
+async fn eventually_async(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

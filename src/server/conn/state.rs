@@ -303,16 +303,17 @@ impl StreamSlot {
 
     /// The answer to a request whose stream idle timeout passed before its
     /// response started: 408 while its body was still arriving, else 504
-    /// (as Envoy's `stream_idle_timeout`). The timeout starts again for
-    /// sending it.
-    pub(in crate::server) fn idle_response(&self) -> http::Response<Body> {
+    /// (as Envoy's `stream_idle_timeout`); for a gRPC request (`grpc`),
+    /// DEADLINE_EXCEEDED. The timeout starts again for sending it.
+    pub(in crate::server) fn idle_response(&self, grpc: bool) -> http::Response<Body> {
         self.touch();
         self.expired.store(false, Relaxed);
-        if self.request_done.load(Relaxed) {
-            crate::error::error_response(StatusCode::GATEWAY_TIMEOUT, "stream idle timeout")
+        let status = if self.request_done.load(Relaxed) {
+            StatusCode::GATEWAY_TIMEOUT
         } else {
-            crate::error::error_response(StatusCode::REQUEST_TIMEOUT, "stream idle timeout")
-        }
+            StatusCode::REQUEST_TIMEOUT
+        };
+        crate::error::error_response_for(grpc, status, "stream idle timeout")
     }
 }
 
