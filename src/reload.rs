@@ -55,6 +55,11 @@ pub struct ReloadReport {
     pub compiled: Vec<String>,
     /// Components reused from the compile caches.
     pub reused: Vec<String>,
+    /// Route plugins whose configured snapshot this reload took (configure
+    /// ran on an instrumented copy, which was read back and compiled), as
+    /// `plugin@route`: a new or changed config, or a cache that lost it.
+    /// The others came from the caches.
+    pub snapshots_taken: Vec<String>,
     /// How long building the new generation took.
     pub took: Duration,
 }
@@ -204,6 +209,9 @@ impl Reloader {
                 _ => &mut report.reused,
             };
             list.push(c.name().to_owned());
+            for route in c.snapshots_taken() {
+                report.snapshots_taken.push(format!("{}@{route}", c.name()));
+            }
         }
         self.current.store(Arc::new(generation));
         self.obs.metrics.reload(ReloadResult::Success);
@@ -213,6 +221,7 @@ impl Reloader {
         tracing::info!(
             took_ms = report.took.as_millis() as u64,
             compiled = ?report.compiled,
+            snapshots_taken = ?report.snapshots_taken,
             "configuration reloaded"
         );
         Ok(report)

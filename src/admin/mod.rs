@@ -334,6 +334,7 @@ async fn reload(reloader: &Reloader) -> Response<Body> {
                 "warnings": report.warnings,
                 "compiled": report.compiled,
                 "reused": report.reused,
+                "snapshots_taken": report.snapshots_taken,
                 "took_ms": report.took.as_secs_f64() * 1e3,
             }),
         ),

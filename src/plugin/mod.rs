@@ -15,6 +15,8 @@
 //! - `host`: the capabilities plugins import (`log`, `clock`, `kv`,
 //!   `http-client`, WASI), each denied unless granted;
 //! - `convert`: host model ⇄ WIT types, validating what guests return;
+//! - `reclaim`: load-time work (compiles, snapshots) that gives its memory
+//!   back to the system when it ends;
 //! - `snapshot`: `fresh` plugins pre-initialised with their route's config
 //!   (wasmtime-wizer), so a fresh instance needs no `configure` call.
 //!
@@ -31,6 +33,7 @@ mod error;
 mod host;
 mod instance;
 mod offload;
+mod reclaim;
 mod runtime;
 mod snapshot;
 mod state;

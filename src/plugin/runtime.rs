@@ -16,7 +16,7 @@ use super::{
     contract::{self, ContractVersion, GuestPre},
     engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
     instance::{CallPolicy, Instance, Ready, WasmPlugin},
-    snapshot,
+    reclaim, snapshot,
     state::{GuestContext, HostState},
     stats::{PluginStats, PluginStatsSnapshot},
 };
@@ -83,9 +83,10 @@ pub struct CompiledPlugin {
     origin: CompileOrigin,
     uses_wasi: bool,
     pre: GuestPre,
-    /// The component's bytes, kept for `fresh` plugins: each route they are
-    /// configured on snapshots them (see `snapshot`).
-    bytes: Option<Arc<[u8]>>,
+    /// The routes whose snapshot was taken (instrumented, configured and
+    /// compiled) when this plugin was configured on them, rather than found
+    /// in the caches: what a load or reload really compiled.
+    snapshots_taken: Mutex<Vec<String>>,
     stats: Arc<PluginStats>,
     /// `max-concurrency`, shared by every route the plugin is on.
     calls: Arc<tokio::sync::Semaphore>,
@@ -129,9 +130,10 @@ impl CompiledPlugin {
         self.uses_wasi
     }
 
-    /// The component's bytes, kept for `fresh` plugins to snapshot.
-    pub(crate) fn bytes(&self) -> Option<&Arc<[u8]>> {
-        self.bytes.as_ref()
+    /// The routes on which configuring this plugin took a new snapshot
+    /// (see `snapshot`); empty when every snapshot came from a cache.
+    pub fn snapshots_taken(&self) -> Vec<String> {
+        lock(&self.snapshots_taken).clone()
     }
 
     /// The contract version it is served under.
@@ -213,14 +215,19 @@ impl PluginRuntime {
             source,
         })?;
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        let (cached, origin) =
-            rt.cache
-                .get_or_compile(&sha256, &bytes)
-                .map_err(|CompileFailure(source)| PluginLoadError::Compile {
-                    plugin: plugin(),
-                    path: path(),
-                    source: source.into_boxed_dyn_error(),
-                })?;
+        // The bytes are not kept: a snapshot that is not cached reads the
+        // file again (checking its hash), and a Python or JavaScript
+        // component is tens of MiB.
+        let (cached, origin) = reclaim::compile(|| {
+            let compiled = rt.cache.get_or_compile(&sha256, &bytes);
+            drop(bytes);
+            compiled
+        })
+        .map_err(|CompileFailure(source)| PluginLoadError::Compile {
+            plugin: plugin(),
+            path: path(),
+            source: source.into_boxed_dyn_error(),
+        })?;
         let component = &cached.component;
         let ty = component.component_type();
 
@@ -294,7 +301,7 @@ impl PluginRuntime {
             origin,
             uses_wasi,
             pre,
-            bytes: Some(Arc::from(bytes)),
+            snapshots_taken: Mutex::default(),
             stats: self.stats_for(&def.name),
             calls: Arc::new(tokio::sync::Semaphore::new(def.max_concurrency)),
             cpu: Arc::new(tokio::sync::Semaphore::new(rt.workers.max(1))),
@@ -375,7 +382,7 @@ impl PluginRuntime {
                 });
             }
         };
-        let snapshot = self
+        let (snapshot, taken) = self
             .snapshot(compiled, &ctx, &policy, load_deadline, config_json)
             .await
             .map_err(|why| PluginLoadError::NotConfigurableAtLoad {
@@ -383,6 +390,9 @@ impl PluginRuntime {
                 plugin: def.name.clone(),
                 source: Box::new(why),
             })?;
+        if taken {
+            lock(&compiled.snapshots_taken).push(route.to_owned());
+        }
         let ready = match def.isolation {
             Isolation::Pooled { max_idle } => Ready::Pooled {
                 max_idle,
@@ -412,7 +422,7 @@ impl PluginRuntime {
         policy: &CallPolicy,
         deadline: Duration,
         config_json: &str,
-    ) -> Result<snapshot::Snapshot, snapshot::NoSnapshot> {
+    ) -> Result<(snapshot::Snapshot, bool), snapshot::NoSnapshot> {
         let linker = if compiled.uses_wasi {
             &self.inner.with_wasi
         } else {

@@ -41,6 +41,7 @@ use super::{
     contract::{ContractVersion, Guest, GuestPre},
     engine::{CachedComponent, ComponentCache},
     instance::{CallPolicy, arm, disarm, new_store},
+    reclaim,
     state::{GuestContext, HostState},
 };
 
@@ -86,7 +87,8 @@ pub(crate) enum NoSnapshot {
 }
 
 /// Take a snapshot of `compiled` configured with `config_json` for the
-/// route plugin `ctx`, its calls bounded by `policy` and `deadline`.
+/// route plugin `ctx`, its calls bounded by `policy` and `deadline`, and
+/// whether it was taken now (`true`) or found in a cache (`false`).
 /// Compiles (blocking work, moved off the async threads); the instrumented
 /// copy and the snapshot are each cached by hash.
 pub(crate) async fn take(
@@ -96,15 +98,14 @@ pub(crate) async fn take(
     (ctx, policy): (&Arc<GuestContext>, &CallPolicy),
     deadline: Duration,
     config_json: &str,
-) -> Result<Snapshot, NoSnapshot> {
+) -> Result<(Snapshot, bool), NoSnapshot> {
     let version = compiled.contract();
     let key = SnapshotKey::new(compiled, ctx, policy, config_json);
     if let Some(component) = cache.lookup(&key.0) {
-        return ready(linker, version, component);
+        return Ok((ready(linker, version, component)?, false));
     }
-    let bytes = compiled.bytes().cloned().ok_or_else(|| {
-        NoSnapshot::Unsupported(wasmtime::format_err!("the component's bytes were not kept"))
-    })?;
+    let path = compiled.def().component.clone();
+    let expected = compiled.sha256_hex().to_owned();
     let engine = compiled.engine().clone();
     let (cache_, linker_) = (cache.clone(), linker.clone());
     let (ctx, policy, config_json) = (ctx.clone(), policy.clone(), config_json.to_owned());
@@ -114,12 +115,22 @@ pub(crate) async fn take(
     // instrumentation context borrows the bytes, so it stays there too.
     let handle = tokio::runtime::Handle::current();
     let snapshot = tokio::task::spawn_blocking(move || {
+        // Not kept since the compile (tens of MiB for an interpreter): read
+        // again, and only if it is still the component that was compiled.
+        let bytes = std::fs::read(&path).map_err(|err| {
+            NoSnapshot::Unsupported(wasmtime::format_err!("reading {}: {err}", path.display()))
+        })?;
+        if hex::encode(Sha256::digest(&bytes)) != expected {
+            return Err(NoSnapshot::Unsupported(wasmtime::format_err!(
+                "{} changed since it was compiled; the next reload loads the new one",
+                path.display()
+            )));
+        }
         let wizer = Wizer::new();
         let (cx, instrumented) = wizer
             .instrument_component(&bytes)
             .map_err(NoSnapshot::Unsupported)?;
-        let instrumented = cache_
-            .compile(&instrumented)
+        let instrumented = reclaim::compile(|| cache_.compile(&instrumented))
             .map_err(|failure| NoSnapshot::Compile(failure.0))?;
         let pre = linker_
             .instantiate_pre(&instrumented.component)
@@ -160,10 +171,18 @@ pub(crate) async fn take(
         };
         let snapshot = handle.block_on(wizer.snapshot_component(&cx, &mut access));
         disarm(access.store);
-        match access.error {
+        let snapshot = match access.error {
             Some(err) => Err(NoSnapshot::Unsupported(err)),
             None => snapshot.map_err(NoSnapshot::Unsupported),
-        }
+        };
+        // The instance, its store and wizer's copies of its memory are
+        // freed here, on this thread: give their pages back.
+        drop(store);
+        drop((pre, instrumented));
+        drop(cx);
+        drop(bytes);
+        reclaim::give_back();
+        snapshot
     })
     .await
     .map_err(|join| {
@@ -171,7 +190,7 @@ pub(crate) async fn take(
     })??;
 
     let component = compile(cache, key, snapshot).await?;
-    ready(linker, version, component)
+    Ok((ready(linker, version, component)?, true))
 }
 
 /// Whether `err` is the epoch's interrupt (the deadline passed while the
@@ -231,10 +250,13 @@ async fn compile(
 ) -> Result<Arc<CachedComponent>, NoSnapshot> {
     let cache = cache.clone();
     blocking(move || {
-        cache
-            .get_or_compile(&key.0, &bytes)
-            .map(|(component, _)| component)
-            .map_err(|failure| failure.0)
+        reclaim::compile(move || {
+            let compiled = cache.get_or_compile(&key.0, &bytes);
+            drop(bytes);
+            compiled
+        })
+        .map(|(component, _)| component)
+        .map_err(|failure| failure.0)
     })
     .await
     .map_err(NoSnapshot::Compile)

@@ -209,6 +209,44 @@ config = {{ request = {{ set = {{ "x-config" = "{version}", "x-run" = "{tag}" }}
     );
 }
 
+/// The reload answer tells what the reload compiled: a changed plugin
+/// config takes (and compiles) a new snapshot of the route plugin, named in
+/// `snapshots_taken`; a reload back to a config seen before takes none.
+#[tokio::test]
+async fn reload_answer_names_the_snapshots_it_took() {
+    let up = Upstream::named("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let comp = dir.path().join("hdr.wasm");
+    // Bytes of their own: no earlier test's snapshot of them is cached.
+    std::fs::write(&comp, headers_variant(&format!("{:?}", Instant::now()))).unwrap();
+    let cfg = |version: &str| {
+        parse(&format!(
+            r#"[upstreams.u]
+targets = ["{}"]
+[plugins.hdr]
+component = {:?}
+[[routes]]
+id = "r"
+path-prefix = "/"
+upstream = "u"
+[[routes.plugins]]
+plugin = "hdr"
+config = {{ response = {{ set = {{ "x-config" = "{version}" }} }} }}
+"#,
+            up.addr, comp
+        ))
+        .unwrap()
+    };
+    let gw = Gateway::start(cfg("a")).await.unwrap();
+
+    let report = gw.reload_with(cfg("b")).await.unwrap();
+    assert!(report.compiled.is_empty(), "{report:?}");
+    assert_eq!(report.snapshots_taken, ["hdr@r"], "{report:?}");
+
+    let report = gw.reload_with(cfg("a")).await.unwrap();
+    assert!(report.snapshots_taken.is_empty(), "{report:?}");
+}
+
 #[tokio::test]
 async fn component_change_on_disk_reloads_and_recompiles_only_that_component() {
     let up = Upstream::named("ok").await;
