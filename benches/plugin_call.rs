@@ -71,6 +71,7 @@ fn request() -> PluginRequest {
         headers,
         client_addr: SocketAddr::from(([127, 0, 0, 1], 50000)),
         scheme: "http",
+        client_identity: None,
         params: vec![("id".into(), "7".into())],
         body: None,
     }

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::body::BoxError;
+use crate::{body::BoxError, tls::ClientIdentity};
 
 /// What a plugin asked of the host when it accepted its configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +88,9 @@ pub struct PluginRequest {
     pub client_addr: SocketAddr,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The verified client certificate of the connection (mTLS), shared
+    /// by every request of that connection.
+    pub client_identity: Option<Arc<ClientIdentity>>,
     /// Named parameters captured by the route's path pattern.
     pub params: Vec<(String, String)>,
     /// The buffered body, when a plugin on the route asked for it.

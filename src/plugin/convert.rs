@@ -18,9 +18,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, uri::PathAndQuery};
 
 use super::contract::current::pylon::plugin::types as wit;
-use crate::pipeline::{
-    FixedEdits, HeaderOp, Needs, PluginError, PluginResponse, RequestAction, RequestEdits,
-    ResponseEdits,
+use crate::{
+    pipeline::{
+        FixedEdits, HeaderOp, Needs, PluginError, PluginResponse, RequestAction, RequestEdits,
+        ResponseEdits,
+    },
+    tls::ClientIdentity,
 };
 
 /// Header edits one list may hold (`headers`, `response-headers`, each
@@ -40,6 +43,18 @@ pub(crate) fn headers_to_wit_owned(map: &HeaderMap) -> Vec<wit::Header> {
             value: value.as_bytes().to_vec(),
         })
         .collect()
+}
+
+/// The verified client certificate as the contract's record (copied: the
+/// guest owns what it is handed).
+pub(crate) fn client_identity_to_wit(id: &ClientIdentity) -> wit::ClientIdentity {
+    wit::ClientIdentity {
+        subject: id.subject.clone(),
+        dns_names: id.dns_names.clone(),
+        uris: id.uris.clone(),
+        sha256: id.sha256.clone(),
+        not_after: id.not_after,
+    }
 }
 
 /// `ip:port`, as `SocketAddr`'s `Display` writes it. IPv4 (the common

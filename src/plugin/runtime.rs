@@ -231,9 +231,7 @@ impl PluginRuntime {
         let component = &cached.component;
         let ty = component.component_type();
 
-        let version = ContractVersion::SUPPORTED
-            .into_iter()
-            .find(|v| component.get_export_index(None, v.guest_export()).is_some());
+        let version = ContractVersion::served_for(&rt.engine, component);
         let Some(version) = version else {
             if let Some(found) = ty
                 .exports(&rt.engine)

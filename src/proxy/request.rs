@@ -83,6 +83,7 @@ pub(super) async fn request_phase<'rt>(
         headers,
         client_addr: conn.client,
         scheme: conn.scheme,
+        client_identity: conn.identity.clone(),
         params,
         body: buffered,
     };

@@ -105,7 +105,7 @@ plugin = "trap"
         .find(|p| p["name"] == "hdr")
         .unwrap();
     assert_eq!(hdr["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(hdr["contract"], "0.4.0");
+    assert_eq!(hdr["contract"], "0.4.1");
     assert!(hdr["loaded_at"].as_str().unwrap().ends_with('Z'));
     assert!(hdr["stats"]["calls"].as_u64().unwrap() >= 3, "{hdr}");
     let (s, _) = admin_get(gw, "/admin/nothing").await;

@@ -69,7 +69,7 @@ fn new_build_test(tmp: &Path, lang: &str) -> PathBuf {
     let out = run(pylon().args(["plugin", "build"]).current_dir(&dir));
     assert!(out.status.success(), "build failed");
     assert!(
-        stdout(&out).contains("loads as pylon:plugin@0.4.0"),
+        stdout(&out).contains("loads as pylon:plugin@0.4.1"),
         "{}",
         stdout(&out)
     );
@@ -115,14 +115,14 @@ fn rust_plugin_from_new_builds_and_passes_its_cases_and_a_wrong_case_fails() {
     let wit = std::fs::read_to_string(dir.join("wit/plugin.wit")).unwrap();
     std::fs::write(
         dir.join("wit/plugin.wit"),
-        wit.replace("package pylon:plugin@0.4.0;", "package pylon:plugin@0.9.0;"),
+        wit.replace("package pylon:plugin@0.4.1;", "package pylon:plugin@0.9.0;"),
     )
     .unwrap();
     let out = run(pylon().args(["plugin", "build"]).current_dir(&dir));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("built against pylon:plugin@0.9.0, this pylon serves 0.4.0"),
+        err.contains("built against pylon:plugin@0.9.0, this pylon serves 0.4.1"),
         "{err}"
     );
 }

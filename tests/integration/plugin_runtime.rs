@@ -482,7 +482,7 @@ async fn load_errors_name_plugin_and_file() {
         chain(&err),
         format!(
             "plugin \"empty\": {} is not a pylon plugin: it exports neither \
-             `pylon:plugin/guest@0.4.0` nor `pylon:plugin/guest@0.3.0` \
+             `pylon:plugin/guest@0.4.1` nor `pylon:plugin/guest@0.3.0` \
              (the contract versions this host serves); its exports: none",
             not_plugin.component.display()
         )
@@ -517,7 +517,7 @@ async fn a_plugin_built_against_a_dropped_contract_is_refused_naming_the_version
     let old = dir.path().join("old.wasm");
     std::fs::write(&old, component_exporting_guest("0.2.0")).unwrap();
     let mut d = def("old", "headers");
-    d.component = old;
+    d.component = old.clone();
     let err = rt.compile(&d).unwrap_err();
     assert!(
         matches!(&err, PluginLoadError::UnsupportedContract { found, .. } if found == "0.2.0"),
@@ -527,20 +527,31 @@ async fn a_plugin_built_against_a_dropped_contract_is_refused_naming_the_version
         chain(&err),
         format!(
             "plugin \"old\": {} was built against pylon:plugin@0.2.0, which this host does \
-             not serve: rebuild it against 0.4.0 or 0.3.0",
+             not serve: rebuild it against 0.4.1 or 0.3.0",
             d.component.display()
         )
     );
-    // A supported version in the same shape is not refused for its version
-    // (it lacks the functions, so it is not a plugin).
-    let current = dir.path().join("current.wasm");
-    std::fs::write(&current, component_exporting_guest("0.4.0")).unwrap();
-    d.component = current;
+    // A later patch of the current minor may use accessors this host
+    // lacks: refused by name too, not by a failed link.
+    std::fs::write(&old, component_exporting_guest("0.4.7")).unwrap();
     let err = rt.compile(&d).unwrap_err();
     assert!(
-        matches!(&err, PluginLoadError::NotAPlugin { .. }),
+        matches!(&err, PluginLoadError::UnsupportedContract { found, .. } if found == "0.4.7"),
         "{err:?}"
     );
+    // A supported version in the same shape (0.4.0 and 0.4.1 alike: an
+    // earlier patch is served) is not refused for its version (it lacks the
+    // functions, so it is not a plugin).
+    for version in ["0.4.0", "0.4.1", "0.3.0"] {
+        let current = dir.path().join(format!("current-{version}.wasm"));
+        std::fs::write(&current, component_exporting_guest(version)).unwrap();
+        d.component = current;
+        let err = rt.compile(&d).unwrap_err();
+        assert!(
+            matches!(&err, PluginLoadError::NotAPlugin { .. }),
+            "{version}: {err:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,11 @@ async fn respond_in_request_phase_skips_upstream() {
     assert_eq!(v["path"], "/items/42");
     assert_eq!(v["query"], "full=1");
     assert_eq!(v["scheme"], "http");
+    assert_eq!(
+        v.get("client_identity"),
+        Some(&Value::Null),
+        "a plain-HTTP listener has no client certificate"
+    );
     assert_eq!(v["params"], serde_json::json!([["id", "42"]]));
     assert!(v["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(
@@ -657,7 +662,7 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
         .collect();
     assert_eq!(
         contracts,
-        [("h".to_owned(), "0.4.0"), ("legacy".to_owned(), contract)]
+        [("h".to_owned(), "0.4.1"), ("legacy".to_owned(), contract)]
     );
 
     for hits in ["1", "2"] {
@@ -672,6 +677,13 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
         assert_eq!(r.headers()["x-legacy-status"], "201");
         assert_eq!(r.headers()["x-legacy-saw-path"], "/items/42");
         assert_eq!(r.headers()["x-legacy-early"], "1");
+        assert_eq!(
+            r.headers()
+                .get("x-legacy-fixed")
+                .map(|v| v.to_str().unwrap()),
+            (contract != "0.3.0").then_some("0.4.0"),
+            "0.4.0's fixed response edits"
+        );
         assert_eq!(r.text().await.unwrap(), "made");
 
         let seen = up.last();
@@ -715,6 +727,14 @@ config = { request = { set = { "x-step" = "current" } }, response = { set = { "x
 #[tokio::test]
 async fn legacy_v0_3_plugin_runs_in_the_same_pipeline_as_current_ones() {
     legacy_plugin_runs_in_the_same_pipeline_as_current_ones("legacy-v0-3", "0.3.0").await;
+}
+
+/// 0.4.1 only added an accessor: a plugin built against 0.4.0 is served
+/// under it as it is, without a conversion (wasmtime matches its `@0.4.0`
+/// imports and export to the `@0.4.1` definitions).
+#[tokio::test]
+async fn a_plugin_built_against_0_4_0_is_served_unchanged_under_0_4_1() {
+    legacy_plugin_runs_in_the_same_pipeline_as_current_ones("legacy-v0-4-0", "0.4.1").await;
 }
 
 #[tokio::test]

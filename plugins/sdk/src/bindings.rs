@@ -14,7 +14,7 @@ wit_bindgen::generate!({
     additional_type_attributes: {
         // `Default` = empty edits: the no-op answers (`Needs` has its own
         // `Default` in `types.rs`: the request phase is on).
-        "pylon:plugin/types@0.4.0/request-edits": [#[derive(Default)]],
-        "pylon:plugin/types@0.4.0/response-edits": [#[derive(Default)]],
+        "pylon:plugin/types@0.4.1/request-edits": [#[derive(Default)]],
+        "pylon:plugin/types@0.4.1/response-edits": [#[derive(Default)]],
     },
 });

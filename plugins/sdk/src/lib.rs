@@ -1,7 +1,7 @@
 //! Write [pylon](https://example.invalid/pylon) gateway plugins in Rust.
 //!
 //! A pylon plugin is a WebAssembly component exporting the
-//! `pylon:plugin/guest@0.4.0` interface (see `wit/plugin.wit`). With this SDK
+//! `pylon:plugin/guest@0.4.1` interface (see `wit/plugin.wit`). With this SDK
 //! a plugin is a type plus an implementation of [`Plugin`], exported once with
 //! [`export_plugin!`]:
 //!
@@ -58,8 +58,8 @@ pub mod types;
 pub mod __private;
 
 pub use types::{
-    GrpcCode, Header, HeaderOp, Headers, Needs, ReadRequest, ReadResponse, Request, RequestAction,
-    RequestData, RequestEdits, Response, ResponseEdits, ResponseView,
+    ClientIdentity, GrpcCode, Header, HeaderOp, Headers, Needs, ReadRequest, ReadResponse, Request,
+    RequestAction, RequestData, RequestEdits, Response, ResponseEdits, ResponseView,
 };
 
 /// Re-exported so plugins can name serde without a direct dependency

@@ -16,8 +16,8 @@
 //! `None` for values that are not UTF-8.
 
 pub use crate::bindings::pylon::plugin::types::{
-    Header, HeaderOp, Headers, Needs, Request, RequestAction, RequestEdits, Response,
-    ResponseEdits, ResponseView,
+    ClientIdentity, Header, HeaderOp, Headers, Needs, Request, RequestAction, RequestEdits,
+    Response, ResponseEdits, ResponseView,
 };
 
 fn lower(name: impl Into<String>) -> String {
@@ -94,6 +94,11 @@ pub trait ReadRequest {
     fn client_addr(&self) -> String;
     /// `http` or `https`.
     fn scheme(&self) -> String;
+    /// The client certificate the TLS connection was verified with
+    /// (`client-auth` on the listener), if the client presented one. What an
+    /// authorization decision on mTLS reads: match `dns_names` / `uris`
+    /// (SPIFFE IDs) or pin `sha256`, rather than parse `subject`.
+    fn client_identity(&self) -> Option<ClientIdentity>;
     /// The path parameter `name` captured by the route pattern.
     fn param(&self, name: &str) -> Option<String>;
     /// The body, when the plugin asked for it.
@@ -143,6 +148,9 @@ impl ReadRequest for Request {
     fn scheme(&self) -> String {
         Request::scheme(self)
     }
+    fn client_identity(&self) -> Option<ClientIdentity> {
+        Request::client_identity(self)
+    }
     fn param(&self, name: &str) -> Option<String> {
         Request::param(self, name)
     }
@@ -169,6 +177,8 @@ pub struct RequestData {
     pub client_addr: String,
     /// `http` or `https`.
     pub scheme: String,
+    /// The verified client certificate.
+    pub client_identity: Option<ClientIdentity>,
     /// Path parameters.
     pub params: Vec<(String, String)>,
     /// The body.
@@ -191,6 +201,7 @@ impl RequestData {
             headers: Vec::new(),
             client_addr: "127.0.0.1:1".into(),
             scheme: "http".into(),
+            client_identity: None,
             params: Vec::new(),
             body: None,
         }
@@ -199,6 +210,13 @@ impl RequestData {
     /// Append a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
         self.headers.push(Header::new(name, value));
+        self
+    }
+
+    /// Arrive over TLS (`https`) with this verified client certificate.
+    pub fn with_client_identity(mut self, identity: ClientIdentity) -> Self {
+        self.scheme = "https".into();
+        self.client_identity = Some(identity);
         self
     }
 }
@@ -230,6 +248,9 @@ impl ReadRequest for RequestData {
     }
     fn scheme(&self) -> String {
         self.scheme.clone()
+    }
+    fn client_identity(&self) -> Option<ClientIdentity> {
+        self.client_identity.clone()
     }
     fn param(&self, name: &str) -> Option<String> {
         self.params

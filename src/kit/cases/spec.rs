@@ -242,6 +242,7 @@ pub(super) fn request(spec: &RequestSpec) -> Result<PluginRequest, String> {
         headers,
         client_addr,
         scheme: if spec.https { "https" } else { "http" },
+        client_identity: None,
         params: spec
             .params
             .iter()

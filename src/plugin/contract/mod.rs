@@ -16,7 +16,7 @@ mod v0_3;
 
 use wasmtime::{
     Engine, Store,
-    component::{Instance as ComponentInstance, InstancePre, Linker, Resource},
+    component::{Component, Instance as ComponentInstance, InstancePre, Linker, Resource},
 };
 
 use super::{host, state::HostState};
@@ -27,8 +27,13 @@ use current::pylon::plugin::types as wit;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ContractVersion {
-    /// `pylon:plugin@0.4.0`, the current contract (`wit/plugin.wit`): a
-    /// plugin can declare header edits the host applies without a call.
+    /// `pylon:plugin@0.4.1`, the current contract (`wit/plugin.wit`): a
+    /// plugin can declare header edits the host applies without a call
+    /// (0.4.0) and read the client's certificate (0.4.1). A plugin built
+    /// against 0.4.0 is served under it unchanged: 0.4.1 only added an
+    /// accessor, and wasmtime matches a `@0.4.0` import or export to its
+    /// `@0.4.1` definition semver-compatibly (a plugin's imports are
+    /// checked against what it uses, so the extra accessor is no matter).
     V0_4,
     /// `pylon:plugin@0.3.0`, the previous one (`wit/compat/0.3.0`): the
     /// hooks read the request and response through resources; no fixed
@@ -39,15 +44,16 @@ pub enum ContractVersion {
 impl ContractVersion {
     /// Every version served, newest first (a component exporting several
     /// is served under the newest). The support policy (README, "Contract
-    /// versions served"): before 1.0, the current contract and the
-    /// previous one; a component built against another one is refused at
-    /// load, naming the versions to rebuild against.
+    /// versions served"): before 1.0, the current minor (every patch of it
+    /// up to the current one: 0.4.0 and 0.4.1) and the previous minor; a
+    /// component built against another one is refused at load, naming the
+    /// versions to rebuild against.
     pub const SUPPORTED: [Self; 2] = [Self::V0_4, Self::V0_3];
 
-    /// `0.4.0`, `0.3.0`.
+    /// `0.4.1`, `0.3.0`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::V0_4 => "0.4.0",
+            Self::V0_4 => "0.4.1",
             Self::V0_3 => "0.3.0",
         }
     }
@@ -55,8 +61,40 @@ impl ContractVersion {
     /// The export a plugin of this version has (looked up semver-compatibly).
     pub fn guest_export(self) -> &'static str {
         match self {
-            Self::V0_4 => "pylon:plugin/guest@0.4.0",
+            Self::V0_4 => "pylon:plugin/guest@0.4.1",
             Self::V0_3 => "pylon:plugin/guest@0.3.0",
+        }
+    }
+}
+
+impl ContractVersion {
+    /// The version `component` is served under: the newest served whose
+    /// minor its `guest` export has, at this patch or an earlier one. None
+    /// for any other (a later patch may import accessors this host lacks:
+    /// refused by name rather than by a failed link).
+    pub(crate) fn served_for(engine: &Engine, component: &Component) -> Option<Self> {
+        let ty = component.component_type();
+        let exported: Vec<&str> = ty
+            .exports(engine)
+            .filter_map(|(name, _)| name.strip_prefix("pylon:plugin/guest@"))
+            .collect();
+        Self::SUPPORTED
+            .into_iter()
+            .find(|v| exported.iter().any(|e| v.serves(e)))
+    }
+
+    /// Whether a plugin built against `version` (`x.y.z`) is served under
+    /// this one: same major and minor, no later patch (pre-1.0 semver: a
+    /// patch release only adds).
+    fn serves(self, version: &str) -> bool {
+        let parse = |v: &str| -> Option<[u64; 3]> {
+            let mut parts = v.split('.').map(|p| p.parse::<u64>().ok());
+            let out = [parts.next()??, parts.next()??, parts.next()??];
+            parts.next().is_none().then_some(out)
+        };
+        match (parse(version), parse(self.as_str())) {
+            (Some([a, b, c]), Some([x, y, z])) => a == x && b == y && c <= z,
+            _ => false,
         }
     }
 }
@@ -204,5 +242,24 @@ impl Guest {
                 .await?
                 .into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContractVersion::{V0_3, V0_4};
+
+    #[test]
+    fn a_version_is_served_by_the_same_minor_at_this_patch_or_a_later_one() {
+        assert!(V0_4.serves("0.4.0"));
+        assert!(V0_4.serves("0.4.1"));
+        assert!(!V0_4.serves("0.4.2"), "a later patch may use what this host lacks");
+        assert!(!V0_4.serves("0.3.0"));
+        assert!(!V0_4.serves("1.4.0"));
+        assert!(!V0_4.serves("0.4.1-rc.1"), "pre-releases match nothing");
+        assert!(!V0_4.serves("0.4"));
+        assert!(!V0_4.serves("0.4.1.0"));
+        assert!(V0_3.serves("0.3.0"));
+        assert!(!V0_3.serves("0.2.0"));
     }
 }

@@ -59,6 +59,7 @@ impl Exchange {
                 headers: HeaderMap::new(),
                 client_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 scheme: "http",
+                client_identity: None,
                 params: Vec::new(),
                 body: None,
             },
@@ -195,6 +196,14 @@ macro_rules! serve_types {
                 Ok(self.exchange.request()?.scheme.to_owned())
             }
 
+            fn client_identity(
+                &mut self,
+                _: Resource<$t::Request>,
+            ) -> wasmtime::Result<Option<$t::ClientIdentity>> {
+                let identity = &self.exchange.request()?.client_identity;
+                Ok(identity.as_deref().map(convert::client_identity_to_wit))
+            }
+
             fn param(
                 &mut self,
                 _: Resource<$t::Request>,
@@ -304,6 +313,14 @@ mod tests {
         req.headers.append("x-a", "2".parse().unwrap());
         req.params = vec![("id".into(), "7".into())];
         req.body = Some(Bytes::from_static(b"hi"));
+        req.scheme = "https";
+        req.client_identity = Some(Arc::new(crate::tls::ClientIdentity {
+            subject: "CN=alice".into(),
+            dns_names: vec!["alice.test".into()],
+            uris: vec!["spiffe://acme/alice".into()],
+            sha256: "ab".repeat(32),
+            not_after: 2_208_988_800,
+        }));
         req
     }
 
@@ -339,6 +356,20 @@ mod tests {
             None,
             "the body stays hidden unless asked for"
         );
+        assert_eq!(HostRequest::scheme(&mut s, b(&r)).unwrap(), "https");
+        let id = HostRequest::client_identity(&mut s, b(&r))
+            .unwrap()
+            .expect("the connection's identity");
+        assert_eq!(
+            (id.subject, id.dns_names, id.uris, id.sha256, id.not_after),
+            (
+                "CN=alice".to_owned(),
+                vec!["alice.test".to_owned()],
+                vec!["spiffe://acme/alice".to_owned()],
+                "ab".repeat(32),
+                2_208_988_800
+            )
+        );
         let bv = Resource::<ResponseView>::new_borrow(v.rep());
         assert_eq!(HostResponseView::status(&mut s, bv).unwrap(), 201);
         let bv = Resource::<ResponseView>::new_borrow(v.rep());
@@ -351,6 +382,7 @@ mod tests {
         assert_eq!(req.path, "/a");
         assert_eq!(req.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(resp.status, StatusCode::CREATED);
+        assert!(req.client_identity.is_some(), "the identity came back too");
         let err = HostRequest::method(&mut s, b(&r)).unwrap_err();
         assert!(err.downcast_ref::<NotLent>().is_some(), "{err}");
     }

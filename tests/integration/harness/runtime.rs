@@ -112,6 +112,7 @@ pub fn request(path: &str) -> PluginRequest {
         headers,
         client_addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
         scheme: "http",
+        client_identity: None,
         params: vec![],
         body: None,
     }

@@ -208,6 +208,7 @@ impl Reads {
                 .collect(),
             client_addr: String::new(),
             scheme: String::new(),
+            client_identity: None,
             params: self
                 .params
                 .iter()

@@ -1,15 +1,21 @@
 //! Test guest `inspector`: shows what a plugin sees.
 //!
 //! Config (all optional): `{"respond": true, "want-body": false,
-//! "uppercase-response-body": false}`.
+//! "uppercase-response-body": false, "allow-client-dns": [..]}`.
 //!
 //! - `respond: true` (default): answers `200` (`application/json`) with
 //!   `{"route", "method", "path", "query", "headers": [[name, value], ..],
-//!   "client_addr", "scheme", "params": [[name, value], ..], "body_len",
-//!   "body"}`. A header value (and the body) is a JSON string when it is
-//!   UTF-8, else `{"base64": "..."}`. `body_len` is the body's length or
-//!   `null` when the host passed none; `body` is present only with
-//!   `want-body: true` (which also asks the host for the request body).
+//!   "client_addr", "scheme", "client_identity", "params": [[name, value],
+//!   ..], "body_len", "body"}`. A header value (and the body) is a JSON
+//!   string when it is UTF-8, else `{"base64": "..."}`. `client_identity`
+//!   is `null` or `{"subject", "dns_names", "uris", "sha256",
+//!   "not_after"}` (the client certificate). `body_len` is the body's
+//!   length or `null` when the host passed none; `body` is present only
+//!   with `want-body: true` (which also asks the host for the request body).
+//! - `allow-client-dns: [names]`: an authorization decision on the client
+//!   certificate first: a request whose certificate has none of these DNS
+//!   names (or that came without one) is answered `403`, body
+//!   `client certificate not allowed`, whatever `respond` says.
 //! - `respond: false`: continues unchanged, and in the response phase sets
 //!   `x-inspector-saw-status: <upstream status>` and
 //!   `x-inspector-saw-path: <path?query as sent upstream>`; with
@@ -32,6 +38,7 @@ struct Config {
     want_body: bool,
     #[serde(default)]
     uppercase_response_body: bool,
+    allow_client_dns: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -64,6 +71,14 @@ impl Plugin for Inspector {
     }
 
     fn on_request(&mut self, req: &Request) -> RequestAction {
+        if let Some(allowed) = &self.0.allow_client_dns {
+            let ok = req
+                .client_identity()
+                .is_some_and(|id| id.dns_names.iter().any(|n| allowed.contains(n)));
+            if !ok {
+                return Response::text(403, "client certificate not allowed").into();
+            }
+        }
         if !self.0.respond {
             return RequestAction::proceed();
         }
@@ -104,6 +119,18 @@ fn describe(req: &Request, want_body: bool) -> Value {
     out.insert("headers".into(), Value::Array(headers));
     out.insert("client_addr".into(), json!(req.client_addr()));
     out.insert("scheme".into(), json!(req.scheme()));
+    out.insert(
+        "client_identity".into(),
+        req.client_identity().map_or(Value::Null, |id| {
+            json!({
+                "subject": id.subject,
+                "dns_names": id.dns_names,
+                "uris": id.uris,
+                "sha256": id.sha256,
+                "not_after": id.not_after,
+            })
+        }),
+    );
     out.insert("params".into(), Value::Array(params));
     out.insert("body_len".into(), json!(body.as_ref().map(Vec::len)));
     if want_body {
