@@ -118,7 +118,7 @@ fn attribute_value(attr: &AttributeTypeAndValue<'_>, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{CertificateParams, DnType, KeyPair};
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
     use super::*;
 
@@ -131,8 +131,12 @@ mod tests {
     #[test]
     fn the_subject_is_written_most_specific_first_as_rfc_4514_says() {
         let mut params = CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+        // rcgen's default name has a CN first; the certificate keeps push order.
+        params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CountryName, "FR");
-        params.distinguished_name.push(DnType::OrganizationName, "Acme");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme");
         params.distinguished_name.push(DnType::CommonName, "alice");
         let id = identity(params);
         assert_eq!(id.subject, "CN=alice,O=Acme,C=FR");
@@ -143,7 +147,10 @@ mod tests {
     #[test]
     fn separators_in_a_value_are_escaped_so_they_cannot_forge_an_attribute() {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::OrganizationName, "Acme");
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme");
         params
             .distinguished_name
             .push(DnType::CommonName, " x,O=Admin+OU=root;\"<y> \u{1}");

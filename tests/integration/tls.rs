@@ -517,7 +517,10 @@ async fn client_certificates_required_or_optional() {
 /// `/admin` through the inspector test plugin as a gate that lets in only a
 /// client certificate naming `alice.test`, and every other path through the
 /// inspector, which answers with what it saw (`client_identity` included).
-async fn identity_gateway(tls_toml: &str, up: SocketAddr) -> (pylon::Gateway, SocketAddr, SocketAddr) {
+async fn identity_gateway(
+    tls_toml: &str,
+    up: SocketAddr,
+) -> (pylon::Gateway, SocketAddr, SocketAddr) {
     let dir = tempfile::tempdir().unwrap().keep();
     let file = dir.join("pylon.toml");
     let text = format!(
@@ -636,7 +639,10 @@ async fn plugins_read_the_verified_client_certificate_and_can_refuse_it() {
         let as_alice = connect(addr, "api.test", client_config(&pki, &[], Some(&alice)))
             .await
             .unwrap();
-        assert_eq!(get(as_alice, "api.test", "/admin/x").await.0, StatusCode::OK);
+        assert_eq!(
+            get(as_alice, "api.test", "/admin/x").await.0,
+            StatusCode::OK
+        );
 
         if mode == "optional" {
             let anonymous = connect(addr, "api.test", client_config(&pki, &[], None))

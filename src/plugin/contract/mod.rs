@@ -253,7 +253,10 @@ mod tests {
     fn a_version_is_served_by_the_same_minor_at_this_patch_or_a_later_one() {
         assert!(V0_4.serves("0.4.0"));
         assert!(V0_4.serves("0.4.1"));
-        assert!(!V0_4.serves("0.4.2"), "a later patch may use what this host lacks");
+        assert!(
+            !V0_4.serves("0.4.2"),
+            "a later patch may use what this host lacks"
+        );
         assert!(!V0_4.serves("0.3.0"));
         assert!(!V0_4.serves("1.4.0"));
         assert!(!V0_4.serves("0.4.1-rc.1"), "pre-releases match nothing");
