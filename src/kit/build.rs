@@ -151,7 +151,7 @@ pub(super) fn compile(
                 .collect();
             if let Some(other) = exported_versions(&bytes)
                 .into_iter()
-                .find(|v| !served.contains(&v.as_str()))
+                .find(|v| !ContractVersion::SUPPORTED.iter().any(|s| s.serves(v)))
             {
                 detail = format!(
                     "built against pylon:plugin@{other}, this pylon serves {} (and {} for older \

@@ -86,7 +86,7 @@ impl ContractVersion {
     /// Whether a plugin built against `version` (`x.y.z`) is served under
     /// this one: same major and minor, no later patch (pre-1.0 semver: a
     /// patch release only adds).
-    fn serves(self, version: &str) -> bool {
+    pub(crate) fn serves(self, version: &str) -> bool {
         let parse = |v: &str| -> Option<[u64; 3]> {
             let mut parts = v.split('.').map(|p| p.parse::<u64>().ok());
             let out = [parts.next()??, parts.next()??, parts.next()??];
