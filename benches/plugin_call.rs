@@ -135,6 +135,7 @@ fn main() {
         let host = HostServices {
             kv: Arc::new(MemoryKv::new()),
             http: Arc::new(NoHttp),
+            clock: Default::default(),
         };
         let headers =
             r#"{"request": {"set": {"x-gateway": "pylon"}, "remove": ["authorization"]}}"#;

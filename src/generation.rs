@@ -105,6 +105,7 @@ impl Generation {
         let host = HostServices {
             kv: shared.kv.clone(),
             http: upstreams.clone(),
+            clock: Default::default(),
         };
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {

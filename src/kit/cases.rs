@@ -40,7 +40,7 @@ use crate::{
     pipeline::{
         HeaderOp, Needs, Plugin, PluginRequest, PluginSession, RequestAction, RequestEdits,
     },
-    plugin::{HostServices, PluginLoadError, PluginRuntime},
+    plugin::{HostServices, PluginLoadError, PluginRuntime, WallClock},
 };
 
 // ---------------------------------------------------------------- run
@@ -124,7 +124,11 @@ pub async fn run(
     let compile_time = started.elapsed();
     let mut results = Vec::with_capacity(file.cases.len());
     for case in &file.cases {
-        results.push(run_case(&rt, &compiled, &def, case).await);
+        let clock = case
+            .now_ms
+            .or(file.plugin.now_ms)
+            .map_or(WallClock::System, WallClock::Fixed);
+        results.push(run_case(&rt, &compiled, &def, case, clock).await);
     }
     Ok(Report {
         cases: results,
@@ -137,13 +141,14 @@ async fn run_case(
     compiled: &Arc<crate::plugin::CompiledPlugin>,
     def: &PluginDef,
     case: &Case,
+    clock: WallClock,
 ) -> CaseResult {
     let mut result = CaseResult {
         name: case.name.clone(),
         failures: Vec::new(),
         calls: Vec::new(),
     };
-    if let Err(problem) = run_case_inner(rt, compiled, def, case, &mut result).await {
+    if let Err(problem) = run_case_inner(rt, compiled, def, case, clock, &mut result).await {
         result.failures.push(problem);
     }
     result
@@ -156,6 +161,7 @@ async fn run_case_inner(
     compiled: &Arc<crate::plugin::CompiledPlugin>,
     def: &PluginDef,
     case: &Case,
+    clock: WallClock,
     result: &mut CaseResult,
 ) -> Result<(), String> {
     let config = match &case.config {
@@ -168,6 +174,7 @@ async fn run_case_inner(
     let host = HostServices {
         kv: kv.clone(),
         http: canned.clone(),
+        clock,
     };
     let mut request = request(&case.request)?;
 

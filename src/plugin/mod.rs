@@ -46,5 +46,5 @@ pub use host::{
     CapabilityDenied,
     http::{MAX_SEND_ALL, OutboundError, OutboundHttp},
 };
-pub use runtime::{CacheStats, CompiledPlugin, HostServices, PluginRuntime};
+pub use runtime::{CacheStats, CompiledPlugin, HostServices, PluginRuntime, WallClock};
 pub use stats::{LATENCY_BUCKETS_US, PluginStatsSnapshot};

@@ -71,6 +71,20 @@ pub struct HostServices {
     pub kv: Arc<dyn crate::kv::KvStore>,
     /// Backs `pylon:plugin/http-client`.
     pub http: Arc<dyn super::OutboundHttp>,
+    /// Backs `pylon:plugin/clock.now-ms`.
+    pub clock: WallClock,
+}
+
+/// The wall clock plugins read (`pylon:plugin/clock.now-ms`); the
+/// monotonic clock is always the system's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WallClock {
+    /// The system clock: what the gateway uses.
+    #[default]
+    System,
+    /// Always this many milliseconds since the Unix epoch: `pylon plugin
+    /// test` cases that check time windows (a signature's age, an expiry).
+    Fixed(u64),
 }
 
 /// A plugin definition compiled and pre-instantiated (imports resolved),

@@ -795,6 +795,7 @@ async fn send_all_runs_requests_concurrently() {
     let services = HostServices {
         kv: Arc::new(MemoryKv::new()),
         http: Arc::new(upstreams),
+        clock: Default::default(),
     };
     let rt = runtime();
     let mut d = def("fanout", "fanout");
@@ -831,6 +832,7 @@ async fn deadline_bounds_a_plugin_waiting_on_a_slow_upstream() {
     let services = HostServices {
         kv: Arc::new(MemoryKv::new()),
         http: Arc::new(upstreams),
+        clock: Default::default(),
     };
     let rt = runtime();
     let mut d = pooled(def("fanout", "fanout"), 2);

@@ -38,6 +38,9 @@ pub(super) struct PluginSection {
     pub(super) http_upstreams: Vec<String>,
     pub(super) deadline: Option<String>,
     pub(super) memory: Option<String>,
+    /// The wall clock every case reads (ms since the epoch), unless the
+    /// case sets its own `now_ms`; without either, the system clock.
+    pub(super) now_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +59,8 @@ pub(super) struct Case {
     pub(super) expect_response: Option<ExpectResponse>,
     #[serde(default)]
     pub(super) expect_kv: BTreeMap<String, String>,
+    /// The wall clock for this case (ms since the epoch).
+    pub(super) now_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,16 @@ fn the_template_cases_parse() {
 }
 
 #[test]
+fn the_clock_is_fixed_per_file_or_per_case() {
+    let text = "[plugin]\nnow-ms = 1000\n[[case]]\nname = \"a\"\nexpect = { action = \"continue\" }\n\
+                [[case]]\nname = \"b\"\nnow_ms = 2000\nexpect = { action = \"continue\" }\n";
+    let file: CaseFile = toml::from_str(text).unwrap();
+    assert_eq!(file.plugin.now_ms, Some(1000));
+    assert_eq!(file.cases[0].now_ms, None);
+    assert_eq!(file.cases[1].now_ms, Some(2000));
+}
+
+#[test]
 fn unknown_keys_in_a_case_are_refused() {
     let text = "[[case]]\nname = \"x\"\nexpect = { action = \"continue\", header = {} }\n";
     assert!(toml::from_str::<CaseFile>(text).is_err());
@@ -32,6 +42,7 @@ fn plugin_section_maps_to_grants_and_limits() {
         http_upstreams: vec!["users".into()],
         deadline: Some("250ms".into()),
         memory: Some("16MiB".into()),
+        now_ms: None,
     };
     let def = plugin_def("p", Path::new("p.wasm"), &section, Path::new("c.toml")).unwrap();
     assert_eq!(def.isolation, Isolation::Fresh);

@@ -52,6 +52,9 @@ impl ClockView<'_> {
     /// `now-ms`, whatever the contract version.
     fn wall_ms(&self) -> wasmtime::Result<u64> {
         self.check()?;
+        if let crate::plugin::WallClock::Fixed(ms) = self.ctx.services.clock {
+            return Ok(ms);
+        }
         // A clock before 1970 reads as 0 rather than failing the plugin.
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -300,6 +300,7 @@ mod tests {
             services: HostServices {
                 kv: Arc::new(MemoryKv::new()),
                 http: Arc::new(Upstreams::new(&Default::default(), 1)),
+                clock: Default::default(),
             },
         };
         HostState::new(Arc::new(ctx), 1 << 20)

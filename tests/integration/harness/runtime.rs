@@ -71,6 +71,7 @@ pub fn host() -> HostServices {
     HostServices {
         kv: Arc::new(MemoryKv::new()),
         http: Arc::new(Upstreams::default()),
+        clock: Default::default(),
     }
 }
 
