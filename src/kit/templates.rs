@@ -43,10 +43,12 @@ pub(super) fn files(lang: Lang) -> Vec<File> {
         ]),
         Lang::Python => files.extend([
             text!("app.py", "python/app.py"),
+            text!("pylon_plugin.py", "python/pylon_plugin.py"),
             text!(".gitignore", "python/gitignore"),
         ]),
         Lang::Js => files.extend([
             text!("plugin.js", "js/plugin.js"),
+            text!("pylon.js", "js/pylon.js"),
             text!("package.json", "js/package.json"),
             text!(".gitignore", "js/gitignore"),
         ]),
@@ -95,7 +97,9 @@ pub(super) fn notes(lang: Lang) -> LangNotes {
             source_notes: "`wit_world` is generated from `wit/` by componentize-py at build \
                            time; records are dataclasses, variants are classes such as \
                            `RequestAction_Continue`, and raising `Err(message)` from \
-                           `configure` refuses the config.",
+                           `configure` refuses the config. `pylon_plugin.py` beside it \
+                           has thin shortcuts over them (`parse_config`, `header`, \
+                           `respond`, `proceed`, `set_header`, `kv_get`, `log`, ...).",
             toolchain: "The build runs componentize-py (pinned; installed on first use into a \
                         venv under the kit's tool folder, `~/.cache/pylon/kit` or \
                         `$PYLON_KIT_TOOLS`; needs `python3` with `venv`). A Python component \
@@ -108,7 +112,10 @@ pub(super) fn notes(lang: Lang) -> LangNotes {
             source_notes: "An ES module exporting `guest` with `configure`, `onRequest` and \
                            `onResponse`; records are objects with camelCase fields, variants \
                            are `{tag, val}`, `list<u8>` is a `Uint8Array`, and throwing a \
-                           string from `configure` refuses the config.",
+                           string from `configure` refuses the config. `pylon.js` beside it \
+                           has thin shortcuts over them (`parseConfig`, `parseDuration`, \
+                           `header`, `respond`, `proceed`, `setHeader`, ...): \
+                           `import { respond } from \"./pylon.js\"`.",
             toolchain: "The build runs componentize-js (pinned; installed on first use with \
                         `npm` into the kit's tool folder, `~/.cache/pylon/kit` or \
                         `$PYLON_KIT_TOOLS`; needs `node` and `npm`) with \

@@ -35,7 +35,11 @@ pub fn root() -> PathBuf {
 pub fn plugin(name: &str) -> String {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        // The kit's projects build with this very pylon (`pylon plugin
+        // build`), and its tools go where the kit's tests put them.
         let status = std::process::Command::new(root().join("scripts/build-plugins"))
+            .env("PYLON", env!("CARGO_BIN_EXE_pylon"))
+            .env("PYLON_KIT_TOOLS", root().join("build/kit-tools"))
             .status()
             .expect("run scripts/build-plugins");
         assert!(status.success(), "scripts/build-plugins failed");

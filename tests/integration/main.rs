@@ -9,6 +9,7 @@ mod bodies;
 mod cli;
 mod config_ui;
 mod grpc;
+mod language_plugins;
 mod limits;
 mod paths;
 mod plugin_kit;

@@ -9,7 +9,9 @@
 //
 // WIT to JavaScript: records are objects with camelCase fields, variants are
 // {tag, val}, `option` is a value or undefined, `list<u8>` is a Uint8Array,
-// and throwing from `configure` returns its `err` (the message).
+// and throwing from `configure` returns its `err` (the message). pylon.js
+// beside this file has thin shortcuts over them (parseConfig, parseDuration,
+// header, respond, proceed, setHeader); this file spells them out instead.
 
 const encoder = new TextEncoder();
 

@@ -9,7 +9,9 @@ caught when the gateway loads, not on the first request.
 
 ``wit_world`` is generated from ``wit/`` by componentize-py at build time
 (``pylon plugin build``); run ``componentize-py -d wit -w plugin bindings .``
-to see it.
+to see it. ``pylon_plugin.py`` beside this file has thin shortcuts over it
+(``parse_config``, ``header``, ``respond``, ``proceed``, ``set_header``,
+``kv_get``, ``log``); this file spells the records out instead.
 """
 
 import json
