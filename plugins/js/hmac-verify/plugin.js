@@ -26,8 +26,8 @@
 // (`crypto.subtle`), but its calls return promises and the hooks are
 // synchronous exports.
 
-import { nowMs } from "pylon:plugin/clock@0.4.0";
-import { incr } from "pylon:plugin/kv@0.4.0";
+import { nowMs } from "pylon:plugin/clock@0.4.1";
+import { incr } from "pylon:plugin/kv@0.4.1";
 import { header, needs, noResponseEdits, parseConfig, parseDuration, proceed, respond, setHeader } from "./pylon.js";
 
 const encoder = new TextEncoder();
