@@ -4,7 +4,7 @@ use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
 
 use toml::Spanned;
 
-use super::Ctx;
+use super::{Ctx, TOML_MAX};
 use crate::config::{Diagnostic, model::*, raw};
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -74,61 +74,48 @@ pub(super) fn listeners(
 
 fn connection_limits(cx: &mut Ctx<'_>, r: &raw::RawListener, subject: &str) -> ConnectionLimits {
     let d = ConnectionLimits::default();
-    let mut count = |v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: u64| match v
-    {
-        None => default,
-        Some(n) if (min..=max).contains(n.get_ref()) => *n.get_ref() as u64,
-        Some(n) => {
-            cx.error(
-                n,
-                Some(subject.to_owned()),
-                format!("{key} must be between {min} and {max}"),
-            );
-            default
-        }
-    };
-    let max_connections = count(
+    let max_connections = cx.count(
         &r.max_connections,
+        subject,
         "max-connections",
-        1,
-        10_000_000,
-        d.max_connections as u64,
-    ) as usize;
-    let max_requests_in_flight = count(
+        1..=10_000_000,
+        d.max_connections,
+    );
+    let max_requests_in_flight = cx.count(
         &r.max_requests_in_flight,
+        subject,
         "max-requests-in-flight",
-        1,
-        10_000_000,
-        d.max_requests_in_flight as u64,
-    ) as usize;
-    let max_requests_per_connection = count(
+        1..=10_000_000,
+        d.max_requests_in_flight,
+    );
+    let max_requests_per_connection = cx.count(
         &r.max_requests_per_connection,
+        subject,
         "max-requests-per-connection",
-        0,
-        i64::MAX,
-        d.max_requests_per_connection,
-    );
-    let http2_max_concurrent_streams = count(
+        0..=TOML_MAX,
+        d.max_requests_per_connection as usize,
+    ) as u64;
+    let http2_max_concurrent_streams = cx.count(
         &r.http2_max_concurrent_streams,
+        subject,
         "http2-max-concurrent-streams",
-        1,
-        65_536,
-        d.http2_max_concurrent_streams.into(),
+        1..=65_536,
+        d.http2_max_concurrent_streams as usize,
     ) as u32;
-    let http2_max_resets = count(
+    let http2_max_resets = cx.count(
         &r.http2_max_resets,
+        subject,
         "http2-max-resets",
-        1,
-        i64::MAX,
-        d.http2_max_resets,
-    );
-    let http2_max_resets_per_second = count(
+        1..=TOML_MAX,
+        d.http2_max_resets as usize,
+    ) as u64;
+    let http2_max_resets_per_second = cx.count(
         &r.http2_max_resets_per_second,
+        subject,
         "http2-max-resets-per-second",
-        1,
-        i64::MAX,
-        d.http2_max_resets_per_second,
-    );
+        1..=TOML_MAX,
+        d.http2_max_resets_per_second as usize,
+    ) as u64;
     let http2_max_send_buffer = cx.size(&r.http2_max_send_buffer, subject, d.http2_max_send_buffer);
     if let Some(s) = &r.http2_max_send_buffer
         && !(1024..=(16 << 20)).contains(&http2_max_send_buffer)

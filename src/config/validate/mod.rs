@@ -31,6 +31,9 @@ use super::{
     units::{parse_duration, parse_size},
 };
 
+/// The largest whole number TOML can hold, as an upper bound for counts.
+const TOML_MAX: usize = i64::MAX as usize;
+
 struct Ctx<'a> {
     file: &'a Arc<str>,
     index: &'a LineIndex,
@@ -103,19 +106,27 @@ impl Ctx<'_> {
         range: std::ops::RangeInclusive<usize>,
         default: usize,
     ) -> usize {
+        let (start, end) = (*range.start(), *range.end());
+        self.whole(v, subject, range, default, || {
+            format!("{key} must be between {start} and {end}")
+        })
+    }
+
+    /// A whole number in `range`, or `default` when unset; out of range
+    /// (or negative), the `problem` is reported and `default` returned.
+    fn whole(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        subject: &str,
+        range: std::ops::RangeInclusive<usize>,
+        default: usize,
+        problem: impl FnOnce() -> String,
+    ) -> usize {
         let Some(n) = v else { return default };
         match usize::try_from(*n.get_ref()) {
             Ok(v) if range.contains(&v) => v,
             _ => {
-                self.error(
-                    n,
-                    Some(subject.into()),
-                    format!(
-                        "{key} must be between {} and {}",
-                        range.start(),
-                        range.end()
-                    ),
-                );
+                self.error(n, Some(subject.into()), problem());
                 default
             }
         }

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use toml::Spanned;
 
-use super::Ctx;
+use super::{Ctx, TOML_MAX};
 use crate::config::{model::*, raw};
 
 pub(super) fn plugins(
@@ -42,23 +42,17 @@ pub(super) fn plugins(
                 "component path is empty",
             );
         }
-        let mut positive = |n: &Option<Spanned<i64>>, key: &str, default: usize| match n {
-            None => default,
-            Some(n) => match usize::try_from(*n.get_ref()) {
-                Ok(v) if v >= 1 => v,
-                _ => {
-                    cx.error(
-                        n,
-                        Some(subject.clone()),
-                        format!("{key} must be at least 1"),
-                    );
-                    default
-                }
-            },
-        };
-        let max_concurrency = positive(&r.max_concurrency, "max-concurrency", 64);
+        let max_concurrency = cx.whole(&r.max_concurrency, &subject, 1..=TOML_MAX, 64, || {
+            "max-concurrency must be at least 1".into()
+        });
         let kv_defaults = KvLimits::default();
-        let max_entries = positive(&r.kv_max_entries, "kv-max-entries", kv_defaults.max_entries);
+        let max_entries = cx.whole(
+            &r.kv_max_entries,
+            &subject,
+            1..=TOML_MAX,
+            kv_defaults.max_entries,
+            || "kv-max-entries must be at least 1".into(),
+        );
         let kv = KvLimits {
             max_bytes: cx.size(&r.kv_max_bytes, &subject, kv_defaults.max_bytes),
             max_entries,

@@ -28,25 +28,15 @@ pub(super) fn runtime(
             Some(base.join(dir.get_ref()))
         };
     }
-    if let Some(n) = &r.max_instances {
-        match u32::try_from(*n.get_ref()) {
-            Ok(v) if (1..=100_000).contains(&v) => settings.max_instances = v,
-            _ => cx.error(
-                n,
-                Some("runtime".into()),
-                "max-instances must be between 1 and 100000",
-            ),
-        }
-    }
-    if let Some(n) = &r.workers {
-        match usize::try_from(*n.get_ref()) {
-            Ok(v) if (1..=1024).contains(&v) => settings.workers = Some(v),
-            _ => cx.error(
-                n,
-                Some("runtime".into()),
-                "workers must be between 1 and 1024",
-            ),
-        }
+    settings.max_instances = cx.count(
+        &r.max_instances,
+        "runtime",
+        "max-instances",
+        1..=100_000,
+        settings.max_instances as usize,
+    ) as u32;
+    if r.workers.is_some() {
+        settings.workers = Some(cx.count(&r.workers, "runtime", "workers", 1..=1024, 1));
     }
     settings.max_memory_bytes = cx.size(&r.max_memory, "runtime", settings.max_memory_bytes);
     if let Some(kv) = &r.kv {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use toml::Spanned;
 
-use super::Ctx;
+use super::{Ctx, TOML_MAX};
 use crate::config::{model::*, raw};
 
 pub(super) fn upstreams(
@@ -20,17 +20,10 @@ pub(super) fn upstreams(
         let r = u.get_ref();
         let targets = targets(cx, r, &subject);
         let (protocol, tls) = protocol_and_tls(cx, r, &subject, base);
-        let max_idle_per_target = match &r.max_idle_per_target {
-            None => 64,
-            Some(n) => usize::try_from(*n.get_ref()).unwrap_or_else(|_| {
-                cx.error(
-                    n,
-                    Some(subject.clone()),
-                    "max-idle-per-target must not be negative",
-                );
-                64
-            }),
-        };
+        let max_idle_per_target =
+            cx.whole(&r.max_idle_per_target, &subject, 0..=TOML_MAX, 64, || {
+                "max-idle-per-target must not be negative".into()
+            });
         // Envoy's circuit-breaker defaults (max_connections and
         // max_pending_requests, 1024 each).
         let max_connections = cx.count(
