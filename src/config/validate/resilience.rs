@@ -46,34 +46,7 @@ pub(super) fn resilience(
     targets: usize,
 ) -> Resilience {
     let d = Resilience::default();
-    let weights = match &r.weights {
-        None => Vec::new(),
-        Some(w) => {
-            if w.get_ref().len() != targets {
-                cx.error(
-                    w,
-                    Some(subject.into()),
-                    format!(
-                        "weights has {} entries for {targets} targets: give one weight per target, in order",
-                        w.get_ref().len()
-                    ),
-                );
-            }
-            w.get_ref()
-                .iter()
-                .map(|n| {
-                    int(
-                        cx,
-                        &Some(n.clone()),
-                        subject,
-                        "a weight",
-                        (1, MAX_WEIGHT),
-                        1,
-                    ) as u32
-                })
-                .collect()
-        }
-    };
+    let weights = weights(cx, r, subject, targets);
     let balance = balance(cx, r, subject);
     let max_requests = int(
         cx,
@@ -87,77 +60,18 @@ pub(super) fn resilience(
         .health_check
         .as_ref()
         .map(|h| health_check(cx, h, subject));
-    let outlier = match &r.outlier_detection {
-        None => d.outlier,
-        Some(o) => {
-            let o = o.get_ref();
-            let def = Outlier::default();
-            Outlier {
-                consecutive_failures: int(
-                    cx,
-                    &o.consecutive_failures,
-                    subject,
-                    "consecutive-failures",
-                    (0, 1000),
-                    i64::from(def.consecutive_failures),
-                ) as u32,
-                base_ejection: cx.duration(&o.base_ejection_time, subject, def.base_ejection),
-                max_ejection: cx.duration(&o.max_ejection_time, subject, def.max_ejection),
-                max_ejected_percent: int(
-                    cx,
-                    &o.max_ejected_percent,
-                    subject,
-                    "max-ejected-percent",
-                    (0, 100),
-                    i64::from(def.max_ejected_percent),
-                ) as u8,
-            }
-        }
-    };
-    let breaker = match &r.circuit_breaker {
-        None => d.breaker,
-        Some(b) => {
-            let b = b.get_ref();
-            let def = Breaker::default();
-            Breaker {
-                consecutive_failures: int(
-                    cx,
-                    &b.consecutive_failures,
-                    subject,
-                    "consecutive-failures",
-                    (0, 1000),
-                    i64::from(def.consecutive_failures),
-                ) as u32,
-                backoff: cx.duration(&b.backoff, subject, def.backoff),
-                max_backoff: cx.duration(&b.max_backoff, subject, def.max_backoff),
-            }
-        }
-    };
-    let retry_budget = match &r.retry_budget {
-        None => d.retry_budget,
-        Some(b) => {
-            let b = b.get_ref();
-            let def = RetryBudget::default();
-            RetryBudget {
-                ratio: match &b.ratio {
-                    None => def.ratio,
-                    Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
-                    Some(v) => {
-                        cx.error(v, Some(subject.into()), "ratio must be between 0.0 and 1.0");
-                        def.ratio
-                    }
-                },
-                min_concurrent: int(
-                    cx,
-                    &b.min_concurrent,
-                    subject,
-                    "min-concurrent",
-                    (0, 1_000_000),
-                    def.min_concurrent as i64,
-                ) as usize,
-            }
-        }
-    };
+    let outlier = r
+        .outlier_detection
+        .as_ref()
+        .map_or(d.outlier, |o| outlier(cx, o.get_ref(), subject));
+    let breaker = r
+        .circuit_breaker
+        .as_ref()
+        .map_or(d.breaker, |b| breaker(cx, b.get_ref(), subject));
+    let retry_budget = r
+        .retry_budget
+        .as_ref()
+        .map_or(d.retry_budget, |b| retry_budget(cx, b.get_ref(), subject));
     Resilience {
         balance,
         weights,
@@ -166,6 +80,101 @@ pub(super) fn resilience(
         health_check,
         retry_budget,
         max_requests,
+    }
+}
+
+/// One weight per target, in order (none: all equal).
+fn weights(cx: &mut Ctx<'_>, r: &raw::RawUpstream, subject: &str, targets: usize) -> Vec<u32> {
+    let Some(w) = &r.weights else {
+        return Vec::new();
+    };
+    if w.get_ref().len() != targets {
+        cx.error(
+            w,
+            Some(subject.into()),
+            format!(
+                "weights has {} entries for {targets} targets: give one weight per target, in order",
+                w.get_ref().len()
+            ),
+        );
+    }
+    w.get_ref()
+        .iter()
+        .map(|n| {
+            int(
+                cx,
+                &Some(n.clone()),
+                subject,
+                "a weight",
+                (1, MAX_WEIGHT),
+                1,
+            ) as u32
+        })
+        .collect()
+}
+
+/// `outlier-detection`.
+fn outlier(cx: &mut Ctx<'_>, o: &raw::RawOutlier, subject: &str) -> Outlier {
+    let def = Outlier::default();
+    Outlier {
+        consecutive_failures: int(
+            cx,
+            &o.consecutive_failures,
+            subject,
+            "consecutive-failures",
+            (0, 1000),
+            i64::from(def.consecutive_failures),
+        ) as u32,
+        base_ejection: cx.duration(&o.base_ejection_time, subject, def.base_ejection),
+        max_ejection: cx.duration(&o.max_ejection_time, subject, def.max_ejection),
+        max_ejected_percent: int(
+            cx,
+            &o.max_ejected_percent,
+            subject,
+            "max-ejected-percent",
+            (0, 100),
+            i64::from(def.max_ejected_percent),
+        ) as u8,
+    }
+}
+
+/// `circuit-breaker`.
+fn breaker(cx: &mut Ctx<'_>, b: &raw::RawBreaker, subject: &str) -> Breaker {
+    let def = Breaker::default();
+    Breaker {
+        consecutive_failures: int(
+            cx,
+            &b.consecutive_failures,
+            subject,
+            "consecutive-failures",
+            (0, 1000),
+            i64::from(def.consecutive_failures),
+        ) as u32,
+        backoff: cx.duration(&b.backoff, subject, def.backoff),
+        max_backoff: cx.duration(&b.max_backoff, subject, def.max_backoff),
+    }
+}
+
+/// `retry-budget`.
+fn retry_budget(cx: &mut Ctx<'_>, b: &raw::RawRetryBudget, subject: &str) -> RetryBudget {
+    let def = RetryBudget::default();
+    RetryBudget {
+        ratio: match &b.ratio {
+            None => def.ratio,
+            Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                cx.error(v, Some(subject.into()), "ratio must be between 0.0 and 1.0");
+                def.ratio
+            }
+        },
+        min_concurrent: int(
+            cx,
+            &b.min_concurrent,
+            subject,
+            "min-concurrent",
+            (0, 1_000_000),
+            def.min_concurrent as i64,
+        ) as usize,
     }
 }
 

@@ -82,77 +82,13 @@ pub(super) fn routes(
                 "another route has the same id",
             );
         }
-        let path = route_path(cx, r, &subject, normalization);
-        let rewrite = route_rewrite(cx, r, &path, &subject);
-        let methods = route_methods(cx, r, &subject);
-        let host = r.host.as_ref().map(|h| route_host(cx, h, &subject));
-        let upstream = r.upstream.as_ref().map(|u| {
-            if !upstreams.contains_key(u.get_ref()) {
-                cx.error(
-                    u,
-                    Some(subject.clone()),
-                    format!("unknown upstream {:?}", u.get_ref()),
-                );
-            }
-            u.get_ref().clone()
-        });
-        let refs = r
-            .plugins
-            .iter()
-            .map(|pr| plugin_ref(cx, pr, plugins, &subject))
-            .collect();
-        out.push(Route {
-            id: r.id.get_ref().clone(),
-            host,
-            methods,
-            path,
-            rewrite,
-            upstream,
-            timeout: cx.duration(&r.timeout, &subject, Duration::from_secs(30)),
-            // nginx's client_body_timeout and proxy_read_timeout: 60 s
-            // between two reads, long enough for any client or upstream
-            // that is alive, short enough that a stalled one frees its
-            // connections within a minute.
-            request_body_timeout: cx.duration(
-                &r.request_body_timeout,
-                &subject,
-                Duration::from_secs(60),
-            ),
-            response_body_timeout: cx.duration(
-                &r.response_body_timeout,
-                &subject,
-                Duration::from_secs(60),
-            ),
-            // nginx's client_body_buffer_size (8-16 KiB): a small body
-            // whose client stalls costs no upstream connection.
-            request_buffer_bytes: match &r.request_buffer_size {
-                None => 16 << 10,
-                Some(s) => parse_size(s.get_ref()).unwrap_or_else(|e| {
-                    cx.error(s, Some(subject.clone()), e);
-                    16 << 10
-                }),
-            },
-            max_request_body: max_request_body(cx, r, &subject),
-            matches: r
-                .matches
-                .as_ref()
-                .map(|m| request_match(cx, m, &subject))
-                .unwrap_or_default(),
-            websocket: websocket(cx, r, upstreams, &subject),
-            // Envoy's connection idle timeout (1 h): a WebSocket is often
-            // quiet for minutes (a chat, a dashboard between events);
-            // nginx's 60 s proxy_read_timeout cutting those is a classic
-            // surprise. A peer that stops reading is caught sooner, by the
-            // listener's send-timeout.
-            tunnel_idle_timeout: cx.duration(
-                &r.tunnel_idle_timeout,
-                &subject,
-                Duration::from_secs(3600),
-            ),
-            retry: super::resilience::retry(cx, &r.retry, &subject),
-            plugins: refs,
-            location: cx.loc(route),
-        });
+        out.push(route_of(
+            cx,
+            route,
+            &subject,
+            (upstreams, plugins),
+            normalization,
+        ));
     }
     out
 }
@@ -178,6 +114,88 @@ fn max_request_body(cx: &mut Ctx<'_>, r: &raw::RawRoute, subject: &str) -> Optio
             cx.error(s, Some(subject.to_string()), e);
             Some(DEFAULT)
         }
+    }
+}
+
+/// One route, its id already checked.
+fn route_of(
+    cx: &mut Ctx<'_>,
+    route: &Spanned<raw::RawRoute>,
+    subject: &str,
+    (upstreams, plugins): (&BTreeMap<String, Upstream>, &BTreeMap<String, PluginDef>),
+    normalization: &PathNormalization,
+) -> Route {
+    let r = route.get_ref();
+    let path = route_path(cx, r, subject, normalization);
+    let rewrite = route_rewrite(cx, r, &path, subject);
+    let methods = route_methods(cx, r, subject);
+    let host = r.host.as_ref().map(|h| route_host(cx, h, subject));
+    let upstream = r.upstream.as_ref().map(|u| {
+        if !upstreams.contains_key(u.get_ref()) {
+            cx.error(
+                u,
+                Some(subject.to_owned()),
+                format!("unknown upstream {:?}", u.get_ref()),
+            );
+        }
+        u.get_ref().clone()
+    });
+    let refs = r
+        .plugins
+        .iter()
+        .map(|pr| plugin_ref(cx, pr, plugins, subject))
+        .collect();
+    Route {
+        id: r.id.get_ref().clone(),
+        host,
+        methods,
+        path,
+        rewrite,
+        upstream,
+        timeout: cx.duration(&r.timeout, subject, Duration::from_secs(30)),
+        // nginx's client_body_timeout and proxy_read_timeout: 60 s
+        // between two reads, long enough for any client or upstream
+        // that is alive, short enough that a stalled one frees its
+        // connections within a minute.
+        request_body_timeout: cx.duration(
+            &r.request_body_timeout,
+            subject,
+            Duration::from_secs(60),
+        ),
+        response_body_timeout: cx.duration(
+            &r.response_body_timeout,
+            subject,
+            Duration::from_secs(60),
+        ),
+        // nginx's client_body_buffer_size (8-16 KiB): a small body
+        // whose client stalls costs no upstream connection.
+        request_buffer_bytes: match &r.request_buffer_size {
+            None => 16 << 10,
+            Some(s) => parse_size(s.get_ref()).unwrap_or_else(|e| {
+                cx.error(s, Some(subject.to_owned()), e);
+                16 << 10
+            }),
+        },
+        max_request_body: max_request_body(cx, r, subject),
+        matches: r
+            .matches
+            .as_ref()
+            .map(|m| request_match(cx, m, subject))
+            .unwrap_or_default(),
+        websocket: websocket(cx, r, upstreams, subject),
+        // Envoy's connection idle timeout (1 h): a WebSocket is often
+        // quiet for minutes (a chat, a dashboard between events);
+        // nginx's 60 s proxy_read_timeout cutting those is a classic
+        // surprise. A peer that stops reading is caught sooner, by the
+        // listener's send-timeout.
+        tunnel_idle_timeout: cx.duration(
+            &r.tunnel_idle_timeout,
+            subject,
+            Duration::from_secs(3600),
+        ),
+        retry: super::resilience::retry(cx, &r.retry, subject),
+        plugins: refs,
+        location: cx.loc(route),
     }
 }
 
