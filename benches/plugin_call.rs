@@ -7,8 +7,11 @@
 //! and for
 //! `auth-key` pooled (reads one header, hashes it, compares, forwards the
 //! consumer) and `rate-limit` pooled (client IP, clock, a kv increment and
-//! a kv read, `RateLimit-*` headers): plugins that do real work. Prints median and
-//! p99 in µs.
+//! a kv read, `RateLimit-*` headers): plugins that do real work. And, when
+//! `benches/languages` has built them (under `build/lang-bench/`), the same
+//! small policy written in each plugin language (`tier-rust`, `tier-python`,
+//! `tier-js`, `tier-c`: 401 without `x-tenant`, else an `x-tier` header),
+//! pooled and fresh. Prints median and p99 in µs.
 //!
 //! `cargo bench --bench plugin_call` (needs `build/plugins/*.wasm`:
 //! `scripts/build-plugins`). A filter argument selects cases
@@ -60,6 +63,7 @@ fn request() -> PluginRequest {
         ("x-request-id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
         ("authorization", "Bearer abcdefghijklmnopqrstuvwxyz"),
         ("x-api-key", API_KEY),
+        ("x-tenant", "acme"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
@@ -125,7 +129,8 @@ fn main() {
         .expect("tokio runtime");
     rt.block_on(async {
         let runtime = PluginRuntime::new(&ProcessSettings {
-            cache_dir: None,
+            // Interpreter components take tens of seconds to compile.
+            cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".pylon-cache")),
             max_instances: 256,
             max_memory_bytes: 64 << 20,
             kv: KvBackend::Memory,
@@ -149,6 +154,7 @@ fn main() {
             clock: true,
             ..Grants::default()
         };
+        let mut cases: Vec<(String, std::path::PathBuf, String, Isolation, Grants)> = Vec::new();
         for (name, plugin, config, isolation, grants) in [
             (
                 "headers/fresh",
@@ -179,21 +185,51 @@ fn main() {
                 kv_and_clock,
             ),
         ] {
-            if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-                continue;
-            }
             let component = built.join(format!("{plugin}.wasm"));
             assert!(
                 component.is_file(),
                 "{} is missing: run scripts/build-plugins",
                 component.display()
             );
+            cases.push((name.into(), component, config.into(), isolation, grants));
+        }
+        let languages = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/lang-bench");
+        for lang in ["rust", "c", "python", "js"] {
+            let component = languages.join(format!("tier-{lang}/build/tier-{lang}.wasm"));
+            if !component.is_file() {
+                continue;
+            }
+            for (mode, isolation) in [
+                ("pooled", Isolation::Pooled { max_idle: 8 }),
+                ("fresh", Isolation::Fresh),
+            ] {
+                cases.push((
+                    format!("tier-{lang}/{mode}"),
+                    component.clone(),
+                    r#"{"tier": "gold"}"#.into(),
+                    isolation,
+                    Grants::default(),
+                ));
+            }
+        }
+        for (name, component, config, isolation, grants) in cases {
+            if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+                continue;
+            }
+            let plugin = component
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_owned();
+            // An interpreter (Python, JavaScript) needs the default memory
+            // cap, and its call takes hundreds of µs: fewer samples.
+            let big = std::fs::metadata(&component).map_or(0, |m| m.len()) > 4 << 20;
             let def = PluginDef {
-                name: plugin.into(),
+                name: plugin,
                 component,
                 isolation,
                 deadline: Duration::from_secs(1),
-                memory_limit_bytes: 16 << 20,
+                memory_limit_bytes: if big { 64 << 20 } else { 16 << 20 },
                 max_body_bytes: 1 << 20,
                 max_concurrency: 64,
                 kv: Default::default(),
@@ -206,10 +242,10 @@ fn main() {
             };
             let compiled = runtime.compile(&def).expect("compile");
             let plugin = runtime
-                .configure(&compiled, "users", config, host.clone())
+                .configure(&compiled, "users", &config, host.clone())
                 .await
                 .expect("configure");
-            measure(name, &plugin, iters).await;
+            measure(&name, &plugin, if big { iters / 20 } else { iters }).await;
         }
     });
 }
