@@ -48,7 +48,7 @@ use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
 };
 
-use super::{SendError, tls::UpstreamTls};
+use super::{error::SendError, tls::UpstreamTls};
 use crate::{
     body::{self, Body},
     sync::lock,

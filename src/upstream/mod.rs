@@ -29,25 +29,29 @@
 //! [`headers`] and called by the proxy.
 
 mod balance;
+mod error;
 mod h1;
 pub mod headers;
 mod health;
 mod outbound;
 pub mod policy;
 mod registry;
+mod send;
+mod set;
 mod target;
 mod tls;
 mod tunnel;
 
 pub use balance::hash_bytes;
+pub use error::{AttemptError, UpstreamError};
 pub use h1::{DRAIN_MAX_BYTES, DRAIN_TIMEOUT};
 pub use outbound::MAX_OUTBOUND_BODY;
 pub use registry::TargetRegistry;
+pub use set::Upstreams;
 pub use target::{Event, Outcome, Snapshot as TargetSnapshot};
 pub use tunnel::TunnelConn;
 
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -55,165 +59,26 @@ use std::{
     time::Duration,
 };
 
-use http::{
-    Request, Response, Uri,
-    uri::{Authority, Scheme},
-};
+use http::uri::Authority;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
 
-use self::{balance::Balancer, policy::Resilience, target::TargetState};
+use self::{
+    balance::Balancer,
+    policy::Resilience,
+    target::{Report, TargetState},
+};
 use crate::{
-    body::{Body, BoxError, RequestBodyState},
-    config::{ConfigError, Diagnostic, Upstream as UpstreamConfig, UpstreamProtocol},
-    telemetry::{
-        metrics::{UpstreamErrorKind, UpstreamMetrics},
-        throttle::LogThrottle,
-    },
+    body::Body,
+    config::{Upstream as UpstreamConfig, UpstreamProtocol},
+    telemetry::{metrics::UpstreamMetrics, throttle::LogThrottle},
     workers,
 };
 
 static PANIC_MODE: LogThrottle =
     LogThrottle::new("upstream panic mode", 10, Duration::from_secs(10));
-
-/// Why an upstream call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// No upstream has that name.
-    #[error("no upstream named `{0}`")]
-    Unknown(String),
-    /// The target refused or could not be reached in time.
-    #[error("upstream `{upstream}` ({target}) could not be reached")]
-    Connect {
-        /// Upstream name.
-        upstream: String,
-        /// The target tried.
-        target: String,
-        /// The connect error.
-        #[source]
-        source: BoxError,
-    },
-    /// The connection failed after it was made (reset, protocol error).
-    #[error("upstream `{upstream}` ({target}) failed")]
-    Failed {
-        /// Upstream name.
-        upstream: String,
-        /// The target tried.
-        target: String,
-        /// The error.
-        #[source]
-        source: BoxError,
-    },
-    /// No response head within the route's timeout (or the upstream
-    /// stopped taking the request body for the request-body timeout).
-    #[error("upstream `{upstream}` did not answer within {timeout:?}")]
-    Timeout {
-        /// Upstream name.
-        upstream: String,
-        /// The timeout that passed.
-        timeout: Duration,
-    },
-    /// The response body stalled for the route's response-body timeout.
-    #[error("upstream `{upstream}` response body idle for {timeout:?}")]
-    BodyTimeout {
-        /// Upstream name.
-        upstream: String,
-        /// The timeout that passed.
-        timeout: Duration,
-    },
-    /// Every connection the target may have (`max-connections`) was busy
-    /// and the request could not wait for one.
-    #[error("upstream `{upstream}` ({target}) is busy: {reason}")]
-    Overflow {
-        /// Upstream name.
-        upstream: String,
-        /// The target tried.
-        target: String,
-        /// Queue full, or waited past `queue-timeout`.
-        reason: &'static str,
-    },
-    /// Load shed before a target was tried: the upstream's `max-requests`
-    /// are in flight.
-    #[error("upstream `{upstream}` shed the request: {reason}")]
-    Shed {
-        /// Upstream name.
-        upstream: String,
-        /// The limit reached, as the `x-pylon-shed` header names it.
-        reason: &'static str,
-    },
-    /// The request could not be formed (bad path from a plugin, ...).
-    #[error("invalid request for upstream `{upstream}`: {detail}")]
-    InvalidRequest {
-        /// Upstream name.
-        upstream: String,
-        /// What was wrong.
-        detail: String,
-    },
-}
-
-impl UpstreamError {
-    /// The class recorded in metrics and spans.
-    pub fn kind(&self) -> UpstreamErrorKind {
-        match self {
-            UpstreamError::Timeout { .. } | UpstreamError::BodyTimeout { .. } => {
-                UpstreamErrorKind::Timeout
-            }
-            UpstreamError::Connect { .. } => UpstreamErrorKind::Connect,
-            UpstreamError::Overflow { .. } | UpstreamError::Shed { .. } => {
-                UpstreamErrorKind::Overflow
-            }
-            _ => UpstreamErrorKind::Failed,
-        }
-    }
-
-    /// For load pylon shed itself (503): the limit that shed it, the value
-    /// of the response's `x-pylon-shed` header.
-    pub fn shed_reason(&self) -> Option<&'static str> {
-        match self {
-            UpstreamError::Shed { reason, .. } => Some(reason),
-            UpstreamError::Overflow { reason, .. } => Some(if reason.contains("queue-timeout") {
-                "queue-timeout"
-            } else {
-                "max-pending"
-            }),
-            _ => None,
-        }
-    }
-
-    /// What a failed attempt tells about its target.
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            UpstreamError::Connect { .. }
-            | UpstreamError::Failed { .. }
-            | UpstreamError::Timeout { .. } => Outcome::Failure,
-            _ => Outcome::Neutral,
-        }
-    }
-}
-
-/// An attempt that got no response head; `unsent` is the request back
-/// when none of it was written, so it may go elsewhere whatever it is.
-#[derive(Debug)]
-pub struct AttemptError {
-    /// Why.
-    pub error: UpstreamError,
-    /// The request, untouched, when it never left.
-    pub unsent: Option<Request<Body>>,
-}
-
-/// Why a transport got no response head (mapped to [`UpstreamError`] with
-/// the upstream's name in [`Upstreams::forward`]).
-#[derive(Debug)]
-enum SendError {
-    /// No connection could be made (refused, unreachable, timed out).
-    Connect(BoxError),
-    /// The connection failed while the request was sent or answered.
-    Failed(BoxError),
-    /// No connection free and no room or time to wait for one.
-    Overflow(&'static str),
-}
 
 /// Distinguishes the pools of successive configurations (health checks:
 /// only the newest pool's judge a target they share).
@@ -285,11 +150,13 @@ impl Attempt<'_> {
         let r = &pool.resilience;
         let mut events = Vec::new();
         pool.targets[self.index].record(
-            outcome,
-            latency,
-            self.probe,
+            Report {
+                outcome,
+                latency,
+                probe: self.probe,
+                now: tokio::time::Instant::now(),
+            },
             (&r.outlier, &r.breaker),
-            tokio::time::Instant::now(),
             || pool.may_eject(),
             &mut events,
         );
@@ -589,126 +456,6 @@ impl UpstreamPool {
     pub fn attach_metrics(&self, metrics: Arc<UpstreamMetrics>) {
         let _ = self.metrics.set(metrics);
     }
-
-    /// Send `req` (whose URI carries only path and query) to `attempt`'s
-    /// target, waiting at most `timeout` for the response head after the
-    /// request body (whose progress `body` reports, for a streamed one)
-    /// has been sent.
-    pub async fn send(
-        &self,
-        attempt: &Attempt<'_>,
-        req: Request<Body>,
-        timeout: Duration,
-        body: Option<&RequestBodyState>,
-    ) -> Result<Response<Body>, AttemptError> {
-        self.send_to(attempt.index, req, timeout, body).await
-    }
-
-    async fn send_to(
-        &self,
-        n: usize,
-        mut req: Request<Body>,
-        timeout: Duration,
-        body: Option<&RequestBodyState>,
-    ) -> Result<Response<Body>, AttemptError> {
-        let upstream = self.config.name.as_str();
-        let target = &self.config.targets[n];
-        let fail = |error| AttemptError {
-            error,
-            unsent: None,
-        };
-        let invalid_target = || UpstreamError::InvalidRequest {
-            upstream: upstream.to_string(),
-            detail: format!("invalid target {target:?}"),
-        };
-        if req.uri().path_and_query().is_none() {
-            *req.uri_mut() = Uri::from_static("/");
-        }
-        if let Some(b) = body {
-            b.touch();
-        }
-        let deadline = head_deadline(timeout, body);
-        let sent = match self.transport() {
-            Transport::Http1(targets) => {
-                let target_pool = targets[n]
-                    .as_ref()
-                    .ok_or_else(invalid_target)
-                    .map_err(fail)?;
-                *req.version_mut() = http::Version::HTTP_11;
-                tokio::select! {
-                    sent = target_pool.send(req) => Ok(sent),
-                    () = deadline => Err(()),
-                }
-            }
-            Transport::H2c(_) | Transport::H2(_) => {
-                let mut uri = std::mem::take(req.uri_mut()).into_parts();
-                uri.scheme = Some(match self.tls {
-                    Some(_) => Scheme::HTTPS,
-                    None => Scheme::HTTP,
-                });
-                uri.authority = Some(
-                    self.authorities[n]
-                        .clone()
-                        .ok_or_else(invalid_target)
-                        .map_err(fail)?,
-                );
-                *req.uri_mut() = Uri::from_parts(uri).map_err(|e| {
-                    fail(UpstreamError::InvalidRequest {
-                        upstream: upstream.to_string(),
-                        detail: format!("{e}"),
-                    })
-                })?;
-                *req.version_mut() = http::Version::HTTP_2;
-                let send = async {
-                    match self.transport() {
-                        Transport::H2(client) => client.request(req).await,
-                        Transport::H2c(client) => client.request(req).await,
-                        Transport::Http1(_) => unreachable!("matched above"),
-                    }
-                    .map(|resp| resp.map(crate::body::boxed))
-                    .map_err(|err| {
-                        if err.is_connect() {
-                            (SendError::Connect(Box::new(err)), None)
-                        } else {
-                            (SendError::Failed(Box::new(err)), None)
-                        }
-                    })
-                };
-                tokio::select! {
-                    sent = send => Ok(sent),
-                    () = deadline => Err(()),
-                }
-            }
-        };
-        let (err, unsent) = match sent {
-            Err(()) => {
-                return Err(fail(UpstreamError::Timeout {
-                    upstream: upstream.to_string(),
-                    timeout,
-                }));
-            }
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(e)) => e,
-        };
-        let error = match err {
-            SendError::Connect(source) => UpstreamError::Connect {
-                upstream: upstream.to_string(),
-                target: target.clone(),
-                source,
-            },
-            SendError::Failed(source) => UpstreamError::Failed {
-                upstream: upstream.to_string(),
-                target: target.clone(),
-                source,
-            },
-            SendError::Overflow(reason) => UpstreamError::Overflow {
-                upstream: upstream.to_string(),
-                target: target.clone(),
-                reason,
-            },
-        };
-        Err(AttemptError { error, unsent })
-    }
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -722,182 +469,4 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h [u8]> {
             let eq = pair.iter().position(|&b| b == b'=')?;
             (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
         })
-}
-
-/// All upstreams of a configuration.
-#[derive(Default)]
-pub struct Upstreams {
-    pools: BTreeMap<String, Arc<UpstreamPool>>,
-}
-
-impl Upstreams {
-    /// Build a pool per configured upstream, with connections kept apart
-    /// for each of `workers` data-plane threads and no target state from
-    /// earlier configurations. An upstream whose TLS
-    /// files do not load is left out (logged; calls to it fail as to an
-    /// unknown upstream, never in cleartext): [`Upstreams::try_new`]
-    /// reports it instead.
-    pub fn new(configs: &BTreeMap<String, UpstreamConfig>, workers: usize) -> Self {
-        let registry = TargetRegistry::new();
-        let mut pools = BTreeMap::new();
-        for (name, c) in configs {
-            match upstream_tls(c) {
-                Ok(tls) => {
-                    pools.insert(
-                        name.clone(),
-                        Arc::new(UpstreamPool::new(c.clone(), workers, tls, &registry)),
-                    );
-                }
-                Err(err) => {
-                    tracing::error!(upstream = %name, error = %crate::chain::ErrorChain(&err), "upstream left out: its TLS settings do not load");
-                }
-            }
-        }
-        Self { pools }
-    }
-
-    /// [`Upstreams::new`], with each target's state taken from `registry`
-    /// (an earlier configuration's, when it listed the target), reporting
-    /// every upstream whose TLS files (CA bundle, client certificate and
-    /// key) do not load.
-    pub fn try_new(
-        configs: &BTreeMap<String, UpstreamConfig>,
-        workers: usize,
-        registry: &TargetRegistry,
-    ) -> Result<Self, ConfigError> {
-        let mut pools = BTreeMap::new();
-        let mut problems = Vec::new();
-        for (name, c) in configs {
-            match upstream_tls(c) {
-                Ok(tls) => {
-                    pools.insert(
-                        name.clone(),
-                        Arc::new(UpstreamPool::new(c.clone(), workers, tls, registry)),
-                    );
-                }
-                Err(err) => problems.push(Diagnostic {
-                    location: None,
-                    subject: Some(format!("upstream \"{name}\"")),
-                    message: crate::chain::ErrorChain(&err).to_string(),
-                }),
-            }
-        }
-        if problems.is_empty() {
-            Ok(Self { pools })
-        } else {
-            Err(ConfigError {
-                diagnostics: problems,
-            })
-        }
-    }
-
-    /// The upstream with this name.
-    pub fn get(&self, name: &str) -> Option<&Arc<UpstreamPool>> {
-        self.pools.get(name)
-    }
-
-    /// All upstreams by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<UpstreamPool>)> {
-        self.pools.iter()
-    }
-
-    /// Send `req` (whose URI carries only path and query) to a target of
-    /// `upstream`, once (no retry), waiting at most `timeout` for the
-    /// response head after the request body (whose progress `body`
-    /// reports, for a streamed one) has been sent. Plugins' outbound calls
-    /// come this way.
-    pub async fn forward(
-        &self,
-        upstream: &str,
-        req: Request<Body>,
-        timeout: Duration,
-        body: Option<&RequestBodyState>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let pool = self
-            .pools
-            .get(upstream)
-            .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
-        let attempt = pool
-            .admit(None, &[], false)
-            .map_err(|_| UpstreamError::Shed {
-                upstream: upstream.to_string(),
-                reason: "max-requests",
-            })?;
-        let start = tokio::time::Instant::now();
-        let result = pool.send(&attempt, req, timeout, body).await;
-        match &result {
-            Ok(resp) => attempt.report(
-                if resp.status().is_server_error() {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                },
-                Some(start.elapsed()),
-            ),
-            Err(e) => attempt.report(e.error.outcome(), None),
-        }
-        result.map_err(|e| e.error)
-    }
-
-    /// Start the active health checks of every upstream that has them, on
-    /// the current tokio runtime; each stops when its upstream is dropped
-    /// (the configuration was replaced).
-    pub fn start_health_checks(&self) {
-        for pool in self.pools.values() {
-            if let Some(hc) = &pool.resilience.health_check {
-                health::spawn(Arc::downgrade(pool), hc.clone());
-            }
-        }
-    }
-}
-
-/// The TLS an upstream speaks, if any, with its config loaded and the
-/// ALPN its protocol needs.
-fn upstream_tls(c: &UpstreamConfig) -> Result<Option<tls::UpstreamTls>, crate::tls::TlsError> {
-    let Some(settings) = &c.tls else {
-        return Ok(None);
-    };
-    let alpn: &[&[u8]] = match c.protocol {
-        UpstreamProtocol::H2 | UpstreamProtocol::H2c => &[b"h2"],
-        UpstreamProtocol::Http1 => &[b"http/1.1"],
-    };
-    let config = crate::tls::client::client_config(settings, alpn)?;
-    if settings.insecure_skip_verify {
-        tracing::warn!(
-            upstream = %c.name,
-            "insecure-skip-verify: the certificates of this upstream's targets are NOT verified; \
-             anyone on the path can impersonate them"
-        );
-    }
-    let name = match &settings.server_name {
-        Some(n) => Some(crate::tls::client::server_name(settings, n)?),
-        None => None,
-    };
-    Ok(Some(tls::UpstreamTls::new(config, name)))
-}
-
-/// Completes when the response head is late: `timeout` after the request
-/// body was sent, or when the upstream has not taken any of the body for
-/// the body's idle timeout. While the client is the one awaited, its own
-/// idle timeout ([`crate::body::ClientBody`]) applies instead.
-async fn head_deadline(timeout: Duration, body: Option<&RequestBodyState>) {
-    if let Some(b) = body {
-        loop {
-            let finished = b.finished();
-            tokio::pin!(finished);
-            let idle_until = b.last_progress() + b.idle_timeout();
-            let wait = if b.waiting_on_client() {
-                tokio::time::Instant::now() + b.idle_timeout()
-            } else if std::time::Instant::now() >= idle_until {
-                return;
-            } else {
-                idle_until.into()
-            };
-            tokio::select! {
-                () = &mut finished => break,
-                () = tokio::time::sleep_until(wait) => {}
-            }
-        }
-    }
-    tokio::time::sleep(timeout).await;
 }

@@ -1,0 +1,167 @@
+//! All upstreams of one configuration ([`Upstreams`]): built from the
+//! validated configuration (TLS files loaded, target state carried over
+//! from earlier configurations), looked up by name, and the one-attempt
+//! forwarding plugins' outbound calls use. Attempts, retries and target
+//! choice are the pools' ([`super::UpstreamPool`]).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use http::{Request, Response};
+
+use super::{Outcome, TargetRegistry, UpstreamError, UpstreamPool, health, tls};
+use crate::{
+    body::{Body, RequestBodyState},
+    config::{ConfigError, Diagnostic, Upstream as UpstreamConfig, UpstreamProtocol},
+};
+
+/// All upstreams of a configuration.
+#[derive(Default)]
+pub struct Upstreams {
+    pools: BTreeMap<String, Arc<UpstreamPool>>,
+}
+
+impl Upstreams {
+    /// Build a pool per configured upstream, with connections kept apart
+    /// for each of `workers` data-plane threads and no target state from
+    /// earlier configurations. An upstream whose TLS
+    /// files do not load is left out (logged; calls to it fail as to an
+    /// unknown upstream, never in cleartext): [`Upstreams::try_new`]
+    /// reports it instead.
+    pub fn new(configs: &BTreeMap<String, UpstreamConfig>, workers: usize) -> Self {
+        let registry = TargetRegistry::new();
+        let mut pools = BTreeMap::new();
+        for (name, c) in configs {
+            match upstream_tls(c) {
+                Ok(tls) => {
+                    pools.insert(
+                        name.clone(),
+                        Arc::new(UpstreamPool::new(c.clone(), workers, tls, &registry)),
+                    );
+                }
+                Err(err) => {
+                    tracing::error!(upstream = %name, error = %crate::chain::ErrorChain(&err), "upstream left out: its TLS settings do not load");
+                }
+            }
+        }
+        Self { pools }
+    }
+
+    /// [`Upstreams::new`], with each target's state taken from `registry`
+    /// (an earlier configuration's, when it listed the target), reporting
+    /// every upstream whose TLS files (CA bundle, client certificate and
+    /// key) do not load.
+    pub fn try_new(
+        configs: &BTreeMap<String, UpstreamConfig>,
+        workers: usize,
+        registry: &TargetRegistry,
+    ) -> Result<Self, ConfigError> {
+        let mut pools = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, c) in configs {
+            match upstream_tls(c) {
+                Ok(tls) => {
+                    pools.insert(
+                        name.clone(),
+                        Arc::new(UpstreamPool::new(c.clone(), workers, tls, registry)),
+                    );
+                }
+                Err(err) => problems.push(Diagnostic {
+                    location: None,
+                    subject: Some(format!("upstream \"{name}\"")),
+                    message: crate::chain::ErrorChain(&err).to_string(),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { pools })
+        } else {
+            Err(ConfigError {
+                diagnostics: problems,
+            })
+        }
+    }
+
+    /// The upstream with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<UpstreamPool>> {
+        self.pools.get(name)
+    }
+
+    /// All upstreams by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<UpstreamPool>)> {
+        self.pools.iter()
+    }
+
+    /// Send `req` (whose URI carries only path and query) to a target of
+    /// `upstream`, once (no retry), waiting at most `timeout` for the
+    /// response head after the request body (whose progress `body`
+    /// reports, for a streamed one) has been sent. Plugins' outbound calls
+    /// come this way.
+    pub async fn forward(
+        &self,
+        upstream: &str,
+        req: Request<Body>,
+        timeout: Duration,
+        body: Option<&RequestBodyState>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let pool = self
+            .pools
+            .get(upstream)
+            .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
+        let attempt = pool
+            .admit(None, &[], false)
+            .map_err(|_| UpstreamError::Shed {
+                upstream: upstream.to_string(),
+                reason: "max-requests",
+            })?;
+        let start = tokio::time::Instant::now();
+        let result = pool.send(&attempt, req, timeout, body).await;
+        match &result {
+            Ok(resp) => attempt.report(
+                if resp.status().is_server_error() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                },
+                Some(start.elapsed()),
+            ),
+            Err(e) => attempt.report(e.error.outcome(), None),
+        }
+        result.map_err(|e| e.error)
+    }
+
+    /// Start the active health checks of every upstream that has them, on
+    /// the current tokio runtime; each stops when its upstream is dropped
+    /// (the configuration was replaced).
+    pub fn start_health_checks(&self) {
+        for pool in self.pools.values() {
+            if let Some(hc) = &pool.resilience.health_check {
+                health::spawn(Arc::downgrade(pool), hc.clone());
+            }
+        }
+    }
+}
+
+/// The TLS an upstream speaks, if any, with its config loaded and the
+/// ALPN its protocol needs.
+fn upstream_tls(c: &UpstreamConfig) -> Result<Option<tls::UpstreamTls>, crate::tls::TlsError> {
+    let Some(settings) = &c.tls else {
+        return Ok(None);
+    };
+    let alpn: &[&[u8]] = match c.protocol {
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => &[b"h2"],
+        UpstreamProtocol::Http1 => &[b"http/1.1"],
+    };
+    let config = crate::tls::client::client_config(settings, alpn)?;
+    if settings.insecure_skip_verify {
+        tracing::warn!(
+            upstream = %c.name,
+            "insecure-skip-verify: the certificates of this upstream's targets are NOT verified; \
+             anyone on the path can impersonate them"
+        );
+    }
+    let name = match &settings.server_name {
+        Some(n) => Some(crate::tls::client::server_name(settings, n)?),
+        None => None,
+    };
+    Ok(Some(tls::UpstreamTls::new(config, name)))
+}
