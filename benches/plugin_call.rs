@@ -30,7 +30,7 @@ use pylon::{
     config::{Grants, Isolation, KvBackend, Location, PluginDef, ProcessSettings},
     kv::MemoryKv,
     pipeline::{Plugin, PluginRequest},
-    plugin::{HostServices, OutboundError, OutboundHttp, PluginRuntime},
+    plugin::{HostServices, OutboundError, OutboundHttp, PluginLoader},
 };
 use sha2::{Digest, Sha256};
 
@@ -128,7 +128,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let runtime = PluginRuntime::new(&ProcessSettings {
+        let runtime = PluginLoader::new(&ProcessSettings {
             // Interpreter components take tens of seconds to compile.
             cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".pylon-cache")),
             max_instances: 256,

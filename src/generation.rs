@@ -14,7 +14,7 @@ use crate::{
     error::ErrorChain,
     kv::{KvStore, MemoryKv},
     pipeline::{Pipeline, PipelineEntry},
-    plugin::{CompiledPlugin, HostServices, PluginLoadError, PluginRuntime},
+    plugin::{CompiledPlugin, HostServices, PluginLoadError, PluginLoader},
     router::Router,
     telemetry::metrics::{GenerationsAlive, Metrics, RouteMetrics, UpstreamMetrics},
     upstream::{TargetRegistry, Upstreams},
@@ -24,7 +24,7 @@ use crate::{
 /// the metrics.
 pub struct Shared {
     /// The Wasm engine, compile caches and per-plugin stats.
-    pub plugins: PluginRuntime,
+    pub plugins: PluginLoader,
     /// The key-value store behind the `kv` capability.
     pub kv: Arc<dyn KvStore>,
     /// The metrics registry (plugin series read from `plugins`).
@@ -37,7 +37,7 @@ impl Shared {
     /// Create the process-wide state from the first configuration's
     /// `[runtime]` section (changing it later needs a restart).
     pub async fn new(config: &Config) -> Result<Self, ConfigError> {
-        let plugins = PluginRuntime::new(&config.runtime).map_err(|e| single(None, &e))?;
+        let plugins = PluginLoader::new(&config.runtime).map_err(|e| single(None, &e))?;
         let kv: Arc<dyn KvStore> = match &config.runtime.kv {
             KvBackend::Memory => Arc::new(MemoryKv::new()),
             KvBackend::Redis { url } => Arc::new(

@@ -23,7 +23,7 @@ use super::{KitError, Lang, Manifest};
 use crate::{
     config::{Grants, Isolation, KvBackend, Location, PluginDef, ProcessSettings},
     error::ErrorChain,
-    plugin::{CompiledPlugin, ContractVersion, PluginLoadError, PluginRuntime},
+    plugin::{CompiledPlugin, ContractVersion, PluginLoadError, PluginLoader},
 };
 
 /// componentize-py, pinned: the version the repository's Python plugin is
@@ -93,8 +93,8 @@ pub fn build(dir: &Path) -> Result<Built, KitError> {
 /// The runtime the kit loads plugins with: the gateway's, with a small pool
 /// and a disk cache under the project's `build/` (so `test` after `build`
 /// does not compile again).
-pub(super) fn runtime(cache_dir: &Path) -> Result<PluginRuntime, KitError> {
-    PluginRuntime::new(&ProcessSettings {
+pub(super) fn runtime(cache_dir: &Path) -> Result<PluginLoader, KitError> {
+    PluginLoader::new(&ProcessSettings {
         cache_dir: Some(cache_dir.to_owned()),
         max_instances: 64,
         max_memory_bytes: 1 << 30,
@@ -136,10 +136,7 @@ pub fn check(
 }
 
 /// Compile `def` with `rt`, turning a load failure into advice.
-pub(super) fn compile(
-    rt: &PluginRuntime,
-    def: &PluginDef,
-) -> Result<Arc<CompiledPlugin>, KitError> {
+pub(super) fn compile(rt: &PluginLoader, def: &PluginDef) -> Result<Arc<CompiledPlugin>, KitError> {
     let component = &def.component;
     let err = match rt.compile(def) {
         Ok(compiled) => return Ok(compiled),

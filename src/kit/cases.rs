@@ -40,7 +40,7 @@ use crate::{
     pipeline::{
         HeaderOp, Needs, Plugin, PluginRequest, PluginSession, RequestAction, RequestEdits,
     },
-    plugin::{HostServices, PluginLoadError, PluginRuntime, WallClock},
+    plugin::{HostServices, PluginLoadError, PluginLoader, WallClock},
 };
 
 // ---------------------------------------------------------------- run
@@ -137,7 +137,7 @@ pub async fn run(
 }
 
 async fn run_case(
-    rt: &PluginRuntime,
+    rt: &PluginLoader,
     compiled: &Arc<crate::plugin::CompiledPlugin>,
     def: &PluginDef,
     case: &Case,
@@ -157,7 +157,7 @@ async fn run_case(
 /// Run one case, recording differences in `result`; an `Err` is a failure
 /// that stops the case (a trap, a malformed case).
 async fn run_case_inner(
-    rt: &PluginRuntime,
+    rt: &PluginLoader,
     compiled: &Arc<crate::plugin::CompiledPlugin>,
     def: &PluginDef,
     case: &Case,
@@ -261,7 +261,7 @@ async fn seeded_kv(prefix: &str, case: &Case) -> Result<Arc<MemoryKv>, String> {
 /// Configure the plugin for the case: `None` when the case expected the
 /// rejection it got, so there is nothing more to run.
 async fn configure(
-    rt: &PluginRuntime,
+    rt: &PluginLoader,
     compiled: &Arc<crate::plugin::CompiledPlugin>,
     config: &str,
     host: HostServices,

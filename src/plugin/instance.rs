@@ -28,124 +28,30 @@
 //! (`contract`), so all go through the same validation.
 
 use std::{
-    pin::Pin,
-    sync::{Arc, Mutex},
-    task::Poll,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::Store;
 
 use super::{
-    CompiledPlugin,
+    call::{
+        CallPolicy, arm, classify, deadline_error, disarm, finish, instance_survives, new_store,
+        timed,
+    },
+    compiled::CompiledPlugin,
     contract::{Guest, GuestPre},
     convert::Validate,
-    engine::EpochTicker,
     offload,
+    pool::IdlePool,
     snapshot::Snapshot,
     state::{GuestContext, HostState},
-    stats::PluginStats,
 };
 use crate::pipeline::{
     FixedEdits, Needs, Plugin, PluginError, PluginRequest, PluginResponse, PluginSession,
     RequestAction, ResponseEdits,
 };
-use crate::sync::lock;
-
-/// How calls into one plugin's instances are bounded and accounted.
-#[derive(Clone)]
-pub(crate) struct CallPolicy {
-    pub(crate) plugin: Arc<str>,
-    /// Keeps the epoch advancing while a call runs.
-    pub(crate) ticker: Arc<EpochTicker>,
-    pub(crate) deadline: Duration,
-    pub(crate) memory_limit: usize,
-    /// The largest body the plugin may return (its `max-body-size`).
-    pub(crate) max_body: usize,
-    pub(crate) stats: Arc<PluginStats>,
-    /// The plugin's `max-concurrency`: calls (and the instantiations
-    /// before them) in progress at once, all routes together.
-    pub(crate) calls: Arc<tokio::sync::Semaphore>,
-    pub(crate) max_concurrency: usize,
-    /// Calls that have run through an epoch tick (CPU-bound ones) that
-    /// may run at once: one per worker thread.
-    pub(crate) cpu: Arc<tokio::sync::Semaphore>,
-    /// Where this route plugin's calls start (learnt from their length).
-    pub(crate) placement: Arc<offload::Placement>,
-}
-
-impl CallPolicy {
-    /// A permit to call into the plugin, waiting at most its deadline
-    /// for one; past that, [`PluginError::Busy`] (counted).
-    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PluginError> {
-        let busy = || {
-            let err = PluginError::Busy {
-                plugin: self.plugin.clone(),
-                max_concurrency: self.max_concurrency,
-            };
-            self.stats.record_error(&err);
-            err
-        };
-        if let Ok(permit) = self.calls.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        match tokio::time::timeout(self.deadline, self.calls.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(busy()),
-        }
-    }
-
-    /// Run one call into Wasm, armed at `started`: the epoch ticks while it
-    /// runs, and `deadline` also bounds the time the guest waits on host
-    /// awaits (kv, http, WASI polls), which the epoch cannot interrupt.
-    ///
-    /// The timer is armed only once the call first waits: most calls finish
-    /// in their first poll, and registering a tokio timer per call (and
-    /// clearing it after) cost more than some plugins' whole call; and
-    /// `started` is the clock reading the caller took anyway.
-    pub(crate) async fn bounded<F: Future>(
-        &self,
-        started: Instant,
-        deadline: Duration,
-        call: F,
-    ) -> Result<F::Output, Elapsed> {
-        let _ticking = self.ticker.call();
-        timed(started, deadline, call).await
-    }
-}
-
-/// `call`, bounded by `deadline` from `started` while it waits (see
-/// [`CallPolicy::bounded`]); owns nothing of the policy, so a call can take
-/// it along to the plugin pool (`offload`).
-async fn timed<F: Future>(
-    started: Instant,
-    deadline: Duration,
-    call: F,
-) -> Result<F::Output, Elapsed> {
-    // `None`: a deadline past the end of time, which never fires.
-    let until = started.checked_add(deadline);
-    let mut call = std::pin::pin!(call);
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = call.as_mut().poll(cx) {
-            return Poll::Ready(Ok(out));
-        }
-        let Some(until) = until else {
-            return Poll::Pending;
-        };
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until.into())));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
-}
-
-/// A call's deadline passed while it waited on the host.
-#[derive(Debug)]
-pub(crate) struct Elapsed;
 
 /// One live instance and its store.
 pub(crate) struct Instance {
@@ -291,190 +197,6 @@ impl Instance {
     }
 }
 
-/// A store for one instance of the route plugin `ctx`: its memory cap, and
-/// the epoch behaviour every call into it gets, armed for a first call
-/// (instantiation) that must end within `deadline`.
-///
-/// At every epoch tick a running guest either traps, once its call's
-/// deadline has passed (`Trap::Interrupt`, counted as a deadline hit), or
-/// yields to the worker's other tasks (`tokio::task::yield_now`, which
-/// queues it behind them) and goes on at the next tick. So CPU-bound guest
-/// code holds a worker for one tick at a time, never for its whole
-/// deadline; and a call that runs through a tick makes the ticker tick
-/// every [`LONG_CALL_TICK`](super::engine::LONG_CALL_TICK) until it ends.
-pub(crate) fn new_store(
-    engine: &wasmtime::Engine,
-    ctx: &Arc<GuestContext>,
-    policy: &CallPolicy,
-    deadline: Duration,
-) -> Store<HostState> {
-    let mut store = Store::new(engine, HostState::new(ctx.clone(), policy.memory_limit));
-    store.limiter(|s| &mut s.limiter);
-    let long_calls = policy.ticker.long_calls();
-    let cpu = policy.cpu.clone();
-    store.epoch_deadline_callback(move |mut cx| {
-        let data = cx.data_mut();
-        if data.call_until.is_some_and(|until| Instant::now() >= until) {
-            return Ok(UpdateDeadline::Interrupt);
-        }
-        super::offload::tick();
-        if data.long_call.is_none() {
-            // A call's first tick: from now on it is CPU-bound work, which
-            // runs only while holding one of the plugin's CPU slots (one
-            // per worker), so a plugin's long calls never take more than
-            // the workers' share between them, however many are in flight.
-            // Waiting for a slot counts against the call's deadline.
-            // It also finishes on the plugin pool, not on this worker.
-            let long = long_calls.start();
-            let slot = long.slot();
-            data.long_call = Some(long);
-            super::offload::mark_long();
-            let cpu = cpu.clone();
-            return Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(async move {
-                    if let Ok(permit) = cpu.acquire_owned().await {
-                        *lock(&slot) = Some(permit);
-                    }
-                    tokio::task::yield_now().await;
-                }),
-            ));
-        }
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(tokio::task::yield_now()),
-        ))
-    });
-    arm(&mut store, deadline);
-    store
-}
-
-/// Arm a store for one call: a fresh deadline, no memory refusal yet.
-pub(crate) fn arm(store: &mut Store<HostState>, deadline: Duration) -> Instant {
-    let now = Instant::now();
-    store.set_epoch_deadline(1);
-    let data = store.data_mut();
-    data.limiter.reset_denied();
-    data.call_until = now.checked_add(deadline);
-    now
-}
-
-/// The call is over: the ticker may slow down again.
-pub(crate) fn disarm(store: &mut Store<HostState>) {
-    let data = store.data_mut();
-    data.long_call = None;
-    data.call_until = None;
-}
-
-/// Account for a finished call and turn its failure into a [`PluginError`].
-fn finish<R>(
-    store: &mut Store<HostState>,
-    policy: &CallPolicy,
-    deadline: Duration,
-    started: Instant,
-    result: Result<wasmtime::Result<R>, Elapsed>,
-) -> Result<R, PluginError> {
-    disarm(store);
-    let result = match result {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(err)) => Err(classify(policy, store, deadline, err)),
-        Err(_elapsed) => Err(deadline_error(policy, deadline)),
-    };
-    policy
-        .stats
-        .record_call(started.elapsed(), result.as_ref().err());
-    result
-}
-
-/// Classify a failed call by what wasmtime and the limiter report (never
-/// by message text).
-fn classify(
-    policy: &CallPolicy,
-    store: &Store<HostState>,
-    deadline: Duration,
-    err: wasmtime::Error,
-) -> PluginError {
-    if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        deadline_error(policy, deadline)
-    } else if store.data().limiter.denied() {
-        PluginError::Memory {
-            plugin: policy.plugin.clone(),
-            limit_bytes: policy.memory_limit,
-        }
-    } else {
-        PluginError::Trap {
-            plugin: policy.plugin.clone(),
-            source: err.into_boxed_dyn_error(),
-        }
-    }
-}
-
-fn deadline_error(policy: &CallPolicy, deadline: Duration) -> PluginError {
-    PluginError::Deadline {
-        plugin: policy.plugin.clone(),
-        deadline,
-    }
-}
-
-/// Whether an instance may serve again after this failure: only when the
-/// guest itself ran to completion and merely returned something unusable.
-fn instance_survives(err: &PluginError) -> bool {
-    matches!(err, PluginError::InvalidOutput { .. })
-}
-
-/// Instances kept for reuse, for `pooled` isolation: a stack per data-plane
-/// worker (and one for calls off the data plane), so an instance keeps
-/// serving the core whose caches hold its memory and store. The stacks
-/// share `pool-size` between them; a worker whose stack is empty takes an
-/// idle instance from another before creating one, and one whose stack is
-/// full gives its instance to another with room.
-struct IdlePool<T = Instance> {
-    shards: Box<[Shard<T>]>,
-}
-
-/// One worker's idle instances, on its own cache lines.
-#[repr(align(128))]
-struct Shard<T> {
-    cap: usize,
-    idle: Mutex<Vec<T>>,
-}
-
-impl<T> IdlePool<T> {
-    fn new(max_idle: usize, workers: usize) -> Self {
-        let n = workers.max(1) + 1;
-        let shards = (0..n)
-            .map(|i| Shard {
-                cap: max_idle / n + usize::from(i < max_idle % n),
-                idle: Mutex::new(Vec::new()),
-            })
-            .collect();
-        Self { shards }
-    }
-
-    /// Worker `w` uses stack `w`; everything off the data plane the last.
-    fn home(&self) -> usize {
-        let workers = self.shards.len() - 1;
-        crate::workers::current().map_or(workers, |w| w % workers)
-    }
-
-    fn take(&self) -> Option<T> {
-        let (home, n) = (self.home(), self.shards.len());
-        (0..n).find_map(|i| lock(&self.shards[(home + i) % n].idle).pop())
-    }
-
-    fn put(&self, instance: T) {
-        let (home, n) = (self.home(), self.shards.len());
-        for i in 0..n {
-            let shard = &self.shards[(home + i) % n];
-            let mut idle = lock(&shard.idle);
-            if idle.len() < shard.cap {
-                idle.push(instance);
-                return;
-            }
-        }
-    }
-}
-
 /// A plugin configured on one route.
 pub(crate) struct WasmPlugin {
     inner: Arc<Inner>,
@@ -488,7 +210,7 @@ struct Inner {
     needs: Needs,
     fixed: FixedEdits,
     /// `None` for `fresh` isolation.
-    pool: Option<IdlePool>,
+    pool: Option<IdlePool<Instance>>,
     /// The component already configured for this route: every new
     /// instance is one of it, and needs no `configure` call.
     snapshot: Snapshot,
@@ -669,67 +391,5 @@ impl Drop for WasmSession {
         {
             self.plugin.release(instance);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IdlePool;
-    use crate::workers::Workers;
-
-    /// Run `f` on worker `w` and wait for its answer.
-    fn on<R: Send + 'static>(
-        workers: &Workers,
-        w: usize,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> R {
-        let (tx, rx) = std::sync::mpsc::channel();
-        workers.handles()[w].spawn(async move { tx.send(f()).ok() });
-        rx.recv().expect("worker answers")
-    }
-
-    #[test]
-    fn idle_instances_stay_with_their_worker_and_are_shared_when_needed() {
-        let workers = Workers::start(2).expect("workers");
-        let pool = std::sync::Arc::new(IdlePool::<u32>::new(4, 2));
-        let p = pool.clone();
-        on(&workers, 0, move || {
-            p.put(1);
-            p.put(2);
-        });
-        let p = pool.clone();
-        on(&workers, 1, move || p.put(3));
-        // Each worker gets back what it released, newest first.
-        let p = pool.clone();
-        assert_eq!(on(&workers, 1, move || p.take()), Some(3));
-        let p = pool.clone();
-        assert_eq!(on(&workers, 0, move || p.take()), Some(2));
-        // A worker with none idle takes another's rather than none.
-        let p = pool.clone();
-        assert_eq!(on(&workers, 1, move || p.take()), Some(1));
-        let p = pool.clone();
-        assert_eq!(on(&workers, 1, move || p.take()), None);
-
-        // pool-size bounds the idle instances of all workers together; a
-        // worker whose share is full hands its instance to another's.
-        let p = pool.clone();
-        on(&workers, 0, move || (10..20).for_each(|i| p.put(i)));
-        let p = pool.clone();
-        let kept = on(&workers, 1, move || std::iter::from_fn(|| p.take()).count());
-        assert_eq!(kept, 4);
-        assert_eq!(pool.take(), None);
-    }
-
-    #[test]
-    fn a_pool_smaller_than_the_worker_count_still_keeps_its_instances() {
-        let workers = Workers::start(2).expect("workers");
-        let pool = std::sync::Arc::new(IdlePool::<u32>::new(1, 2));
-        let p = pool.clone();
-        on(&workers, 1, move || p.put(7));
-        let p = pool.clone();
-        assert_eq!(on(&workers, 1, move || p.take()), Some(7));
-        // Off the data plane (load time, benchmarks) too.
-        pool.put(8);
-        assert_eq!(pool.take(), Some(8));
     }
 }

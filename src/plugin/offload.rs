@@ -5,7 +5,7 @@
 //! A hook call starts on the worker that serves its request and, nearly
 //! always, ends there within its first poll. A call still running at an
 //! epoch tick is CPU-bound guest code (the store's epoch callback marks it,
-//! see `instance::new_store`); from its next yield on, the rest of the call
+//! see `call::new_store`); from its next yield on, the rest of the call
 //! runs on this pool while the worker goes back to its connections and
 //! awaits the outcome. The pool's threads lower their own priority when
 //! they start, so on a machine whose cores are all busy, the kernel gives

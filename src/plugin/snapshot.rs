@@ -37,10 +37,10 @@ use wasmtime::{
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::{
-    CompiledPlugin,
+    cache::{CachedComponent, ComponentCache},
+    call::{CallPolicy, arm, disarm, new_store},
+    compiled::CompiledPlugin,
     contract::{ContractVersion, Guest, GuestPre},
-    engine::{CachedComponent, ComponentCache},
-    instance::{CallPolicy, arm, disarm, new_store},
     reclaim,
     state::{GuestContext, HostState},
 };

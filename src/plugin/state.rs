@@ -4,17 +4,28 @@
 //! created on first use — the WASI context.
 //!
 //! Host capability implementations never see this struct whole; each gets
-//! a small view (`crate::plugin::host::*View`) with just what it needs.
+//! a small view (`crate::plugin::host::*View`, the [`Exchange`], the WASI
+//! context) with just what it needs. This module names nothing of `host`:
+//! the capabilities look down at the data, never the other way.
 
-use std::{sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use wasmtime::ResourceLimiter;
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use wasmtime::{
+    ResourceLimiter,
+    component::{Resource, ResourceTable},
+};
+use wasmtime_wasi::WasiCtx;
 
 use super::{
-    HostServices,
-    host::{exchange::Exchange, wasi::WasiState},
+    contract::current::pylon::plugin::types::{Request, ResponseView},
+    services::HostServices,
 };
-use crate::config::Grants;
+use crate::{
+    config::Grants,
+    pipeline::{PluginRequest, PluginResponse},
+};
 
 /// The route plugin a store serves: fixed when the plugin is configured on
 /// a route, shared by all its instances.
@@ -48,7 +59,7 @@ pub(crate) struct HostState {
     pub(crate) call_until: Option<Instant>,
     /// Held while the current call has run through an epoch tick: the
     /// ticker then ticks faster, so long calls yield more often.
-    pub(crate) long_call: Option<super::engine::LongCall>,
+    pub(crate) long_call: Option<super::ticker::LongCall>,
 }
 
 impl HostState {
@@ -61,6 +72,136 @@ impl HostState {
             call_until: None,
             long_call: None,
         }
+    }
+}
+
+/// The handle rep of the one request (or response) a store can hold.
+const REP: u32 = 0;
+
+/// What a store lends its guest during a hook call.
+pub(crate) struct Exchange {
+    request: PluginRequest,
+    response: PluginResponse,
+    request_lent: bool,
+    response_lent: bool,
+    request_body: bool,
+    response_body: bool,
+}
+
+/// A handle lent to an accessor outside any hook call: a host bug, turned
+/// into a trap of that call rather than a panic.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` used outside the hook call it was lent to")]
+pub(crate) struct NotLent(&'static str);
+
+impl Exchange {
+    /// An empty exchange for a store serving `route`.
+    pub(crate) fn new(route: Arc<str>) -> Self {
+        Self {
+            request: empty_request(route),
+            response: PluginResponse::new(StatusCode::OK),
+            request_lent: false,
+            response_lent: false,
+            request_body: false,
+            response_body: false,
+        }
+    }
+
+    /// Take `req` in for a call and return the guest's handle to it; the body
+    /// is visible only `with_body`. [`Self::give_back`] must follow.
+    pub(crate) fn lend_request(
+        &mut self,
+        req: &mut PluginRequest,
+        with_body: bool,
+    ) -> Resource<Request> {
+        std::mem::swap(&mut self.request, req);
+        self.request_lent = true;
+        self.request_body = with_body;
+        Resource::new_borrow(REP)
+    }
+
+    /// Take `resp` in for a call, as [`Self::lend_request`] does.
+    pub(crate) fn lend_response(
+        &mut self,
+        resp: &mut PluginResponse,
+        with_body: bool,
+    ) -> Resource<ResponseView> {
+        std::mem::swap(&mut self.response, resp);
+        self.response_lent = true;
+        self.response_body = with_body;
+        Resource::new_borrow(REP)
+    }
+
+    /// Hand back whatever was lent, after the call (also after a failed one).
+    pub(crate) fn give_back(&mut self, req: &mut PluginRequest, resp: Option<&mut PluginResponse>) {
+        if std::mem::take(&mut self.request_lent) {
+            std::mem::swap(&mut self.request, req);
+        }
+        if let Some(resp) = resp
+            && std::mem::take(&mut self.response_lent)
+        {
+            std::mem::swap(&mut self.response, resp);
+        }
+    }
+
+    /// The request lent to the current call; a trap outside one.
+    pub(crate) fn request(&self) -> wasmtime::Result<&PluginRequest> {
+        if self.request_lent {
+            Ok(&self.request)
+        } else {
+            Err(wasmtime::Error::new(NotLent("request")))
+        }
+    }
+
+    /// The response lent to the current call; a trap outside one.
+    pub(crate) fn response(&self) -> wasmtime::Result<&PluginResponse> {
+        if self.response_lent {
+            Ok(&self.response)
+        } else {
+            Err(wasmtime::Error::new(NotLent("response-view")))
+        }
+    }
+
+    /// The lent request's buffered body, only when the plugin asked for it.
+    pub(crate) fn request_body(&self) -> wasmtime::Result<Option<&Bytes>> {
+        let body = self.request()?.body.as_ref();
+        Ok(body.filter(|_| self.request_body))
+    }
+
+    /// The lent response's buffered body, only when the plugin asked for it.
+    pub(crate) fn response_body(&self) -> wasmtime::Result<Option<&Bytes>> {
+        let body = self.response()?.body.as_ref();
+        Ok(body.filter(|_| self.response_body))
+    }
+}
+
+/// A placeholder request for `route`, in an exchange while nothing is lent.
+pub(crate) fn empty_request(route: Arc<str>) -> PluginRequest {
+    PluginRequest {
+        route,
+        method: Method::GET,
+        path: String::new(),
+        query: None,
+        headers: HeaderMap::new(),
+        client_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        scheme: "http",
+        client_identity: None,
+        params: Vec::new(),
+        body: None,
+    }
+}
+
+/// A store's WASI context and resource table (made by `host::wasi` on the
+/// store's first WASI call).
+pub(crate) struct WasiState {
+    pub(crate) ctx: WasiCtx,
+    pub(crate) table: ResourceTable,
+}
+
+impl WasiState {
+    /// Whether no WASI resource (stream, pollable, ...) is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.table.is_empty()
     }
 }
 

@@ -51,7 +51,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    plugin::{LATENCY_BUCKETS_US, PluginRuntime},
+    plugin::{LATENCY_BUCKETS_US, PluginLoader},
     sync::lock,
 };
 
@@ -262,7 +262,7 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// A registry with every pylon series; plugin series are read from
     /// `plugins` at scrape time.
-    pub fn new(plugins: PluginRuntime) -> Self {
+    pub fn new(plugins: PluginLoader) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RouteStatus, Counter>::default();
         let request_duration: HistogramFamily<RouteStatus> =
@@ -897,7 +897,7 @@ impl Collector for TlsCertificateCollector {
 
 /// Reads the plugin runtime's per-plugin counters at scrape time.
 struct PluginCollector {
-    plugins: PluginRuntime,
+    plugins: PluginLoader,
 }
 
 impl std::fmt::Debug for PluginCollector {

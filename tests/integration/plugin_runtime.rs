@@ -17,7 +17,7 @@ use pylon::{
     config::ProcessSettings,
     kv::MemoryKv,
     pipeline::{PluginError, PluginResponse, RequestAction},
-    plugin::{CompileOrigin, HostServices, PluginLoadError, PluginRuntime},
+    plugin::{CompileOrigin, HostServices, PluginLoadError, PluginLoader},
 };
 
 use crate::harness::runtime::{
@@ -114,7 +114,7 @@ async fn memory_cap_stops_memory_bomb() {
 /// memory cap (with explicit bounds checks): the cap holds there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_cap_holds_with_slots_sized_to_the_cap() {
-    let rt = PluginRuntime::new(&ProcessSettings {
+    let rt = PluginLoader::new(&ProcessSettings {
         max_instances: 20_000,
         max_memory_bytes: 64 << 20,
         ..settings(None)
@@ -349,7 +349,7 @@ async fn a_plugin_that_cannot_be_configured_at_load_is_refused_with_the_reason()
 async fn a_python_snapshot_is_reused_by_the_next_load() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..2 {
-        let rt = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+        let rt = PluginLoader::new(&settings(Some(dir.path().into()))).unwrap();
         let p = load(&rt, &def("hello", "hello-python"), "r", "{}", host())
             .await
             .unwrap_or_else(|e| panic!("{}", chain(&e)));
@@ -376,7 +376,7 @@ async fn snapshots_are_compiled_once_and_cached_on_disk() {
             .count()
     };
     let load_memo = |config: &'static str| {
-        let rt = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+        let rt = PluginLoader::new(&settings(Some(dir.path().into()))).unwrap();
         async move {
             let p = load(&rt, &def("memo", "memo"), "r", config, host())
                 .await
@@ -560,7 +560,7 @@ async fn compiled_components_are_cached_in_memory_and_on_disk() {
     let d = def("headers", "headers");
     let bytes = std::fs::read(&d.component).unwrap();
 
-    let first = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    let first = PluginLoader::new(&settings(Some(dir.path().into()))).unwrap();
     let a = first.compile(&d).unwrap();
     assert_eq!(a.origin(), CompileOrigin::Compiled);
     let cache_file = first.cache_path_for(&bytes).unwrap();
@@ -578,7 +578,7 @@ async fn compiled_components_are_cached_in_memory_and_on_disk() {
     assert_eq!(b.origin(), CompileOrigin::MemoryCache);
 
     // A new runtime (a restart) loads the precompiled artefact.
-    let second = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    let second = PluginLoader::new(&settings(Some(dir.path().into()))).unwrap();
     let c = second.compile(&d).unwrap();
     assert_eq!(c.origin(), CompileOrigin::DiskCache);
     let cache = second.cache_stats();
@@ -593,9 +593,9 @@ async fn compiled_components_are_cached_in_memory_and_on_disk() {
     // loaded runtimes map the old one, which must never change in place.)
     std::fs::remove_file(&cache_file).unwrap();
     std::fs::write(&cache_file, b"garbage").unwrap();
-    let third = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    let third = PluginLoader::new(&settings(Some(dir.path().into()))).unwrap();
     assert_eq!(third.compile(&d).unwrap().origin(), CompileOrigin::Compiled);
-    let fourth = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    let fourth = PluginLoader::new(&settings(Some(dir.path().into()))).unwrap();
     assert_eq!(
         fourth.compile(&d).unwrap().origin(),
         CompileOrigin::DiskCache
@@ -895,7 +895,7 @@ async fn inspector_sees_the_request_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_component_loads_with_wasi_and_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = PluginRuntime::new(&settings(Some(dir.path().into()))).unwrap();
+    let rt = PluginLoader::new(&settings(Some(dir.path().into()))).unwrap();
     let d = pooled(def("hello", "hello-python"), 2);
     let compiled = {
         let (rt, d) = (rt.clone(), d.clone());

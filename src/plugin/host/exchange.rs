@@ -13,126 +13,18 @@
 //! The component model ends every borrow before the call returns, and an
 //! accessor called while nothing is lent traps rather than reading stale data.
 
-use std::{net::SocketAddr, sync::Arc};
-
-use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::HeaderMap;
 use wasmtime::component::Resource;
 
-use crate::{
-    pipeline::{PluginRequest, PluginResponse},
-    plugin::{
-        contract::current::pylon::plugin::types::{self, Request, ResponseView},
-        convert::{self, headers_to_wit_owned},
-        state::HostState,
-    },
+use crate::plugin::{
+    contract::current::pylon::plugin::types,
+    convert::{self, headers_to_wit_owned},
+    state::Exchange,
 };
-
-/// The handle rep of the one request (or response) a store can hold.
-const REP: u32 = 0;
-
-/// What a store lends its guest during a hook call.
-pub(crate) struct Exchange {
-    request: PluginRequest,
-    response: PluginResponse,
-    request_lent: bool,
-    response_lent: bool,
-    request_body: bool,
-    response_body: bool,
-}
-
-/// A handle lent to an accessor outside any hook call: a host bug, turned
-/// into a trap of that call rather than a panic.
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` used outside the hook call it was lent to")]
-pub(crate) struct NotLent(&'static str);
-
-impl Exchange {
-    /// An empty exchange for a store serving `route`.
-    pub(crate) fn new(route: Arc<str>) -> Self {
-        Self {
-            request: PluginRequest {
-                route,
-                method: Method::GET,
-                path: String::new(),
-                query: None,
-                headers: HeaderMap::new(),
-                client_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                scheme: "http",
-                client_identity: None,
-                params: Vec::new(),
-                body: None,
-            },
-            response: PluginResponse::new(StatusCode::OK),
-            request_lent: false,
-            response_lent: false,
-            request_body: false,
-            response_body: false,
-        }
-    }
-
-    /// Take `req` in for a call and return the guest's handle to it; the body
-    /// is visible only `with_body`. [`Self::give_back`] must follow.
-    pub(crate) fn lend_request(
-        &mut self,
-        req: &mut PluginRequest,
-        with_body: bool,
-    ) -> Resource<Request> {
-        std::mem::swap(&mut self.request, req);
-        self.request_lent = true;
-        self.request_body = with_body;
-        Resource::new_borrow(REP)
-    }
-
-    /// Take `resp` in for a call, as [`Self::lend_request`] does.
-    pub(crate) fn lend_response(
-        &mut self,
-        resp: &mut PluginResponse,
-        with_body: bool,
-    ) -> Resource<ResponseView> {
-        std::mem::swap(&mut self.response, resp);
-        self.response_lent = true;
-        self.response_body = with_body;
-        Resource::new_borrow(REP)
-    }
-
-    /// Hand back whatever was lent, after the call (also after a failed one).
-    pub(crate) fn give_back(&mut self, req: &mut PluginRequest, resp: Option<&mut PluginResponse>) {
-        if std::mem::take(&mut self.request_lent) {
-            std::mem::swap(&mut self.request, req);
-        }
-        if let Some(resp) = resp
-            && std::mem::take(&mut self.response_lent)
-        {
-            std::mem::swap(&mut self.response, resp);
-        }
-    }
-
-    fn request(&self) -> wasmtime::Result<&PluginRequest> {
-        if self.request_lent {
-            Ok(&self.request)
-        } else {
-            Err(wasmtime::Error::new(NotLent("request")))
-        }
-    }
-
-    fn response(&self) -> wasmtime::Result<&PluginResponse> {
-        if self.response_lent {
-            Ok(&self.response)
-        } else {
-            Err(wasmtime::Error::new(NotLent("response-view")))
-        }
-    }
-}
 
 /// The first value of `name`; an invalid name is simply absent.
 fn first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     headers.get(name).map(|v| v.as_bytes().to_vec())
-}
-
-/// The buffered body, only when the plugin asked for it.
-fn visible(body: &Option<Bytes>, asked: bool) -> Option<Vec<u8>> {
-    body.as_ref().filter(|_| asked).map(|b| b.to_vec())
 }
 
 fn every(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
@@ -147,23 +39,23 @@ fn every(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
 /// them in `contract`).
 macro_rules! serve_types {
     ($t:ident) => {
-        impl $t::Host for HostState {}
+        impl $t::Host for Exchange {}
 
-        impl $t::HostRequest for HostState {
+        impl $t::HostRequest for Exchange {
             fn route(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
-                Ok(self.exchange.request()?.route.to_string())
+                Ok(self.request()?.route.to_string())
             }
 
             fn method(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
-                Ok(self.exchange.request()?.method.as_str().to_owned())
+                Ok(self.request()?.method.as_str().to_owned())
             }
 
             fn path(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
-                Ok(self.exchange.request()?.path.clone())
+                Ok(self.request()?.path.clone())
             }
 
             fn query(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<Option<String>> {
-                Ok(self.exchange.request()?.query.clone())
+                Ok(self.request()?.query.clone())
             }
 
             fn header(
@@ -171,7 +63,7 @@ macro_rules! serve_types {
                 _: Resource<$t::Request>,
                 name: String,
             ) -> wasmtime::Result<Option<Vec<u8>>> {
-                Ok(first(&self.exchange.request()?.headers, &name))
+                Ok(first(&self.request()?.headers, &name))
             }
 
             fn header_all(
@@ -179,28 +71,26 @@ macro_rules! serve_types {
                 _: Resource<$t::Request>,
                 name: String,
             ) -> wasmtime::Result<Vec<Vec<u8>>> {
-                Ok(every(&self.exchange.request()?.headers, &name))
+                Ok(every(&self.request()?.headers, &name))
             }
 
             fn headers(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<Vec<$t::Header>> {
-                Ok(headers_to_wit_owned(&self.exchange.request()?.headers))
+                Ok(headers_to_wit_owned(&self.request()?.headers))
             }
 
             fn client_addr(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
-                Ok(convert::socket_addr_text(
-                    self.exchange.request()?.client_addr,
-                ))
+                Ok(convert::socket_addr_text(self.request()?.client_addr))
             }
 
             fn scheme(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<String> {
-                Ok(self.exchange.request()?.scheme.to_owned())
+                Ok(self.request()?.scheme.to_owned())
             }
 
             fn client_identity(
                 &mut self,
                 _: Resource<$t::Request>,
             ) -> wasmtime::Result<Option<$t::ClientIdentity>> {
-                let identity = &self.exchange.request()?.client_identity;
+                let identity = &self.request()?.client_identity;
                 Ok(identity.as_deref().map(convert::client_identity_to_wit))
             }
 
@@ -210,7 +100,6 @@ macro_rules! serve_types {
                 name: String,
             ) -> wasmtime::Result<Option<String>> {
                 Ok(self
-                    .exchange
                     .request()?
                     .params
                     .iter()
@@ -222,12 +111,11 @@ macro_rules! serve_types {
                 &mut self,
                 _: Resource<$t::Request>,
             ) -> wasmtime::Result<Vec<(String, String)>> {
-                Ok(self.exchange.request()?.params.clone())
+                Ok(self.request()?.params.clone())
             }
 
             fn body(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<Option<Vec<u8>>> {
-                let body = &self.exchange.request()?.body;
-                Ok(visible(body, self.exchange.request_body))
+                Ok(self.request_body()?.map(|b| b.to_vec()))
             }
 
             fn drop(&mut self, _: Resource<$t::Request>) -> wasmtime::Result<()> {
@@ -236,9 +124,9 @@ macro_rules! serve_types {
             }
         }
 
-        impl $t::HostResponseView for HostState {
+        impl $t::HostResponseView for Exchange {
             fn status(&mut self, _: Resource<$t::ResponseView>) -> wasmtime::Result<u16> {
-                Ok(self.exchange.response()?.status.as_u16())
+                Ok(self.response()?.status.as_u16())
             }
 
             fn header(
@@ -246,7 +134,7 @@ macro_rules! serve_types {
                 _: Resource<$t::ResponseView>,
                 name: String,
             ) -> wasmtime::Result<Option<Vec<u8>>> {
-                Ok(first(&self.exchange.response()?.headers, &name))
+                Ok(first(&self.response()?.headers, &name))
             }
 
             fn header_all(
@@ -254,19 +142,18 @@ macro_rules! serve_types {
                 _: Resource<$t::ResponseView>,
                 name: String,
             ) -> wasmtime::Result<Vec<Vec<u8>>> {
-                Ok(every(&self.exchange.response()?.headers, &name))
+                Ok(every(&self.response()?.headers, &name))
             }
 
             fn headers(
                 &mut self,
                 _: Resource<$t::ResponseView>,
             ) -> wasmtime::Result<Vec<$t::Header>> {
-                Ok(headers_to_wit_owned(&self.exchange.response()?.headers))
+                Ok(headers_to_wit_owned(&self.response()?.headers))
             }
 
             fn body(&mut self, _: Resource<$t::ResponseView>) -> wasmtime::Result<Option<Vec<u8>>> {
-                let body = &self.exchange.response()?.body;
-                Ok(visible(body, self.exchange.response_body))
+                Ok(self.response_body()?.map(|b| b.to_vec()))
             }
 
             fn drop(&mut self, _: Resource<$t::ResponseView>) -> wasmtime::Result<()> {
@@ -280,34 +167,25 @@ serve_types!(types);
 
 #[cfg(test)]
 mod tests {
-    use types::{HostRequest, HostResponseView};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::{Method, StatusCode};
+    use types::{HostRequest, HostResponseView, Request, ResponseView};
 
     use super::*;
     use crate::{
-        kv::MemoryKv,
-        plugin::{HostServices, state::GuestContext},
-        upstream::Upstreams,
+        pipeline::{PluginRequest, PluginResponse},
+        plugin::state::{NotLent, empty_request},
     };
 
-    fn state() -> HostState {
-        let ctx = GuestContext {
-            plugin: Arc::from("p"),
-            route: Arc::from("r"),
-            grants: Default::default(),
-            kv_prefix: "p:".into(),
-            kv_max_value: 1 << 20,
-            stats: Default::default(),
-            services: HostServices {
-                kv: Arc::new(MemoryKv::new()),
-                http: Arc::new(Upstreams::new(&Default::default(), 1)),
-                clock: Default::default(),
-            },
-        };
-        HostState::new(Arc::new(ctx), 1 << 20)
+    /// What a store lends its guest, the view these accessors get.
+    fn state() -> Exchange {
+        Exchange::new(Arc::from("r"))
     }
 
     fn request() -> PluginRequest {
-        let mut req = Exchange::new(Arc::from("r")).request;
+        let mut req = empty_request(Arc::from("r"));
         req.method = Method::POST;
         req.path = "/a".into();
         req.headers.append("x-a", "1".parse().unwrap());
@@ -331,8 +209,8 @@ mod tests {
         let mut req = request();
         let mut resp = PluginResponse::new(StatusCode::CREATED);
         resp.body = Some(Bytes::from_static(b"out"));
-        let r = s.exchange.lend_request(&mut req, false);
-        let v = s.exchange.lend_response(&mut resp, true);
+        let r = s.lend_request(&mut req, false);
+        let v = s.lend_response(&mut resp, true);
         assert!(req.path.is_empty(), "the request moved into the store");
         let b = |r: &Resource<Request>| Resource::<Request>::new_borrow(r.rep());
         assert_eq!(HostRequest::method(&mut s, b(&r)).unwrap(), "POST");
@@ -379,7 +257,7 @@ mod tests {
             Some(b"out".to_vec())
         );
 
-        s.exchange.give_back(&mut req, Some(&mut resp));
+        s.give_back(&mut req, Some(&mut resp));
         assert_eq!(req.path, "/a");
         assert_eq!(req.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(resp.status, StatusCode::CREATED);

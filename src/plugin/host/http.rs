@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::join_all;
 use http::{HeaderName, HeaderValue, Method, Uri};
@@ -22,61 +21,13 @@ use crate::plugin::{
         http_client::{self, HttpError, OutboundRequest},
         types::{Header, Response},
     },
+    services::{OutboundError, OutboundHttp},
     state::HostState,
 };
 
 /// Most requests one `send-all` call may carry; more are answered with
 /// `invalid` without being sent.
 pub const MAX_SEND_ALL: usize = 64;
-
-/// Sends plugins' outbound requests to named upstreams.
-///
-/// `req`'s URI holds only the path and query (`/users/7?full=1`); the
-/// implementation picks a target of `upstream` and sets scheme, authority
-/// and `host` itself. It must not block the thread.
-#[async_trait]
-pub trait OutboundHttp: Send + Sync + 'static {
-    /// Send `req` to `upstream` and return the whole response. With a
-    /// `timeout`, give up after it with [`OutboundError::Timeout`].
-    async fn send(
-        &self,
-        upstream: &str,
-        req: http::Request<Bytes>,
-        timeout: Option<Duration>,
-    ) -> Result<http::Response<Bytes>, OutboundError>;
-}
-
-/// Why an outbound request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OutboundError {
-    /// No upstream has this name.
-    #[error("no upstream named `{upstream}`")]
-    UnknownUpstream {
-        /// The name asked for.
-        upstream: String,
-    },
-    /// The timeout passed before the whole response arrived.
-    #[error("request to upstream `{upstream}` timed out")]
-    Timeout {
-        /// The upstream.
-        upstream: String,
-    },
-    /// Connection refused or reset, protocol error, body too large, ...
-    #[error("request to upstream `{upstream}` failed")]
-    Failed {
-        /// The upstream.
-        upstream: String,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The request cannot be sent as it is.
-    #[error("invalid outbound request: {detail}")]
-    Invalid {
-        /// What is wrong with it.
-        detail: String,
-    },
-}
 
 /// What `http-client` sees of the store.
 pub(crate) struct HttpView<'a> {

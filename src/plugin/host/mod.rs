@@ -18,7 +18,10 @@ pub(crate) mod wasi;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{contract::current::pylon::plugin::types, state::HostState};
+use super::{
+    contract::current::pylon::plugin::types,
+    state::{Exchange, HostState},
+};
 
 /// A plugin called a trapping capability (`clock`) it was not granted.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +38,7 @@ pub struct CapabilityDenied {
 /// Add the current contract's `pylon:plugin` imports (all of them: grants
 /// are checked per call, so one linker serves every plugin).
 pub(crate) fn add_plugin_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    types::add_to_linker::<HostState, HasSelf<Exchange>>(linker, |s| &mut s.exchange)?;
     log::add_to_linker(linker)?;
     clock::add_to_linker(linker)?;
     kv::add_to_linker(linker)?;

@@ -5,7 +5,7 @@
 //! fields under the target `pylon::plugin::stdio`.
 //!
 //! Only components that import some `wasi:*` interface are linked with it
-//! (see `crate::plugin::runtime`); the context itself is created on the
+//! (see `crate::plugin::loader`); the context itself is created on the
 //! first WASI call a store makes.
 
 use std::{
@@ -18,50 +18,39 @@ use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{
-    WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+    WasiCtxBuilder, WasiCtxView, WasiView,
     cli::{IsTerminal, StdoutStream},
     p2::{OutputStream, Pollable, StreamResult},
 };
 
-use crate::plugin::state::HostState;
+use crate::plugin::state::{HostState, WasiState};
 
 /// Longest line buffered before it is emitted anyway.
 const MAX_LINE_BYTES: usize = 8 * 1024;
 
-/// A store's WASI context and resource table.
-pub(crate) struct WasiState {
-    ctx: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiState {
-    fn new(route: &Arc<str>, plugin: &Arc<str>) -> Self {
-        let stdout = TracingStdio {
-            route: route.clone(),
-            plugin: plugin.clone(),
-            stream: "stdout",
-        };
-        let stderr = TracingStdio {
-            stream: "stderr",
-            ..stdout.clone()
-        };
-        let ctx = WasiCtxBuilder::new()
-            .stdout(stdout)
-            .stderr(stderr)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
-            .build();
-        Self {
-            ctx,
-            table: ResourceTable::new(),
-        }
-    }
-
-    /// Whether no WASI resource (stream, pollable, ...) is open.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.table.is_empty()
+/// A store's WASI state: no filesystem, environment, arguments or network;
+/// stdout and stderr as `tracing` lines.
+fn new_state(route: &Arc<str>, plugin: &Arc<str>) -> WasiState {
+    let stdout = TracingStdio {
+        route: route.clone(),
+        plugin: plugin.clone(),
+        stream: "stdout",
+    };
+    let stderr = TracingStdio {
+        stream: "stderr",
+        ..stdout.clone()
+    };
+    let ctx = WasiCtxBuilder::new()
+        .stdout(stdout)
+        .stderr(stderr)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .build();
+    WasiState {
+        ctx,
+        table: ResourceTable::new(),
     }
 }
 
@@ -70,7 +59,7 @@ impl WasiView for HostState {
         let (route, plugin) = (&self.ctx.route, &self.ctx.plugin);
         let wasi = self
             .wasi
-            .get_or_insert_with(|| Box::new(WasiState::new(route, plugin)));
+            .get_or_insert_with(|| Box::new(new_state(route, plugin)));
         WasiCtxView {
             ctx: &mut wasi.ctx,
             table: &mut wasi.table,

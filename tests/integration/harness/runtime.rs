@@ -1,4 +1,4 @@
-//! The plugin runtime on its own, without a gateway: a [`PluginRuntime`]
+//! The plugin runtime on its own, without a gateway: a [`PluginLoader`]
 //! with test settings, plugin definitions with test defaults, requests and
 //! calls through the [`Plugin`] trait, and [`OutboundHttp`] to local servers.
 
@@ -13,7 +13,7 @@ use pylon::{
     config::{Grants, Isolation, KvBackend, Location, PluginDef, ProcessSettings},
     kv::MemoryKv,
     pipeline::{Plugin, PluginError, PluginRequest, PluginResponse, RequestAction},
-    plugin::{HostServices, OutboundError, OutboundHttp, PluginLoadError, PluginRuntime},
+    plugin::{HostServices, OutboundError, OutboundHttp, PluginLoadError, PluginLoader},
 };
 
 use super::plugin;
@@ -36,8 +36,8 @@ pub fn settings(cache_dir: Option<PathBuf>) -> ProcessSettings {
 }
 
 /// A runtime with [`settings`] and no disk cache.
-pub fn runtime() -> PluginRuntime {
-    PluginRuntime::new(&settings(None)).expect("runtime starts")
+pub fn runtime() -> PluginLoader {
+    PluginLoader::new(&settings(None)).expect("runtime starts")
 }
 
 /// A plugin definition with test defaults: fresh, 1 s deadline, 64 MiB, no grants.
@@ -77,7 +77,7 @@ pub fn host() -> HostServices {
 
 /// Compile `d` (off the async threads) and configure it for `route`.
 pub async fn load(
-    rt: &PluginRuntime,
+    rt: &PluginLoader,
     d: &PluginDef,
     route: &str,
     config: &str,
@@ -93,7 +93,7 @@ pub async fn load(
 }
 
 /// A new runtime with `d` loaded on route `r`; panics if it does not load.
-pub async fn loaded(d: &PluginDef, config: &str) -> (PluginRuntime, Arc<dyn Plugin>) {
+pub async fn loaded(d: &PluginDef, config: &str) -> (PluginLoader, Arc<dyn Plugin>) {
     let rt = runtime();
     let p = load(&rt, d, "r", config, host())
         .await
@@ -150,7 +150,7 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The stats of plugin `name` (all zero if it has none).
-pub fn stats(rt: &PluginRuntime, name: &str) -> pylon::plugin::PluginStatsSnapshot {
+pub fn stats(rt: &PluginLoader, name: &str) -> pylon::plugin::PluginStatsSnapshot {
     rt.stats()
         .into_iter()
         .find(|(n, _)| n == name)

@@ -16,23 +16,23 @@ use crate::plugin::{
         kv::{self as kv_host, KvData, KvView},
         log::{self as log_host, LogData, LogView},
     },
-    state::HostState,
+    state::{Exchange, HostState},
 };
 
 /// Add every 0.3.0 import to `linker`, beside the current ones.
 pub(in crate::plugin::contract) fn add_to_linker(
     linker: &mut Linker<HostState>,
 ) -> wasmtime::Result<()> {
-    types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    types::add_to_linker::<HostState, HasSelf<Exchange>>(linker, |s| &mut s.exchange)?;
     log::add_to_linker::<HostState, LogData>(linker, log_host::view)?;
     clock::add_to_linker::<HostState, ClockData>(linker, clock_host::view)?;
     kv::add_to_linker::<HostState, KvData>(linker, kv_host::view)?;
     http_client::add_to_linker::<HostState, HttpData>(linker, http_host::view)
 }
 
-impl types::Host for HostState {}
+impl types::Host for Exchange {}
 
-impl types::HostRequest for HostState {
+impl types::HostRequest for Exchange {
     fn route(&mut self, r: Resource<types::Request>) -> wasmtime::Result<String> {
         current::types::HostRequest::route(self, handle(r))
     }
@@ -98,7 +98,7 @@ impl types::HostRequest for HostState {
     }
 }
 
-impl types::HostResponseView for HostState {
+impl types::HostResponseView for Exchange {
     fn status(&mut self, r: Resource<types::ResponseView>) -> wasmtime::Result<u16> {
         current::types::HostResponseView::status(self, handle(r))
     }

@@ -1,6 +1,11 @@
-//! [`PluginRuntime`]: the engine, linkers, compile caches and stats shared
-//! by every plugin of the process; [`CompiledPlugin`]: one plugin definition
-//! compiled and pre-instantiated, ready to be configured on routes.
+//! [`PluginLoader`]: loads plugins — compiles a plugin definition through
+//! the engine's caches into a [`CompiledPlugin`] (pre-instantiated, ready to
+//! be configured on routes), then configures it on a route into a
+//! [`WasmPlugin`] — and keeps what every plugin of the process shares: the
+//! engine, the linkers, the compile caches, the epoch ticker and the stats.
+//!
+//! Not here: the calls themselves (`instance`, `call`), snapshots
+//! (`snapshot`), the caches' workings (`engine`).
 
 use std::{
     collections::BTreeMap,
@@ -13,12 +18,18 @@ use wasmtime::{Engine, component::Linker};
 
 use super::{
     PluginLoadError,
+    cache::{CompileFailure, ComponentCache},
+    call::CallPolicy,
+    compiled::CompiledPlugin,
     contract::{self, ContractVersion, GuestPre},
-    engine::{self, CachedComponent, CompileFailure, CompileOrigin, ComponentCache, EpochTicker},
-    instance::{CallPolicy, Instance, Ready, WasmPlugin},
-    reclaim, snapshot,
+    engine,
+    instance::{Instance, Ready, WasmPlugin},
+    reclaim,
+    services::HostServices,
+    snapshot,
     state::{GuestContext, HostState},
     stats::{PluginStats, PluginStatsSnapshot},
+    ticker::EpochTicker,
 };
 use crate::{
     config::{Isolation, PluginDef, ProcessSettings},
@@ -33,11 +44,11 @@ const LOAD_DEADLINE_FLOOR: Duration = Duration::from_secs(1);
 /// The Wasm side of the gateway: one per process, shared by every
 /// configuration (reloads reuse its engine and caches). Cheap to clone.
 #[derive(Clone)]
-pub struct PluginRuntime {
-    inner: Arc<RuntimeInner>,
+pub struct PluginLoader {
+    shared: Arc<Shared>,
 }
 
-struct RuntimeInner {
+struct Shared {
     engine: Engine,
     /// Linker for components that import nothing but `pylon:plugin` (of
     /// every contract version served).
@@ -49,11 +60,11 @@ struct RuntimeInner {
     /// Data-plane worker threads: pooled plugins keep idle instances per worker.
     workers: usize,
     /// Shared with every compiled plugin: deadlines keep working as long as
-    /// any plugin can still run, even after the runtime itself is dropped.
+    /// any plugin can still run, even after the loader itself is dropped.
     ticker: Arc<EpochTicker>,
 }
 
-/// Where the compile caches answered from, since the runtime started.
+/// Where the compile caches answered from, since the loader started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
     /// Components compiled by Cranelift.
@@ -64,119 +75,7 @@ pub struct CacheStats {
     pub memory_hits: u64,
 }
 
-/// The services the host capabilities use, shared by all plugins.
-#[derive(Clone)]
-pub struct HostServices {
-    /// Backs `pylon:plugin/kv` (keys are namespaced per plugin).
-    pub kv: Arc<dyn crate::kv::KvStore>,
-    /// Backs `pylon:plugin/http-client`.
-    pub http: Arc<dyn super::OutboundHttp>,
-    /// Backs `pylon:plugin/clock.now-ms`.
-    pub clock: WallClock,
-}
-
-/// The wall clock plugins read (`pylon:plugin/clock.now-ms`); the
-/// monotonic clock is always the system's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum WallClock {
-    /// The system clock: what the gateway uses.
-    #[default]
-    System,
-    /// Always this many milliseconds since the Unix epoch: `pylon plugin
-    /// test` cases that check time windows (a signature's age, an expiry).
-    Fixed(u64),
-}
-
-/// A plugin definition compiled and pre-instantiated (imports resolved),
-/// ready to be configured on routes with [`PluginRuntime::configure`].
-pub struct CompiledPlugin {
-    def: PluginDef,
-    name: Arc<str>,
-    sha256_hex: String,
-    loaded_at: SystemTime,
-    origin: CompileOrigin,
-    uses_wasi: bool,
-    pre: GuestPre,
-    /// The routes whose snapshot was taken (instrumented, configured and
-    /// compiled) when this plugin was configured on them, rather than found
-    /// in the caches: what a load or reload really compiled.
-    snapshots_taken: Mutex<Vec<String>>,
-    stats: Arc<PluginStats>,
-    /// `max-concurrency`, shared by every route the plugin is on.
-    calls: Arc<tokio::sync::Semaphore>,
-    /// One CPU-bound (long) call per worker at a time.
-    cpu: Arc<tokio::sync::Semaphore>,
-    // Keeps the in-memory cache entry alive while this plugin is loaded.
-    _component: Arc<CachedComponent>,
-    // Keeps the epoch ticker alive while this plugin can run; its calls
-    // register with it.
-    ticker: Arc<EpochTicker>,
-}
-
-impl CompiledPlugin {
-    /// The plugin's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The definition it was compiled from.
-    pub fn def(&self) -> &PluginDef {
-        &self.def
-    }
-
-    /// The SHA-256 of the component file, in lowercase hex.
-    pub fn sha256_hex(&self) -> &str {
-        &self.sha256_hex
-    }
-
-    /// When it was loaded (compiled or fetched from a cache).
-    pub fn loaded_at(&self) -> SystemTime {
-        self.loaded_at
-    }
-
-    /// Whether it was compiled now or came from a cache.
-    pub fn origin(&self) -> CompileOrigin {
-        self.origin
-    }
-
-    /// Whether the component imports WASI (and is linked with it).
-    pub fn uses_wasi(&self) -> bool {
-        self.uses_wasi
-    }
-
-    /// The routes on which configuring this plugin took a new snapshot
-    /// (see `snapshot`); empty when every snapshot came from a cache.
-    pub fn snapshots_taken(&self) -> Vec<String> {
-        lock(&self.snapshots_taken).clone()
-    }
-
-    /// The contract version it is served under.
-    pub fn contract(&self) -> ContractVersion {
-        self.pre.version()
-    }
-
-    pub(crate) fn engine(&self) -> &Engine {
-        self.pre.engine()
-    }
-
-    pub(crate) fn pre(&self) -> &GuestPre {
-        &self.pre
-    }
-}
-
-impl std::fmt::Debug for CompiledPlugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledPlugin")
-            .field("name", &self.name)
-            .field("sha256", &self.sha256_hex)
-            .field("origin", &self.origin)
-            .field("uses_wasi", &self.uses_wasi)
-            .field("contract", &self.contract())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PluginRuntime {
+impl PluginLoader {
     /// Create the engine (pooling allocator sized from `settings`), start
     /// its epoch ticker, and open the disk cache if one is configured.
     pub fn new(settings: &ProcessSettings) -> Result<Self, PluginLoadError> {
@@ -198,7 +97,7 @@ impl PluginRuntime {
             source: Box::new(e),
         })?;
         Ok(Self {
-            inner: Arc::new(RuntimeInner {
+            shared: Arc::new(Shared {
                 engine,
                 plain: Arc::new(plain),
                 with_wasi: Arc::new(with_wasi),
@@ -212,7 +111,7 @@ impl PluginRuntime {
 
     /// The engine (for tools and tests; plugins never need it).
     pub fn engine(&self) -> &Engine {
-        &self.inner.engine
+        &self.shared.engine
     }
 
     /// Compile (or fetch from the memory or disk cache) a plugin
@@ -220,7 +119,7 @@ impl PluginRuntime {
     /// pre-instantiate it. Blocking CPU work (seconds for a large
     /// component): call it from `spawn_blocking`.
     pub fn compile(&self, def: &PluginDef) -> Result<Arc<CompiledPlugin>, PluginLoadError> {
-        let rt = &self.inner;
+        let shared = &self.shared;
         let plugin = || def.name.clone();
         let path = || def.component.clone();
         let bytes = std::fs::read(&def.component).map_err(|source| PluginLoadError::Read {
@@ -233,7 +132,7 @@ impl PluginRuntime {
         // file again (checking its hash), and a Python or JavaScript
         // component is tens of MiB.
         let (cached, origin) = reclaim::compile(|| {
-            let compiled = rt.cache.get_or_compile(&sha256, &bytes);
+            let compiled = shared.cache.get_or_compile(&sha256, &bytes);
             drop(bytes);
             compiled
         })
@@ -245,48 +144,16 @@ impl PluginRuntime {
         let component = &cached.component;
         let ty = component.component_type();
 
-        let version = ContractVersion::served_for(&rt.engine, component);
-        let Some(version) = version else {
-            if let Some(found) = ty
-                .exports(&rt.engine)
-                .find_map(|(name, _)| name.strip_prefix("pylon:plugin/guest@"))
-            {
-                return Err(PluginLoadError::UnsupportedContract {
-                    plugin: plugin(),
-                    path: path(),
-                    found: found.to_owned(),
-                    rebuild_against: ContractVersion::SUPPORTED
-                        .iter()
-                        .map(|v| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                });
-            }
-            let supported: Vec<String> = ContractVersion::SUPPORTED
-                .iter()
-                .map(|v| format!("`{}`", v.guest_export()))
-                .collect();
-            let exports: Vec<&str> = ty.exports(&rt.engine).map(|(name, _)| name).collect();
-            return Err(PluginLoadError::NotAPlugin {
-                plugin: plugin(),
-                path: path(),
-                detail: format!(
-                    "it exports neither {} (the contract versions this host serves); \
-                     its exports: {}",
-                    supported.join(" nor "),
-                    if exports.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        exports.join(", ")
-                    }
-                ),
-            });
-        };
+        let version = served_version(component, &shared.engine, def)?;
 
         let uses_wasi = ty
-            .imports(&rt.engine)
+            .imports(&shared.engine)
             .any(|(name, _)| name.starts_with("wasi:"));
-        let linker = if uses_wasi { &rt.with_wasi } else { &rt.plain };
+        let linker = if uses_wasi {
+            &shared.with_wasi
+        } else {
+            &shared.plain
+        };
         let pre = linker
             .instantiate_pre(component)
             .map_err(|source| PluginLoadError::Link {
@@ -316,9 +183,9 @@ impl PluginRuntime {
             snapshots_taken: Mutex::default(),
             stats: self.stats_for(&def.name),
             calls: Arc::new(tokio::sync::Semaphore::new(def.max_concurrency)),
-            cpu: Arc::new(tokio::sync::Semaphore::new(rt.workers.max(1))),
+            cpu: Arc::new(tokio::sync::Semaphore::new(shared.workers.max(1))),
             _component: cached,
-            ticker: rt.ticker.clone(),
+            ticker: shared.ticker.clone(),
         }))
     }
 
@@ -335,37 +202,8 @@ impl PluginRuntime {
         host: HostServices,
     ) -> Result<Arc<dyn Plugin>, PluginLoadError> {
         let def = &compiled.def;
-        let ctx = Arc::new(GuestContext {
-            plugin: compiled.name.clone(),
-            route: route.into(),
-            grants: def.grants.clone(),
-            kv_prefix: format!("{}:", def.name),
-            kv_max_value: def.kv.max_value_bytes,
-            stats: compiled.stats.clone(),
-            services: host,
-        });
-        if def.grants.kv {
-            let usage = ctx.services.kv.set_quota(
-                &def.name,
-                crate::kv::KvQuota {
-                    max_bytes: def.kv.max_bytes,
-                    max_entries: def.kv.max_entries,
-                },
-            );
-            compiled.stats.set_kv_usage(usage);
-        }
-        let policy = CallPolicy {
-            plugin: compiled.name.clone(),
-            ticker: compiled.ticker.clone(),
-            deadline: def.deadline,
-            memory_limit: def.memory_limit_bytes,
-            max_body: def.max_body_bytes,
-            stats: compiled.stats.clone(),
-            calls: compiled.calls.clone(),
-            max_concurrency: def.max_concurrency,
-            cpu: compiled.cpu.clone(),
-            placement: Default::default(),
-        };
+        let ctx = compiled.route_context(route, host);
+        let policy = compiled.call_policy();
         let load_deadline = def.deadline.max(LOAD_DEADLINE_FLOOR);
         let mut instance = Instance::new(compiled.pre(), &ctx, &policy, load_deadline)
             .await
@@ -408,7 +246,7 @@ impl PluginRuntime {
         let ready = match def.isolation {
             Isolation::Pooled { max_idle } => Ready::Pooled {
                 max_idle,
-                workers: self.inner.workers,
+                workers: self.shared.workers,
                 first: instance,
             },
             Isolation::Fresh => Ready::Fresh,
@@ -436,12 +274,12 @@ impl PluginRuntime {
         config_json: &str,
     ) -> Result<(snapshot::Snapshot, bool), snapshot::NoSnapshot> {
         let linker = if compiled.uses_wasi {
-            &self.inner.with_wasi
+            &self.shared.with_wasi
         } else {
-            &self.inner.plain
+            &self.shared.plain
         };
         snapshot::take(
-            &self.inner.cache,
+            &self.shared.cache,
             linker,
             compiled,
             (ctx, policy),
@@ -453,7 +291,7 @@ impl PluginRuntime {
 
     /// Counters per plugin name (all routes and reloads together).
     pub fn stats(&self) -> Vec<(String, PluginStatsSnapshot)> {
-        let stats = lock(&self.inner.stats);
+        let stats = lock(&self.shared.stats);
         stats
             .iter()
             .map(|(name, s)| (name.clone(), s.snapshot()))
@@ -462,7 +300,7 @@ impl PluginRuntime {
 
     /// How the compile caches answered so far.
     pub fn cache_stats(&self) -> CacheStats {
-        let c = self.inner.cache.counters();
+        let c = self.shared.cache.counters();
         CacheStats {
             compiled: c.compiled.load(Ordering::Relaxed),
             disk_hits: c.disk_hits.load(Ordering::Relaxed),
@@ -474,13 +312,61 @@ impl PluginRuntime {
     /// stored in; `None` without a cache directory.
     pub fn cache_path_for(&self, component_bytes: &[u8]) -> Option<std::path::PathBuf> {
         let sha256: [u8; 32] = Sha256::digest(component_bytes).into();
-        self.inner.cache.cache_path(&sha256)
+        self.shared.cache.cache_path(&sha256)
     }
 
     fn stats_for(&self, plugin: &str) -> Arc<PluginStats> {
-        lock(&self.inner.stats)
+        lock(&self.shared.stats)
             .entry(plugin.to_owned())
             .or_default()
             .clone()
     }
+}
+
+/// The contract version `component` is served under: the newest served
+/// whose `guest` interface it exports. Else it is refused, naming the
+/// versions to rebuild against when it is a plugin of another version.
+fn served_version(
+    component: &wasmtime::component::Component,
+    engine: &Engine,
+    def: &PluginDef,
+) -> Result<ContractVersion, PluginLoadError> {
+    if let Some(version) = ContractVersion::served_for(engine, component) {
+        return Ok(version);
+    }
+    let ty = component.component_type();
+    if let Some(found) = ty
+        .exports(engine)
+        .find_map(|(name, _)| name.strip_prefix("pylon:plugin/guest@"))
+    {
+        return Err(PluginLoadError::UnsupportedContract {
+            plugin: def.name.clone(),
+            path: def.component.clone(),
+            found: found.to_owned(),
+            rebuild_against: ContractVersion::SUPPORTED
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
+        });
+    }
+    let supported: Vec<String> = ContractVersion::SUPPORTED
+        .iter()
+        .map(|v| format!("`{}`", v.guest_export()))
+        .collect();
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    Err(PluginLoadError::NotAPlugin {
+        plugin: def.name.clone(),
+        path: def.component.clone(),
+        detail: format!(
+            "it exports neither {} (the contract versions this host serves); \
+                 its exports: {}",
+            supported.join(" nor "),
+            if exports.is_empty() {
+                "none".to_owned()
+            } else {
+                exports.join(", ")
+            }
+        ),
+    })
 }
