@@ -34,9 +34,14 @@ use crate::{
     body::{self, Body, CollectError, RequestBodyState},
     error::{LOG_LINES_PER_SECOND, ProxyError},
     generation::{Generation, LiveRoute},
-    telemetry::{observe, throttle::LogThrottle, trace::TRACEPARENT},
+    telemetry::{
+        observe::{self, UpstreamCall},
+        throttle::LogThrottle,
+        trace::TRACEPARENT,
+    },
     upstream::{
-        AttemptError, Outcome, Refused, UpstreamError, UpstreamPool, headers, policy::RetryPolicy,
+        Attempt, AttemptError, Outcome, Refused, UpstreamError, UpstreamPool, headers,
+        policy::RetryPolicy,
     },
 };
 
@@ -65,6 +70,39 @@ pub(super) struct Outbound<'a> {
     pub(super) body_state: Option<Arc<RequestBodyState>>,
     /// The route's path parameters (for hashing on one).
     pub(super) params: Vec<(String, String)>,
+}
+
+/// Make the client's request head `parts` the head to send upstream, on
+/// both paths (ordinary and upgrade): hop-by-hop headers removed, the
+/// forwarding headers added (naming `client_version`), `Host` set to the
+/// client's when the head has none, and the URI `path_and_query`.
+pub(super) fn upstream_head(
+    parts: &mut http::request::Parts,
+    conn: &ConnInfo,
+    host: Option<HeaderValue>,
+    client_version: Version,
+    path_and_query: &str,
+    upstream: &str,
+) -> Result<(), UpstreamError> {
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::add_forwarded(
+        &mut parts.headers,
+        &conn.client_ip,
+        conn.scheme,
+        host.as_ref(),
+        client_version,
+    );
+    if let Some(h) = host
+        && !parts.headers.contains_key(header::HOST)
+    {
+        parts.headers.insert(header::HOST, h);
+    }
+    let pq = PathAndQuery::try_from(path_and_query).map_err(|_| UpstreamError::InvalidRequest {
+        upstream: upstream.to_string(),
+        detail: format!("invalid path {path_and_query:?}"),
+    })?;
+    parts.uri = Uri::from(pq);
+    Ok(())
 }
 
 /// The request head every attempt sends.
@@ -126,26 +164,15 @@ pub(super) async fn forward(
         },
     };
     let client_version = parts.version;
-    headers::remove_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(
-        &mut parts.headers,
-        &conn.client_ip,
-        conn.scheme,
-        host.as_ref(),
+    upstream_head(
+        &mut parts,
+        conn,
+        host,
         client_version,
-    );
-    if let Some(h) = host
-        && !parts.headers.contains_key(header::HOST)
-    {
-        parts.headers.insert(header::HOST, h);
-    }
-    let pq = PathAndQuery::try_from(path_and_query.as_str()).map_err(|_| {
-        upstream_error(UpstreamError::InvalidRequest {
-            upstream: upstream.to_string(),
-            detail: format!("invalid path {path_and_query:?}"),
-        })
-    })?;
-    parts.uri = Uri::from(pq);
+        &path_and_query,
+        upstream,
+    )
+    .map_err(upstream_error)?;
     let Some(pool) = rt.upstreams().get(upstream) else {
         return Err(upstream_error(UpstreamError::Unknown(upstream.to_string())));
     };
@@ -189,6 +216,26 @@ impl Retry {
     }
 }
 
+/// What the attempts of one request can send again: the head and the
+/// whole body, kept only when a retry could use them.
+struct Resend {
+    head: Option<Head>,
+    replay: Option<Bytes>,
+    /// Whether a request that reached the upstream may go again (an
+    /// idempotent method, or the route allows any).
+    safe_method: bool,
+}
+
+impl Resend {
+    /// The request again, when it can be resent.
+    fn request(&self) -> Option<Request<Body>> {
+        match (&self.head, &self.replay) {
+            (Some(head), Some(bytes)) => Some(head.request(body::full(bytes.clone()))),
+            _ => None,
+        }
+    }
+}
+
 /// The attempts of one request: the first, then retries while the policy,
 /// the budget and the body allow.
 async fn attempts(
@@ -200,18 +247,17 @@ async fn attempts(
     body: Body,
     replay: Option<Bytes>,
 ) -> Result<Response<Body>, ProxyError> {
-    let upstream_error = |source| ProxyError::Upstream {
-        route: calls.route.id.to_string(),
-        source,
+    let resend = Resend {
+        safe_method: policy.non_idempotent || is_idempotent(&parts.method),
+        // The head is kept for a resend only when a whole body could go again.
+        head: (policy.retries > 0 && replay.is_some()).then(|| Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }),
+        replay,
     };
-    let safe_method = policy.non_idempotent || is_idempotent(&parts.method);
-    // The head is kept for a resend only when a whole body could go again.
-    let head = (policy.retries > 0 && replay.is_some()).then(|| Head {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-    });
     let mut req = Request::from_parts(parts, body);
     let mut tried: Vec<usize> = Vec::new();
     // The answer to give if a retry cannot go: the last response, or error.
@@ -220,21 +266,7 @@ async fn attempts(
         let retry = !tried.is_empty();
         let attempt = match pool.admit(key, &tried, retry) {
             Ok(a) => a,
-            Err(refused) => {
-                if refused == Refused::Budget
-                    && let Some(m) = calls.rt.upstream_metrics(calls.upstream)
-                {
-                    m.1.retry_denied();
-                }
-                return match last {
-                    Some(Ok(resp)) => Ok(resp),
-                    Some(Err(e)) => Err(upstream_error(e)),
-                    None => Err(upstream_error(UpstreamError::Shed {
-                        upstream: calls.upstream.to_string(),
-                        reason: "max-requests",
-                    })),
-                };
-            }
+            Err(refused) => return refused_answer(calls, refused, last),
         };
         tried.push(attempt.index());
         observe::upstream_attempt(attempt.target(), tried.len());
@@ -263,57 +295,21 @@ async fn attempts(
                     },
                     Some(latency),
                 );
-                let retried = more && safe_method && policy.statuses.contains(&status.as_u16());
-                match (&head, &replay) {
-                    (Some(head), Some(bytes)) if retried => {
+                let retried =
+                    more && resend.safe_method && policy.statuses.contains(&status.as_u16());
+                match retried.then(|| resend.request()).flatten() {
+                    Some(again) => {
                         last = Some(Ok(resp));
-                        (Retry::Status, head.request(body::full(bytes.clone())))
+                        (Retry::Status, again)
                     }
-                    _ => return Ok(resp),
+                    None => return Ok(resp),
                 }
             }
-            Err(AttemptError { error, unsent }) => {
-                if let Some(failure) = calls.body_state.and_then(RequestBodyState::take_failure) {
-                    call.client_failed();
-                    attempt.report(Outcome::Neutral, None);
-                    return Err(client_body_error(calls.route, failure));
-                }
-                call.finish(Err(error.kind()));
-                attempt.report(error.outcome(), None);
-                if let (UpstreamError::Overflow { .. }, Some(reason), Some(m)) = (
-                    &error,
-                    error.shed_reason(),
-                    calls.rt.upstream_metrics(calls.upstream),
-                ) {
-                    m.1.shed(reason);
-                }
-                let resend = match (&head, &replay) {
-                    (Some(head), Some(bytes)) => Some(head.request(body::full(bytes.clone()))),
-                    _ => None,
-                };
-                let next = match &error {
-                    UpstreamError::Connect { .. } | UpstreamError::Failed { .. } if more => {
-                        match (unsent, resend) {
-                            // Never written: safe whatever the method.
-                            (Some(unsent), _) => Some((Retry::Connect, unsent)),
-                            (None, Some(resend))
-                                if matches!(error, UpstreamError::Connect { .. }) =>
-                            {
-                                Some((Retry::Connect, resend))
-                            }
-                            (None, Some(resend)) if safe_method => Some((Retry::Reset, resend)),
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                };
-                match next {
-                    Some(next) => {
-                        last = Some(Err(error));
-                        next
-                    }
-                    None => return Err(upstream_error(error)),
-                }
+            Err(failure) => {
+                let (retry, again, error) =
+                    after_failure(calls, attempt, call, failure, more, &resend)?;
+                last = Some(Err(error));
+                (retry, again)
             }
         };
         if let Some(m) = calls.rt.upstream_metrics(calls.upstream) {
@@ -321,6 +317,82 @@ async fn attempts(
         }
         tokio::time::sleep(backoff(policy, tried.len() as u32)).await;
         req = next;
+    }
+}
+
+/// The answer when the pool refuses an attempt (a retry past the budget,
+/// or the upstream's `max-requests`): the last response or error, if a
+/// first attempt was made.
+fn refused_answer(
+    calls: &Calls<'_>,
+    refused: Refused,
+    last: Option<Result<Response<Body>, UpstreamError>>,
+) -> Result<Response<Body>, ProxyError> {
+    if refused == Refused::Budget
+        && let Some(m) = calls.rt.upstream_metrics(calls.upstream)
+    {
+        m.1.retry_denied();
+    }
+    let upstream_error = |source| ProxyError::Upstream {
+        route: calls.route.id.to_string(),
+        source,
+    };
+    match last {
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(e)) => Err(upstream_error(e)),
+        None => Err(upstream_error(UpstreamError::Shed {
+            upstream: calls.upstream.to_string(),
+            reason: "max-requests",
+        })),
+    }
+}
+
+/// An attempt that failed: accounted, and either the retry to send (why,
+/// the request, and the error to answer with if it cannot go) or the
+/// request's error.
+fn after_failure(
+    calls: &Calls<'_>,
+    attempt: Attempt<'_>,
+    call: UpstreamCall,
+    AttemptError { error, unsent }: AttemptError,
+    more: bool,
+    resend: &Resend,
+) -> Result<(Retry, Request<Body>, UpstreamError), ProxyError> {
+    if let Some(failure) = calls.body_state.and_then(RequestBodyState::take_failure) {
+        call.client_failed();
+        attempt.report(Outcome::Neutral, None);
+        return Err(client_body_error(calls.route, failure));
+    }
+    call.finish(Err(error.kind()));
+    attempt.report(error.outcome(), None);
+    if let (UpstreamError::Overflow { .. }, Some(reason), Some(m)) = (
+        &error,
+        error.shed_reason(),
+        calls.rt.upstream_metrics(calls.upstream),
+    ) {
+        m.1.shed(reason);
+    }
+    let again = resend.request();
+    let next = match &error {
+        UpstreamError::Connect { .. } | UpstreamError::Failed { .. } if more => {
+            match (unsent, again) {
+                // Never written: safe whatever the method.
+                (Some(unsent), _) => Some((Retry::Connect, unsent)),
+                (None, Some(again)) if matches!(error, UpstreamError::Connect { .. }) => {
+                    Some((Retry::Connect, again))
+                }
+                (None, Some(again)) if resend.safe_method => Some((Retry::Reset, again)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match next {
+        Some((retry, again)) => Ok((retry, again, error)),
+        None => Err(ProxyError::Upstream {
+            route: calls.route.id.to_string(),
+            source: error,
+        }),
     }
 }
 

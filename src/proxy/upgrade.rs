@@ -41,19 +41,22 @@ use std::{
 };
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header, uri::PathAndQuery,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
 };
 use http_body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{forward::Outbound, route::Routed};
+use super::{
+    ConnInfo,
+    forward::{Outbound, upstream_head},
+    route::Routed,
+};
 use crate::{
     body::{self, Body},
     error::{LOG_LINES_PER_SECOND, ProxyError},
-    generation::Generation,
+    generation::{Generation, LiveRoute},
     telemetry::{observe, throttle::LogThrottle, trace::TRACEPARENT},
     upstream::{UpstreamError, headers},
 };
@@ -159,19 +162,15 @@ pub(super) async fn forward(
         route: route.id.to_string(),
         source,
     };
-    headers::remove_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(
-        &mut parts.headers,
-        &conn.client_ip,
-        conn.scheme,
-        host.as_ref(),
+    upstream_head(
+        &mut parts,
+        conn,
+        host,
         Version::HTTP_11,
-    );
-    if let Some(h) = host
-        && !parts.headers.contains_key(header::HOST)
-    {
-        parts.headers.insert(header::HOST, h);
-    }
+        &path_and_query,
+        upstream,
+    )
+    .map_err(upstream_error)?;
     set_upgrade_headers(&mut parts.headers);
     if wanted.h2 {
         // RFC 8441 §5: the HTTP/1.1 hop needs the GET and the key an
@@ -179,14 +178,6 @@ pub(super) async fn forward(
         parts.method = Method::GET;
         parts.headers.insert(SEC_WEBSOCKET_KEY, websocket_key());
     }
-    parts.uri = PathAndQuery::try_from(path_and_query.as_str())
-        .map(Uri::from)
-        .map_err(|_| {
-            upstream_error(UpstreamError::InvalidRequest {
-                upstream: upstream.to_string(),
-                detail: format!("invalid path {path_and_query:?}"),
-            })
-        })?;
     parts.version = Version::HTTP_11;
     let metrics = rt.upstream_metrics(upstream);
     let call = match metrics {
@@ -202,16 +193,9 @@ pub(super) async fn forward(
         Ok(resp) => Ok(resp.status().as_u16()),
         Err(e) => Err(e.kind()),
     });
-    let mut resp = result.map_err(upstream_error)?;
+    let resp = result.map_err(upstream_error)?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The upstream did not switch: an ordinary response, and the
-        // client's connection stays HTTP.
-        let (mut rparts, rbody) = resp.into_parts();
-        headers::remove_hop_by_hop(&mut rparts.headers);
-        headers::append_via(&mut rparts.headers, Version::HTTP_11);
-        let idle = route.config.response_body_timeout;
-        let rbody = body::UpstreamBody::wrap(body::boxed(rbody), idle, Box::new(|| {}));
-        return Ok(Response::from_parts(rparts, rbody));
+        return Ok(not_switched(resp, route));
     }
     if !is_websocket_switch(resp.headers()) {
         return Err(upstream_error(UpstreamError::Failed {
@@ -220,6 +204,29 @@ pub(super) async fn forward(
             source: "101 without `Upgrade: websocket`".into(),
         }));
     }
+    Ok(switched(resp, wanted, route, conn))
+}
+
+/// The upstream did not switch: its response, as an ordinary one, and the
+/// client's connection stays HTTP.
+fn not_switched(resp: Response<hyper::body::Incoming>, route: &LiveRoute) -> Response<Body> {
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut rparts.headers);
+    headers::append_via(&mut rparts.headers, Version::HTTP_11);
+    let idle = route.config.response_body_timeout;
+    let rbody = body::UpstreamBody::wrap(body::boxed(rbody), idle, Box::new(|| {}));
+    Response::from_parts(rparts, rbody)
+}
+
+/// The upstream switched: start the tunnel between the two upgraded
+/// connections (on its own task, once hyper has handed both over) and
+/// return the client's 101 (or, over HTTP/2, its 200).
+fn switched(
+    mut resp: Response<hyper::body::Incoming>,
+    wanted: Wanted,
+    route: &LiveRoute,
+    conn: &ConnInfo,
+) -> Response<Body> {
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let (mut rparts, _) = resp.into_parts();
     headers::remove_hop_by_hop(&mut rparts.headers);
@@ -268,7 +275,7 @@ pub(super) async fn forward(
             }
         }
     });
-    Ok(Response::from_parts(rparts, body::empty()))
+    Response::from_parts(rparts, body::empty())
 }
 
 /// `Connection: upgrade` and `Upgrade: websocket` (after the hop-by-hop
