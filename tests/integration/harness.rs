@@ -239,6 +239,13 @@ pub async fn admin_get(gw: &Gateway, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// Send `req` and return the response's status: the "send a request,
+/// expect a status" of most tests (a request that cannot be sent fails the
+/// test).
+pub async fn status_of(req: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    req.send().await.unwrap().status()
+}
+
 /// The value of one exact series line in `/metrics`.
 pub fn series(metrics: &str, name: &str) -> Option<f64> {
     metrics

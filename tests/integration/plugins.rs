@@ -9,7 +9,7 @@ use http::Response;
 use http_body_util::Full;
 use serde_json::Value;
 
-use crate::harness::{TestGateway, Upstream, client, plugin};
+use crate::harness::{TestGateway, Upstream, client, plugin, status_of};
 
 /// A gateway with one upstream and one route "r" on `/` whose pipeline is
 /// the given `[[routes.plugins]]` entries; `defs` are `[plugins.*]` tables.
@@ -205,13 +205,10 @@ config = { want-body = true }
     assert!(text.contains("\"BODY\":\"HELLO BODY\""), "{text}");
     assert!(text.contains("\"BODY_LEN\":10"), "{text}");
 
-    let r = client()
-        .post(gw.url("/items/9"))
-        .body(vec![b'x'; 4096])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+    assert_eq!(
+        status_of(client().post(gw.url("/items/9")).body(vec![b'x'; 4096])).await,
+        413
+    );
     assert!(up.seen().is_empty());
 }
 
@@ -347,14 +344,8 @@ on-error = "fail-open"
     .await;
     let http = client();
     for _ in 0..3 {
-        assert_eq!(
-            http.get(gw.url("/bomb")).send().await.unwrap().status(),
-            500
-        );
-        assert_eq!(
-            http.get(gw.url("/trap")).send().await.unwrap().status(),
-            500
-        );
+        assert_eq!(status_of(http.get(gw.url("/bomb"))).await, 500);
+        assert_eq!(status_of(http.get(gw.url("/trap"))).await, 500);
         let r = http.get(gw.url("/trap-open")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "fine");
@@ -525,13 +516,15 @@ config = {{ upstreams = ["a"], path = "/x" }}
     ))
     .await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let r = client()
-        .get(gw.url("/agg"))
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status_of(
+            client()
+                .get(gw.url("/agg"))
+                .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        )
+        .await,
+        200
+    );
     let parts = up.last_traceparent();
     assert_eq!(
         parts[1], trace,
@@ -554,8 +547,7 @@ async fn python_plugin_runs_in_the_same_pipeline() {
         "[[routes.plugins]]\nplugin = \"hello\"\nconfig = { greeting = \"hej\" }\n",
     )
     .await;
-    let r = client().get(gw.url("/items/3")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(client().get(gw.url("/items/3"))).await, 200);
     assert_eq!(up.last().headers["x-hello"], "hej");
 }
 
@@ -1001,7 +993,7 @@ async fn calls_past_max_concurrency_wait_then_get_503_and_are_counted() {
         statuses.iter().filter(|s| **s == 503).count() as u64,
         "{s:?}"
     );
-    assert_eq!(http.get(gw.url("/ok")).send().await.unwrap().status(), 200);
+    assert_eq!(status_of(http.get(gw.url("/ok"))).await, 200);
 }
 
 #[tokio::test]
@@ -1018,8 +1010,7 @@ async fn kv_flood_is_refused_at_the_plugins_quota() {
     .await;
     let http = client();
     for _ in 0..4 {
-        let r = http.get(gw.url("/flood")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(status_of(http.get(gw.url("/flood"))).await, 200);
     }
     let refused: Vec<u64> = up
         .seen()

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
-use crate::harness::{Upstream, cache_dir, plugin};
+use crate::harness::{Upstream, cache_dir, plugin, status_of};
 
 /// A CA and the files of what it issued, in a temp dir.
 pub(crate) struct Pki {
@@ -778,24 +778,20 @@ async fn upstreams_over_tls_verify_the_server_and_can_present_a_client_certifica
         pki.ca
     ))
     .await;
-    let resp = crate::harness::client()
-        .get(gw.url("/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        status_of(crate::harness::client().get(gw.url("/"))).await,
+        502
+    );
     // And a name the certificate does not carry: 502 too.
     let gw = plain_gateway(&format!(
         "[upstreams.u]\ntargets = [\"{up}\"]\ntls = {{ ca = {:?}, server-name = \"other.internal\" }}",
         pki.ca
     ))
     .await;
-    let resp = crate::harness::client()
-        .get(gw.url("/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        status_of(crate::harness::client().get(gw.url("/"))).await,
+        502
+    );
 }
 
 #[tokio::test]
@@ -875,20 +871,16 @@ async fn insecure_skip_verify_is_explicit() {
         "[upstreams.u]\ntargets = [\"{up}\"]\ntls = {{ insecure-skip-verify = true }}"
     ))
     .await;
-    let resp = crate::harness::client()
-        .get(gw.url("/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        status_of(crate::harness::client().get(gw.url("/"))).await,
+        200
+    );
     // Without it the same upstream is refused.
     let gw = plain_gateway(&format!("[upstreams.u]\ntargets = [\"{up}\"]\ntls = true")).await;
-    let resp = crate::harness::client()
-        .get(gw.url("/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        status_of(crate::harness::client().get(gw.url("/"))).await,
+        502
+    );
 }
 
 #[tokio::test]
