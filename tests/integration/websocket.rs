@@ -56,6 +56,8 @@ impl WsUpstream {
                 a.fetch_add(1, Ordering::SeqCst);
                 let (h, f) = (h.clone(), f.clone());
                 tokio::spawn(async move {
+                    // The callback's signature (and its large error) is tungstenite's.
+                    #[allow(clippy::result_large_err)]
                     let record = |req: &Request, resp: Response| {
                         h.lock().unwrap().push(req.headers().clone());
                         Ok(resp)
@@ -86,9 +88,9 @@ async fn serve_ws(mut ws: WebSocketStream<TcpStream>, flood_ended: Arc<AtomicUsi
                 return;
             }
             Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
+                let Ok(()) = ws.send(msg).await else {
                     return;
-                }
+                };
             }
             Message::Close(_) => return,
             _ => {}
