@@ -307,3 +307,61 @@ fn a_malformed_case_file_is_refused_with_its_path() {
         "{err}"
     );
 }
+
+#[test]
+fn a_case_gives_the_request_a_client_identity_a_plugin_decides_on() {
+    let sha = "ab".repeat(32);
+    let out = test_component(
+        "inspector",
+        &format!(
+            r#"
+[[case]]
+name = "an allowed client certificate goes on"
+config = {{ respond = false, allow-client-dns = ["alice.test"] }}
+request = {{ client-identity = {{ subject = "CN=alice,O=Acme", dns-names = ["alice.example", "alice.test"] }} }}
+expect = {{ action = "continue" }}
+
+[[case]]
+name = "a certificate without an allowed name is refused"
+config = {{ respond = false, allow-client-dns = ["alice.test"] }}
+request = {{ client-identity = {{ subject = "CN=bob", dns-names = ["bob.test"] }} }}
+expect = {{ action = "respond", status = 403, body = "client certificate not allowed" }}
+
+[[case]]
+name = "no certificate is refused"
+config = {{ respond = false, allow-client-dns = ["alice.test"] }}
+request = {{ https = true }}
+expect = {{ action = "respond", status = 403 }}
+
+[[case]]
+name = "shows what it read"
+request = {{ client-identity = {{ subject = "CN=alice,O=Acme", dns-names = ["alice.test"], uris = ["spiffe://acme/alice"], sha256 = "{sha}", not-after = 2208988800 }} }}
+expect = {{ action = "respond", status = 200, body = "(in the failure)" }}
+
+[[case]]
+name = "a certificate only comes over TLS"
+request = {{ https = false, client-identity = {{ subject = "CN=alice" }} }}
+expect = {{ action = "respond", status = 200 }}
+"#
+        ),
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for line in [
+        "ok   an allowed client certificate goes on",
+        "ok   a certificate without an allowed name is refused",
+        "ok   no certificate is refused",
+        "FAIL shows what it read",
+        "FAIL a certificate only comes over TLS",
+        "a client certificate comes only over TLS",
+        "3 passed, 2 failed",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    // The failing case prints the inspector's JSON: every field as given.
+    let expected = format!(
+        r#"\"client_identity\":{{\"dns_names\":[\"alice.test\"],\"not_after\":2208988800,\"sha256\":\"{sha}\",\"subject\":\"CN=alice,O=Acme\",\"uris\":[\"spiffe://acme/alice\"]}}"#
+    );
+    assert!(text.contains(&expected), "{expected} in:\n{text}");
+    assert!(text.contains(r#"\"scheme\":\"https\""#), "{text}");
+}

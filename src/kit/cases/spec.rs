@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::{
     kit::KitError,
     pipeline::{PluginRequest, PluginResponse},
+    tls::ClientIdentity,
 };
 
 /// The most cases one file may hold: a case file is input like any other.
@@ -78,8 +79,58 @@ pub(super) struct RequestSpec {
     pub(super) client: String,
     #[serde(default)]
     pub(super) params: BTreeMap<String, String>,
+    /// `https` on the scheme; without it, https exactly when the request
+    /// has a client identity.
+    pub(super) https: Option<bool>,
+    /// The verified client certificate the request came with (mTLS).
+    #[serde(rename = "client-identity")]
+    pub(super) client_identity: Option<IdentitySpec>,
+}
+
+/// A client certificate as the contract's `client-identity` record has it,
+/// field for field (what the host reads from a verified certificate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct IdentitySpec {
+    pub(super) subject: String,
     #[serde(default)]
-    pub(super) https: bool,
+    pub(super) dns_names: Vec<String>,
+    #[serde(default)]
+    pub(super) uris: Vec<String>,
+    /// 64 lower-case hex digits, as the host gives it; default all zeros.
+    #[serde(default = "no_fingerprint")]
+    pub(super) sha256: String,
+    /// Seconds since the epoch; default 4102444800 (2100-01-01).
+    #[serde(default = "far_future")]
+    pub(super) not_after: i64,
+}
+
+fn no_fingerprint() -> String {
+    "0".repeat(64)
+}
+fn far_future() -> i64 {
+    4_102_444_800
+}
+
+impl IdentitySpec {
+    /// The identity, refused when it is one the host could never hand a
+    /// plugin (a case must test what a plugin can really see).
+    fn identity(&self) -> Result<ClientIdentity, String> {
+        let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(hex) {
+            return Err(format!(
+                "request client-identity sha256 {:?}: 64 lower-case hex digits",
+                self.sha256
+            ));
+        }
+        Ok(ClientIdentity {
+            subject: self.subject.clone(),
+            dns_names: self.dns_names.clone(),
+            uris: self.uris.clone(),
+            sha256: self.sha256.clone(),
+            not_after: self.not_after,
+        })
+    }
 }
 
 impl Default for RequestSpec {
@@ -92,7 +143,8 @@ impl Default for RequestSpec {
             body: None,
             client: client(),
             params: BTreeMap::new(),
-            https: false,
+            https: None,
+            client_identity: None,
         }
     }
 }
@@ -239,6 +291,18 @@ pub(super) fn request(spec: &RequestSpec) -> Result<PluginRequest, String> {
     if !headers.contains_key(http::header::HOST) {
         headers.insert(http::header::HOST, HeaderValue::from_static("example.test"));
     }
+    let client_identity = match &spec.client_identity {
+        None => None,
+        Some(_) if spec.https == Some(false) => {
+            return Err(
+                "request client-identity with https = false: a client certificate comes only \
+                 over TLS"
+                    .to_owned(),
+            );
+        }
+        Some(id) => Some(Arc::new(id.identity()?)),
+    };
+    let https = spec.https.unwrap_or(client_identity.is_some());
     Ok(PluginRequest {
         route: Arc::from(ROUTE),
         method,
@@ -246,8 +310,8 @@ pub(super) fn request(spec: &RequestSpec) -> Result<PluginRequest, String> {
         query: spec.query.clone(),
         headers,
         client_addr,
-        scheme: if spec.https { "https" } else { "http" },
-        client_identity: None,
+        scheme: if https { "https" } else { "http" },
+        client_identity,
         params: spec
             .params
             .iter()

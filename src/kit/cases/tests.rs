@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use super::{
     plugin_def,
-    spec::{Action, CaseFile, OneOrMany, PluginSection, RequestSpec, request},
+    spec::{Action, CaseFile, IdentitySpec, OneOrMany, PluginSection, RequestSpec, request},
 };
 use crate::config::Isolation;
 
@@ -80,7 +80,76 @@ fn a_malformed_request_is_a_case_failure_not_a_panic() {
             headers: BTreeMap::from([("x".into(), OneOrMany::One("a\nb".into()))]),
             ..Default::default()
         },
+        RequestSpec {
+            https: Some(false),
+            client_identity: Some(identity("")),
+            ..Default::default()
+        },
+        RequestSpec {
+            client_identity: Some(identity("sha256 = \"AB\"")),
+            ..Default::default()
+        },
+        RequestSpec {
+            client_identity: Some(identity(&format!("sha256 = \"{}\"", "A".repeat(64)))),
+            ..Default::default()
+        },
     ] {
         assert!(request(&spec).is_err(), "{spec:?}");
+    }
+}
+
+/// An identity for CN=x with `extra` (TOML key = value lines) on top.
+fn identity(extra: &str) -> IdentitySpec {
+    toml::from_str(&format!("subject = \"CN=x\"\n{extra}")).unwrap()
+}
+
+#[test]
+fn a_client_identity_reaches_the_request_field_for_field_and_means_https() {
+    let text = r#"
+[[case]]
+name = "mtls"
+request = { client-identity = { subject = "CN=alice,O=Acme", dns-names = ["a.test", "b.test"],
+            uris = ["spiffe://acme/alice"], not-after = 2208988800,
+            sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" } }
+expect = { action = "continue" }
+
+[[case]]
+name = "defaults"
+request = { client-identity = { subject = "" } }
+expect = { action = "continue" }
+
+[[case]]
+name = "plain"
+expect = { action = "continue" }
+"#;
+    let file: CaseFile = toml::from_str(text).unwrap();
+    let req = request(&file.cases[0].request).unwrap();
+    let id = req.client_identity.as_deref().unwrap();
+    assert_eq!(req.scheme, "https");
+    assert_eq!(id.subject, "CN=alice,O=Acme");
+    assert_eq!(id.dns_names, ["a.test", "b.test"]);
+    assert_eq!(id.uris, ["spiffe://acme/alice"]);
+    assert_eq!(&id.sha256[..16], "0123456789abcdef");
+    assert_eq!(id.not_after, 2_208_988_800);
+
+    let req = request(&file.cases[1].request).unwrap();
+    let id = req.client_identity.as_deref().unwrap();
+    assert_eq!((id.subject.as_str(), req.scheme), ("", "https"));
+    assert!(id.dns_names.is_empty() && id.uris.is_empty());
+    assert_eq!(id.sha256, "0".repeat(64));
+    assert_eq!(id.not_after, 4_102_444_800);
+
+    let req = request(&file.cases[2].request).unwrap();
+    assert!(req.client_identity.is_none());
+    assert_eq!(req.scheme, "http");
+
+    // The record's names, not the Rust ones; nothing else in it.
+    for bad in [
+        "request = { client-identity = { subject = \"CN=x\", dns_names = [] } }",
+        "request = { client-identity = { subject = \"CN=x\", issuer = \"CN=ca\" } }",
+        "request = { client-identity = { dns-names = [\"a\"] } }",
+    ] {
+        let text = format!("[[case]]\nname = \"x\"\n{bad}\nexpect = {{ action = \"continue\" }}\n");
+        assert!(toml::from_str::<CaseFile>(&text).is_err(), "{bad}");
     }
 }
