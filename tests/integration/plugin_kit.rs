@@ -148,6 +148,45 @@ fn c_plugin_from_new_builds_and_passes_its_cases_without_importing_wasi() {
     let out = run(pylon().args(["plugin", "build"]).current_dir(&dir));
     assert!(out.status.success());
     assert!(!stdout(&out).contains("imports WASI"), "{}", stdout(&out));
+
+    // The committed bindings are the served contract's: a C plugin can
+    // read the client certificate (here a DNS name `tenant.test` stands in
+    // for the x-tenant header).
+    let source = std::fs::read_to_string(dir.join("src/plugin.c")).unwrap();
+    let patched = source.replacen(
+        "  if (has_tenant) plugin_list_u8_free(&tenant);\n",
+        "  if (has_tenant) plugin_list_u8_free(&tenant);\n\
+         \x20 pylon_plugin_types_client_identity_t id;\n\
+         \x20 if (!has_tenant && pylon_plugin_types_method_request_client_identity(request, &id)) {\n\
+         \x20   has_tenant = id.dns_names.len > 0 && id.dns_names.ptr[0].len == 11 &&\n\
+         \x20                memcmp(id.dns_names.ptr[0].ptr, \"tenant.test\", 11) == 0;\n\
+         \x20   pylon_plugin_types_client_identity_free(&id);\n\
+         \x20 }\n",
+        1,
+    );
+    assert_ne!(patched, source, "the template's on-request changed");
+    std::fs::write(dir.join("src/plugin.c"), patched).unwrap();
+    let mut cases = std::fs::read_to_string(dir.join("cases.toml")).unwrap();
+    cases.push_str(
+        r#"
+[[case]]
+name = "a client certificate for tenant.test stands for x-tenant"
+request = { path = "/orders", client-identity = { subject = "CN=t", dns-names = ["tenant.test"] } }
+expect = { action = "continue", headers = { x-tier = "free" } }
+
+[[case]]
+name = "a client certificate for another name does not"
+request = { path = "/orders", client-identity = { subject = "CN=t", dns-names = ["tenant.tesT"] } }
+expect = { action = "respond", status = 401 }
+"#,
+    );
+    std::fs::write(dir.join("cases.toml"), cases).unwrap();
+    let out = run(pylon().args(["plugin", "build"]).current_dir(&dir));
+    assert!(out.status.success(), "{}", stdout(&out));
+    let out = run(pylon().args(["plugin", "test"]).current_dir(&dir));
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("7 passed, 0 failed"), "{text}");
 }
 
 #[test]
