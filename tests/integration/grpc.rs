@@ -12,6 +12,10 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -153,19 +157,31 @@ async fn dispatch(
 
 /// The test service `t.Echo` (the `*_svc` functions) on an h2c server.
 async fn echo_server() -> SocketAddr {
+    counting_echo_server().await.0
+}
+
+/// [`echo_server`], counting the calls it has received.
+async fn counting_echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = tcp.accept().await {
+            let counted = counted.clone();
+            let svc = service_fn(move |req| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                dispatch(req)
+            });
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .http2_only()
-                    .serve_connection(TokioIo::new(stream), service_fn(dispatch))
+                    .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });
         }
     });
-    addr
+    (addr, calls)
 }
 
 type Channel = tonic::client::Grpc<Client<HttpConnector, tonic::body::Body>>;
@@ -359,6 +375,32 @@ async fn answers_of_the_server_itself_are_grpc_statuses() {
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert_eq!(err.message(), "stream idle timeout");
+
+    // One call in flight at most: once the upstream has `slow`, another
+    // call (its own connection) is UNAVAILABLE with the server's reason.
+    let (up, calls) = counting_echo_server().await;
+    let gw = gateway(
+        up,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nmax-requests-in-flight = 1\n",
+        "",
+    )
+    .await;
+    let addr = gw.gateway.local_addrs()[1];
+    let mut first = client(addr);
+    let slow = tokio::spawn(async move { unary(&mut first, "slow").await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow call never reached the upstream: {slow:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let err = unary(&mut client(addr), "ping").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "too many requests in flight");
+    assert!(!slow.is_finished(), "the slow call was cut: {slow:?}");
+    slow.abort();
 }
 
 /// A tower service sending requests over one HTTP/2 connection (tonic's

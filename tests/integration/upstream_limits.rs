@@ -185,3 +185,86 @@ async fn cancelled_requests_give_their_upstream_connection_back() {
         "{N} cancelled requests cost the upstream {accepted} connections"
     );
 }
+
+/// A client speaking only HTTP/1.1, or only h2 (prior knowledge), one
+/// connection per client.
+fn client_of(h2: bool) -> reqwest::Client {
+    let b = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if h2 {
+        b.http2_prior_knowledge()
+    } else {
+        b.http1_only()
+    }
+    .build()
+    .unwrap()
+}
+
+/// The listener's `max-requests-in-flight`, over HTTP/1.1 and h2: while
+/// one request is held by the upstream, a second one (on another
+/// connection, a POST with a body) is answered 503 at once with the
+/// reason; the first still gets its 200, and once it is done a new
+/// request passes.
+#[tokio::test]
+async fn past_the_listeners_requests_in_flight_the_next_request_gets_503_at_once() {
+    for h2 in [false, true] {
+        let up = GatedUpstream::start(false, Duration::ZERO).await;
+        let mut config = crate::harness::parse(&format!(
+            "[upstreams.u]\ntargets = [\"{}\"]\n\
+             [[routes]]\nid = \"r\"\npath-prefix = \"/\"\nupstream = \"u\"\n",
+            up.addr
+        ))
+        .unwrap();
+        config.listeners[0].limits.max_requests_in_flight = 1;
+        let gateway = pylon::Gateway::start(config).await.unwrap();
+        let gw = TestGateway {
+            addr: gateway.local_addrs()[0],
+            gateway,
+        };
+        let url = gw.url("/slow");
+        let first = tokio::spawn(client_of(h2).get(url.clone()).send());
+        // The upstream holds the first request: it is in flight.
+        reach(&up.heads, 1).await;
+
+        let started = std::time::Instant::now();
+        let r = client_of(h2)
+            .post(url.clone())
+            .body("x".repeat(10_000))
+            .send()
+            .await
+            .unwrap();
+        let version = r.version();
+        assert_eq!(r.status(), 503, "h2: {h2}");
+        assert_eq!(version == reqwest::Version::HTTP_2, h2);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("too many requests in flight"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            up.heads.load(Ordering::SeqCst),
+            1,
+            "the refused one went on"
+        );
+
+        up.gate.add_permits(100);
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.status(), 200, "h2: {h2}");
+        assert_eq!(first.text().await.unwrap(), "ok");
+        // The first's slot is freed once its response has been sent,
+        // which may be a moment after the client has read it all.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = client_of(h2)
+                .get(url.clone())
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503);
+            assert!(std::time::Instant::now() < deadline, "never served again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(metric(&gw, "pylon_requests_refused_total{reason=\"in_flight\"}") >= 1.0);
+    }
+}
