@@ -132,6 +132,7 @@ impl Generation {
             pool.attach_metrics(shared.metrics.upstream(name));
         }
         upstreams.start_health_checks();
+        upstreams.start_resolving();
         Ok(Generation {
             router: Router::new(&config.routes),
             config: Arc::new(config),

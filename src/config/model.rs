@@ -207,6 +207,9 @@ pub struct Upstream {
     pub protocol: UpstreamProtocol,
     /// Give up connecting after this long (a 502).
     pub connect_timeout: Duration,
+    /// How often targets given by host name are looked up again (their
+    /// addresses feed the balancer).
+    pub dns_refresh: Duration,
     /// Idle connections kept per target.
     pub max_idle_per_target: usize,
     /// Connections open at once to each target, all workers together

@@ -197,6 +197,7 @@ pub(crate) struct RawUpstream {
     pub(crate) targets: Spanned<Vec<Spanned<String>>>,
     pub(crate) protocol: Option<Spanned<String>>,
     pub(crate) connect_timeout: Option<Spanned<String>>,
+    pub(crate) dns_refresh: Option<Spanned<String>>,
     pub(crate) max_idle_per_target: Option<Spanned<i64>>,
     pub(crate) max_connections: Option<Spanned<i64>>,
     pub(crate) max_pending: Option<Spanned<i64>>,

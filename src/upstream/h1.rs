@@ -25,6 +25,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex, Weak,
@@ -115,6 +116,9 @@ impl Drop for Queued<'_> {
 /// Idle connections to one target.
 pub(super) struct TargetPool {
     authority: Authority,
+    /// The address to connect to; `None`: `authority`'s, looked up per
+    /// connection.
+    addr: Option<SocketAddr>,
     host: HeaderValue,
     tls: Option<UpstreamTls>,
     connect_timeout: Duration,
@@ -177,6 +181,7 @@ async fn drain(mut body: Incoming) -> Option<()> {
 impl TargetPool {
     pub(super) fn new(
         authority: Authority,
+        addr: Option<SocketAddr>,
         tls: Option<UpstreamTls>,
         connect_timeout: Duration,
         max_idle: usize,
@@ -186,6 +191,7 @@ impl TargetPool {
             .expect("an authority is a valid header value");
         let pool = Arc::new(Self {
             authority,
+            addr,
             host,
             tls,
             connect_timeout,
@@ -327,11 +333,12 @@ impl TargetPool {
         &self,
         permit: OwnedSemaphorePermit,
     ) -> Result<http1::SendRequest<Body>, SendError> {
-        let addr = self.authority.as_str();
         let connecting = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| SendError::Connect(Box::new(e)))?;
+            let stream = match self.addr {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect(self.authority.as_str()).await,
+            }
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
             let _ = stream.set_nodelay(true);
             match &self.tls {
                 None => handshake(stream, permit).await,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 
 use http::{HeaderValue, Request, header};
 
-use super::{UpstreamPool, policy::HealthCheck};
+use super::{UpstreamPool, members::Members, policy::HealthCheck};
 use crate::body;
 
 /// Start checking `pool`'s targets.
@@ -36,35 +36,39 @@ pub(super) fn spawn(pool: Weak<UpstreamPool>, hc: HealthCheck) {
     });
 }
 
-/// Check every target once, concurrently.
+/// Check every endpoint once, concurrently.
 async fn round(pool: &Arc<UpstreamPool>, hc: &HealthCheck) {
-    let checks = (0..pool.targets.len()).map(|i| async move {
+    let members = pool.members.load_full();
+    let members = &members;
+    let checks = (0..members.states.len()).map(|i| async move {
+        let state = &members.states[i];
         // A newer configuration lists this target and checks it itself.
-        if !pool.targets[i].owned_by(pool.id) {
+        if !state.owned_by(pool.id) {
             return;
         }
-        let passed = check(pool, hc, i).await;
+        let passed = check(pool, members, hc, i).await;
         if let Some(m) = pool.metrics.get() {
             m.health_check(passed);
         }
-        let events = pool.targets[i].check_result(
+        let events = state.check_result(
             passed,
             (hc.healthy_threshold, hc.unhealthy_threshold),
             tokio::time::Instant::now(),
         );
-        pool.emit(i, &events);
+        pool.emit(&state.name, &events);
     });
     futures::future::join_all(checks).await;
 }
 
-async fn check(pool: &UpstreamPool, hc: &HealthCheck, i: usize) -> bool {
+async fn check(pool: &UpstreamPool, members: &Members, hc: &HealthCheck, i: usize) -> bool {
     let mut req = Request::new(body::empty());
     *req.method_mut() = hc.method.clone();
     let Ok(uri) = hc.path.parse() else {
         return false;
     };
     *req.uri_mut() = uri;
-    let host = hc.host.as_deref().unwrap_or(&pool.targets[i].name);
+    let target = members.endpoints[i].target;
+    let host = hc.host.as_deref().unwrap_or(&pool.config.targets[target]);
     if let Ok(v) = HeaderValue::from_str(host) {
         req.headers_mut().insert(header::HOST, v);
     }
@@ -72,7 +76,8 @@ async fn check(pool: &UpstreamPool, hc: &HealthCheck, i: usize) -> bool {
         header::USER_AGENT,
         HeaderValue::from_static("pylon-health-check"),
     );
-    let sent = tokio::time::timeout(hc.timeout, pool.send_to(i, req, hc.timeout, None)).await;
+    let sent =
+        tokio::time::timeout(hc.timeout, pool.send_to(members, i, req, hc.timeout, None)).await;
     // The response body is dropped unread: the pool drains it (bounded)
     // in the background and reuses the connection.
     matches!(sent, Ok(Ok(resp)) if hc.healthy_status(resp.status().as_u16()))

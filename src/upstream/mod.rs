@@ -21,9 +21,10 @@
 //! HTTP/2 agreed by ALPN (protocol `h2`, gRPC over TLS), verifying the
 //! targets against the system and webpki roots plus its `ca` ([`tls`]).
 //!
-//! A target given by host name is resolved again for every new connection
-//! (the system resolver, which caches as configured), so a changed address
-//! is used as soon as the kept-alive connections to the old one are gone.
+//! A target given by host name is re-resolved every `dns-refresh`
+//! ([`resolve`]) and stands for every address it resolves to: one endpoint
+//! each ([`members`]), balanced and judged (health, ejection, breaker) on
+//! its own; the set is swapped whole when the answer changes.
 //!
 //! This module forwards requests it is given; header hygiene is done by
 //! [`headers`] and called by the proxy.
@@ -33,9 +34,11 @@ mod error;
 mod h1;
 pub mod headers;
 mod health;
+mod members;
 mod outbound;
 pub mod policy;
 mod registry;
+mod resolve;
 mod send;
 mod set;
 mod target;
@@ -59,22 +62,12 @@ use std::{
     time::Duration,
 };
 
-use http::uri::Authority;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
+use arc_swap::ArcSwap;
 
-use self::{
-    balance::Balancer,
-    policy::Resilience,
-    target::{Report, TargetState},
-};
+use self::{members::Members, policy::Resilience, target::Report};
 use crate::{
-    body::Body,
-    config::{Upstream as UpstreamConfig, UpstreamProtocol},
+    config::Upstream as UpstreamConfig,
     telemetry::{metrics::UpstreamMetrics, throttle::LogThrottle},
-    workers,
 };
 
 static PANIC_MODE: LogThrottle =
@@ -89,21 +82,19 @@ pub struct UpstreamPool {
     /// Unique in the process.
     id: u64,
     config: UpstreamConfig,
-    /// Connections per worker thread (slot 0 for everything off the data
-    /// plane, then one per worker): a connection's task runs on the thread
-    /// that opened it, so sharing connections across workers would wake
-    /// another thread on every request.
-    transports: Box<[OnceLock<Transport>]>,
-    /// The targets, parsed once (validation rejects what does not parse).
-    authorities: Vec<Option<Authority>>,
-    /// Each target's connection budget, shared by all workers.
-    limits: Vec<Arc<h1::TargetLimit>>,
+    /// Data-plane worker threads (each endpoint keeps connections per worker).
+    workers: usize,
     tls: Option<tls::UpstreamTls>,
     /// The resilience settings (`config`'s, kept at hand).
     resilience: Resilience,
-    /// Each target's health, ejection, breaker and load.
-    targets: Vec<TargetState>,
-    balancer: Balancer,
+    /// The endpoints (one per address of each target) with their health,
+    /// ejection, breaker and load, and the balancer over them; swapped
+    /// whole when a host name resolves to other addresses.
+    members: ArcSwap<Members>,
+    /// The next endpoint's id.
+    next_endpoint: AtomicUsize,
+    /// Where new endpoints find the state an earlier configuration had.
+    registry: TargetRegistry,
     /// Attempts admitted and not yet answered (all targets).
     active: AtomicUsize,
     /// Of those, retries.
@@ -126,6 +117,9 @@ pub enum Refused {
 /// [`Attempt::report`] tells the target's state how it went.
 pub struct Attempt<'a> {
     pool: &'a UpstreamPool,
+    /// The endpoint set it was picked from (it stays valid while a newer
+    /// set is swapped in).
+    members: Arc<Members>,
     index: usize,
     probe: bool,
     retry: bool,
@@ -133,14 +127,16 @@ pub struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// The target (`host:port` as configured).
+    /// The target (`host:port` as configured; a host name's with the
+    /// address it resolved to).
     pub fn target(&self) -> &str {
-        &self.pool.targets[self.index].name
+        &self.members.states[self.index].name
     }
 
-    /// The target's index in the upstream's list.
+    /// The target's id, unique within the upstream (what
+    /// [`UpstreamPool::admit`]'s `tried` holds).
     pub fn index(&self) -> usize {
-        self.index
+        self.members.endpoints[self.index].id
     }
 
     /// Record how the attempt went (`latency`: time to the response head).
@@ -149,7 +145,8 @@ impl Attempt<'_> {
         let pool = self.pool;
         let r = &pool.resilience;
         let mut events = Vec::new();
-        pool.targets[self.index].record(
+        let state = &self.members.states[self.index];
+        state.record(
             Report {
                 outcome,
                 latency,
@@ -157,35 +154,26 @@ impl Attempt<'_> {
                 now: tokio::time::Instant::now(),
             },
             (&r.outlier, &r.breaker),
-            || pool.may_eject(),
+            || pool.may_eject(&self.members),
             &mut events,
         );
-        pool.emit(self.index, &events);
+        pool.emit(&state.name, &events);
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         let pool = self.pool;
-        pool.targets[self.index].end();
+        let state = &self.members.states[self.index];
+        state.end();
         pool.active.fetch_sub(1, Ordering::Relaxed);
         if self.retry {
             pool.retries_active.fetch_sub(1, Ordering::Relaxed);
         }
         if self.probe && !self.reported {
-            pool.targets[self.index].release_probe();
+            state.release_probe();
         }
     }
-}
-
-/// How one worker reaches the upstream's targets.
-enum Transport {
-    /// HTTP/1.1: pylon's pool per target (`None` for an unparsable target).
-    Http1(Vec<Option<Arc<h1::TargetPool>>>),
-    /// h2c: hyper-util's client, which multiplexes one connection per target.
-    H2c(Box<Client<HttpConnector, Body>>),
-    /// h2 over TLS: the same, with the TLS handshake in its connector.
-    H2(Box<Client<tls::H2Connector, Body>>),
 }
 
 impl UpstreamPool {
@@ -195,100 +183,27 @@ impl UpstreamPool {
         tls: Option<tls::UpstreamTls>,
         registry: &TargetRegistry,
     ) -> Self {
-        let id = POOL_IDS.fetch_add(1, Ordering::Relaxed);
-        let checked = config.resilience.health_check.is_some();
-        let targets: Vec<TargetState> = config
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let state = TargetState::with_live(
-                    t.clone(),
-                    config.resilience.weights.get(i).copied().unwrap_or(1),
-                    registry.live(&config.name, t),
-                );
-                state.claim(id, checked);
-                state
-            })
-            .collect();
-        Self {
-            id,
+        let mut pool = Self {
+            id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
             tls,
-            transports: (0..=workers.max(1)).map(|_| OnceLock::new()).collect(),
-            authorities: config
-                .targets
-                .iter()
-                .map(|t| Authority::try_from(t.as_str()).ok())
-                .collect(),
-            limits: config
-                .targets
-                .iter()
-                .map(|_| {
-                    Arc::new(h1::TargetLimit::new(
-                        config.max_connections,
-                        config.max_pending,
-                        config.queue_timeout,
-                    ))
-                })
-                .collect(),
+            workers,
             resilience: config.resilience.clone(),
-            balancer: Balancer::new(&config.resilience.balance, &targets),
-            targets,
+            members: ArcSwap::from_pointee(Members::empty(&config.resilience.balance)),
+            next_endpoint: AtomicUsize::new(0),
+            registry: registry.clone(),
             config,
             active: AtomicUsize::new(0),
             retries_active: AtomicUsize::new(0),
             panicking: AtomicBool::new(false),
             metrics: OnceLock::new(),
-        }
-    }
-
-    fn transport(&self) -> &Transport {
-        let slot = workers::current().map_or(0, |w| 1 + w % (self.transports.len() - 1));
-        self.transports[slot].get_or_init(|| match self.config.protocol {
-            UpstreamProtocol::Http1 => Transport::Http1(
-                self.authorities
-                    .iter()
-                    .zip(&self.limits)
-                    .map(|(a, limit)| {
-                        a.clone().map(|a| {
-                            h1::TargetPool::new(
-                                a,
-                                self.tls.clone(),
-                                self.config.connect_timeout,
-                                self.config.max_idle_per_target,
-                                limit.clone(),
-                            )
-                        })
-                    })
-                    .collect(),
-            ),
-            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(self.config.connect_timeout));
-                connector.set_nodelay(true);
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(self.config.max_idle_per_target)
-                    .http2_only(true);
-                match &self.tls {
-                    // Validation allows h2 only with tls, h2c only without.
-                    Some(tls) => {
-                        connector.enforce_http(false);
-                        Transport::H2(Box::new(builder.build(tls::H2Connector {
-                            tcp: connector,
-                            tls: tls.clone(),
-                        })))
-                    }
-                    None => {
-                        connector.enforce_http(true);
-                        Transport::H2c(Box::new(builder.build(connector)))
-                    }
-                }
-            }
-        })
+        };
+        // An IP target is its address; a host name is looked up per
+        // connection until its first resolution.
+        let wanted: Vec<_> = (0..pool.config.targets.len())
+            .map(|i| (i, pool.config.targets[i].parse().ok()))
+            .collect();
+        pool.members = ArcSwap::from_pointee(pool.build_members(&wanted, None));
+        pool
     }
 
     /// The upstream's configuration.
@@ -324,17 +239,19 @@ impl UpstreamPool {
                 return Err(Refused::Budget);
             }
         }
+        let members = self.members.load_full();
+        let tried = members.indices_of(tried);
         let mut events = Vec::new();
         let mut returned = Vec::new();
         let now = tokio::time::Instant::now();
-        let pick = self.balancer.pick(&self.targets, key, tried, |i| {
+        let pick = members.balancer.pick(&members.states, key, &tried, |i| {
             let before = events.len();
-            let a = self.targets[i].admit(now, &mut events);
+            let a = members.states[i].admit(now, &mut events);
             returned.extend(std::iter::repeat_n(i, events.len() - before));
             a
         });
         for (i, e) in returned.iter().zip(&events) {
-            self.emit(*i, std::slice::from_ref(e));
+            self.emit(&members.states[*i].name, std::slice::from_ref(e));
         }
         if pick.panic != self.panicking.load(Ordering::Relaxed)
             && self.panicking.swap(pick.panic, Ordering::Relaxed) != pick.panic
@@ -346,9 +263,10 @@ impl UpstreamPool {
                 tracing::info!(upstream = %self.config.name, "panic mode over: a target takes traffic again");
             }
         }
-        self.targets[pick.index].start();
+        members.states[pick.index].start();
         Ok(Attempt {
             pool: self,
+            members,
             index: pick.index,
             probe: pick.probe,
             retry,
@@ -358,30 +276,32 @@ impl UpstreamPool {
 
     /// A target for a tunnel (a WebSocket): the balancer's pick among
     /// those that may take traffic, without the attempt accounting (a
-    /// tunnel is not a request whose answer teaches the target's state).
-    pub(super) fn pick(&self) -> usize {
+    /// tunnel is not a request whose answer teaches the target's state);
+    /// its endpoint and name.
+    fn pick(&self) -> (Arc<members::Endpoint>, String) {
+        let members = self.members.load();
         let now = tokio::time::Instant::now();
         let mut events = Vec::new();
-        let pick = self.balancer.pick(&self.targets, None, &[], |i| {
-            self.targets[i].admit(now, &mut events)
+        let pick = members.balancer.pick(&members.states, None, &[], |i| {
+            members.states[i].admit(now, &mut events)
         });
+        let state = &members.states[pick.index];
         if pick.probe {
-            self.targets[pick.index].release_probe();
+            state.release_probe();
         }
-        pick.index
+        (members.endpoints[pick.index].clone(), state.name.clone())
     }
 
-    /// Whether outlier detection may eject one more target now.
-    fn may_eject(&self) -> bool {
-        let n = self.targets.len();
+    /// Whether outlier detection may eject one more of `members` now.
+    fn may_eject(&self, members: &Members) -> bool {
+        let n = members.states.len();
         let max = (n * usize::from(self.resilience.outlier.max_ejected_percent) / 100).max(1);
-        self.targets.iter().filter(|t| t.is_ejected()).count() < max
+        members.states.iter().filter(|t| t.is_ejected()).count() < max
     }
 
-    /// Log and count what happened to target `index`.
-    fn emit(&self, index: usize, events: &[Event]) {
+    /// Log and count what happened to `target`.
+    fn emit(&self, target: &str, events: &[Event]) {
         let upstream = &self.config.name;
-        let target = &self.targets[index].name;
         for e in events {
             if let Some(m) = self.metrics.get() {
                 m.target_event(e.label());
@@ -436,12 +356,15 @@ impl UpstreamPool {
         }
     }
 
-    /// Each target's state, in configuration order.
-    pub fn target_states(&self) -> impl Iterator<Item = (&str, TargetSnapshot)> {
+    /// Each endpoint's name and state, in configuration order (a host
+    /// name's addresses in address order).
+    pub fn target_states(&self) -> impl Iterator<Item = (String, TargetSnapshot)> {
         let now = tokio::time::Instant::now();
-        self.targets
-            .iter()
-            .map(move |t| (t.name.as_str(), t.snapshot(now)))
+        let members = self.members.load_full();
+        (0..members.states.len()).map(move |i| {
+            let t = &members.states[i];
+            (t.name.clone(), t.snapshot(now))
+        })
     }
 
     /// Attempts in flight and, of those, retries.

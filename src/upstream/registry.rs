@@ -17,10 +17,12 @@ use std::{
 use super::target::Live;
 use crate::sync::lock;
 
-/// The targets' states of every configuration of one gateway.
-#[derive(Debug, Default)]
+/// The targets' states of every configuration of one gateway (a clone
+/// is the same registry: each upstream keeps one to name the addresses
+/// its host names resolve to later).
+#[derive(Debug, Default, Clone)]
 pub struct TargetRegistry {
-    states: Mutex<HashMap<(String, String), Weak<Live>>>,
+    states: Arc<Mutex<HashMap<(String, String), Weak<Live>>>>,
 }
 
 impl TargetRegistry {

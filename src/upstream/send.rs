@@ -1,13 +1,23 @@
-//! Sending one attempt's request to its target over the upstream's
+//! Sending one attempt's request to its target over the endpoint's
 //! transport (pylon's HTTP/1.1 pools, or hyper-util's HTTP/2 client), with
 //! the response-head deadline counted from the end of the request body.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
-use http::{Request, Response, Uri, uri::Scheme};
+use futures::future::Either;
+use http::{Request, Response, Uri, uri::Authority, uri::Scheme};
+use hyper::body::Incoming;
 
-use super::{Attempt, AttemptError, Transport, UpstreamError, UpstreamPool, error::SendError};
+use super::{
+    Attempt, AttemptError, UpstreamError, UpstreamPool,
+    error::SendError,
+    members::{Members, Transport},
+};
 use crate::body::{Body, RequestBodyState};
+
+/// What a transport gives back: the response, or why not and (when none
+/// of it was written) the request.
+type Sent = Result<Response<Body>, (SendError, Option<Request<Body>>)>;
 
 impl UpstreamPool {
     /// Send `req` (whose URI carries only path and query) to `attempt`'s
@@ -21,25 +31,26 @@ impl UpstreamPool {
         timeout: Duration,
         body: Option<&RequestBodyState>,
     ) -> Result<Response<Body>, AttemptError> {
-        self.send_to(attempt.index, req, timeout, body).await
+        self.send_to(&attempt.members, attempt.index, req, timeout, body)
+            .await
     }
 
+    /// [`UpstreamPool::send`] to endpoint `n` of `members`.
     pub(super) async fn send_to(
         &self,
+        members: &Members,
         n: usize,
         mut req: Request<Body>,
         timeout: Duration,
         body: Option<&RequestBodyState>,
     ) -> Result<Response<Body>, AttemptError> {
-        let upstream = self.config.name.as_str();
-        let target = &self.config.targets[n];
-        let fail = |error| AttemptError {
-            error,
-            unsent: None,
-        };
-        let invalid_target = || UpstreamError::InvalidRequest {
-            upstream: upstream.to_string(),
-            detail: format!("invalid target {target:?}"),
+        let endpoint = &members.endpoints[n];
+        let target = &members.states[n].name;
+        let Some(authority) = &endpoint.authority else {
+            return Err(self.failed(UpstreamError::InvalidRequest {
+                upstream: self.config.name.clone(),
+                detail: format!("invalid target {target:?}"),
+            }));
         };
         if req.uri().path_and_query().is_none() {
             *req.uri_mut() = Uri::from_static("/");
@@ -47,88 +58,106 @@ impl UpstreamPool {
         if let Some(b) = body {
             b.touch();
         }
-        let deadline = head_deadline(timeout, body);
-        let sent = match self.transport() {
-            Transport::Http1(targets) => {
-                let target_pool = targets[n]
-                    .as_ref()
-                    .ok_or_else(invalid_target)
-                    .map_err(fail)?;
+        let sending = match endpoint.transport(self, authority) {
+            Transport::Http1(pool) => {
                 *req.version_mut() = http::Version::HTTP_11;
-                tokio::select! {
-                    sent = target_pool.send(req) => Ok(sent),
-                    () = deadline => Err(()),
-                }
+                Either::Left(pool.send(req))
             }
-            Transport::H2c(_) | Transport::H2(_) => {
-                let mut uri = std::mem::take(req.uri_mut()).into_parts();
-                uri.scheme = Some(match self.tls {
-                    Some(_) => Scheme::HTTPS,
-                    None => Scheme::HTTP,
-                });
-                uri.authority = Some(
-                    self.authorities[n]
-                        .clone()
-                        .ok_or_else(invalid_target)
-                        .map_err(fail)?,
-                );
-                *req.uri_mut() = Uri::from_parts(uri).map_err(|e| {
-                    fail(UpstreamError::InvalidRequest {
-                        upstream: upstream.to_string(),
-                        detail: format!("{e}"),
-                    })
-                })?;
-                *req.version_mut() = http::Version::HTTP_2;
-                let send = async {
-                    match self.transport() {
-                        Transport::H2(client) => client.request(req).await,
-                        Transport::H2c(client) => client.request(req).await,
-                        Transport::Http1(_) => unreachable!("matched above"),
-                    }
-                    .map(|resp| resp.map(crate::body::boxed))
-                    .map_err(|err| {
-                        if err.is_connect() {
-                            (SendError::Connect(Box::new(err)), None)
-                        } else {
-                            (SendError::Failed(Box::new(err)), None)
-                        }
-                    })
-                };
-                tokio::select! {
-                    sent = send => Ok(sent),
-                    () = deadline => Err(()),
-                }
+            Transport::H2c(client) => {
+                let req = self
+                    .h2_request(req, authority)
+                    .map_err(|e| self.failed(e))?;
+                Either::Right(Either::Left(h2(client.request(req))))
+            }
+            Transport::H2(client) => {
+                let req = self
+                    .h2_request(req, authority)
+                    .map_err(|e| self.failed(e))?;
+                Either::Right(Either::Right(h2(client.request(req))))
             }
         };
-        let (err, unsent) = match sent {
-            Err(()) => {
-                return Err(fail(UpstreamError::Timeout {
-                    upstream: upstream.to_string(),
-                    timeout,
-                }));
-            }
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(e)) => e,
+        let sent = tokio::select! {
+            sent = sending => sent,
+            () = head_deadline(timeout, body) => return Err(self.timed_out(timeout)),
         };
-        let error = match err {
+        sent.map_err(|(err, unsent)| AttemptError {
+            error: self.upstream_error(err, target),
+            unsent,
+        })
+    }
+
+    /// `req` as HTTP/2 wants it: an absolute URI naming the target.
+    fn h2_request(
+        &self,
+        mut req: Request<Body>,
+        authority: &Authority,
+    ) -> Result<Request<Body>, UpstreamError> {
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.scheme = Some(match self.tls {
+            Some(_) => Scheme::HTTPS,
+            None => Scheme::HTTP,
+        });
+        uri.authority = Some(authority.clone());
+        *req.uri_mut() = Uri::from_parts(uri).map_err(|e| UpstreamError::InvalidRequest {
+            upstream: self.config.name.clone(),
+            detail: format!("{e}"),
+        })?;
+        *req.version_mut() = http::Version::HTTP_2;
+        Ok(req)
+    }
+
+    fn failed(&self, error: UpstreamError) -> AttemptError {
+        AttemptError {
+            error,
+            unsent: None,
+        }
+    }
+
+    fn timed_out(&self, timeout: Duration) -> AttemptError {
+        self.failed(UpstreamError::Timeout {
+            upstream: self.config.name.clone(),
+            timeout,
+        })
+    }
+
+    /// A transport's error as the proxy sees it, naming `target`.
+    fn upstream_error(&self, err: SendError, target: &str) -> UpstreamError {
+        let upstream = self.config.name.clone();
+        let target = target.to_string();
+        match err {
             SendError::Connect(source) => UpstreamError::Connect {
-                upstream: upstream.to_string(),
-                target: target.clone(),
+                upstream,
+                target,
                 source,
             },
             SendError::Failed(source) => UpstreamError::Failed {
-                upstream: upstream.to_string(),
-                target: target.clone(),
+                upstream,
+                target,
                 source,
             },
             SendError::Overflow(reason) => UpstreamError::Overflow {
-                upstream: upstream.to_string(),
-                target: target.clone(),
+                upstream,
+                target,
                 reason,
             },
-        };
-        Err(AttemptError { error, unsent })
+        }
     }
+}
+
+/// hyper-util's HTTP/2 answer (it keeps no request to give back).
+async fn h2(
+    request: impl Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
+) -> Sent {
+    request
+        .await
+        .map(|resp| resp.map(crate::body::boxed))
+        .map_err(|err| {
+            if err.is_connect() {
+                (SendError::Connect(Box::new(err)), None)
+            } else {
+                (SendError::Failed(Box::new(err)), None)
+            }
+        })
 }
 
 /// Completes when the response head is late: `timeout` after the request

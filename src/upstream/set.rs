@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 
-use super::{Outcome, TargetRegistry, UpstreamError, UpstreamPool, health, tls};
+use super::{Outcome, TargetRegistry, UpstreamError, UpstreamPool, health, resolve, tls};
 use crate::{
     body::{Body, RequestBodyState},
     config::{ConfigError, Diagnostic, Upstream as UpstreamConfig, UpstreamProtocol},
@@ -136,6 +136,24 @@ impl Upstreams {
         for pool in self.pools.values() {
             if let Some(hc) = &pool.resilience.health_check {
                 health::spawn(Arc::downgrade(pool), hc.clone());
+            }
+        }
+    }
+}
+
+impl Upstreams {
+    /// Start re-resolving the host-name targets of every upstream that has
+    /// some, every `dns-refresh`, on the current tokio runtime; each stops
+    /// when its upstream is dropped.
+    pub fn start_resolving(&self) {
+        for pool in self.pools.values() {
+            let names = &pool.config.targets;
+            if names.iter().any(|t| resolve::host_name(t).is_some()) {
+                resolve::spawn(
+                    Arc::downgrade(pool),
+                    resolve::System,
+                    pool.config.dns_refresh,
+                );
             }
         }
     }

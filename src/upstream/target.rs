@@ -17,8 +17,12 @@ use std::sync::{
 
 use tokio::time::{Duration, Instant};
 
+pub(super) use self::report::Report;
+pub use self::report::{Event, Outcome, Snapshot};
 use super::policy::{Breaker, Outlier};
 use crate::sync::lock;
+
+mod report;
 
 /// Marked unhealthy by the active health check.
 const UNHEALTHY: u8 = 1;
@@ -53,40 +57,6 @@ pub(super) enum BreakerState {
     },
 }
 
-/// A change worth logging and counting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// Ejected for this long.
-    Ejected(Duration),
-    /// Back from an ejection.
-    Returned,
-    /// The breaker opened for this long.
-    BreakerOpened(Duration),
-    /// The breaker let one probe through.
-    BreakerHalfOpen,
-    /// The breaker closed.
-    BreakerClosed,
-    /// The active health check marked it unhealthy.
-    Unhealthy,
-    /// The active health check marked it healthy again.
-    Healthy,
-}
-
-impl Event {
-    /// The label for metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Event::Ejected(_) => "ejected",
-            Event::Returned => "returned",
-            Event::BreakerOpened(_) => "open",
-            Event::BreakerHalfOpen => "half_open",
-            Event::BreakerClosed => "closed",
-            Event::Unhealthy => "unhealthy",
-            Event::Healthy => "healthy",
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Marks {
     healthy: bool,
@@ -98,22 +68,11 @@ struct Marks {
     breaker: BreakerState,
 }
 
-/// How an attempt went, as far as the target's health is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A response that is not a 5xx.
-    Success,
-    /// A 5xx, a refused or failed connection, a timeout.
-    Failure,
-    /// Nothing learnt about the target (the client went away, the
-    /// request was shed before it left).
-    Neutral,
-}
-
 /// One target's run-time state: its name and weight in this
 /// configuration, and what it has shown ([`Live`]), which a reload that
-/// keeps the target carries over ([`super::registry`]).
-#[derive(Debug)]
+/// keeps the target carries over ([`super::registry`]). A clone shares
+/// what it has shown.
+#[derive(Debug, Clone)]
 pub(super) struct TargetState {
     /// The configured `host:port`.
     pub(super) name: String,
@@ -162,19 +121,6 @@ impl Live {
             owner: AtomicU64::new(0),
         }
     }
-}
-
-/// How one attempt on a target went, for [`TargetState::record`].
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Report {
-    /// What it tells about the target.
-    pub(super) outcome: Outcome,
-    /// Time to the response head, when there was one.
-    pub(super) latency: Option<Duration>,
-    /// It went as the breaker's half-open probe.
-    pub(super) probe: bool,
-    /// When it ended.
-    pub(super) now: Instant,
 }
 
 /// May a target take a request now, and if so, as the breaker's probe?
@@ -487,25 +433,6 @@ impl TargetState {
         }
         self.live.flags.store(f, Relaxed);
     }
-}
-
-/// One target's state, for the admin API.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The active health check's verdict (true without checks).
-    pub healthy: bool,
-    /// Time left in the current ejection.
-    pub ejected_for: Option<Duration>,
-    /// Ejections so far (the multiplier of the next one).
-    pub ejections: u32,
-    /// `closed`, `open` or `half-open`.
-    pub breaker: &'static str,
-    /// Failures in a row.
-    pub consecutive_failures: u32,
-    /// Requests in flight.
-    pub in_flight: usize,
-    /// Peak-EWMA latency.
-    pub ewma: Duration,
 }
 
 #[cfg(test)]

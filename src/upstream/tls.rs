@@ -71,7 +71,8 @@ impl UpstreamTls {
 /// which must select `h2`.
 #[derive(Clone)]
 pub(super) struct H2Connector {
-    pub(super) tcp: HttpConnector,
+    /// TCP to the endpoint's own address ([`super::resolve::Pinned`]).
+    pub(super) tcp: HttpConnector<super::resolve::Pinned>,
     pub(super) tls: UpstreamTls,
 }
 

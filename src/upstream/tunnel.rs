@@ -48,16 +48,17 @@ impl Upstreams {
                 detail: "upgrades are tunnelled only to http1 upstreams".into(),
             });
         }
-        let n = pool.pick();
-        let target = pool.config.targets[n].clone();
+        let (endpoint, target) = pool.pick();
         let authority =
-            pool.authorities[n]
+            endpoint
+                .authority
                 .clone()
                 .ok_or_else(|| UpstreamError::InvalidRequest {
                     upstream: upstream.to_string(),
                     detail: format!("invalid target {target:?}"),
                 })?;
-        let permit = pool.limits[n]
+        let permit = endpoint
+            .limit
             .try_tunnel_permit()
             .ok_or_else(|| UpstreamError::Overflow {
                 upstream: upstream.to_string(),
@@ -70,9 +71,11 @@ impl Upstreams {
             source,
         };
         let connecting = async {
-            let tcp = TcpStream::connect(authority.as_str())
-                .await
-                .map_err(|e| connect_error(Box::new(e)))?;
+            let tcp = match endpoint.addr {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect(authority.as_str()).await,
+            }
+            .map_err(|e| connect_error(Box::new(e)))?;
             let _ = tcp.set_nodelay(true);
             let io: Box<dyn TunnelIo> = match &pool.tls {
                 None => Box::new(tcp),

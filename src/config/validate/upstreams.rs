@@ -41,6 +41,8 @@ pub(super) fn upstreams(
                 targets,
                 protocol,
                 connect_timeout: cx.duration(&r.connect_timeout, &subject, Duration::from_secs(5)),
+                // Envoy's dns_refresh_rate.
+                dns_refresh: cx.duration(&r.dns_refresh, &subject, Duration::from_secs(5)),
                 max_idle_per_target,
                 max_connections,
                 max_pending,

@@ -22,6 +22,7 @@ struct ResilienceFamilies {
     target_events: Family<UpstreamEvent, Counter>,
     health_checks: Family<UpstreamResult, Counter>,
     shed: Family<UpstreamReason, Counter>,
+    resolutions: Family<UpstreamResult, Counter>,
 }
 
 /// Every upstream family, registered once; each upstream's handles are
@@ -80,6 +81,13 @@ impl UpstreamFamilies {
             "Requests answered 503 at once because an upstream limit was reached, by upstream \
              and reason (max-requests, max-pending, queue-timeout)",
             resilience.shed.clone(),
+        );
+        registry.register(
+            "pylon_upstream_resolutions",
+            "Look-ups of targets given by host name, by upstream and result (ok; fail: the last \
+             addresses stay in use; changed: the addresses changed and the upstream balances over \
+             the new set)",
+            resilience.resolutions.clone(),
         );
         Self {
             duration,
@@ -191,6 +199,18 @@ impl UpstreamMetrics {
             .get_or_create(&UpstreamResult {
                 upstream: self.name.clone(),
                 result: if passed { "pass" } else { "fail" },
+            })
+            .inc();
+    }
+
+    /// Count a look-up of a host-name target (`ok`, `fail`), or a change of
+    /// the addresses (`changed`).
+    pub fn resolution(&self, result: &'static str) {
+        self.families
+            .resolutions
+            .get_or_create(&UpstreamResult {
+                upstream: self.name.clone(),
+                result,
             })
             .inc();
     }
