@@ -26,7 +26,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::harness::{TestGateway, Upstream, admin_get, client, series};
+use crate::harness::{TestGateway, Upstream, admin_get, client, series, status_of};
 
 /// A route `r` on every path to upstream `u`, with `extra` route lines.
 fn route_to_u(extra: &str) -> String {
@@ -168,16 +168,100 @@ fn with_admin(toml: &str) -> String {
     format!("[admin]\naddress = \"127.0.0.1:0\"\n\n{toml}")
 }
 
+/// A gateway (with the admin API) whose upstream `u` has targets `a` and
+/// `b` (and the `extra` upstream lines), route `r` on every path to it.
+async fn two_target_gateway(
+    a: impl std::fmt::Display,
+    b: impl std::fmt::Display,
+    extra: &str,
+) -> TestGateway {
+    TestGateway::start(&with_admin(&format!(
+        "[upstreams.u]\ntargets = [\"{a}\", \"{b}\"]\n{extra}\n{}",
+        route_to_u("")
+    )))
+    .await
+}
+
+/// `clients` clients sending `GET /` in a loop, each request counted as
+/// done and, unless answered 200, as failed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+    set: JoinSet<()>,
+}
+
+fn load_counting_failures(gw: &TestGateway, clients: usize) -> Load {
+    let http = client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..clients {
+        let (http, url) = (http.clone(), gw.url("/"));
+        let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+        set.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    Load {
+        stop,
+        failures,
+        done,
+        set,
+    }
+}
+
+impl Load {
+    /// Requests done so far.
+    fn done(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Wait until `n` requests are done in all.
+    async fn until_done(&self, n: usize) {
+        while self.done() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stop the clients; the failures counted.
+    async fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        while self.set.join_next().await.is_some() {}
+        self.failures.load(Ordering::SeqCst)
+    }
+}
+
+/// `n` sequential `GET /` from `http`: how many were not answered 200.
+async fn failed_gets(http: &reqwest::Client, gw: &TestGateway, n: usize) -> usize {
+    let mut failed = 0;
+    for _ in 0..n {
+        if !http
+            .get(gw.url("/"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            failed += 1;
+        }
+    }
+    failed
+}
+
 #[tokio::test]
 async fn refused_connect_is_retried_on_the_other_target_and_the_dead_one_ejected() {
     let live = Upstream::named("live").await;
     let dead = dead_addr().await;
-    let gw = TestGateway::start(&with_admin(&format!(
-        "[upstreams.u]\ntargets = [\"{dead}\", \"{}\"]\n{}",
-        live.addr,
-        route_to_u("")
-    )))
-    .await;
+    let gw = two_target_gateway(dead, live.addr, "").await;
     let http = client();
     for i in 0..40 {
         let r = http.get(gw.url("/x")).send().await.unwrap();
@@ -212,19 +296,13 @@ async fn refused_connect_is_retried_on_the_other_target_and_the_dead_one_ejected
 async fn reset_before_the_response_is_retried_for_get_but_not_for_post() {
     let (resetter, taken) = resetting_target().await;
     let good = Upstream::echo_body().await;
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{resetter}\", \"{}\"]\n{}",
-        good.addr,
-        route_to_u("")
-    ))
-    .await;
+    let gw = two_target_gateway(resetter, good.addr, "").await;
     let http = client();
     // Round robin starts at the resetting target: each pair of requests
     // sends one there first.
     let mut ok = 0;
     for _ in 0..4 {
-        let r = http.get(gw.url("/get")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(status_of(http.get(gw.url("/get"))).await, 200);
         ok += 1;
     }
     assert_eq!(ok, 4);
@@ -296,13 +374,7 @@ async fn a_retried_status_goes_to_another_target_for_idempotent_methods_only() {
     })
     .await;
     let good = Upstream::named("good").await;
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{}\", \"{}\"]\n{}",
-        busy.addr,
-        good.addr,
-        route_to_u("")
-    ))
-    .await;
+    let gw = two_target_gateway(busy.addr, good.addr, "").await;
     let http = client();
     for _ in 0..4 {
         let r = http.get(gw.url("/")).send().await.unwrap();
@@ -312,15 +384,7 @@ async fn a_retried_status_goes_to_another_target_for_idempotent_methods_only() {
     let busy_posts_before = busy.seen().iter().filter(|s| s.method == "POST").count();
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(
-            http.post(gw.url("/"))
-                .body("x")
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
+        statuses.push(status_of(http.post(gw.url("/")).body("x")).await.as_u16());
     }
     let busy_posts = busy.seen().iter().filter(|s| s.method == "POST").count() - busy_posts_before;
     assert_eq!(
@@ -356,7 +420,7 @@ async fn the_retry_budget_stops_a_retry_storm() {
     let mut set = JoinSet::new();
     for _ in 0..clients {
         let (http, url) = (http.clone(), gw.url("/"));
-        set.spawn(async move { http.get(url).send().await.unwrap().status().as_u16() });
+        set.spawn(async move { status_of(http.get(url)).await.as_u16() });
     }
     while let Some(status) = set.join_next().await {
         assert_eq!(status.unwrap(), 503);
@@ -383,44 +447,12 @@ async fn the_retry_budget_stops_a_retry_storm() {
 async fn a_target_killed_mid_load_costs_no_failed_get() {
     let a = Killable::start("a", Duration::ZERO).await;
     let b = Killable::start("b", Duration::ZERO).await;
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{}\", \"{}\"]\n{}",
-        a.addr,
-        b.addr,
-        route_to_u("")
-    ))
-    .await;
-    let http = client();
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut set = JoinSet::new();
-    for _ in 0..4 {
-        let (http, url) = (http.clone(), gw.url("/"));
-        let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
-        set.spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    _ => {
-                        failures.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-    }
-    while done.load(Ordering::SeqCst) < 100 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let gw = two_target_gateway(a.addr, b.addr, "").await;
+    let load = load_counting_failures(&gw, 4);
+    load.until_done(100).await;
     a.kill();
-    let at_kill = done.load(Ordering::SeqCst);
-    while done.load(Ordering::SeqCst) < at_kill + 200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.store(true, Ordering::SeqCst);
-    while set.join_next().await.is_some() {}
-    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    load.until_done(load.done() + 200).await;
+    assert_eq!(load.stop().await, 0);
     assert!(a.hits() > 0 && b.hits() > 0);
 }
 
@@ -428,13 +460,7 @@ async fn a_target_killed_mid_load_costs_no_failed_get() {
 async fn a_flapping_target_costs_no_failed_get() {
     let flappy = Killable::start("flappy", Duration::ZERO).await;
     let steady = Killable::start("steady", Duration::ZERO).await;
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{}\", \"{}\"]\n{}",
-        flappy.addr,
-        steady.addr,
-        route_to_u("")
-    ))
-    .await;
+    let gw = two_target_gateway(flappy.addr, steady.addr, "").await;
     let http = client();
     let mut failures = 0;
     for round in 0..6 {
@@ -443,16 +469,7 @@ async fn a_flapping_target_costs_no_failed_get() {
         } else {
             flappy.restart().await;
         }
-        for _ in 0..30 {
-            let ok = http
-                .get(gw.url("/"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if !ok {
-                failures += 1;
-            }
-        }
+        failures += failed_gets(&http, &gw, 30).await;
     }
     assert_eq!(failures, 0);
 }
@@ -480,12 +497,7 @@ async fn reset_after_the_response_head_is_not_retried() {
         }
     });
     let good = Upstream::named("good").await;
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{addr}\", \"{}\"]\n{}",
-        good.addr,
-        route_to_u("")
-    ))
-    .await;
+    let gw = two_target_gateway(addr, good.addr, "").await;
     let r = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the head went to the client as it came");
     assert!(
@@ -500,20 +512,14 @@ async fn reset_after_the_response_head_is_not_retried() {
 async fn least_request_sends_less_to_a_slow_target() {
     let slow = Killable::start("slow", Duration::from_millis(200)).await;
     let fast = Killable::start("fast", Duration::ZERO).await;
-    let gw = TestGateway::start(&format!(
-        "[upstreams.u]\ntargets = [\"{}\", \"{}\"]\nbalance = \"least-request\"\n{}",
-        slow.addr,
-        fast.addr,
-        route_to_u("")
-    ))
-    .await;
+    let gw = two_target_gateway(slow.addr, fast.addr, "balance = \"least-request\"").await;
     let http = client();
     let mut set = JoinSet::new();
     for _ in 0..8 {
         let (http, url) = (http.clone(), gw.url("/"));
         set.spawn(async move {
             for _ in 0..10 {
-                assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+                assert_eq!(status_of(http.get(&url)).await, 200);
             }
         });
     }
@@ -707,7 +713,7 @@ async fn max_requests_sheds_with_a_header_naming_the_reason() {
     let mut held = JoinSet::new();
     for _ in 0..2 {
         let (http, url) = (http.clone(), gw.url("/"));
-        held.spawn(async move { http.get(url).send().await.unwrap().status().as_u16() });
+        held.spawn(async move { status_of(http.get(url)).await.as_u16() });
     }
     for _ in 0..200 {
         if upstreams_json(&gw).await["upstreams"][0]["active_requests"] == 2 {
