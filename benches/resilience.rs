@@ -19,6 +19,8 @@
 //!
 //! `cargo bench --bench resilience` (`-- a` or `-- b` for one part).
 //! `RESILIENCE_SECS` sets each phase's length (default 4 s),
+//! `RESILIENCE_MIN_RETRIES_PER_SECOND` (a) "on"'s retry-budget floor
+//! (default pylon's, 10),
 //! `RESILIENCE_WARMUP` the unmeasured load before each of (b)'s (default
 //! 10 s, peak-EWMA's decay time: its estimates start at 30 ms).
 
@@ -233,6 +235,14 @@ async fn part_a(phase: Duration) {
             "[upstreams.u.health-check]\npath = \"/healthz\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n",
         ),
     ] {
+        // RESILIENCE_MIN_RETRIES_PER_SECOND=0: the retry budget without
+        // its floor in retries per second (pylon before it had one).
+        let extra = match std::env::var("RESILIENCE_MIN_RETRIES_PER_SECOND") {
+            Ok(n) if label == "on" => {
+                format!("{extra}[upstreams.u.retry-budget]\nmin-per-second = {n}\n")
+            }
+            _ => extra.to_string(),
+        };
         let retries = if label == "off" { 0 } else { 2 };
         let targets = [
             Target::start(Duration::ZERO).await,
@@ -295,6 +305,23 @@ async fn part_a(phase: Duration) {
             }
         );
         if label == "on" {
+            let m = gw.metrics().encode();
+            let retries = |reason: &str| {
+                series(
+                    &m,
+                    &format!("pylon_upstream_retries_total{{upstream=\"u\",reason=\"{reason}\"}}"),
+                )
+            };
+            println!(
+                "       retries: {} connect, {} reset, {} status; {} denied by the retry budget",
+                retries("connect"),
+                retries("reset"),
+                retries("status"),
+                series(
+                    &m,
+                    "pylon_upstream_retries_denied_total{upstream=\"u\",reason=\"budget\"}"
+                )
+            );
             for (at, what) in failed.lock().unwrap().iter().take(5) {
                 let since = at.saturating_duration_since(killed_at).as_secs_f64() * 1e3;
                 println!("       failed {since:.0} ms after the kill: {what}");

@@ -249,6 +249,7 @@ pub(crate) struct RawBreaker {
 pub(crate) struct RawRetryBudget {
     pub(crate) ratio: Option<Spanned<f64>>,
     pub(crate) min_concurrent: Option<Spanned<i64>>,
+    pub(crate) min_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

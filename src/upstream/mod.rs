@@ -30,6 +30,7 @@
 //! [`headers`] and called by the proxy.
 
 mod balance;
+mod budget;
 mod error;
 mod h1;
 pub mod headers;
@@ -97,8 +98,8 @@ pub struct UpstreamPool {
     registry: TargetRegistry,
     /// Attempts admitted and not yet answered (all targets).
     active: AtomicUsize,
-    /// Of those, retries.
-    retries_active: AtomicUsize,
+    /// Of those, retries, within the retry budget.
+    retries: budget::Budget,
     /// No target could take traffic at the last pick.
     panicking: AtomicBool,
     metrics: OnceLock<Arc<UpstreamMetrics>>,
@@ -168,7 +169,7 @@ impl Drop for Attempt<'_> {
         state.end();
         pool.active.fetch_sub(1, Ordering::Relaxed);
         if self.retry {
-            pool.retries_active.fetch_sub(1, Ordering::Relaxed);
+            pool.retries.release();
         }
         if self.probe && !self.reported {
             state.release_probe();
@@ -183,6 +184,7 @@ impl UpstreamPool {
         tls: Option<tls::UpstreamTls>,
         registry: &TargetRegistry,
     ) -> Self {
+        let retries = budget::Budget::new(config.resilience.retry_budget.clone());
         let mut pool = Self {
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
             tls,
@@ -193,7 +195,7 @@ impl UpstreamPool {
             registry: registry.clone(),
             config,
             active: AtomicUsize::new(0),
-            retries_active: AtomicUsize::new(0),
+            retries,
             panicking: AtomicBool::new(false),
             metrics: OnceLock::new(),
         };
@@ -228,16 +230,9 @@ impl UpstreamPool {
             }
             return Err(Refused::MaxRequests);
         }
-        if retry {
-            let budget = &self.resilience.retry_budget;
-            let allowed = budget
-                .min_concurrent
-                .max((budget.ratio * active as f64) as usize);
-            if self.retries_active.fetch_add(1, Ordering::Relaxed) >= allowed {
-                self.retries_active.fetch_sub(1, Ordering::Relaxed);
-                self.active.fetch_sub(1, Ordering::Relaxed);
-                return Err(Refused::Budget);
-            }
+        if retry && !self.retries.take(active, tokio::time::Instant::now()) {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Budget);
         }
         let members = self.members.load_full();
         let tried = members.indices_of(tried);
@@ -371,7 +366,7 @@ impl UpstreamPool {
     pub fn active(&self) -> (usize, usize) {
         (
             self.active.load(Ordering::Relaxed),
-            self.retries_active.load(Ordering::Relaxed),
+            self.retries.in_flight(),
         )
     }
 

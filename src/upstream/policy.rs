@@ -139,14 +139,18 @@ impl HealthCheck {
     }
 }
 
-/// How many retries may be in flight at once on an upstream (Envoy's
-/// `retry_budget`): a share of its active requests, with a floor.
+/// How many retries may go on an upstream (Envoy's `retry_budget`, with
+/// Linkerd's floor in retries per second): a share of its active requests,
+/// with a floor, and past it a few a second.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryBudget {
     /// Retries in flight, as a share of the requests in flight. Envoy: 0.2.
     pub ratio: f64,
     /// Retries always allowed in flight, whatever the ratio. Envoy: 3.
     pub min_concurrent: usize,
+    /// Retries a second allowed past the share (a bucket of one second's
+    /// worth; 0 = none). Linkerd's `min_retries_per_second`: 10.
+    pub min_per_second: u32,
 }
 
 impl Default for RetryBudget {
@@ -154,6 +158,7 @@ impl Default for RetryBudget {
         Self {
             ratio: 0.2,
             min_concurrent: 3,
+            min_per_second: 10,
         }
     }
 }

@@ -175,6 +175,14 @@ fn retry_budget(cx: &mut Ctx<'_>, b: &raw::RawRetryBudget, subject: &str) -> Ret
             (0, 1_000_000),
             def.min_concurrent as i64,
         ) as usize,
+        min_per_second: int(
+            cx,
+            &b.min_per_second,
+            subject,
+            "min-per-second",
+            (0, 1_000_000),
+            i64::from(def.min_per_second),
+        ) as u32,
     }
 }
 
