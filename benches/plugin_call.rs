@@ -34,6 +34,10 @@ use pylon::{
 };
 use sha2::{Digest, Sha256};
 
+// The gateway's allocator (src/main.rs), so that a call is measured as it runs there.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct NoHttp;
 
 #[async_trait::async_trait]

@@ -67,7 +67,13 @@ impl CallPolicy {
         if let Ok(permit) = self.calls.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        match tokio::time::timeout(self.deadline, self.calls.clone().acquire_owned()).await {
+        // Boxed: the wait is rare, and inline it would grow every call's
+        // future (moved whole at least once per call).
+        let wait = Box::pin(tokio::time::timeout(
+            self.deadline,
+            self.calls.clone().acquire_owned(),
+        ));
+        match wait.await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(busy()),
         }

@@ -138,10 +138,18 @@ impl Instance {
             let started = arm(&mut store, deadline);
             let lent = guest.clone();
             let _ticking = policy.ticker.call();
-            let (back, result) = offload::run(&policy.placement, async move {
-                let result = timed(started, deadline, lent.on_request(&mut store, handle)).await;
-                (store, result)
-            })
+            // Boxed here, so that the futures around it (this one, the
+            // pipeline's) stay small: a future is moved whole, and the
+            // call's (wasmtime's fiber future inline) was copied several
+            // times per call before it ever ran.
+            let (back, result) = offload::run(
+                &policy.placement,
+                Box::pin(async move {
+                    let result =
+                        timed(started, deadline, lent.on_request(&mut store, handle)).await;
+                    (store, result)
+                }),
+            )
             .await;
             store = back;
             store.data_mut().exchange.give_back(req, None);
@@ -175,11 +183,15 @@ impl Instance {
             let started = arm(&mut store, deadline);
             let lent = guest.clone();
             let _ticking = policy.ticker.call();
-            let (back, result) = offload::run(&policy.placement, async move {
-                let call = lent.on_response(&mut store, req_handle, resp_handle);
-                let result = timed(started, deadline, call).await;
-                (store, result)
-            })
+            // Boxed as in `on_request`.
+            let (back, result) = offload::run(
+                &policy.placement,
+                Box::pin(async move {
+                    let call = lent.on_response(&mut store, req_handle, resp_handle);
+                    let result = timed(started, deadline, call).await;
+                    (store, result)
+                }),
+            )
             .await;
             store = back;
             store.data_mut().exchange.give_back(req, Some(resp));
@@ -299,7 +311,9 @@ impl Plugin for WasmPlugin {
         let permit = self.inner.policy.permit().await?;
         let instance = match self.inner.take_idle() {
             Some(instance) => instance,
-            None => self.inner.new_configured().await?,
+            // Boxed so that the instantiation's large future is not part
+            // of every call's `start` future (moved whole, pooled hits too).
+            None => Box::pin(self.inner.new_configured()).await?,
         };
         Ok(Box::new(WasmSession {
             plugin: self.inner.clone(),
