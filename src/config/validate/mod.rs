@@ -6,6 +6,7 @@
 //! order in which sections are validated, and the checks that span sections.
 
 mod listeners;
+mod matching;
 mod plugins;
 mod process;
 mod resilience;
@@ -14,9 +15,10 @@ mod telemetry;
 mod upstreams;
 
 use listeners::{admin, listeners};
+use matching::path_normalization;
 use plugins::plugins;
 use process::runtime;
-use routes::{path_normalization, routes};
+use routes::routes;
 use telemetry::{access_log, tracing_config};
 use upstreams::upstreams;
 
