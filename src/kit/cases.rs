@@ -199,6 +199,33 @@ async fn run_case_inner(
         RequestAction::Continue(Default::default())
     };
 
+    let phase = Continued {
+        case,
+        needs,
+        request: &mut request,
+    };
+    check_action(action, phase, &fixed.response, &mut *session, result).await?;
+    drop(session);
+
+    check_kv(&kv, &prefix, case, result).await?;
+    if let Some(unmatched) = canned.unmatched() {
+        result.failures.push(unmatched);
+    }
+    Ok(())
+}
+
+/// The request phase's `action` against the case's: a direct response
+/// compared with the expected one, or the continued request through
+/// [`Continued::run`] (with the plugin's fixed `response_edits`); the other
+/// action than expected fails the case.
+async fn check_action(
+    action: RequestAction,
+    phase: Continued<'_>,
+    response_edits: &[HeaderOp],
+    session: &mut (dyn PluginSession + 'static),
+    result: &mut CaseResult,
+) -> Result<(), String> {
+    let case = phase.case;
     let expect = &case.expect;
     match (action, expect.action) {
         (RequestAction::Respond(resp), Action::Respond) => {
@@ -220,25 +247,12 @@ async fn run_case_inner(
             ));
         }
         (RequestAction::Continue(edits), Action::Continue) => {
-            let response_edits = fixed.response.clone();
-            let phase = Continued {
-                case,
-                needs,
-                request: &mut request,
-            };
-            phase
-                .run(edits, response_edits, &mut *session, result)
-                .await?;
+            let response_edits = response_edits.to_vec();
+            phase.run(edits, response_edits, session, result).await?;
         }
         (RequestAction::Continue(edits), _) => {
             return Err(format!("expected respond, got continue with {edits:?}"));
         }
-    }
-    drop(session);
-
-    check_kv(&kv, &prefix, case, result).await?;
-    if let Some(unmatched) = canned.unmatched() {
-        result.failures.push(unmatched);
     }
     Ok(())
 }

@@ -27,14 +27,15 @@
 //! resources alive (a WASI stream kept in a static) cannot be, since those
 //! live in the host, not in the instance.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
 use wasmtime::{
-    Store, Trap,
-    component::{Instance as ComponentInstance, Lift, Linker, WasmList},
+    Engine, Store, Trap,
+    component::{Instance as ComponentInstance, InstancePre, Lift, Linker, WasmList},
 };
-use wasmtime_wizer::{ComponentInstanceState, Wizer};
+use wasmtime_wizer::{ComponentContext, ComponentInstanceState, Wizer};
 
 use super::{
     cache::{CachedComponent, ComponentCache},
@@ -104,77 +105,77 @@ pub(crate) async fn take(
     if let Some(component) = cache.lookup(&key.0) {
         return Ok((ready(linker, version, component)?, false));
     }
-    let path = compiled.def().component.clone();
-    let expected = compiled.sha256_hex().to_owned();
-    let engine = compiled.engine().clone();
-    let (cache_, linker_) = (cache.clone(), linker.clone());
-    let (ctx, policy, config_json) = (ctx.clone(), policy.clone(), config_json.to_owned());
+    let capture = Capture {
+        path: compiled.def().component.clone(),
+        expected: compiled.sha256_hex().to_owned(),
+        engine: compiled.engine().clone(),
+        cache: cache.clone(),
+        linker: linker.clone(),
+        version,
+        ctx: ctx.clone(),
+        policy: policy.clone(),
+        deadline,
+        config_json: config_json.to_owned(),
+    };
     // Instrumenting, configuring and reading the state back (the whole
     // linear memory) take seconds for a large component: all of it runs on
     // a blocking thread, which drives the guest calls itself. The
     // instrumentation context borrows the bytes, so it stays there too.
     let handle = tokio::runtime::Handle::current();
-    let snapshot = tokio::task::spawn_blocking(move || {
-        // Not kept since the compile (tens of MiB for an interpreter): read
-        // again, and only if it is still the component that was compiled.
-        let bytes = std::fs::read(&path).map_err(|err| {
-            NoSnapshot::Unsupported(wasmtime::format_err!("reading {}: {err}", path.display()))
-        })?;
-        if hex::encode(Sha256::digest(&bytes)) != expected {
-            return Err(NoSnapshot::Unsupported(wasmtime::format_err!(
-                "{} changed since it was compiled; the next reload loads the new one",
-                path.display()
-            )));
-        }
+    let snapshot = tokio::task::spawn_blocking(move || capture.run(&handle))
+        .await
+        .map_err(|join| {
+            NoSnapshot::Unsupported(wasmtime::format_err!("snapshot task failed: {join}"))
+        })??;
+
+    let component = compile(cache, key, snapshot).await?;
+    Ok((ready(linker, version, component)?, true))
+}
+
+/// Everything taking one snapshot needs, owned, for the blocking thread
+/// it runs on.
+struct Capture {
+    path: PathBuf,
+    /// The component's hash when it was compiled.
+    expected: String,
+    engine: Engine,
+    cache: Arc<ComponentCache>,
+    linker: Arc<Linker<HostState>>,
+    version: ContractVersion,
+    ctx: Arc<GuestContext>,
+    policy: CallPolicy,
+    deadline: Duration,
+    config_json: String,
+}
+
+impl Capture {
+    /// Instrument the component, configure an instance of it and read its
+    /// state back: the snapshot's bytes. Blocking; drives the guest calls
+    /// on `handle`.
+    fn run(self, handle: &Handle) -> Result<Vec<u8>, NoSnapshot> {
+        let bytes = self.read_component()?;
         let wizer = Wizer::new();
         let (cx, instrumented) = wizer
             .instrument_component(&bytes)
             .map_err(NoSnapshot::Unsupported)?;
-        let instrumented = reclaim::compile(|| cache_.compile(&instrumented))
+        let instrumented = reclaim::compile(|| self.cache.compile(&instrumented))
             .map_err(|failure| NoSnapshot::Compile(failure.0))?;
-        let pre = linker_
+        let pre = self
+            .linker
             .instantiate_pre(&instrumented.component)
             .map_err(NoSnapshot::Configure)?;
 
-        let mut store = new_store(&engine, &ctx, &policy, deadline);
-        let configure = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            let guest = Guest::of_instance(version, &mut store, &instance)?;
-            let answer = guest.configure(&mut store, &config_json).await?.map(|_| ());
-            wasmtime::Result::Ok((instance, answer))
-        };
-        let instance =
-            match handle.block_on(policy.bounded(std::time::Instant::now(), deadline, configure)) {
-                Ok(Ok((instance, Ok(())))) => instance,
-                Ok(Ok((_, Err(message)))) => return Err(NoSnapshot::Inconsistent(message)),
-                // The epoch interrupts a guest that computes past its
-                // deadline; the timer one that waits on the host past it:
-                // both are the same failure.
-                Ok(Err(err)) if is_interrupt(&err) => {
-                    return Err(NoSnapshot::Deadline(deadline));
-                }
-                Ok(Err(err)) => return Err(NoSnapshot::Configure(err)),
-                Err(_) => return Err(NoSnapshot::Deadline(deadline)),
-            };
+        let mut store = new_store(&self.engine, &self.ctx, &self.policy, self.deadline);
+        let instance = self.configure(handle, &mut store, &pre)?;
         if store.data().wasi.as_ref().is_some_and(|w| !w.is_empty()) {
             return Err(NoSnapshot::LiveResources);
         }
 
         // The reads get a deadline of their own, not what configure left.
         disarm(&mut store);
-        arm(&mut store, deadline.max(READ_DEADLINE));
-        let _ticking = policy.ticker.call();
-        let mut access = Access {
-            store: &mut store,
-            instance,
-            error: None,
-        };
-        let snapshot = handle.block_on(wizer.snapshot_component(&cx, &mut access));
-        disarm(access.store);
-        let snapshot = match access.error {
-            Some(err) => Err(NoSnapshot::Unsupported(err)),
-            None => snapshot.map_err(NoSnapshot::Unsupported),
-        };
+        arm(&mut store, self.deadline.max(READ_DEADLINE));
+        let _ticking = self.policy.ticker.call();
+        let snapshot = read_state(handle, &wizer, &cx, &mut store, instance);
         // The instance, its store and wizer's copies of its memory are
         // freed here, on this thread: give their pages back.
         drop(store);
@@ -183,14 +184,79 @@ pub(crate) async fn take(
         drop(bytes);
         reclaim::give_back();
         snapshot
-    })
-    .await
-    .map_err(|join| {
-        NoSnapshot::Unsupported(wasmtime::format_err!("snapshot task failed: {join}"))
-    })??;
+    }
 
-    let component = compile(cache, key, snapshot).await?;
-    Ok((ready(linker, version, component)?, true))
+    /// The component's bytes: not kept since the compile (tens of MiB for
+    /// an interpreter), so read again, and only if it is still the
+    /// component that was compiled.
+    fn read_component(&self) -> Result<Vec<u8>, NoSnapshot> {
+        let path = &self.path;
+        let bytes = std::fs::read(path).map_err(|err| {
+            NoSnapshot::Unsupported(wasmtime::format_err!("reading {}: {err}", path.display()))
+        })?;
+        if hex::encode(Sha256::digest(&bytes)) != self.expected {
+            return Err(NoSnapshot::Unsupported(wasmtime::format_err!(
+                "{} changed since it was compiled; the next reload loads the new one",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Instantiate the instrumented component and `configure` it with the
+    /// route's config, within the plugin's deadline.
+    fn configure(
+        &self,
+        handle: &Handle,
+        store: &mut Store<HostState>,
+        pre: &InstancePre<HostState>,
+    ) -> Result<ComponentInstance, NoSnapshot> {
+        let configure = async {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let guest = Guest::of_instance(self.version, &mut *store, &instance)?;
+            let answer = guest
+                .configure(&mut *store, &self.config_json)
+                .await?
+                .map(|_| ());
+            wasmtime::Result::Ok((instance, answer))
+        };
+        let deadline = self.deadline;
+        match handle.block_on(
+            self.policy
+                .bounded(std::time::Instant::now(), deadline, configure),
+        ) {
+            Ok(Ok((instance, Ok(())))) => Ok(instance),
+            Ok(Ok((_, Err(message)))) => Err(NoSnapshot::Inconsistent(message)),
+            // The epoch interrupts a guest that computes past its
+            // deadline; the timer one that waits on the host past it:
+            // both are the same failure.
+            Ok(Err(err)) if is_interrupt(&err) => Err(NoSnapshot::Deadline(deadline)),
+            Ok(Err(err)) => Err(NoSnapshot::Configure(err)),
+            Err(_) => Err(NoSnapshot::Deadline(deadline)),
+        }
+    }
+}
+
+/// wizer reads the configured `instance`'s memories and globals through
+/// the accessors its instrumentation exported: the snapshot's bytes.
+fn read_state(
+    handle: &Handle,
+    wizer: &Wizer,
+    cx: &ComponentContext<'_>,
+    store: &mut Store<HostState>,
+    instance: ComponentInstance,
+) -> Result<Vec<u8>, NoSnapshot> {
+    let mut access = Access {
+        store,
+        instance,
+        error: None,
+    };
+    let snapshot = handle.block_on(wizer.snapshot_component(cx, &mut access));
+    disarm(access.store);
+    match access.error {
+        Some(err) => Err(NoSnapshot::Unsupported(err)),
+        None => snapshot.map_err(NoSnapshot::Unsupported),
+    }
 }
 
 /// Whether `err` is the epoch's interrupt (the deadline passed while the

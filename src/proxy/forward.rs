@@ -18,7 +18,7 @@
 //! answer. Which target, connection limits and timeouts are
 //! [`crate::upstream`]'s.
 
-use std::{sync::Arc, time::Duration};
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{
@@ -227,6 +227,22 @@ struct Resend {
 }
 
 impl Resend {
+    /// What a request with head `parts` and, when held whole, body bytes
+    /// `replay` can send again under `policy`.
+    fn new(policy: &RetryPolicy, parts: &http::request::Parts, replay: Option<Bytes>) -> Self {
+        Resend {
+            safe_method: policy.non_idempotent || is_idempotent(&parts.method),
+            // The head is kept for a resend only when a whole body could go again.
+            head: (policy.retries > 0 && replay.is_some()).then(|| Head {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+            }),
+            replay,
+        }
+    }
+
     /// The request again, when it can be resent.
     fn request(&self) -> Option<Request<Body>> {
         match (&self.head, &self.replay) {
@@ -247,17 +263,7 @@ async fn attempts(
     body: Body,
     replay: Option<Bytes>,
 ) -> Result<Response<Body>, ProxyError> {
-    let resend = Resend {
-        safe_method: policy.non_idempotent || is_idempotent(&parts.method),
-        // The head is kept for a resend only when a whole body could go again.
-        head: (policy.retries > 0 && replay.is_some()).then(|| Head {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-        }),
-        replay,
-    };
+    let resend = Resend::new(policy, &parts, replay);
     let mut req = Request::from_parts(parts, body);
     let mut tried: Vec<usize> = Vec::new();
     // The answer to give if a retry cannot go: the last response, or error.
@@ -270,13 +276,7 @@ async fn attempts(
         };
         tried.push(attempt.index());
         observe::upstream_attempt(attempt.target(), tried.len());
-        let call = match calls.rt.upstream_metrics(calls.upstream) {
-            Some((name, metrics)) => observe::upstream_call(name, Some(metrics)),
-            None => observe::upstream_call(&Arc::from(calls.upstream), None),
-        };
-        if let Some(tp) = call.traceparent() {
-            req.headers_mut().insert(TRACEPARENT, tp);
-        }
+        let call = start_call(calls, &mut req);
         let start = tokio::time::Instant::now();
         let result = pool
             .send(&attempt, req, calls.route.config.timeout, calls.body_state)
@@ -284,27 +284,13 @@ async fn attempts(
         let latency = start.elapsed();
         let more = (tried.len() as u32) <= policy.retries;
         let (retry, next) = match result {
-            Ok(resp) => {
-                call.finish(Ok(resp.status().as_u16()));
-                let status = resp.status();
-                attempt.report(
-                    if status.is_server_error() {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    },
-                    Some(latency),
-                );
-                let retried =
-                    more && resend.safe_method && policy.statuses.contains(&status.as_u16());
-                match retried.then(|| resend.request()).flatten() {
-                    Some(again) => {
-                        last = Some(Ok(resp));
-                        (Retry::Status, again)
-                    }
-                    None => return Ok(resp),
+            Ok(resp) => match after_response(policy, &resend, attempt, call, resp, latency, more) {
+                ControlFlow::Break(resp) => return Ok(resp),
+                ControlFlow::Continue((resp, again)) => {
+                    last = Some(Ok(resp));
+                    (Retry::Status, again)
                 }
-            }
+            },
             Err(failure) => {
                 let (retry, again, error) =
                     after_failure(calls, attempt, call, failure, more, &resend)?;
@@ -317,6 +303,49 @@ async fn attempts(
         }
         tokio::time::sleep(backoff(policy, tried.len() as u32)).await;
         req = next;
+    }
+}
+
+/// The upstream call's span and metrics for one attempt, its trace
+/// context put on `req`.
+fn start_call(calls: &Calls<'_>, req: &mut Request<Body>) -> UpstreamCall {
+    let call = match calls.rt.upstream_metrics(calls.upstream) {
+        Some((name, metrics)) => observe::upstream_call(name, Some(metrics)),
+        None => observe::upstream_call(&Arc::from(calls.upstream), None),
+    };
+    if let Some(tp) = call.traceparent() {
+        req.headers_mut().insert(TRACEPARENT, tp);
+    }
+    call
+}
+
+/// An attempt that got a response head: accounted, and either the answer
+/// (`Break`) or, for a retried status that may go again, the response to
+/// answer with if the retry cannot go and the request to send
+/// (`Continue`).
+fn after_response(
+    policy: &RetryPolicy,
+    resend: &Resend,
+    attempt: Attempt<'_>,
+    call: UpstreamCall,
+    resp: Response<Body>,
+    latency: Duration,
+    more: bool,
+) -> ControlFlow<Response<Body>, (Response<Body>, Request<Body>)> {
+    call.finish(Ok(resp.status().as_u16()));
+    let status = resp.status();
+    attempt.report(
+        if status.is_server_error() {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
+        Some(latency),
+    );
+    let retried = more && resend.safe_method && policy.statuses.contains(&status.as_u16());
+    match retried.then(|| resend.request()).flatten() {
+        Some(again) => ControlFlow::Continue((resp, again)),
+        None => ControlFlow::Break(resp),
     }
 }
 
