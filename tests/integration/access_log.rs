@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{TestGateway, Upstream, client};
+use crate::harness::{TestGateway, Upstream, client, status_of};
 
 #[tokio::test]
 async fn access_log_writes_one_json_line_per_request() {
@@ -27,10 +27,7 @@ async fn access_log_writes_one_json_line_per_request() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hello world");
-    assert_eq!(
-        http.get(gw.url("/missing")).send().await.unwrap().status(),
-        404
-    );
+    assert_eq!(status_of(http.get(gw.url("/missing"))).await, 404);
     // Shutdown flushes the log writer.
     gw.gateway.shutdown(Duration::from_secs(5)).await;
     let text = std::fs::read_to_string(&log).unwrap();

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{TestGateway, Upstream, admin_get, client, plugin, series};
+use crate::harness::{TestGateway, Upstream, admin_get, client, plugin, series, status_of};
 
 #[tokio::test]
 async fn admin_api_describes_the_gateway_and_serves_metrics() {
@@ -47,35 +47,11 @@ plugin = "trap"
     let base = format!("http://{}", gw.local_addrs()[0]);
     let http = client();
     for _ in 0..2 {
-        assert_eq!(
-            http.get(format!("{base}/r")).send().await.unwrap().status(),
-            200
-        );
+        assert_eq!(status_of(http.get(format!("{base}/r"))).await, 200);
     }
-    assert_eq!(
-        http.get(format!("{base}/nowhere"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        http.get(format!("{base}/dead"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
-    );
-    assert_eq!(
-        http.get(format!("{base}/trap"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        500
-    );
+    assert_eq!(status_of(http.get(format!("{base}/nowhere"))).await, 404);
+    assert_eq!(status_of(http.get(format!("{base}/dead"))).await, 502);
+    assert_eq!(status_of(http.get(format!("{base}/trap"))).await, 500);
 
     let (s, body) = admin_get(gw, "/admin/health").await;
     assert_eq!((s, body.contains("ok")), (200, true));

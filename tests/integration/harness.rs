@@ -188,6 +188,15 @@ impl TestGateway {
     }
 }
 
+/// The message (the whole error chain) `Gateway::start` refuses `cfg`
+/// with, or `None` if it started.
+pub async fn start_error(cfg: config::Config) -> Option<String> {
+    match Gateway::start(cfg).await {
+        Ok(_) => None,
+        Err(e) => Some(pylon::error::ErrorChain(&e).to_string()),
+    }
+}
+
 /// Parse TOML text as a config with a test listener and a shared test cache dir.
 pub fn parse(toml: &str) -> Result<config::Config, config::ConfigError> {
     let text = format!(

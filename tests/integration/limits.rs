@@ -27,7 +27,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::harness::{Upstream, client, parse};
+use crate::harness::{Upstream, client, parse, status_of};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -131,12 +131,7 @@ async fn silent_connections_are_closed_after_the_header_timeout() {
     assert!(closed_within(&mut preface_only, Duration::from_secs(10)).await);
     assert!(closed(&gw, "no_request") >= 2);
     assert_eq!(
-        client()
-            .get(format!("http://{addr}/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(client().get(format!("http://{addr}/"))).await,
         200
     );
 }
@@ -252,7 +247,7 @@ async fn requests_over_the_in_flight_limit_get_503_at_once() {
     for s in slow {
         assert_eq!(s.await.unwrap().unwrap().status(), 200);
     }
-    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(status_of(client().get(&url)).await, 200);
     assert!(metric(&gw, "pylon_requests_refused_total{reason=\"in_flight\"}") >= 1);
 }
 
@@ -453,12 +448,7 @@ async fn a_ping_flood_that_never_reads_the_acks_is_closed() {
     );
     assert!(closed(&gw, "send_timeout") >= 1);
     assert_eq!(
-        client()
-            .get(format!("http://{addr}/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(client().get(format!("http://{addr}/"))).await,
         200
     );
 }
@@ -481,12 +471,7 @@ async fn a_stream_that_never_ends_its_body_gets_408_after_the_stream_idle_timeou
     let started = Instant::now();
     // Meanwhile another client is served.
     assert_eq!(
-        client()
-            .get(format!("http://{addr}/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(client().get(format!("http://{addr}/"))).await,
         200
     );
     let resp = tokio::time::timeout(Duration::from_secs(10), resp)
@@ -529,12 +514,7 @@ async fn a_client_that_never_reads_its_response_is_closed_after_the_send_timeout
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
-        client()
-            .get(format!("http://{addr}/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(client().get(format!("http://{addr}/"))).await,
         200
     );
     let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
-use crate::harness::{Upstream, cache_dir, plugin, status_of};
+use crate::harness::{Upstream, cache_dir, plugin, start_error, status_of};
 
 /// A CA and the files of what it issued, in a temp dir.
 pub(crate) struct Pki {
@@ -387,10 +387,9 @@ async fn a_bad_certificate_is_refused_at_start_naming_file_and_listener() {
         )
         .unwrap();
         let config = pylon::config::load(&file).unwrap();
-        let err = match pylon::Gateway::start(config).await {
-            Ok(_) => panic!("started with a bad certificate ({expect})"),
-            Err(e) => pylon::error::ErrorChain(&e).to_string(),
-        };
+        let err = start_error(config)
+            .await
+            .unwrap_or_else(|| panic!("started with a bad certificate ({expect})"));
         assert!(err.contains(expect), "{err}");
         assert!(err.contains("127.0.0.1:0"), "names the listener: {err}");
     }
@@ -1433,10 +1432,9 @@ async fn an_upstream_client_certificate_is_checked_at_load_like_a_listener_one()
         (&mismatched, "soon.key"),
     ] {
         let config = crate::harness::parse(&upstream(bad)).unwrap();
-        let err = match pylon::Gateway::start(config).await {
-            Ok(_) => panic!("started with a bad client certificate ({expect})"),
-            Err(e) => pylon::error::ErrorChain(&e).to_string(),
-        };
+        let err = start_error(config)
+            .await
+            .unwrap_or_else(|| panic!("started with a bad client certificate ({expect})"));
         assert!(err.contains(expect) && err.contains("\"u\""), "{err}");
     }
     let config = crate::harness::parse(&upstream(&soon)).unwrap();

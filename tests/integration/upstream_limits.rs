@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     bodies::metric,
-    harness::{TestGateway, client},
+    harness::{TestGateway, client, status_of},
 };
 
 /// A raw HTTP/1.1 upstream: counts the connections it accepted and the
@@ -107,7 +107,7 @@ fn requests(gw: &TestGateway, n: usize) -> Vec<tokio::task::JoinHandle<u16>> {
     (0..n)
         .map(|_| {
             let url = gw.url("/slow");
-            tokio::spawn(async move { client().get(url).send().await.unwrap().status().as_u16() })
+            tokio::spawn(async move { status_of(client().get(url)).await.as_u16() })
         })
         .collect()
 }

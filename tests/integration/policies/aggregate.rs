@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
-use pylon::Gateway;
 use serde_json::{Value, json};
 
-use crate::harness::{TestGateway, Upstream, client, parse, plugin};
+use crate::harness::{TestGateway, Upstream, client, parse, plugin, start_error};
 
 /// An upstream answering `200`, `application/json`, `f(path and query)`
 /// after `delay`.
@@ -402,10 +401,9 @@ async fn invalid_configs_are_rejected_naming_the_key() {
     ] {
         let cfg = parse(&toml(&[("u", "127.0.0.1:9".to_string())], config))
             .unwrap_or_else(|e| panic!("{e}"));
-        let err = match Gateway::start(cfg).await {
-            Ok(_) => panic!("config accepted: {config}"),
-            Err(e) => pylon::error::ErrorChain(&e).to_string(),
-        };
+        let err = start_error(cfg)
+            .await
+            .unwrap_or_else(|| panic!("config accepted: {config}"));
         assert!(err.contains("route \"agg\", plugin \"aggregate\""), "{err}");
         assert!(err.contains(needle), "expected {needle:?} in: {err}");
     }

@@ -17,10 +17,9 @@ use jsonwebtoken::{
     Algorithm, EncodingKey, Header,
     jwk::{Jwk, JwkSet},
 };
-use pylon::Gateway;
 use serde_json::{Value, json};
 
-use crate::harness::{TestGateway, Upstream, client, parse, plugin, root};
+use crate::harness::{TestGateway, Upstream, client, parse, plugin, root, start_error};
 
 /// The HMAC secret: 64 bytes, enough for HS512 (RFC 7518 §3.2).
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -895,10 +894,9 @@ async fn unreachable_jwks_gives_503_and_is_not_hammered() {
 /// The message `Gateway::start` gives for an auth-jwt config `config`.
 async fn rejection(config: &str) -> String {
     let cfg = parse(&toml("127.0.0.1:9", INLINE_DEF, config, "")).unwrap_or_else(|e| panic!("{e}"));
-    match Gateway::start(cfg).await {
-        Ok(_) => panic!("config accepted: {config}"),
-        Err(e) => pylon::error::ErrorChain(&e).to_string(),
-    }
+    start_error(cfg)
+        .await
+        .unwrap_or_else(|| panic!("config accepted: {config}"))
 }
 
 #[tokio::test]

@@ -3,11 +3,10 @@
 //! key-value store, against a real upstream that records what passes.
 
 use bytes::Bytes;
-use pylon::Gateway;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{TestGateway, Upstream, client, one_plugin_route, parse};
+use crate::harness::{TestGateway, Upstream, client, one_plugin_route, parse, start_error};
 
 const ACME_KEY: &str = "acme-live-3f9a1c77d2";
 const GLOBEX_KEY: &str = "globex-live-88b20e4a19";
@@ -271,10 +270,9 @@ async fn kv_lookup_without_the_kv_capability_is_503() {
 /// The message `Gateway::start` gives for an auth-key config `config`.
 async fn rejection(config: &str) -> String {
     let cfg = parse(&toml("127.0.0.1:9", "", config)).unwrap_or_else(|e| panic!("{e}"));
-    match Gateway::start(cfg).await {
-        Ok(_) => panic!("config accepted: {config}"),
-        Err(e) => pylon::error::ErrorChain(&e).to_string(),
-    }
+    start_error(cfg)
+        .await
+        .unwrap_or_else(|| panic!("config accepted: {config}"))
 }
 
 #[tokio::test]

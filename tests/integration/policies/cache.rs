@@ -11,9 +11,8 @@ use std::{
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
-use pylon::Gateway;
 
-use crate::harness::{Seen, TestGateway, Upstream, client, one_plugin_route, parse};
+use crate::harness::{Seen, TestGateway, Upstream, client, one_plugin_route, parse, start_error};
 
 /// An upstream whose answer depends on the path (see the match), each body
 /// ending in ` #<n>`, `n` counting the upstream's answers, so a body shows
@@ -310,10 +309,9 @@ async fn without_kv_every_request_goes_upstream() {
 async fn rejection(config: &str) -> String {
     let up = Upstream::named("unused").await;
     let cfg = parse(&toml(&up, r#"["kv", "clock"]"#, config)).unwrap_or_else(|e| panic!("{e}"));
-    match Gateway::start(cfg).await {
-        Ok(_) => panic!("config accepted: {config}"),
-        Err(e) => pylon::error::ErrorChain(&e).to_string(),
-    }
+    start_error(cfg)
+        .await
+        .unwrap_or_else(|| panic!("config accepted: {config}"))
 }
 
 #[tokio::test]

@@ -3,9 +3,8 @@
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
-use pylon::Gateway;
 
-use crate::harness::{TestGateway, Upstream, client, parse, plugin};
+use crate::harness::{TestGateway, Upstream, client, parse, plugin, start_error};
 
 const APP: &str = "https://app.example.com";
 
@@ -319,10 +318,9 @@ async fn with_credentials_wildcard_methods_and_headers_are_echoed() {
 async fn rejection(config: &str) -> String {
     let up = Upstream::named("unused").await;
     let cfg = parse(&toml(&up, config)).unwrap_or_else(|e| panic!("{e}"));
-    match Gateway::start(cfg).await {
-        Ok(_) => panic!("config accepted: {config}"),
-        Err(e) => pylon::error::ErrorChain(&e).to_string(),
-    }
+    start_error(cfg)
+        .await
+        .unwrap_or_else(|| panic!("config accepted: {config}"))
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 use pylon::Gateway;
 
 use crate::harness::{
-    Redis, TestGateway, Upstream, cache_dir, client, one_plugin_route, parse, root,
+    Redis, TestGateway, Upstream, cache_dir, client, one_plugin_route, parse, root, start_error,
 };
 
 /// Upstream, plugin definition (`capabilities` as given) and a route `r` on
@@ -383,10 +383,9 @@ async fn limits_hold_across_gateways_sharing_redis() {
 async fn rejection(config: &str) -> String {
     let up = Upstream::named("unused").await;
     let cfg = parse(&toml(&up, r#"["kv", "clock"]"#, config)).unwrap_or_else(|e| panic!("{e}"));
-    match Gateway::start(cfg).await {
-        Ok(_) => panic!("config accepted: {config}"),
-        Err(e) => pylon::error::ErrorChain(&e).to_string(),
-    }
+    start_error(cfg)
+        .await
+        .unwrap_or_else(|| panic!("config accepted: {config}"))
 }
 
 #[tokio::test]

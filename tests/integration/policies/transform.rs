@@ -5,9 +5,8 @@
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
-use pylon::Gateway;
 
-use crate::harness::{TestGateway, Upstream, client, one_plugin_route, parse};
+use crate::harness::{TestGateway, Upstream, client, one_plugin_route, parse, start_error};
 
 /// The TOML of a gateway with upstream `u` at `up`, the `transform` plugin
 /// (with `def_extra` lines in its definition) and one route `r` on every
@@ -466,10 +465,9 @@ async fn bodies_are_buffered_only_for_directions_with_json_edits() {
 /// The message `Gateway::start` gives for a route whose transform config is `config`.
 async fn rejection(config: &str) -> String {
     let cfg = parse(&toml("127.0.0.1:9", "", config)).unwrap_or_else(|e| panic!("{e}"));
-    match Gateway::start(cfg).await {
-        Ok(_) => panic!("config accepted: {config}"),
-        Err(e) => pylon::error::ErrorChain(&e).to_string(),
-    }
+    start_error(cfg)
+        .await
+        .unwrap_or_else(|| panic!("config accepted: {config}"))
 }
 
 #[tokio::test]
