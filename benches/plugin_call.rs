@@ -232,6 +232,7 @@ fn main() {
                 name: plugin,
                 component,
                 isolation,
+                recycle: Default::default(),
                 deadline: Duration::from_secs(1),
                 memory_limit_bytes: if big { 64 << 20 } else { 16 << 20 },
                 max_body_bytes: 1 << 20,

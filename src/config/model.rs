@@ -250,6 +250,29 @@ pub enum Isolation {
     },
 }
 
+/// When a `pooled` instance is retired after a request instead of going
+/// back to the idle pool (the next request gets a new instance of the
+/// snapshot). An interpreter's heap (JavaScript, Python) only grows: without
+/// this a long-lived instance ends at the memory cap and fails a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recycle {
+    /// Retire an instance whose linear memory has grown to this share of
+    /// the plugin's `memory` cap, in percent (1–100).
+    pub memory_percent: u8,
+    /// Retire an instance after it served this many requests; 0: never.
+    pub after_requests: u64,
+}
+
+impl Default for Recycle {
+    /// At 75% of the memory cap; no request limit.
+    fn default() -> Self {
+        Self {
+            memory_percent: 75,
+            after_requests: 0,
+        }
+    }
+}
+
 /// Host capabilities granted to a plugin; everything is denied by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -272,6 +295,8 @@ pub struct PluginDef {
     pub component: PathBuf,
     /// Fresh or pooled instances.
     pub isolation: Isolation,
+    /// When a pooled instance is retired rather than reused.
+    pub recycle: Recycle,
     /// The longest one call may run.
     pub deadline: Duration,
     /// The linear-memory cap per instance.

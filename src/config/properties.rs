@@ -53,6 +53,7 @@ const PIECES: &[&str] = &[
     "[plugins.p]\n",
     "component = \"p.wasm\"\n",
     "pool-size = 0\n",
+    "recycle-memory-percent = 0\n",
     "memory = \"",
     "[[routes.plugins]]\n",
     "plugin = \"p\"\n",

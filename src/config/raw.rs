@@ -268,6 +268,8 @@ pub(crate) struct RawPluginDef {
     pub(crate) component: Spanned<String>,
     pub(crate) isolation: Option<Spanned<String>>,
     pub(crate) pool_size: Option<Spanned<i64>>,
+    pub(crate) recycle_memory_percent: Option<Spanned<i64>>,
+    pub(crate) recycle_after_requests: Option<Spanned<i64>>,
     pub(crate) deadline: Option<Spanned<String>>,
     pub(crate) memory: Option<Spanned<String>>,
     pub(crate) max_body_size: Option<Spanned<String>>,

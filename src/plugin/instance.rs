@@ -44,7 +44,7 @@ use super::{
     contract::{Guest, GuestPre},
     convert::Validate,
     offload,
-    pool::IdlePool,
+    pool::{IdlePool, Recycler},
     snapshot::Snapshot,
     state::{GuestContext, HostState},
 };
@@ -57,6 +57,10 @@ use crate::pipeline::{
 pub(crate) struct Instance {
     store: Store<HostState>,
     guest: Guest,
+    /// Linear memory when it was created (see `pool::Recycler`).
+    memory_at_start: usize,
+    /// Requests served.
+    served: u64,
 }
 
 /// A `configure` that ran: the plugin's answer to its config, its needs
@@ -77,7 +81,15 @@ impl Instance {
         let result = policy.bounded(Instant::now(), deadline, instantiate).await;
         disarm(&mut store);
         let err = match result {
-            Ok(Ok(guest)) => return Ok(Self { store, guest }),
+            Ok(Ok(guest)) => {
+                let memory_at_start = store.data().limiter.in_use();
+                return Ok(Self {
+                    store,
+                    guest,
+                    memory_at_start,
+                    served: 0,
+                });
+            }
             Ok(Err(err)) => classify(policy, &store, deadline, err),
             Err(_elapsed) => deadline_error(policy, deadline),
         };
@@ -99,7 +111,7 @@ impl Instance {
         deadline: Duration,
         config_json: &str,
     ) -> Result<ConfigureResult, PluginError> {
-        let Self { store, guest } = self;
+        let Self { store, guest, .. } = self;
         let started = arm(store, deadline);
         let call = guest.configure(&mut *store, config_json);
         let result = policy.bounded(started, deadline, call).await;
@@ -128,7 +140,12 @@ impl Instance {
         needs: Needs,
         req: &mut PluginRequest,
     ) -> (Self, Result<RequestAction, PluginError>) {
-        let Self { mut store, guest } = self;
+        let Self {
+            mut store,
+            guest,
+            memory_at_start,
+            served,
+        } = self;
         let deadline = policy.deadline;
         let action = {
             let handle = store
@@ -163,7 +180,13 @@ impl Instance {
             .action(action)
             .inspect_err(|e| policy.stats.record_error(e))
         });
-        (Self { store, guest }, action)
+        let instance = Self {
+            store,
+            guest,
+            memory_at_start,
+            served,
+        };
+        (instance, action)
     }
 
     /// The response phase; `req` and `resp` are lent as in `on_request`.
@@ -174,7 +197,12 @@ impl Instance {
         req: &mut PluginRequest,
         resp: &mut PluginResponse,
     ) -> (Self, Result<ResponseEdits, PluginError>) {
-        let Self { mut store, guest } = self;
+        let Self {
+            mut store,
+            guest,
+            memory_at_start,
+            served,
+        } = self;
         let deadline = policy.deadline;
         let edits = {
             let exchange = &mut store.data_mut().exchange;
@@ -205,7 +233,13 @@ impl Instance {
             .response_edits(edits)
             .inspect_err(|e| policy.stats.record_error(e))
         });
-        (Self { store, guest }, edits)
+        let instance = Self {
+            store,
+            guest,
+            memory_at_start,
+            served,
+        };
+        (instance, edits)
     }
 }
 
@@ -223,6 +257,8 @@ struct Inner {
     fixed: FixedEdits,
     /// `None` for `fresh` isolation.
     pool: Option<IdlePool<Instance>>,
+    /// When a pooled instance is retired rather than reused.
+    recycler: Recycler,
     /// The component already configured for this route: every new
     /// instance is one of it, and needs no `configure` call.
     snapshot: Snapshot,
@@ -259,8 +295,11 @@ impl WasmPlugin {
             } => (Some(IdlePool::new(max_idle, workers)), Some(first)),
             Ready::Fresh => (None, None),
         };
+        let def = compiled.def();
+        let recycler = Recycler::new(def.recycle, def.memory_limit_bytes);
         let inner = Arc::new(Inner {
             _compiled: compiled,
+            recycler,
             ctx,
             policy,
             needs,
@@ -283,6 +322,23 @@ impl Inner {
     fn release(&self, instance: Instance) {
         if let Some(pool) = &self.pool {
             pool.put(instance);
+        }
+    }
+
+    /// Release an instance that served a request, unless it is due for
+    /// recycling (counted, and dropped: the next request gets a new one).
+    fn release_served(&self, mut instance: Instance) {
+        if self.pool.is_none() {
+            return;
+        }
+        instance.served += 1;
+        let memory = instance.store.data().limiter.in_use();
+        match self
+            .recycler
+            .verdict(memory, instance.memory_at_start, instance.served)
+        {
+            Some(reason) => self.policy.stats.record_recycled(&self.ctx.route, reason),
+            None => self.release(instance),
         }
     }
 
@@ -403,7 +459,7 @@ impl Drop for WasmSession {
         if let Some(instance) = self.instance.take()
             && !self.failed
         {
-            self.plugin.release(instance);
+            self.plugin.release_served(instance);
         }
     }
 }

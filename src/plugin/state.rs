@@ -231,6 +231,11 @@ impl MemoryLimiter {
         self.denied
     }
 
+    /// Bytes of linear memory the instance holds (all its memories).
+    pub(crate) fn in_use(&self) -> usize {
+        self.in_use
+    }
+
     /// Forget earlier refusals (before each call).
     pub(crate) fn reset_denied(&mut self) {
         self.denied = false;

@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use super::pool::RecycleReason;
 use crate::{pipeline::PluginError, sync::lock, workers::Striped};
 
 /// Upper bounds of the latency histogram's buckets, in microseconds; a
@@ -23,6 +24,9 @@ pub(crate) struct PluginStats {
     kv_usage: std::sync::Mutex<Option<std::sync::Arc<crate::kv::KvUsage>>>,
     /// kv writes refused (value too large, quota exceeded).
     kv_refusals: AtomicU64,
+    /// Pooled instances retired before reuse, by route and reason: rare
+    /// (one per instance lifetime), so a lock is cheap enough.
+    recycled: std::sync::Mutex<std::collections::BTreeMap<(String, RecycleReason), u64>>,
 }
 
 #[derive(Default)]
@@ -71,6 +75,10 @@ pub struct PluginStatsSnapshot {
     /// Call latency histogram: counts per bucket of
     /// [`LATENCY_BUCKETS_US`], then one for slower calls.
     pub latency_buckets: Vec<u64>,
+    /// Pooled instances retired before reuse: `(route, reason, count)`,
+    /// reason `memory` (past `recycle-memory-percent`) or `requests`
+    /// (`recycle-after-requests`).
+    pub recycled: Vec<(String, &'static str, u64)>,
 }
 
 impl PluginStats {
@@ -115,6 +123,13 @@ impl PluginStats {
         *lock(&self.kv_usage) = usage;
     }
 
+    /// Count a pooled instance of `route` retired instead of reused.
+    pub(crate) fn record_recycled(&self, route: &str, reason: RecycleReason) {
+        *lock(&self.recycled)
+            .entry((route.to_owned(), reason))
+            .or_default() += 1;
+    }
+
     pub(crate) fn record_instantiation(&self) {
         self.counters.local().instantiations.fetch_add(1, Relaxed);
     }
@@ -144,6 +159,10 @@ impl PluginStats {
                         .map(|c| c.latency[b].load(Relaxed))
                         .sum()
                 })
+                .collect(),
+            recycled: lock(&self.recycled)
+                .iter()
+                .map(|((route, reason), n)| (route.clone(), reason.as_str(), *n))
                 .collect(),
         }
     }

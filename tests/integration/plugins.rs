@@ -9,7 +9,7 @@ use http::Response;
 use http_body_util::Full;
 use serde_json::Value;
 
-use crate::harness::{TestGateway, Upstream, client, plugin, status_of};
+use crate::harness::{TestGateway, Upstream, client, plugin, series, status_of};
 
 /// A gateway with one upstream and one route "r" on `/` whose pipeline is
 /// the given `[[routes.plugins]]` entries; `defs` are `[plugins.*]` tables.
@@ -410,6 +410,98 @@ plugin = "memo-fresh"
     assert_eq!(get("/pooled").await.0, 500);
     assert_eq!(get("/pooled").await, (200, "1".to_string()));
     assert!(up.seen().is_empty());
+}
+
+/// A pooled instance whose heap only grows (the `memo` guest keeping 1 MiB
+/// per request, as an interpreter's heap does) is retired once it holds 75%
+/// of its 16 MiB cap, so no request ever meets the cap; with recycling
+/// effectively off (100%) the same plugin fails a request. After
+/// `recycle-after-requests` an instance is retired whatever its memory.
+/// Both are counted by route, plugin and reason.
+#[tokio::test]
+async fn pooled_instances_are_recycled_before_they_run_out_of_memory() {
+    let up = Upstream::named("unused").await;
+    let route = |id: &str, plugin: &str| {
+        format!(
+            "[[routes]]\nid = \"{id}\"\npath = \"/{id}\"\nupstream = \"u\"\n\
+             [[routes.plugins]]\nplugin = \"{plugin}\"\nconfig = {{ leak-kib = 1024 }}\n"
+        )
+    };
+    let gw = TestGateway::start(&format!(
+        "[upstreams.u]\ntargets = [\"{up}\"]\n{leaky}\n{at_cap}\n{counted}\n{r1}\n{r2}\n{r3}",
+        up = up.addr,
+        leaky = def("leaky", "memo", "memory = \"16MiB\"\npool-size = 1"),
+        at_cap = def(
+            "at-cap",
+            "memo",
+            "memory = \"16MiB\"\npool-size = 1\nrecycle-memory-percent = 100"
+        ),
+        counted = def(
+            "counted",
+            "memo",
+            "memory = \"64MiB\"\npool-size = 1\nrecycle-after-requests = 4"
+        ),
+        r1 = route("leaky", "leaky"),
+        r2 = route("at-cap", "at-cap"),
+        r3 = route("counted", "counted"),
+    ))
+    .await;
+    let http = client();
+    let get = |p: &'static str| {
+        let http = http.clone();
+        let url = gw.url(p);
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+
+    // 60 requests leak 60 MiB in all: several instances' worth.
+    let mut counts = Vec::new();
+    for _ in 0..60 {
+        let (status, body) = get("/leaky").await;
+        assert_eq!(status, 200, "{body}");
+        counts.push(body.parse::<u64>().unwrap());
+    }
+    let restarts = counts.windows(2).filter(|w| w[1] <= w[0]).count();
+    assert!(restarts >= 3, "instances were replaced: {counts:?}");
+    assert!(counts.iter().all(|&n| n < 16), "{counts:?}");
+
+    let mut failed = false;
+    for _ in 0..40 {
+        if get("/at-cap").await.0 != 200 {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "without recycling the leak meets the 16 MiB cap");
+
+    let mut counted = Vec::new();
+    for _ in 0..9 {
+        counted.push(get("/counted").await);
+    }
+    let ok = |n: &str| (200, n.to_string());
+    let expected = ["1", "2", "3", "4", "1", "2", "3", "4", "1"].map(ok);
+    assert_eq!(counted, expected);
+
+    let m = gw.gateway.metrics().encode();
+    let recycled = |route: &str, plugin: &str, reason: &str| {
+        series(
+            &m,
+            &format!(
+                "pylon_plugin_instances_recycled_total{{route=\"{route}\",plugin=\"{plugin}\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        recycled("leaky", "leaky", "memory"),
+        Some(restarts as f64),
+        "{m}"
+    );
+    assert_eq!(recycled("counted", "counted", "requests"), Some(2.0), "{m}");
+    assert_eq!(recycled("at-cap", "at-cap", "memory"), None, "{m}");
+    assert_eq!(plugin_stats(&gw, "leaky").memory_hits, 0);
+    assert!(plugin_stats(&gw, "at-cap").memory_hits >= 1);
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ pub(super) fn plugins(
         let subject = format!("plugin {:?}", name.get_ref());
         let r = p.get_ref();
         let isolation = isolation(cx, r, &subject);
+        let recycle = recycle(cx, r, &subject);
         let memory_limit_bytes = cx.size(&r.memory, &subject, 64 << 20);
         if memory_limit_bytes > runtime.max_memory_bytes
             && let Some(m) = &r.memory
@@ -64,6 +65,7 @@ pub(super) fn plugins(
                 name: name.get_ref().clone(),
                 component: base.join(r.component.get_ref()),
                 isolation,
+                recycle,
                 deadline: cx.duration(&r.deadline, &subject, Duration::from_millis(100)),
                 memory_limit_bytes,
                 max_body_bytes: cx.size(&r.max_body_size, &subject, 1 << 20),
@@ -111,6 +113,38 @@ fn isolation(cx: &mut Ctx<'_>, r: &raw::RawPluginDef, subject: &str) -> Isolatio
             );
             Isolation::Fresh
         }
+    }
+}
+
+/// `recycle-memory-percent` and `recycle-after-requests` (pooled only).
+fn recycle(cx: &mut Ctx<'_>, r: &raw::RawPluginDef, subject: &str) -> Recycle {
+    let defaults = Recycle::default();
+    let fresh = r.isolation.as_ref().is_some_and(|s| s.get_ref() == "fresh");
+    for (key, v) in [
+        ("recycle-memory-percent", &r.recycle_memory_percent),
+        ("recycle-after-requests", &r.recycle_after_requests),
+    ] {
+        if let (true, Some(v)) = (fresh, v) {
+            cx.error(
+                v,
+                Some(subject.into()),
+                format!("{key} applies only to isolation = \"pooled\""),
+            );
+        }
+    }
+    let percent = cx.whole(
+        &r.recycle_memory_percent,
+        subject,
+        1..=100,
+        usize::from(defaults.memory_percent),
+        || "recycle-memory-percent must be between 1 and 100".into(),
+    );
+    let after = cx.whole(&r.recycle_after_requests, subject, 0..=TOML_MAX, 0, || {
+        "recycle-after-requests must be 0 (never) or more".into()
+    });
+    Recycle {
+        memory_percent: u8::try_from(percent).unwrap_or(defaults.memory_percent),
+        after_requests: after as u64,
     }
 }
 

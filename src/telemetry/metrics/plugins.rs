@@ -104,8 +104,34 @@ impl Collector for PluginCollector {
                 ConstGauge::new(field(snap) as i64).encode(family.encode_family(&labels)?)?;
             }
         }
+        encode_recycled(&mut encoder, &stats)?;
         encode_latency(&mut encoder, &stats)
     }
+}
+
+/// `pylon_plugin_instances_recycled_total{route,plugin,reason}`.
+fn encode_recycled(
+    encoder: &mut DescriptorEncoder,
+    stats: &[(String, PluginStatsSnapshot)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "pylon_plugin_instances_recycled",
+        "Pooled plugin instances retired instead of reused, before their memory reached the cap \
+         (reason memory) or after recycle-after-requests requests (reason requests), by route and plugin",
+        None,
+        MetricType::Counter,
+    )?;
+    for (plugin, snap) in stats {
+        for (route, reason, n) in &snap.recycled {
+            let labels = [
+                ("route", route.as_str()),
+                ("plugin", plugin.as_str()),
+                ("reason", *reason),
+            ];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// `pylon_plugin_call_duration_seconds`, from each plugin's latency buckets.

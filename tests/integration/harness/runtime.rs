@@ -46,6 +46,7 @@ pub fn def(name: &str, guest: &str) -> PluginDef {
         name: name.to_owned(),
         component: component(guest),
         isolation: Isolation::Fresh,
+        recycle: Default::default(),
         deadline: Duration::from_secs(1),
         memory_limit_bytes: 64 << 20,
         max_body_bytes: 1 << 20,

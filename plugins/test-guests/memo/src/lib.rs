@@ -3,13 +3,18 @@
 //! instance per request always answers `1`; a pooled instance counts up.
 //! With `{"trap-at": N}` it traps on its N-th request, so a test can check
 //! that a trapped pooled instance is discarded (the next count restarts).
-//! Config: `{}` or `{"trap-at": N}`.
+//! With `{"leak-kib": N}` every request also keeps N KiB it never frees
+//! (written, so committed): a heap that only grows, like an interpreter's,
+//! for the tests of pooled-instance recycling.
+//! Config: `{}`, `{"trap-at": N}`, `{"leak-kib": N}` or both.
 
 use pylon_plugin_sdk::{Needs, Plugin, Request, RequestAction, Response, export_plugin};
 
 struct Memo {
     served: u64,
     trap_at: Option<u64>,
+    leak_kib: u64,
+    leaked: Vec<Vec<u8>>,
 }
 
 impl Plugin for Memo {
@@ -20,9 +25,11 @@ impl Plugin for Memo {
             .as_object()
             .ok_or("invalid memo config: expected an object")?;
         let mut trap_at = None;
+        let mut leak_kib = 0;
         for (k, v) in obj {
             match (k.as_str(), v.as_u64()) {
                 ("trap-at", Some(n)) if n > 0 => trap_at = Some(n),
+                ("leak-kib", Some(n)) if n <= 1 << 20 => leak_kib = n,
                 _ => {
                     return Err(format!(
                         "invalid memo config: unexpected key or value {k:?}"
@@ -30,13 +37,26 @@ impl Plugin for Memo {
                 }
             }
         }
-        Ok((Memo { served: 0, trap_at }, Needs::none()))
+        let memo = Memo {
+            served: 0,
+            trap_at,
+            leak_kib,
+            leaked: Vec::new(),
+        };
+        Ok((memo, Needs::none()))
     }
 
     fn on_request(&mut self, _req: &Request) -> RequestAction {
         self.served += 1;
         if self.trap_at == Some(self.served) {
             panic!("memo guest: deliberate trap at request {}", self.served);
+        }
+        if self.leak_kib > 0 {
+            let mut block = vec![0u8; (self.leak_kib as usize) << 10];
+            for i in (0..block.len()).step_by(4096) {
+                block[i] = 1;
+            }
+            self.leaked.push(std::hint::black_box(block));
         }
         Response::text(200, self.served.to_string()).into()
     }
