@@ -67,6 +67,14 @@ def _closest(word: str, known: Iterable[str]) -> Optional[str]:
     return best if 0 < distance(word, best) <= max(1, (len(word) + 2) // 3) else None
 
 
+# The config is JSON (written as TOML): name its types the way its author does.
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array", type(None): "null"}
+
+
+def _json_type(kind: type) -> str:
+    return _JSON_TYPES.get(kind, kind.__name__)
+
+
 def parse_config(text: str, fields: Mapping[str, Tuple[type, Any]], plugin: str = "plugin") -> dict:
     """Parse the route's JSON config into a dict of ``fields``.
 
@@ -104,7 +112,7 @@ def parse_config(text: str, fields: Mapping[str, Tuple[type, Any]], plugin: str 
             continue
         # JSON has no int/bool distinction Python would respect: True is an int.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise fail(f"{key}: expected {kind.__name__}, got {type(value).__name__}")
+            raise fail(f"{key}: expected {_json_type(kind)}, got {_json_type(type(value))}")
         out[key] = value
     return out
 

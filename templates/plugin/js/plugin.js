@@ -7,72 +7,40 @@
 // optional (default "free"), any other key rejects the config, so a typo is
 // caught when the gateway loads, not on the first request.
 //
-// WIT to JavaScript: records are objects with camelCase fields, variants are
-// {tag, val}, `option` is a value or undefined, `list<u8>` is a Uint8Array,
-// and throwing from `configure` returns its `err` (the message). pylon.js
-// beside this file has thin shortcuts over them (parseConfig, parseDuration,
-// header, respond, proceed, setHeader); this file spells them out instead.
+// pylon.js beside this file has thin shortcuts over the bindings
+// (parseConfig, parseDuration, header, respond, proceed, setHeader, ...).
+// The bindings themselves: records are objects with camelCase fields,
+// variants are {tag, val}, `option` is a value or undefined, `list<u8>` is a
+// Uint8Array, and throwing from `configure` returns its `err` (the message);
+// use them directly for anything the helpers do not cover.
 
-const encoder = new TextEncoder();
+import { needs, noResponseEdits, parseConfig, proceed, respond, setHeader } from "./pylon.js";
+
+// The config's keys: [type, default].
+const FIELDS = { tier: ["string", "free"] };
 
 // One instance serves one request at a time; configure runs first.
-let tier = encoder.encode("free");
-
-function parseConfig(text) {
-  let config;
-  try {
-    config = text.trim() === "" ? {} : JSON.parse(text);
-  } catch (e) {
-    throw `invalid config: not JSON (${e.message})`;
-  }
-  if (config === null || typeof config !== "object" || Array.isArray(config)) {
-    throw "invalid config: expected a JSON object";
-  }
-  for (const key of Object.keys(config)) {
-    if (key !== "tier") throw `invalid config: unknown field \`${key}\`, expected \`tier\``;
-  }
-  const value = config.tier ?? "free";
-  if (typeof value !== "string") throw "invalid config: `tier` must be a string";
-  if (/[\x00-\x1f\x7f]/.test(value)) throw "invalid config: `tier` contains a control character";
-  return encoder.encode(value);
-}
+let tier = "free";
 
 export const guest = {
   configure(config) {
-    tier = parseConfig(config);
-    return {
-      requestPhase: true,
-      requestBody: false,
-      responsePhase: false,
-      responseBody: false,
-      fixedRequestHeaders: [],
-      fixedResponseHeaders: [],
-    };
+    const value = parseConfig(config, FIELDS, "{{name}}").tier;
+    if (/[\x00-\x1f\x7f]/.test(value)) throw "invalid {{name}} config: tier: contains a control character";
+    tier = value;
+    // The request phase only: no body, no response phase.
+    return needs();
   },
 
   // `request` is a borrowed handle, valid only during the call: read the
   // parts you need (`request.header("x-a")`, `request.path()`, ...).
   onRequest(request) {
     if (request.header("x-tenant") === undefined) {
-      return {
-        tag: "respond",
-        val: {
-          status: 401,
-          headers: [{ name: "content-type", value: encoder.encode("text/plain") }],
-          body: encoder.encode("missing x-tenant header\n"),
-        },
-      };
+      return respond(401, "missing x-tenant header\n", { "content-type": "text/plain" });
     }
-    return {
-      tag: "continue",
-      val: {
-        headers: [{ tag: "set", val: { name: "x-tier", value: tier } }],
-        responseHeaders: [],
-      },
-    };
+    return proceed({ headers: [setHeader("x-tier", tier)] });
   },
 
   onResponse(_request, _response) {
-    return { headers: [] };
+    return noResponseEdits();
   },
 };

@@ -7,88 +7,42 @@ Config (JSON, from the gateway's TOML): ``{"tier": "gold"}``; ``tier`` is
 optional (default ``free``), any other key rejects the config, so a typo is
 caught when the gateway loads, not on the first request.
 
-``wit_world`` is generated from ``wit/`` by componentize-py at build time
+``pylon_plugin.py`` beside this file has thin typed shortcuts over the
+bindings (``parse_config``, ``header``, ``respond``, ``proceed``,
+``set_header``, ``kv_get``, ``log``, ...). The bindings themselves,
+``wit_world``, are generated from ``wit/`` by componentize-py at build time
 (``pylon plugin build``); run ``componentize-py -d wit -w plugin bindings .``
-to see it. ``pylon_plugin.py`` beside this file has thin shortcuts over it
-(``parse_config``, ``header``, ``respond``, ``proceed``, ``set_header``,
-``kv_get``, ``log``); this file spells the records out instead.
+to see them, and use them directly for anything the helpers do not cover.
 """
 
-import json
-
 from componentize_py_types import Err
+from pylon_plugin import needs, no_response_edits, parse_config, proceed, respond, set_header
 from wit_world import exports
-from wit_world.imports.types import (
-    Header,
-    HeaderOp_Set,
-    Needs,
-    Request,
-    RequestAction,
-    RequestAction_Continue,
-    RequestAction_Respond,
-    RequestEdits,
-    Response,
-    ResponseEdits,
-    ResponseView,
-)
+from wit_world.imports.types import Needs, Request, RequestAction, ResponseEdits, ResponseView
+
+# The config's keys: (type, default).
+FIELDS = {"tier": (str, "free")}
 
 # One instance serves one request at a time; configure runs first.
-_tier = b"free"
-
-
-def _parse_config(text: str) -> bytes:
-    try:
-        config = json.loads(text) if text.strip() else {}
-    except ValueError as e:
-        raise Err(f"invalid config: not JSON ({e})")
-    if not isinstance(config, dict):
-        raise Err("invalid config: expected a JSON object")
-    unknown = sorted(set(config) - {"tier"})
-    if unknown:
-        raise Err(f"invalid config: unknown field `{unknown[0]}`, expected `tier`")
-    tier = config.get("tier", "free")
-    if not isinstance(tier, str):
-        raise Err("invalid config: `tier` must be a string")
-    value = tier.encode("utf-8")
-    if any(b < 0x20 or b == 0x7F for b in value):
-        raise Err("invalid config: `tier` contains a control character")
-    return value
+_tier = "free"
 
 
 class Guest(exports.Guest):
     def configure(self, config: str) -> Needs:
         global _tier
-        _tier = _parse_config(config)
-        return Needs(
-            request_phase=True,
-            request_body=False,
-            response_phase=False,
-            response_body=False,
-            fixed_request_headers=[],
-            fixed_response_headers=[],
-        )
+        tier = parse_config(config, FIELDS, "{{name}}")["tier"]
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in tier):
+            raise Err("invalid {{name}} config: tier: contains a control character")
+        _tier = tier
+        # The request phase only: no body, no response phase.
+        return needs()
 
     # `request` is a borrowed handle, valid only during the call: read the
     # parts you need (`request.header("x-a")`, `request.path()`, ...).
     def on_request(self, request: Request) -> RequestAction:
         if request.header("x-tenant") is None:
-            return RequestAction_Respond(
-                Response(
-                    status=401,
-                    headers=[Header(name="content-type", value=b"text/plain")],
-                    body=b"missing x-tenant header\n",
-                )
-            )
-        return RequestAction_Continue(
-            RequestEdits(
-                headers=[HeaderOp_Set(Header(name="x-tier", value=_tier))],
-                path=None,
-                query=None,
-                upstream=None,
-                body=None,
-                response_headers=[],
-            )
-        )
+            return respond(401, "missing x-tenant header\n", {"content-type": "text/plain"})
+        return proceed(headers=[set_header("x-tier", _tier)])
 
     def on_response(self, request: Request, response: ResponseView) -> ResponseEdits:
-        return ResponseEdits(status=None, headers=[], body=None)
+        return no_response_edits()
