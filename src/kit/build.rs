@@ -73,13 +73,17 @@ pub fn build(dir: &Path) -> Result<Built, KitError> {
         Lang::C => c::build(dir, &manifest, &tmp)?,
     }
     let build_time = started.elapsed();
+    let cache = build_dir.join("cache");
+    if changed(&out, &tmp) {
+        forget_cache(&cache);
+    }
     std::fs::rename(&tmp, &out).map_err(|source| KitError::Io {
         path: out.clone(),
         source,
     })?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
-    let compiled = check(&out, &manifest.name, &build_dir.join("cache"))?;
+    let compiled = check(&out, &manifest.name, &cache)?;
     Ok(Built {
         component: out,
         size,
@@ -88,6 +92,33 @@ pub fn build(dir: &Path) -> Result<Built, KitError> {
         build_time,
         compile_time: started.elapsed(),
     })
+}
+
+/// Whether the component at `new` differs from the one at `old` (or there
+/// was none).
+fn changed(old: &Path, new: &Path) -> bool {
+    match (std::fs::read(old), std::fs::read(new)) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => true,
+    }
+}
+
+/// Empty the project's compile cache of the component being replaced:
+/// every entry there (the component compiled, instrumented, and one
+/// snapshot per config its cases ran) belongs to that component, and for
+/// an interpreter each is tens of MiB that no later run would read (the
+/// cache grew by ~35 MB per Python rebuild and config). A failure to delete
+/// only leaves the space used.
+fn forget_cache(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The runtime the kit loads plugins with: the gateway's, with a small pool
@@ -110,6 +141,7 @@ pub(super) fn plugin_def(name: &str, component: &Path) -> PluginDef {
         name: name.to_owned(),
         component: component.to_owned(),
         isolation: Isolation::Pooled { max_idle: 1 },
+        recycle: Default::default(),
         deadline: Duration::from_secs(1),
         memory_limit_bytes: 64 << 20,
         max_body_bytes: 1 << 20,
