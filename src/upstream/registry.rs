@@ -22,8 +22,11 @@ use crate::sync::lock;
 /// its host names resolve to later).
 #[derive(Debug, Default, Clone)]
 pub struct TargetRegistry {
-    states: Arc<Mutex<HashMap<(String, String), Weak<Live>>>>,
+    states: Arc<Mutex<States>>,
 }
+
+/// Each (upstream, target)'s state, while a configuration holds it.
+type States = HashMap<(String, String), Weak<Live>>;
 
 impl TargetRegistry {
     /// An empty registry.
