@@ -3,97 +3,100 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `pylon:plugin/log@0.4.0`
+// Imported Functions from `pylon:plugin/log@0.4.1`
 
-__attribute__((__import_module__("pylon:plugin/log@0.4.0"), __import_name__("log")))
+__attribute__((__import_module__("pylon:plugin/log@0.4.1"), __import_name__("log")))
 extern void __wasm_import_pylon_plugin_log_log(int32_t, uint8_t *, size_t);
 
-// Imported Functions from `pylon:plugin/clock@0.4.0`
+// Imported Functions from `pylon:plugin/clock@0.4.1`
 
-__attribute__((__import_module__("pylon:plugin/clock@0.4.0"), __import_name__("now-ms")))
+__attribute__((__import_module__("pylon:plugin/clock@0.4.1"), __import_name__("now-ms")))
 extern int64_t __wasm_import_pylon_plugin_clock_now_ms(void);
 
-__attribute__((__import_module__("pylon:plugin/clock@0.4.0"), __import_name__("monotonic-ns")))
+__attribute__((__import_module__("pylon:plugin/clock@0.4.1"), __import_name__("monotonic-ns")))
 extern int64_t __wasm_import_pylon_plugin_clock_monotonic_ns(void);
 
-// Imported Functions from `pylon:plugin/kv@0.4.0`
+// Imported Functions from `pylon:plugin/kv@0.4.1`
 
-__attribute__((__import_module__("pylon:plugin/kv@0.4.0"), __import_name__("get")))
+__attribute__((__import_module__("pylon:plugin/kv@0.4.1"), __import_name__("get")))
 extern void __wasm_import_pylon_plugin_kv_get(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/kv@0.4.0"), __import_name__("set")))
+__attribute__((__import_module__("pylon:plugin/kv@0.4.1"), __import_name__("set")))
 extern void __wasm_import_pylon_plugin_kv_set(uint8_t *, size_t, uint8_t *, size_t, int32_t, int64_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/kv@0.4.0"), __import_name__("delete")))
+__attribute__((__import_module__("pylon:plugin/kv@0.4.1"), __import_name__("delete")))
 extern void __wasm_import_pylon_plugin_kv_delete(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/kv@0.4.0"), __import_name__("incr")))
+__attribute__((__import_module__("pylon:plugin/kv@0.4.1"), __import_name__("incr")))
 extern void __wasm_import_pylon_plugin_kv_incr(uint8_t *, size_t, int64_t, int32_t, int64_t, uint8_t *);
 
-// Imported Functions from `pylon:plugin/types@0.4.0`
+// Imported Functions from `pylon:plugin/types@0.4.1`
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.route")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.route")))
 extern void __wasm_import_pylon_plugin_types_method_request_route(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.method")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.method")))
 extern void __wasm_import_pylon_plugin_types_method_request_method(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.path")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.path")))
 extern void __wasm_import_pylon_plugin_types_method_request_path(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.query")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.query")))
 extern void __wasm_import_pylon_plugin_types_method_request_query(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.header")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.header")))
 extern void __wasm_import_pylon_plugin_types_method_request_header(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.header-all")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.header-all")))
 extern void __wasm_import_pylon_plugin_types_method_request_header_all(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.headers")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.headers")))
 extern void __wasm_import_pylon_plugin_types_method_request_headers(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.client-addr")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.client-addr")))
 extern void __wasm_import_pylon_plugin_types_method_request_client_addr(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.scheme")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.scheme")))
 extern void __wasm_import_pylon_plugin_types_method_request_scheme(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.param")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.client-identity")))
+extern void __wasm_import_pylon_plugin_types_method_request_client_identity(int32_t, uint8_t *);
+
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.param")))
 extern void __wasm_import_pylon_plugin_types_method_request_param(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.params")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.params")))
 extern void __wasm_import_pylon_plugin_types_method_request_params(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]request.body")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]request.body")))
 extern void __wasm_import_pylon_plugin_types_method_request_body(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]response-view.status")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]response-view.status")))
 extern int32_t __wasm_import_pylon_plugin_types_method_response_view_status(int32_t);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]response-view.header")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]response-view.header")))
 extern void __wasm_import_pylon_plugin_types_method_response_view_header(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]response-view.header-all")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]response-view.header-all")))
 extern void __wasm_import_pylon_plugin_types_method_response_view_header_all(int32_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]response-view.headers")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]response-view.headers")))
 extern void __wasm_import_pylon_plugin_types_method_response_view_headers(int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[method]response-view.body")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[method]response-view.body")))
 extern void __wasm_import_pylon_plugin_types_method_response_view_body(int32_t, uint8_t *);
 
-// Imported Functions from `pylon:plugin/http-client@0.4.0`
+// Imported Functions from `pylon:plugin/http-client@0.4.1`
 
-__attribute__((__import_module__("pylon:plugin/http-client@0.4.0"), __import_name__("send")))
+__attribute__((__import_module__("pylon:plugin/http-client@0.4.1"), __import_name__("send")))
 extern void __wasm_import_pylon_plugin_http_client_send(uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, int32_t, uint8_t *, size_t, int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("pylon:plugin/http-client@0.4.0"), __import_name__("send-all")))
+__attribute__((__import_module__("pylon:plugin/http-client@0.4.1"), __import_name__("send-all")))
 extern void __wasm_import_pylon_plugin_http_client_send_all(uint8_t *, size_t, uint8_t *);
 
-// Exported Functions from `pylon:plugin/guest@0.4.0`
+// Exported Functions from `pylon:plugin/guest@0.4.1`
 
-__attribute__((__weak__, __export_name__("cabi_post_pylon:plugin/guest@0.4.0#configure")))
+__attribute__((__weak__, __export_name__("cabi_post_pylon:plugin/guest@0.4.1#configure")))
 void __wasm_export_exports_pylon_plugin_guest_configure_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -202,7 +205,7 @@ void __wasm_export_exports_pylon_plugin_guest_configure_post_return(uint8_t * ar
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_pylon:plugin/guest@0.4.0#on-request")))
+__attribute__((__weak__, __export_name__("cabi_post_pylon:plugin/guest@0.4.1#on-request")))
 void __wasm_export_exports_pylon_plugin_guest_on_request_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -396,7 +399,7 @@ void __wasm_export_exports_pylon_plugin_guest_on_request_post_return(uint8_t * a
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_pylon:plugin/guest@0.4.0#on-response")))
+__attribute__((__weak__, __export_name__("cabi_post_pylon:plugin/guest@0.4.1#on-response")))
 void __wasm_export_exports_pylon_plugin_guest_on_response_post_return(uint8_t * arg0) {
   size_t len3 = *((size_t*) (arg0 + (2*sizeof(void*))));
   if (len3 > 0) {
@@ -555,7 +558,25 @@ void pylon_plugin_types_headers_free(pylon_plugin_types_headers_t *ptr) {
   }
 }
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[resource-drop]request")))
+void plugin_list_string_free(plugin_list_string_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    plugin_string_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      plugin_string_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void pylon_plugin_types_client_identity_free(pylon_plugin_types_client_identity_t *ptr) {
+  plugin_string_free(&ptr->subject);
+  plugin_list_string_free(&ptr->dns_names);
+  plugin_list_string_free(&ptr->uris);
+  plugin_string_free(&ptr->sha256);
+}
+
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[resource-drop]request")))
 extern void __wasm_import_pylon_plugin_types_request_drop(int32_t handle);
 
 void pylon_plugin_types_request_drop_own(pylon_plugin_types_own_request_t handle) {
@@ -570,7 +591,7 @@ pylon_plugin_types_borrow_request_t pylon_plugin_types_borrow_request(pylon_plug
   return (pylon_plugin_types_borrow_request_t) { arg.__handle };
 }
 
-__attribute__((__import_module__("pylon:plugin/types@0.4.0"), __import_name__("[resource-drop]response-view")))
+__attribute__((__import_module__("pylon:plugin/types@0.4.1"), __import_name__("[resource-drop]response-view")))
 extern void __wasm_import_pylon_plugin_types_response_view_drop(int32_t handle);
 
 void pylon_plugin_types_response_view_drop_own(pylon_plugin_types_own_response_view_t handle) {
@@ -670,6 +691,12 @@ void plugin_list_list_u8_free(plugin_list_list_u8_t *ptr) {
       plugin_list_u8_free(&list_ptr[i]);
     }
     free(list_ptr);
+  }
+}
+
+void pylon_plugin_types_option_client_identity_free(pylon_plugin_types_option_client_identity_t *ptr) {
+  if (ptr->is_some) {
+    pylon_plugin_types_client_identity_free(&ptr->val);
   }
 }
 
@@ -1128,6 +1155,33 @@ void pylon_plugin_types_method_request_scheme(pylon_plugin_types_borrow_request_
   *ret = (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
 }
 
+bool pylon_plugin_types_method_request_client_identity(pylon_plugin_types_borrow_request_t self, pylon_plugin_types_client_identity_t *ret) {
+  __attribute__((__aligned__(8)))
+  uint8_t ret_area[(16+8*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_pylon_plugin_types_method_request_client_identity((self).__handle, ptr);
+  pylon_plugin_types_option_client_identity_t option;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      option.is_some = false;
+      break;
+    }
+    case 1: {
+      option.is_some = true;
+      option.val = (pylon_plugin_types_client_identity_t) {
+        (plugin_string_t) (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 8))), (*((size_t*) (ptr + (8+1*sizeof(void*))))) },
+        (plugin_list_string_t) (plugin_list_string_t) { (plugin_string_t*)(*((uint8_t **) (ptr + (8+2*sizeof(void*))))), (*((size_t*) (ptr + (8+3*sizeof(void*))))) },
+        (plugin_list_string_t) (plugin_list_string_t) { (plugin_string_t*)(*((uint8_t **) (ptr + (8+4*sizeof(void*))))), (*((size_t*) (ptr + (8+5*sizeof(void*))))) },
+        (plugin_string_t) (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (8+6*sizeof(void*))))), (*((size_t*) (ptr + (8+7*sizeof(void*))))) },
+        (int64_t) *((int64_t*) (ptr + (8+8*sizeof(void*)))),
+      };
+      break;
+    }
+  }
+  *ret = option.val;
+  return option.is_some;
+}
+
 bool pylon_plugin_types_method_request_param(pylon_plugin_types_borrow_request_t self, plugin_string_t *name, plugin_string_t *ret) {
   __attribute__((__aligned__(sizeof(void*))))
   uint8_t ret_area[(3*sizeof(void*))];
@@ -1340,7 +1394,7 @@ void pylon_plugin_http_client_send_all(pylon_plugin_http_client_list_outbound_re
   *ret = (pylon_plugin_http_client_list_result_response_http_error_t) { (pylon_plugin_http_client_result_response_http_error_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
 }
 
-__attribute__((__export_name__("pylon:plugin/guest@0.4.0#configure")))
+__attribute__((__export_name__("pylon:plugin/guest@0.4.1#configure")))
 uint8_t * __wasm_export_exports_pylon_plugin_guest_configure(uint8_t * arg, size_t arg0) {
   plugin_string_t arg1 = (plugin_string_t) { (uint8_t*)(arg), (arg0) };
   exports_pylon_plugin_guest_result_needs_string_t ret;
@@ -1372,7 +1426,7 @@ uint8_t * __wasm_export_exports_pylon_plugin_guest_configure(uint8_t * arg, size
   return ptr;
 }
 
-__attribute__((__export_name__("pylon:plugin/guest@0.4.0#on-request")))
+__attribute__((__export_name__("pylon:plugin/guest@0.4.1#on-request")))
 uint8_t * __wasm_export_exports_pylon_plugin_guest_on_request(int32_t arg) {
   exports_pylon_plugin_guest_request_action_t ret;
   exports_pylon_plugin_guest_on_request((exports_pylon_plugin_guest_borrow_request_t) { arg }, &ret);
@@ -1439,7 +1493,7 @@ uint8_t * __wasm_export_exports_pylon_plugin_guest_on_request(int32_t arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("pylon:plugin/guest@0.4.0#on-response")))
+__attribute__((__export_name__("pylon:plugin/guest@0.4.1#on-response")))
 uint8_t * __wasm_export_exports_pylon_plugin_guest_on_response(int32_t arg, int32_t arg0) {
   exports_pylon_plugin_guest_response_edits_t ret;
   exports_pylon_plugin_guest_on_response((exports_pylon_plugin_guest_borrow_request_t) { arg }, (exports_pylon_plugin_guest_borrow_response_view_t) { arg0 }, &ret);

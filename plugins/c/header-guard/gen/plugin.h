@@ -89,11 +89,40 @@ typedef struct pylon_plugin_types_header_t {
   plugin_list_u8_t   value;
 } pylon_plugin_types_header_t;
 
-// Header fields in wire order. Repeated names appear once per value.
+// Header fields. Repeated names appear once per value, in wire order
+// among themselves. What the host hands a plugin is grouped by name
+// (it keeps headers in a map): sent `x-a:1, x-b:2, x-a:3`, a plugin
+// reads `x-a:1, x-a:3, x-b:2`; the order between names is not defined.
 typedef struct pylon_plugin_types_headers_t {
   pylon_plugin_types_header_t   *ptr;
   size_t len;
 } pylon_plugin_types_headers_t;
+
+typedef struct {
+  plugin_string_t *ptr;
+  size_t len;
+} plugin_list_string_t;
+
+// The verified client certificate of the connection a request came
+// on (a TLS listener with `client-auth = "required"` or `"optional"`
+// and a client that presented one). The certificate chained to the
+// listener's `client-ca` bundle and was valid at the handshake; the
+// host read it once per connection.
+typedef struct pylon_plugin_types_client_identity_t {
+  // The subject distinguished name, RFC 4514 style, most specific
+  // attribute first (`CN=alice,O=Acme`).
+  plugin_string_t   subject;
+  // The DNS names of its subjectAltName, in certificate order.
+  plugin_list_string_t   dns_names;
+  // The URIs of its subjectAltName (SPIFFE IDs, for example), in
+  // certificate order.
+  plugin_list_string_t   uris;
+  // SHA-256 of the DER certificate, 64 lower-case hex digits: a pin
+  // that survives nothing but the very same certificate.
+  plugin_string_t   sha256;
+  // `notAfter`, seconds since the Unix epoch.
+  int64_t   not_after;
+} pylon_plugin_types_client_identity_t;
 
 typedef struct pylon_plugin_types_own_request_t {
   int32_t __handle;
@@ -148,6 +177,14 @@ typedef struct {
 } plugin_option_string_t;
 
 // Changes a plugin makes to a request before it goes on.
+// 
+// Output caps (for every list of header edits here, in
+// `response-edits` and in `needs`, and for `response`): at most 1,000
+// entries and 64 KiB of names and values per list; a body at most the
+// plugin's `max-body-size`; a path or query at most 8 KiB; no list that
+// would take the message past 2,000 header entries. Output past a cap,
+// like malformed output, is the plugin's failure: the route's
+// `on-error` applies (500, or the plugin is skipped) and it is counted.
 typedef struct pylon_plugin_types_request_edits_t {
   pylon_plugin_types_list_header_op_t   headers;
   // Replace the path sent upstream (query unchanged unless `query` is set).
@@ -223,6 +260,11 @@ typedef struct {
   plugin_list_u8_t *ptr;
   size_t len;
 } plugin_list_list_u8_t;
+
+typedef struct {
+  bool is_some;
+  pylon_plugin_types_client_identity_t val;
+} pylon_plugin_types_option_client_identity_t;
 
 typedef struct {
   plugin_string_t f0;
@@ -312,20 +354,23 @@ typedef pylon_plugin_types_borrow_request_t exports_pylon_plugin_guest_borrow_re
 
 typedef pylon_plugin_types_borrow_response_view_t exports_pylon_plugin_guest_borrow_response_view_t;
 
-// Imported Functions from `pylon:plugin/log@0.4.0`
+// Imported Functions from `pylon:plugin/log@0.4.1`
 // Emit one log event.
 extern void pylon_plugin_log_log(pylon_plugin_log_level_t level, plugin_string_t *message);
 
-// Imported Functions from `pylon:plugin/clock@0.4.0`
+// Imported Functions from `pylon:plugin/clock@0.4.1`
 // Milliseconds since the Unix epoch.
 extern uint64_t pylon_plugin_clock_now_ms(void);
 // Nanoseconds from an arbitrary fixed point; never goes backwards.
 extern uint64_t pylon_plugin_clock_monotonic_ns(void);
 
-// Imported Functions from `pylon:plugin/kv@0.4.0`
+// Imported Functions from `pylon:plugin/kv@0.4.1`
 // The value stored under `key`, if any and not expired.
 extern bool pylon_plugin_kv_get(plugin_string_t *key, plugin_option_list_u8_t *ret, pylon_plugin_kv_kv_error_t *err);
 // Store `value`; with `ttl-ms` it expires after that many milliseconds.
+// A value over the plugin's `kv-max-value-size`, or a write past its
+// quota in the in-memory store (`kv-max-bytes`, `kv-max-entries`), fails
+// with `unavailable` naming the bound.
 extern bool pylon_plugin_kv_set(plugin_string_t *key, plugin_list_u8_t *value, uint64_t *maybe_ttl_ms, pylon_plugin_kv_kv_error_t *err);
 // Remove `key`; true when it existed.
 extern bool pylon_plugin_kv_delete(plugin_string_t *key, bool *ret, pylon_plugin_kv_kv_error_t *err);
@@ -333,7 +378,7 @@ extern bool pylon_plugin_kv_delete(plugin_string_t *key, bool *ret, pylon_plugin
 // and return the new value. `ttl-ms` is applied only when the key is created.
 extern bool pylon_plugin_kv_incr(plugin_string_t *key, int64_t delta, uint64_t *maybe_ttl_ms, int64_t *ret, pylon_plugin_kv_kv_error_t *err);
 
-// Imported Functions from `pylon:plugin/types@0.4.0`
+// Imported Functions from `pylon:plugin/types@0.4.1`
 // The matched route's id (from the configuration).
 extern void pylon_plugin_types_method_request_route(pylon_plugin_types_borrow_request_t self, plugin_string_t *ret);
 // `GET`, `POST`, ... exactly as sent.
@@ -347,13 +392,21 @@ extern bool pylon_plugin_types_method_request_query(pylon_plugin_types_borrow_re
 extern bool pylon_plugin_types_method_request_header(pylon_plugin_types_borrow_request_t self, plugin_string_t *name, plugin_list_u8_t *ret);
 // Every value of header `name` (any case), in wire order.
 extern void pylon_plugin_types_method_request_header_all(pylon_plugin_types_borrow_request_t self, plugin_string_t *name, plugin_list_list_u8_t *ret);
-// All request headers, including `host`, in wire order; repeated
-// names appear once per value.
+// All request headers, including `host`; repeated names appear
+// once per value, grouped by name (see `headers`).
 extern void pylon_plugin_types_method_request_headers(pylon_plugin_types_borrow_request_t self, pylon_plugin_types_headers_t *ret);
 // The peer's address, `ip:port`.
 extern void pylon_plugin_types_method_request_client_addr(pylon_plugin_types_borrow_request_t self, plugin_string_t *ret);
-// `http` or `https`: how the client reached the gateway.
+// `http` or `https`: how the client reached the gateway (`https`
+// on a TLS listener).
 extern void pylon_plugin_types_method_request_scheme(pylon_plugin_types_borrow_request_t self, plugin_string_t *ret);
+// The client certificate the connection was verified with (0.4.1).
+// None on a plain-HTTP listener, on a TLS listener without
+// `client-auth`, and with `client-auth = "optional"` when the
+// client sent no certificate (a client whose certificate does not
+// verify never gets a request through). Same value for every
+// request of a connection.
+extern bool pylon_plugin_types_method_request_client_identity(pylon_plugin_types_borrow_request_t self, pylon_plugin_types_client_identity_t *ret);
 // The path parameter `name` captured by the route pattern
 // (`/users/{id}`), if the pattern has it.
 extern bool pylon_plugin_types_method_request_param(pylon_plugin_types_borrow_request_t self, plugin_string_t *name, plugin_string_t *ret);
@@ -366,19 +419,19 @@ extern uint16_t pylon_plugin_types_method_response_view_status(pylon_plugin_type
 extern bool pylon_plugin_types_method_response_view_header(pylon_plugin_types_borrow_response_view_t self, plugin_string_t *name, plugin_list_u8_t *ret);
 // Every value of header `name` (any case), in wire order.
 extern void pylon_plugin_types_method_response_view_header_all(pylon_plugin_types_borrow_response_view_t self, plugin_string_t *name, plugin_list_list_u8_t *ret);
-// All response headers in wire order.
+// All response headers, grouped by name (see `headers`).
 extern void pylon_plugin_types_method_response_view_headers(pylon_plugin_types_borrow_response_view_t self, pylon_plugin_types_headers_t *ret);
 // The full body when the plugin asked for it (see `needs`), else none.
 extern bool pylon_plugin_types_method_response_view_body(pylon_plugin_types_borrow_response_view_t self, plugin_list_u8_t *ret);
 
-// Imported Functions from `pylon:plugin/http-client@0.4.0`
+// Imported Functions from `pylon:plugin/http-client@0.4.1`
 // Send one request and wait for the whole response.
 extern bool pylon_plugin_http_client_send(pylon_plugin_http_client_outbound_request_t *request, pylon_plugin_http_client_response_t *ret, pylon_plugin_http_client_http_error_t *err);
 // Send all requests at once (concurrently) and wait for every answer.
 // Results are in the order of `requests`.
 extern void pylon_plugin_http_client_send_all(pylon_plugin_http_client_list_outbound_request_t *requests, pylon_plugin_http_client_list_result_response_http_error_t *ret);
 
-// Exported Functions from `pylon:plugin/guest@0.4.0`
+// Exported Functions from `pylon:plugin/guest@0.4.1`
 bool exports_pylon_plugin_guest_configure(plugin_string_t *config, exports_pylon_plugin_guest_needs_t *ret, plugin_string_t *err);
 void exports_pylon_plugin_guest_on_request(exports_pylon_plugin_guest_borrow_request_t request, exports_pylon_plugin_guest_request_action_t *ret);
 void exports_pylon_plugin_guest_on_response(exports_pylon_plugin_guest_borrow_request_t request, exports_pylon_plugin_guest_borrow_response_view_t response, exports_pylon_plugin_guest_response_edits_t *ret);
@@ -404,6 +457,10 @@ void pylon_plugin_kv_result_s64_kv_error_free(pylon_plugin_kv_result_s64_kv_erro
 void pylon_plugin_types_header_free(pylon_plugin_types_header_t *ptr);
 
 void pylon_plugin_types_headers_free(pylon_plugin_types_headers_t *ptr);
+
+void plugin_list_string_free(plugin_list_string_t *ptr);
+
+void pylon_plugin_types_client_identity_free(pylon_plugin_types_client_identity_t *ptr);
 
 extern void pylon_plugin_types_request_drop_own(pylon_plugin_types_own_request_t handle);
 
@@ -436,6 +493,8 @@ void pylon_plugin_types_response_edits_free(pylon_plugin_types_response_edits_t 
 void pylon_plugin_types_needs_free(pylon_plugin_types_needs_t *ptr);
 
 void plugin_list_list_u8_free(plugin_list_list_u8_t *ptr);
+
+void pylon_plugin_types_option_client_identity_free(pylon_plugin_types_option_client_identity_t *ptr);
 
 void plugin_tuple2_string_string_free(plugin_tuple2_string_string_t *ptr);
 
