@@ -50,16 +50,7 @@ pub(in crate::server) struct LimitCounters {
 impl LimitCounters {
     /// The gateway's series.
     pub(in crate::server) fn new(metrics: &Metrics) -> Self {
-        let closed = [
-            CloseReason::AtCapacity,
-            CloseReason::NoRequest,
-            CloseReason::Idle,
-            CloseReason::SendTimeout,
-            CloseReason::StalledReader,
-            CloseReason::ResetBudget,
-            CloseReason::RequestLimit,
-        ]
-        .map(|r| metrics.connections_closed(r));
+        let closed = CloseReason::ALL.map(|r| metrics.connections_closed(r));
         Self {
             closed,
             refused_in_flight: metrics.requests_refused_in_flight().clone(),

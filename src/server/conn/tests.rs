@@ -130,3 +130,10 @@ fn idle_and_stalled_streams_are_found() {
     g.slot.sent_at.store(300_000, Relaxed);
     assert_eq!(c.check(360_000), Check::Close(CloseReason::StalledReader));
 }
+
+#[test]
+fn each_close_reason_counts_in_the_counter_made_for_it() {
+    for (i, reason) in CloseReason::ALL.into_iter().enumerate() {
+        assert_eq!(reason_index(reason), i, "{reason:?}");
+    }
+}

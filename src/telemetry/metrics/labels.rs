@@ -154,7 +154,8 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub(super) const ALL: [CloseReason; 7] = [
+    /// Every reason, in the order of their counters.
+    pub(crate) const ALL: [CloseReason; 7] = [
         CloseReason::AtCapacity,
         CloseReason::NoRequest,
         CloseReason::Idle,
