@@ -28,20 +28,9 @@ impl Upstreams {
     /// unknown upstream, never in cleartext): [`Upstreams::try_new`]
     /// reports it instead.
     pub fn new(configs: &BTreeMap<String, UpstreamConfig>, workers: usize) -> Self {
-        let registry = TargetRegistry::new();
-        let mut pools = BTreeMap::new();
-        for (name, c) in configs {
-            match upstream_tls(c) {
-                Ok(tls) => {
-                    pools.insert(
-                        name.clone(),
-                        Arc::new(UpstreamPool::new(c.clone(), workers, tls, &registry)),
-                    );
-                }
-                Err(err) => {
-                    tracing::error!(upstream = %name, error = %crate::chain::ErrorChain(&err), "upstream left out: its TLS settings do not load");
-                }
-            }
+        let (pools, failed) = Self::pools(configs, workers, &TargetRegistry::new());
+        for (name, err) in failed {
+            tracing::error!(upstream = %name, error = %err, "upstream left out: its TLS settings do not load");
         }
         Self { pools }
     }
@@ -55,8 +44,31 @@ impl Upstreams {
         workers: usize,
         registry: &TargetRegistry,
     ) -> Result<Self, ConfigError> {
+        let (pools, failed) = Self::pools(configs, workers, registry);
+        if failed.is_empty() {
+            return Ok(Self { pools });
+        }
+        Err(ConfigError {
+            diagnostics: failed
+                .into_iter()
+                .map(|(name, message)| Diagnostic {
+                    location: None,
+                    subject: Some(format!("upstream \"{name}\"")),
+                    message,
+                })
+                .collect(),
+        })
+    }
+
+    /// A pool per upstream whose TLS settings load, and for each one whose
+    /// settings do not, its name and why.
+    fn pools(
+        configs: &BTreeMap<String, UpstreamConfig>,
+        workers: usize,
+        registry: &TargetRegistry,
+    ) -> (BTreeMap<String, Arc<UpstreamPool>>, Vec<(String, String)>) {
         let mut pools = BTreeMap::new();
-        let mut problems = Vec::new();
+        let mut failed = Vec::new();
         for (name, c) in configs {
             match upstream_tls(c) {
                 Ok(tls) => {
@@ -65,20 +77,10 @@ impl Upstreams {
                         Arc::new(UpstreamPool::new(c.clone(), workers, tls, registry)),
                     );
                 }
-                Err(err) => problems.push(Diagnostic {
-                    location: None,
-                    subject: Some(format!("upstream \"{name}\"")),
-                    message: crate::chain::ErrorChain(&err).to_string(),
-                }),
+                Err(err) => failed.push((name.clone(), crate::chain::ErrorChain(&err).to_string())),
             }
         }
-        if problems.is_empty() {
-            Ok(Self { pools })
-        } else {
-            Err(ConfigError {
-                diagnostics: problems,
-            })
-        }
+        (pools, failed)
     }
 
     /// The upstream with this name.
