@@ -14,10 +14,13 @@ use crate::{
     config::{ConfigError, Diagnostic, Upstream as UpstreamConfig, UpstreamProtocol},
 };
 
+/// The pools of a configuration, by upstream name.
+type Pools = BTreeMap<String, Arc<UpstreamPool>>;
+
 /// All upstreams of a configuration.
 #[derive(Default)]
 pub struct Upstreams {
-    pools: BTreeMap<String, Arc<UpstreamPool>>,
+    pools: Pools,
 }
 
 impl Upstreams {
@@ -66,7 +69,7 @@ impl Upstreams {
         configs: &BTreeMap<String, UpstreamConfig>,
         workers: usize,
         registry: &TargetRegistry,
-    ) -> (BTreeMap<String, Arc<UpstreamPool>>, Vec<(String, String)>) {
+    ) -> (Pools, Vec<(String, String)>) {
         let mut pools = BTreeMap::new();
         let mut failed = Vec::new();
         for (name, c) in configs {
