@@ -3,8 +3,9 @@
 //! load time, snapshot).
 //!
 //! - [`CallPolicy`]: the plugin's `max-concurrency` permits, deadline,
-//!   memory cap, CPU slots and where its calls start (`offload`);
-//! - [`new_store`], [`arm`], [`disarm`]: a store's epoch behaviour (yield
+//!   memory cap, CPU slots (and when a call waits for one before it takes
+//!   an instance) and where its calls start (`offload`);
+//! - [`new_store`], [`arm`], [`arm_from`], [`disarm`]: a store's epoch behaviour (yield
 //!   or trap at each tick) and the per-call deadline and memory refusal;
 //! - [`finish`] and [`classify`]: a finished call accounted, and its
 //!   failure turned into a [`PluginError`] by what wasmtime and the
@@ -76,6 +77,32 @@ impl CallPolicy {
         match wait.await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(busy()),
+        }
+    }
+
+    /// Whether a call about to take an instance should first wait for a
+    /// CPU slot: when the plugin's calls start on the plugin pool, or its
+    /// long calls hold every slot (a new call would likely queue behind
+    /// them). Waiting for a slot before taking the instance keeps the live
+    /// instances near the calls that run rather than the calls in flight.
+    pub(crate) fn slot_first(&self) -> bool {
+        self.placement.on_pool() || self.cpu.available_permits() == 0
+    }
+
+    /// A CPU slot, waiting at most `deadline`; past that,
+    /// [`PluginError::Deadline`] (counted).
+    pub(crate) async fn cpu_slot(
+        &self,
+        deadline: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, PluginError> {
+        let wait = tokio::time::timeout(deadline, self.cpu.clone().acquire_owned());
+        match wait.await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                let err = deadline_error(self, deadline);
+                self.stats.record_error(&err);
+                Err(err)
+            }
         }
     }
 
@@ -168,6 +195,14 @@ pub(crate) fn new_store(
             let slot = long.slot();
             data.long_call = Some(long);
             offload::mark_long();
+            // A call that waited for its slot before it started has one.
+            if let Some(held) = data.cpu_slot.take() {
+                *lock(&slot) = Some(held);
+                return Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ));
+            }
             let cpu = cpu.clone();
             return Ok(UpdateDeadline::YieldCustom(
                 1,
@@ -190,18 +225,28 @@ pub(crate) fn new_store(
 
 /// Arm a store for one call: a fresh deadline, no memory refusal yet.
 pub(crate) fn arm(store: &mut Store<HostState>, deadline: Duration) -> Instant {
-    let now = Instant::now();
+    arm_from(store, Instant::now(), deadline)
+}
+
+/// [`arm`], for a call whose time started at `since` (when it began to
+/// wait for a CPU slot); returns `since`.
+pub(crate) fn arm_from(
+    store: &mut Store<HostState>,
+    since: Instant,
+    deadline: Duration,
+) -> Instant {
     store.set_epoch_deadline(1);
     let data = store.data_mut();
     data.limiter.reset_denied();
-    data.call_until = now.checked_add(deadline);
-    now
+    data.call_until = since.checked_add(deadline);
+    since
 }
 
 /// The call is over: the ticker may slow down again.
 pub(crate) fn disarm(store: &mut Store<HostState>) {
     let data = store.data_mut();
     data.long_call = None;
+    data.cpu_slot = None;
     data.call_until = None;
 }
 

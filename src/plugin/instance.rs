@@ -13,6 +13,11 @@
 //! So `configure` never runs on the request path: only at load, where its
 //! state is captured in the snapshot.
 //!
+//! A request's instance is taken by its first call, once that call can
+//! run: a call that would wait for a CPU slot waits without one (see
+//! `Inner::instance_to_run`), so live instances follow the calls running,
+//! not the requests in flight.
+//!
 //! Every call — instantiation included — gets a fresh epoch deadline (so
 //! nothing carries over between requests) and a timer of the same length,
 //! armed only if the call waits on a host await (kv, http), which bounds
@@ -37,8 +42,8 @@ use wasmtime::Store;
 
 use super::{
     call::{
-        CallPolicy, arm, classify, deadline_error, disarm, finish, instance_survives, new_store,
-        timed,
+        CallPolicy, arm, arm_from, classify, deadline_error, disarm, finish, instance_survives,
+        new_store, timed,
     },
     compiled::CompiledPlugin,
     contract::{Guest, GuestPre},
@@ -61,6 +66,9 @@ pub(crate) struct Instance {
     memory_at_start: usize,
     /// Requests served.
     served: u64,
+    /// When the call about to run began to wait for its CPU slot (the
+    /// wait counts against its deadline), if it did.
+    waiting_since: Option<Instant>,
 }
 
 /// A `configure` that ran: the plugin's answer to its config, its needs
@@ -88,6 +96,7 @@ impl Instance {
                     guest,
                     memory_at_start,
                     served: 0,
+                    waiting_since: None,
                 });
             }
             Ok(Err(err)) => classify(policy, &store, deadline, err),
@@ -127,51 +136,51 @@ impl Instance {
         }
     }
 
+    /// Arm the store for a hook call; its time counts from when it began
+    /// to wait for a CPU slot, if it did.
+    fn arm(&mut self, deadline: Duration) -> Instant {
+        match self.waiting_since.take() {
+            Some(since) => arm_from(&mut self.store, since, deadline),
+            None => arm(&mut self.store, deadline),
+        }
+    }
+
     /// The request phase. `req` is lent to the store for the call (see
     /// `host::exchange`) and is back in place when this returns, whatever
     /// the outcome; only a cancelled call leaves it behind, with the request
     /// and the instance.
     ///
-    /// The instance is taken for the call because a lent call may finish on
-    /// the plugin pool (`offload`); it comes back with the outcome.
+    /// The instance goes whole into the call because a lent call may finish
+    /// on the plugin pool (`offload`); it comes back with the outcome.
     async fn on_request(
-        self,
+        mut self,
         policy: &CallPolicy,
         needs: Needs,
         req: &mut PluginRequest,
     ) -> (Self, Result<RequestAction, PluginError>) {
-        let Self {
-            mut store,
-            guest,
-            memory_at_start,
-            served,
-        } = self;
         let deadline = policy.deadline;
-        let action = {
-            let handle = store
-                .data_mut()
-                .exchange
-                .lend_request(req, needs.request_body);
-            let started = arm(&mut store, deadline);
-            let lent = guest.clone();
-            let _ticking = policy.ticker.call();
-            // Boxed here, so that the futures around it (this one, the
-            // pipeline's) stay small: a future is moved whole, and the
-            // call's (wasmtime's fiber future inline) was copied several
-            // times per call before it ever ran.
-            let (back, result) = offload::run(
-                &policy.placement,
-                Box::pin(async move {
-                    let result =
-                        timed(started, deadline, lent.on_request(&mut store, handle)).await;
-                    (store, result)
-                }),
-            )
-            .await;
-            store = back;
-            store.data_mut().exchange.give_back(req, None);
-            finish(&mut store, policy, deadline, started, result)
-        };
+        let handle = self
+            .store
+            .data_mut()
+            .exchange
+            .lend_request(req, needs.request_body);
+        let started = self.arm(deadline);
+        let _ticking = policy.ticker.call();
+        // Boxed here, so that the futures around it (this one, the
+        // pipeline's) stay small: a future is moved whole, and the call's
+        // (wasmtime's fiber future inline) was copied several times per
+        // call before it ever ran.
+        let (mut this, result) = offload::run(
+            &policy.placement,
+            Box::pin(async move {
+                let call = self.guest.on_request(&mut self.store, handle);
+                let result = timed(started, deadline, call).await;
+                (self, result)
+            }),
+        )
+        .await;
+        this.store.data_mut().exchange.give_back(req, None);
+        let action = finish(&mut this.store, policy, deadline, started, result);
         let action = action.and_then(|action| {
             Validate {
                 plugin: &policy.plugin,
@@ -180,51 +189,37 @@ impl Instance {
             .action(action)
             .inspect_err(|e| policy.stats.record_error(e))
         });
-        let instance = Self {
-            store,
-            guest,
-            memory_at_start,
-            served,
-        };
-        (instance, action)
+        (this, action)
     }
 
     /// The response phase; `req` and `resp` are lent as in `on_request`.
     async fn on_response(
-        self,
+        mut self,
         policy: &CallPolicy,
         needs: Needs,
         req: &mut PluginRequest,
         resp: &mut PluginResponse,
     ) -> (Self, Result<ResponseEdits, PluginError>) {
-        let Self {
-            mut store,
-            guest,
-            memory_at_start,
-            served,
-        } = self;
         let deadline = policy.deadline;
-        let edits = {
-            let exchange = &mut store.data_mut().exchange;
-            let req_handle = exchange.lend_request(req, needs.request_body);
-            let resp_handle = exchange.lend_response(resp, needs.response_body);
-            let started = arm(&mut store, deadline);
-            let lent = guest.clone();
-            let _ticking = policy.ticker.call();
-            // Boxed as in `on_request`.
-            let (back, result) = offload::run(
-                &policy.placement,
-                Box::pin(async move {
-                    let call = lent.on_response(&mut store, req_handle, resp_handle);
-                    let result = timed(started, deadline, call).await;
-                    (store, result)
-                }),
-            )
-            .await;
-            store = back;
-            store.data_mut().exchange.give_back(req, Some(resp));
-            finish(&mut store, policy, deadline, started, result)
-        };
+        let exchange = &mut self.store.data_mut().exchange;
+        let req_handle = exchange.lend_request(req, needs.request_body);
+        let resp_handle = exchange.lend_response(resp, needs.response_body);
+        let started = self.arm(deadline);
+        let _ticking = policy.ticker.call();
+        // Boxed as in `on_request`.
+        let (mut this, result) = offload::run(
+            &policy.placement,
+            Box::pin(async move {
+                let call = self
+                    .guest
+                    .on_response(&mut self.store, req_handle, resp_handle);
+                let result = timed(started, deadline, call).await;
+                (self, result)
+            }),
+        )
+        .await;
+        this.store.data_mut().exchange.give_back(req, Some(resp));
+        let edits = finish(&mut this.store, policy, deadline, started, result);
         let edits = edits.and_then(|edits| {
             Validate {
                 plugin: &policy.plugin,
@@ -233,13 +228,7 @@ impl Instance {
             .response_edits(edits)
             .inspect_err(|e| policy.stats.record_error(e))
         });
-        let instance = Self {
-            store,
-            guest,
-            memory_at_start,
-            served,
-        };
-        (instance, edits)
+        (this, edits)
     }
 }
 
@@ -342,10 +331,43 @@ impl Inner {
         }
     }
 
-    /// A new instance, configured: one of the snapshot taken at load.
-    async fn new_configured(&self) -> Result<Instance, PluginError> {
-        let policy = &self.policy;
-        Instance::new(&self.snapshot.pre, &self.ctx, policy, policy.deadline).await
+    /// A new instance, configured: one of the snapshot taken at load;
+    /// its instantiation within `deadline`.
+    async fn new_configured(&self, deadline: Duration) -> Result<Instance, PluginError> {
+        Instance::new(&self.snapshot.pre, &self.ctx, &self.policy, deadline).await
+    }
+
+    /// An instance for a session's first call, taken only once the call
+    /// can run. A call that would wait for a CPU slot (see
+    /// `CallPolicy::slot_first`) waits before it takes one, and keeps the
+    /// slot for its call: a pooled instance lives on after the request, and
+    /// each maps its own copy of the snapshot's memory, so instances taken
+    /// by calls that only wait made a Python or JavaScript plugin under load
+    /// keep one per client connection. The plugin's deadline then bounds
+    /// the wait, the instantiation and the call together, as it bounds a
+    /// call that waits for its slot at its first tick.
+    async fn instance_to_run(&self) -> Result<Instance, PluginError> {
+        let deadline = self.policy.deadline;
+        let waited = if self.policy.slot_first() {
+            let since = Instant::now();
+            let slot = self.policy.cpu_slot(deadline).await?;
+            Some((since, slot))
+        } else {
+            None
+        };
+        let mut instance = match (self.take_idle(), &waited) {
+            (Some(instance), _) => instance,
+            (None, None) => self.new_configured(deadline).await?,
+            (None, Some((since, _))) => {
+                let left = deadline.saturating_sub(since.elapsed());
+                self.new_configured(left).await?
+            }
+        };
+        if let Some((since, slot)) = waited {
+            instance.waiting_since = Some(since);
+            instance.store.data_mut().cpu_slot = Some(slot);
+        }
+        Ok(instance)
     }
 }
 
@@ -363,17 +385,14 @@ impl Plugin for WasmPlugin {
         &self.inner.fixed
     }
 
+    /// The session's place under `max-concurrency`; its instance is taken
+    /// by its first call, when that call can run (`Inner::instance_to_run`).
     async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError> {
         let permit = self.inner.policy.permit().await?;
-        let instance = match self.inner.take_idle() {
-            Some(instance) => instance,
-            // Boxed so that the instantiation's large future is not part
-            // of every call's `start` future (moved whole, pooled hits too).
-            None => Box::pin(self.inner.new_configured()).await?,
-        };
         Ok(Box::new(WasmSession {
             plugin: self.inner.clone(),
-            instance: Some(instance),
+            instance: None,
+            called: false,
             permit: Some(permit),
             failed: false,
         }))
@@ -388,10 +407,12 @@ impl Plugin for WasmPlugin {
 /// still healthy) when dropped.
 struct WasmSession {
     plugin: Arc<Inner>,
-    /// `None` while a call has it (and for good if that call was cancelled,
-    /// with the guest suspended half-way: such an instance never serves
-    /// again).
+    /// `None` until the first call takes one, while a call has it, and for
+    /// good if that call was cancelled, with the guest suspended half-way:
+    /// such an instance never serves again.
     instance: Option<Instance>,
+    /// A call has begun: from then on the session has its instance.
+    called: bool,
     /// Held from `start` through the request phase, and again for the
     /// response phase: the session's place under `max-concurrency`.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -400,10 +421,17 @@ struct WasmSession {
 }
 
 impl WasmSession {
-    /// Take the instance for a call, and a permit if the session holds none.
+    /// Take the instance for a call (the first call gets one), and a
+    /// permit if the session holds none.
     async fn begin(&mut self) -> Result<Instance, PluginError> {
         if self.permit.is_none() {
             self.permit = Some(self.plugin.policy.permit().await?);
+        }
+        if !std::mem::replace(&mut self.called, true) {
+            // Boxed so that the wait and the instantiation, large futures,
+            // are not part of every call's future (moved whole, pooled hits
+            // too).
+            return Box::pin(self.plugin.instance_to_run()).await;
         }
         self.instance
             .take()

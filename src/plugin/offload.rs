@@ -150,7 +150,8 @@ const MAX_SCORE: u32 = 64;
 const START_ON_POOL: u32 = 16;
 
 impl Placement {
-    fn on_pool(&self) -> bool {
+    /// Whether this plugin's calls start on the pool.
+    pub(crate) fn on_pool(&self) -> bool {
         self.score.load(Ordering::Relaxed) >= START_ON_POOL
     }
 

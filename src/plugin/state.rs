@@ -60,6 +60,10 @@ pub(crate) struct HostState {
     /// Held while the current call has run through an epoch tick: the
     /// ticker then ticks faster, so long calls yield more often.
     pub(crate) long_call: Option<super::ticker::LongCall>,
+    /// A CPU slot the current call took before it started (one that waited
+    /// for a slot rather than hold an instance while waiting, see
+    /// `instance`): its first tick keeps this one instead of waiting again.
+    pub(crate) cpu_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl HostState {
@@ -71,6 +75,7 @@ impl HostState {
             wasi: None,
             call_until: None,
             long_call: None,
+            cpu_slot: None,
         }
     }
 }
