@@ -12,7 +12,6 @@ mod grpc;
 mod language_plugins;
 mod limits;
 mod paths;
-mod plugin_instances;
 mod plugin_kit;
 mod plugin_runtime;
 mod plugins;

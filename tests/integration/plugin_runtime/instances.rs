@@ -1,12 +1,14 @@
 //! Instances and their configured state: pooled instances reused, fresh
 //! ones started from the configured snapshot, `configure` run at load only
-//! (a plugin that cannot be configured or loops there is refused), and
-//! snapshots compiled once and cached.
+//! (a plugin that cannot be configured or loops there is refused),
+//! snapshots compiled once and cached, and calls that wait to run (for a
+//! CPU slot) holding no instance.
 
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use pylon::{
+    config::ProcessSettings,
     pipeline::{PluginError, RequestAction},
     plugin::{PluginLoadError, PluginLoader},
 };
@@ -33,10 +35,16 @@ async fn pooled_instances_are_reused_and_fresh_ones_are_not() {
     }
     assert_eq!(stats(&rt, "memo-pooled").instantiations, 1);
 
-    // Two sessions at once need two instances; both go back to the pool.
-    let a = pooled_plugin.start().await.unwrap();
-    let b = pooled_plugin.start().await.unwrap();
+    // Two sessions at once need two instances (from their first calls);
+    // both go back to the pool.
+    let mut a = pooled_plugin.start().await.unwrap();
+    let mut b = pooled_plugin.start().await.unwrap();
+    let (mut req_a, mut req_b) = (request("/"), request("/"));
+    assert_eq!(count(a.on_request(&mut req_a).await), "4");
+    assert_eq!(count(b.on_request(&mut req_b).await), "1");
     drop((a, b));
+    assert_eq!(stats(&rt, "memo-pooled").instantiations, 2);
+    call_ok(&pooled_plugin, &request("/")).await;
     assert_eq!(stats(&rt, "memo-pooled").instantiations, 2);
 }
 
@@ -258,4 +266,48 @@ async fn configure_that_loops_fails_the_load_within_its_deadline() {
     );
     assert!(chain(&err).contains("deadline"), "{}", chain(&err));
     assert_eq!(stats(&rt, "attacker").deadline_hits, 1);
+}
+
+/// Sixteen requests at once, each busy for 50 ms, so each runs through
+/// epoch ticks and finishes on the plugin pool two at a time. Taking the
+/// instance before the call could run made one per request (16); now they
+/// stay within what can hold one at once: a call per CPU slot, a call
+/// starting on each thread, and one per thread that started just as the
+/// last slot was taken (the load's instance included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_cpu_slot_hold_no_instance() {
+    // The plugin's CPU slots: one per worker.
+    const WORKERS: usize = 2;
+    let rt = PluginLoader::new(&ProcessSettings {
+        workers: Some(WORKERS),
+        ..settings(None)
+    })
+    .expect("runtime starts");
+    let mut d = pooled(def("busy", "attacker"), 64);
+    d.grants.clock = true;
+    // The plugin pool runs at the lowest priority: on a machine busy with
+    // builds, waiting for a slot must not be what fails a call.
+    d.deadline = Duration::from_secs(30);
+    let p = load(&rt, &d, "r", r#"{"attack": "busy", "n": 50}"#, host())
+        .await
+        .unwrap_or_else(|e| panic!("busy loads: {}", chain(&e)));
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let p = p.clone();
+            tokio::spawn(async move { call(&p, &request("/")).await })
+        })
+        .collect();
+    for c in calls {
+        let action = c.await.expect("call task");
+        let action = action.unwrap_or_else(|e| panic!("busy failed: {}", chain(&e)));
+        assert!(matches!(action, RequestAction::Continue(_)), "{action:?}");
+    }
+    let s = stats(&rt, "busy");
+    assert_eq!(s.calls, 1 + 16, "configure and the requests");
+    let bound = (3 * WORKERS) as u64 + 1;
+    assert!(
+        s.instantiations <= bound,
+        "{} instances made for 16 requests (at most {bound})",
+        s.instantiations
+    );
 }

@@ -136,7 +136,10 @@ async fn trap_fails_only_its_request_and_pooled_instance_is_discarded() {
     // The first session used the instance configured at load; it was
     // discarded, so the second needed a new one, which was discarded too.
     assert_eq!(stats(&rt, "trap-pooled").instantiations, 2);
-    drop(p.start().await.unwrap());
+    // A session takes its instance at its first call.
+    let mut session = p.start().await.unwrap();
+    assert_eq!(stats(&rt, "trap-pooled").instantiations, 2);
+    session.on_request(&mut req).await.unwrap();
     assert_eq!(stats(&rt, "trap-pooled").instantiations, 3);
 }
 
