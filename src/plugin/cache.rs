@@ -17,8 +17,9 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
-use wasmtime::Engine;
+use wasmtime::{Engine, component::Component};
 
+use super::engine::Compiler;
 use crate::sync::lock;
 
 /// Where a compiled component came from.
@@ -43,6 +44,7 @@ type Slot = Arc<Mutex<Weak<CachedComponent>>>;
 /// loaded plugin uses is dropped) and on disk.
 pub(crate) struct ComponentCache {
     engine: Engine,
+    compiler: Compiler,
     dir: Option<PathBuf>,
     engine_hash: String,
     slots: Mutex<HashMap<[u8; 32], Slot>>,
@@ -63,13 +65,18 @@ pub(crate) struct CompileFailure(pub(crate) wasmtime::Error);
 impl ComponentCache {
     /// A cache for `engine`; with a `dir`, compiled artefacts persist there.
     /// The directory is created if missing.
-    pub(crate) fn new(engine: &Engine, dir: Option<PathBuf>) -> io::Result<Self> {
+    pub(crate) fn new(
+        engine: &Engine,
+        compiler: Compiler,
+        dir: Option<PathBuf>,
+    ) -> io::Result<Self> {
         if let Some(dir) = &dir {
             create_private_dir(dir)?;
             check_private(dir)?;
         }
         Ok(Self {
             engine: engine.clone(),
+            compiler,
             dir,
             engine_hash: engine_compat_hash(engine),
             slots: Mutex::new(HashMap::new()),
@@ -121,18 +128,31 @@ impl ComponentCache {
                 (component, CompileOrigin::DiskCache)
             }
             None => {
-                let component = wasmtime::component::Component::from_binary(&self.engine, bytes)
-                    .map_err(CompileFailure)?;
+                let component = self.compile_now(bytes, path.as_deref())?;
                 self.counters.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Some(path) = &path {
-                    self.store_on_disk(path, &component);
-                }
                 (component, CompileOrigin::Compiled)
             }
         };
         let cached = Arc::new(CachedComponent { component });
         *slot = Arc::downgrade(&cached);
         Ok((cached, origin))
+    }
+
+    /// Compile `bytes` (see `engine::Compiler`), store the artefact on disk
+    /// when there is a cache directory, and load it as a cached one is.
+    fn compile_now(&self, bytes: &[u8], path: Option<&Path>) -> Result<Component, CompileFailure> {
+        let artefact = self.compiler.precompile(bytes).map_err(CompileFailure)?;
+        if let Some(path) = path
+            && self.store_on_disk(path, &artefact)
+        {
+            match deserialize_cached(&self.engine, path) {
+                Ok(component) => return Ok(component),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{err:#}"), "cannot load the compile cache entry just written; using the compiled bytes");
+                }
+            }
+        }
+        deserialize_compiled(&self.engine, &artefact).map_err(CompileFailure)
     }
 
     /// The compiled component cached under `key`, from memory or disk, if
@@ -183,14 +203,14 @@ impl ComponentCache {
     }
 
     /// Write the artefact atomically: a temp file in the same directory,
-    /// synced, then renamed over the final name. Failures only cost a
-    /// recompile next time, so they are logged, not returned.
-    fn store_on_disk(&self, path: &Path, component: &wasmtime::component::Component) {
+    /// synced, then renamed over the final name; whether it was written.
+    /// Failures only cost a recompile next time, so they are logged, not
+    /// returned.
+    fn store_on_disk(&self, path: &Path, bytes: &[u8]) -> bool {
         let result = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            let bytes = component.serialize()?;
             let dir = path.parent().ok_or("cache path has no directory")?;
             let mut tmp = tempfile_in(dir)?;
-            tmp.1.write_all(&bytes)?;
+            tmp.1.write_all(bytes)?;
             tmp.1.sync_all()?;
             drop(tmp.1);
             fs::rename(&tmp.0, path).inspect_err(|_| {
@@ -198,9 +218,10 @@ impl ComponentCache {
             })?;
             Ok(())
         })();
-        if let Err(err) = result {
-            tracing::warn!(path = %path.display(), error = %crate::error::ErrorChain(&*err), "cannot write compile cache entry");
+        if let Err(err) = &result {
+            tracing::warn!(path = %path.display(), error = %crate::error::ErrorChain(&**err), "cannot write compile cache entry");
         }
+        result.is_ok()
     }
 }
 
@@ -296,6 +317,17 @@ fn deserialize_cached(
     unsafe { wasmtime::component::Component::deserialize_file(engine, path) }
 }
 
+/// Load what `engine::Compiler` just compiled, when it could not be
+/// loaded from the disk cache (there is none, or writing it failed).
+#[allow(unsafe_code)]
+fn deserialize_compiled(engine: &Engine, artefact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `artefact` is the output of `Engine::precompile_component`,
+    // made in this process a moment ago by an engine with this engine's
+    // configuration (but for the instance allocator, which does not change
+    // compiled code), and held in memory only since.
+    unsafe { Component::deserialize(engine, artefact) }
+}
+
 /// A stable hex digest of everything that makes compiled code of one engine
 /// usable by another (wasmtime version, target, compiler settings).
 fn engine_compat_hash(engine: &Engine) -> String {
@@ -324,14 +356,15 @@ mod tests {
     fn cache_dir_is_created_private_and_a_shared_one_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let engine = Engine::new(&Config::new()).unwrap();
+        let compiler = Compiler::new(Config::new());
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a/cache");
-        ComponentCache::new(&engine, Some(dir.clone())).unwrap();
+        ComponentCache::new(&engine, compiler.clone(), Some(dir.clone())).unwrap();
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
 
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = ComponentCache::new(&engine, Some(dir.clone()))
+        let err = ComponentCache::new(&engine, compiler, Some(dir.clone()))
             .err()
             .expect("a world-writable cache dir is refused");
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);

@@ -1,8 +1,11 @@
 //! The process's one Wasm [`Engine`]: component model, epoch interruption,
-//! and the pooling allocator sized from the `[runtime]` settings.
+//! and the pooling allocator sized from the `[runtime]` settings; and the
+//! [`Compiler`] that makes code for it.
 //!
 //! Load time only. Not here: the epoch ticker (`ticker`) and the compile
 //! caches (`cache`).
+
+use std::sync::{Arc, Mutex, Weak};
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -50,7 +53,7 @@ const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// while that fits [`FULL_RESERVATION_BUDGET`] and the system grants it;
 /// else `max_memory_bytes` (rounded up to a Wasm page) plus a 2 MiB guard,
 /// with explicit checks. Nothing is committed until touched.
-pub(crate) fn build_engine(settings: &ProcessSettings) -> wasmtime::Result<Engine> {
+pub(crate) fn build_engine(settings: &ProcessSettings) -> wasmtime::Result<(Engine, Compiler)> {
     let instances = settings.max_instances.max(1);
     let max_memory = settings
         .max_memory_bytes
@@ -75,7 +78,29 @@ fn engine_with(
     max_memory: usize,
     reservation: u64,
     guard: u64,
-) -> wasmtime::Result<Engine> {
+) -> wasmtime::Result<(Engine, Compiler)> {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_reservation(reservation)
+        .memory_guard_size(guard)
+        .memory_reservation_for_growth(0);
+    // How instances are allocated does not change compiled code (wasmtime's
+    // `PoolingAllocationConfig` docs), so the compiler needs no pool.
+    let compiler = Compiler::new(config.clone());
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
+        settings, max_memory,
+    )));
+    if std::env::var_os("PYLON_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    Ok((Engine::new(&config)?, compiler))
+}
+
+/// The pooling allocator: `settings.max_instances` component instances,
+/// linear memories of at most `max_memory` bytes.
+fn pool(settings: &ProcessSettings, max_memory: usize) -> PoolingAllocationConfig {
     let instances = settings.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
@@ -99,17 +124,51 @@ fn engine_with(
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(64 * 1024);
+    pool
+}
 
-    let mut config = Config::new();
-    config
-        .wasm_component_model(true)
-        .epoch_interruption(true)
-        .memory_reservation(reservation)
-        .memory_guard_size(guard)
-        .memory_reservation_for_growth(0)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    if std::env::var_os("PYLON_PERFMAP").is_some() {
-        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+/// Compiles components for the serving engine on an engine of its own,
+/// which lives only while compiles are in progress.
+///
+/// Why: an engine keeps one Cranelift context per function compiled at
+/// once, for reuse, as long as it lives, each grown to the largest
+/// function it has compiled. Kept in the serving engine, they were most of
+/// the memory a gateway that compiled its plugins held over one that
+/// loaded them from the disk cache (ten Rust plugins: ~35 MB more). The
+/// compiling engine has the serving engine's configuration but for the
+/// instance allocator, so what it compiles loads into the serving engine
+/// as if from the disk cache; concurrent compiles share it, and the last
+/// one to finish drops it.
+#[derive(Clone)]
+pub(crate) struct Compiler {
+    config: Config,
+    engine: Arc<Mutex<Weak<Engine>>>,
+}
+
+impl Compiler {
+    /// A compiler for an engine of `config` (its instance allocator aside).
+    pub(crate) fn new(config: Config) -> Self {
+        Self {
+            config,
+            engine: Arc::default(),
+        }
     }
-    Engine::new(&config)
+
+    /// Compile a component: the bytes of a precompiled artefact for the
+    /// serving engine (`Component::deserialize` loads them).
+    pub(crate) fn precompile(&self, component: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        let engine = self.engine()?;
+        engine.precompile_component(component)
+    }
+
+    /// The compiling engine: the one in use, or a new one.
+    fn engine(&self) -> wasmtime::Result<Arc<Engine>> {
+        let mut slot = crate::sync::lock(&self.engine);
+        if let Some(engine) = slot.upgrade() {
+            return Ok(engine);
+        }
+        let engine = Arc::new(Engine::new(&self.config)?);
+        *slot = Arc::downgrade(&engine);
+        Ok(engine)
+    }
 }

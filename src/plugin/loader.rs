@@ -82,17 +82,17 @@ impl PluginLoader {
         let engine_err = |source: wasmtime::Error| PluginLoadError::Engine {
             source: source.into_boxed_dyn_error(),
         };
-        let engine = engine::build_engine(settings).map_err(engine_err)?;
+        let (engine, compiler) = engine::build_engine(settings).map_err(engine_err)?;
         let mut plain = Linker::new(&engine);
         contract::add_to_linker(&mut plain).map_err(engine_err)?;
         let mut with_wasi = plain.clone();
         wasmtime_wasi::p2::add_to_linker_async(&mut with_wasi).map_err(engine_err)?;
-        let cache = ComponentCache::new(&engine, settings.cache_dir.clone()).map_err(|source| {
-            PluginLoadError::CacheDir {
+        let cache = ComponentCache::new(&engine, compiler, settings.cache_dir.clone()).map_err(
+            |source| PluginLoadError::CacheDir {
                 path: settings.cache_dir.clone().unwrap_or_default(),
                 source,
-            }
-        })?;
+            },
+        )?;
         let ticker = EpochTicker::start(&engine).map_err(|e| PluginLoadError::Engine {
             source: Box::new(e),
         })?;
