@@ -244,6 +244,10 @@ impl Validate<'_> {
     }
 
     fn header_ops(&self, ops: Vec<wit::HeaderOp>) -> Result<Vec<HeaderOp>, PluginError> {
+        // Most hooks return no edits: nothing to check or convert.
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
         self.header_budget(
             "header edits",
             ops.len(),
