@@ -14,9 +14,14 @@
 pub(crate) mod current;
 mod v0_3;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use wasmtime::{
     Engine, Store,
-    component::{Component, Instance as ComponentInstance, InstancePre, Linker, Resource},
+    component::{
+        Component, ComponentExportIndex, Func, Instance as ComponentInstance, InstancePre, Linker,
+        Resource, TypedFunc,
+    },
 };
 
 use super::{host, state::HostState};
@@ -115,8 +120,85 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 /// A component pre-instantiated with the bindings of the contract version
 /// it exports.
 pub(crate) enum GuestPre {
-    V0_4(current::PluginPre<HostState>),
+    V0_4(PreV0_4),
     V0_3(v0_3::PluginPre<HostState>),
+}
+
+/// A current-contract component, and where its hooks are among its exports.
+pub(crate) struct PreV0_4 {
+    pre: current::PluginPre<HostState>,
+    exports: HookExports,
+    /// An instance's hooks have passed the bindings' type check: the
+    /// types are the component's, the same for every instance of it.
+    checked: AtomicBool,
+}
+
+/// The `guest` hooks' export indices (looked up once, at load).
+struct HookExports {
+    configure: ComponentExportIndex,
+    on_request: ComponentExportIndex,
+    on_response: ComponentExportIndex,
+}
+
+impl HookExports {
+    fn new(component: &Component) -> Option<Self> {
+        let guest = component.get_export_index(None, ContractVersion::V0_4.guest_export())?;
+        let hook = |name| component.get_export_index(Some(&guest), name);
+        Some(Self {
+            configure: hook("configure")?,
+            on_request: hook("on-request")?,
+            on_response: hook("on-response")?,
+        })
+    }
+
+    /// The hooks of `instance`, without a type check: only once one
+    /// instance of the same component has passed it (`PreV0_4::checked`).
+    #[allow(unsafe_code)]
+    fn load_checked(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &ComponentInstance,
+    ) -> wasmtime::Result<Hooks> {
+        let func = |store: &mut Store<HostState>, index| -> wasmtime::Result<Func> {
+            instance
+                .get_func(store, index)
+                .ok_or_else(|| wasmtime::format_err!("the `guest` export lacks a hook"))
+        };
+        let configure = func(store, &self.configure)?;
+        let on_request = func(store, &self.on_request)?;
+        let on_response = func(store, &self.on_response)?;
+        // SAFETY: these are the exports the bindings type-checked as these
+        // signatures on another instance of the same component (the same
+        // `InstancePre`); an instance's export types are its component's.
+        unsafe {
+            Ok(Hooks {
+                configure,
+                on_request: TypedFunc::new_unchecked(on_request),
+                on_response: TypedFunc::new_unchecked(on_response),
+            })
+        }
+    }
+}
+
+/// The current contract's hooks of one instance, typed as the bindings
+/// type them (`on-request` and `on-response`).
+#[derive(Clone)]
+pub(crate) struct Hooks {
+    /// Called at load only: type-checked at each call.
+    configure: Func,
+    on_request: TypedFunc<(Resource<wit::Request>,), (wit::RequestAction,)>,
+    on_response:
+        TypedFunc<(Resource<wit::Request>, Resource<wit::ResponseView>), (wit::ResponseEdits,)>,
+}
+
+impl From<&current::exports::pylon::plugin::guest::Guest> for Hooks {
+    fn from(guest: &current::exports::pylon::plugin::guest::Guest) -> Self {
+        Self {
+            configure: *guest.func_configure().func(),
+            on_request: guest.func_on_request(),
+            on_response: guest.func_on_response(),
+        }
+    }
 }
 
 impl GuestPre {
@@ -126,7 +208,16 @@ impl GuestPre {
         pre: InstancePre<HostState>,
     ) -> wasmtime::Result<Self> {
         match version {
-            ContractVersion::V0_4 => current::PluginPre::new(pre).map(GuestPre::V0_4),
+            ContractVersion::V0_4 => {
+                let exports = HookExports::new(pre.component()).ok_or_else(|| {
+                    wasmtime::format_err!("the `guest` export lacks a hook of 0.4")
+                })?;
+                Ok(GuestPre::V0_4(PreV0_4 {
+                    pre: current::PluginPre::new(pre)?,
+                    exports,
+                    checked: AtomicBool::new(false),
+                }))
+            }
             ContractVersion::V0_3 => v0_3::PluginPre::new(pre).map(GuestPre::V0_3),
         }
     }
@@ -141,7 +232,7 @@ impl GuestPre {
 
     pub(crate) fn engine(&self) -> &Engine {
         match self {
-            GuestPre::V0_4(pre) => pre.engine(),
+            GuestPre::V0_4(pre) => pre.pre.engine(),
             GuestPre::V0_3(pre) => pre.engine(),
         }
     }
@@ -152,12 +243,22 @@ impl GuestPre {
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<Guest> {
         Ok(match self {
-            GuestPre::V0_4(pre) => Guest::V0_4(
-                pre.instantiate_async(store)
-                    .await?
-                    .pylon_plugin_guest()
-                    .clone(),
-            ),
+            GuestPre::V0_4(pre) => {
+                let instance = pre
+                    .pre
+                    .instance_pre()
+                    .instantiate_async(&mut *store)
+                    .await?;
+                // The bindings type-check every hook of every instance (a
+                // twelfth of a fresh instance's cost); once is enough.
+                if pre.checked.load(Ordering::Relaxed) {
+                    Guest::V0_4(pre.exports.load_checked(store, &instance)?)
+                } else {
+                    let plugin = current::Plugin::new(&mut *store, &instance)?;
+                    pre.checked.store(true, Ordering::Relaxed);
+                    Guest::V0_4(plugin.pylon_plugin_guest().into())
+                }
+            }
             GuestPre::V0_3(pre) => Guest::V0_3(
                 pre.instantiate_async(store)
                     .await?
@@ -172,7 +273,7 @@ impl GuestPre {
 /// with and answering in the current contract's types.
 #[derive(Clone)]
 pub(crate) enum Guest {
-    V0_4(current::exports::pylon::plugin::guest::Guest),
+    V0_4(Hooks),
     V0_3(v0_3::Guest),
 }
 
@@ -188,7 +289,7 @@ impl Guest {
             ContractVersion::V0_4 => Guest::V0_4(
                 current::Plugin::new(store, instance)?
                     .pylon_plugin_guest()
-                    .clone(),
+                    .into(),
             ),
             ContractVersion::V0_3 => Guest::V0_3(
                 v0_3::Plugin::new(store, instance)?
@@ -205,7 +306,12 @@ impl Guest {
         config_json: &str,
     ) -> wasmtime::Result<Result<wit::Needs, String>> {
         match self {
-            Self::V0_4(guest) => guest.call_configure(store, config_json).await,
+            Self::V0_4(hooks) => {
+                let configure = hooks
+                    .configure
+                    .typed::<(&str,), (Result<wit::Needs, String>,)>(&*store)?;
+                Ok(configure.call_async(store, (config_json,)).await?.0)
+            }
             Self::V0_3(guest) => Ok(guest
                 .call_configure(store, config_json)
                 .await?
@@ -220,7 +326,7 @@ impl Guest {
         req: Resource<wit::Request>,
     ) -> wasmtime::Result<wit::RequestAction> {
         match self {
-            Self::V0_4(guest) => guest.call_on_request(store, req).await,
+            Self::V0_4(hooks) => Ok(hooks.on_request.call_async(store, (req,)).await?.0),
             Self::V0_3(guest) => Ok(guest
                 .call_on_request(store, v0_3::handle(req))
                 .await?
@@ -236,7 +342,7 @@ impl Guest {
         resp: Resource<wit::ResponseView>,
     ) -> wasmtime::Result<wit::ResponseEdits> {
         match self {
-            Self::V0_4(guest) => guest.call_on_response(store, req, resp).await,
+            Self::V0_4(hooks) => Ok(hooks.on_response.call_async(store, (req, resp)).await?.0),
             Self::V0_3(guest) => Ok(guest
                 .call_on_response(store, v0_3::handle(req), v0_3::handle(resp))
                 .await?
