@@ -172,3 +172,33 @@ impl Compiler {
         Ok(engine)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest component: its preamble (magic, version 13, layer 1).
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    #[test]
+    fn the_compiling_engine_lives_only_while_a_compile_runs() {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let compiler = Compiler::new(config.clone());
+        let artefact = compiler.precompile(EMPTY_COMPONENT).unwrap();
+        assert!(
+            crate::sync::lock(&compiler.engine).upgrade().is_none(),
+            "the engine and its Cranelift contexts are gone once the compile is"
+        );
+        // What it compiled loads into an engine of the same configuration
+        // with the pooling allocator, as the serving engine has.
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::new(),
+        ));
+        let serving = Engine::new(&config).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: the artefact was made just above by `precompile`.
+        let loaded = unsafe { wasmtime::component::Component::deserialize(&serving, &artefact) };
+        loaded.unwrap();
+    }
+}
