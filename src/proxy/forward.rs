@@ -14,20 +14,20 @@
 //! plugins' copy): bytes of a streamed body that went out cannot be sent
 //! twice. Each retry waits a random time up to an exponentially growing
 //! ceiling (full jitter), prefers a target not yet tried, and must fit the
-//! upstream's retry budget. Plugins ran once, before; they see the final
+//! upstream's retry budget ([`super::retry`] keeps what is resent and
+//! times the wait). Plugins ran once, before; they see the final
 //! answer. Which target, connection limits and timeouts are
 //! [`crate::upstream`]'s.
 
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{
-    HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header, uri::PathAndQuery,
-};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header, uri::PathAndQuery};
 use http_body::Body as _;
 
 use super::{
     ConnInfo,
+    retry::{Resend, Retry, backoff},
     route::{client_body_error, client_read_error},
 };
 use crate::{
@@ -105,25 +105,6 @@ pub(super) fn upstream_head(
     Ok(())
 }
 
-/// The request head every attempt sends.
-struct Head {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-impl Head {
-    fn request(&self, body: Body) -> Request<Body> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
 /// Send `out` upstream, retrying per the route's policy, and return the
 /// response head with its body watched.
 pub(super) async fn forward(
@@ -194,62 +175,6 @@ struct Calls<'a> {
     upstream: &'a str,
     route: &'a LiveRoute,
     body_state: Option<&'a RequestBodyState>,
-}
-
-/// Why an attempt is retried, for `pylon_upstream_retries{reason}`.
-enum Retry {
-    /// Nothing was sent (no connection, or one closed before use).
-    Connect,
-    /// The connection failed before the response head.
-    Reset,
-    /// A retried status.
-    Status,
-}
-
-impl Retry {
-    fn label(&self) -> &'static str {
-        match self {
-            Retry::Connect => "connect",
-            Retry::Reset => "reset",
-            Retry::Status => "status",
-        }
-    }
-}
-
-/// What the attempts of one request can send again: the head and the
-/// whole body, kept only when a retry could use them.
-struct Resend {
-    head: Option<Head>,
-    replay: Option<Bytes>,
-    /// Whether a request that reached the upstream may go again (an
-    /// idempotent method, or the route allows any).
-    safe_method: bool,
-}
-
-impl Resend {
-    /// What a request with head `parts` and, when held whole, body bytes
-    /// `replay` can send again under `policy`.
-    fn new(policy: &RetryPolicy, parts: &http::request::Parts, replay: Option<Bytes>) -> Self {
-        Resend {
-            safe_method: policy.non_idempotent || is_idempotent(&parts.method),
-            // The head is kept for a resend only when a whole body could go again.
-            head: (policy.retries > 0 && replay.is_some()).then(|| Head {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-            }),
-            replay,
-        }
-    }
-
-    /// The request again, when it can be resent.
-    fn request(&self) -> Option<Request<Body>> {
-        match (&self.head, &self.replay) {
-            (Some(head), Some(bytes)) => Some(head.request(body::full(bytes.clone()))),
-            _ => None,
-        }
-    }
 }
 
 /// The attempts of one request: the first, then retries while the policy,
@@ -423,24 +348,6 @@ fn after_failure(
             source: error,
         }),
     }
-}
-
-/// Full jitter: a random time up to `backoff × 2^(n-1)`, capped, before
-/// the n-th retry (AWS's "exponential backoff and jitter", Envoy's).
-fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
-    let ceiling = policy
-        .backoff
-        .saturating_mul(1u32 << (n.saturating_sub(1)).min(20))
-        .min(policy.max_backoff);
-    ceiling.mul_f64(fastrand::f64())
-}
-
-/// RFC 9110 §9.2.2: a method whose repetition has the effect of one.
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// The upstream's response with hop-by-hop headers removed, `Via` added,

@@ -23,6 +23,7 @@ mod forward;
 mod grpc;
 mod request;
 mod respond;
+mod retry;
 mod route;
 mod upgrade;
 
