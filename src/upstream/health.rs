@@ -5,39 +5,23 @@
 //! ([`super::target::TargetState::check_result`]); a passed check also
 //! ends an outlier ejection (Envoy's default).
 //!
-//! One task per upstream, holding only a weak reference: when a reload
-//! replaces the configuration and the old upstream is dropped, its checks
-//! stop at the next tick; while it drains, it leaves the targets the new
-//! configuration took over (their state is shared) to the new one's checks. The first round runs at once, so a target that is
-//! down at start is found within `unhealthy-threshold` rounds.
+//! One task per upstream (started by [`super::set`], holding only a weak
+//! reference): when a reload replaces the configuration and the old
+//! upstream is dropped, its checks stop at the next tick; while it drains,
+//! it leaves the targets the new configuration took over (their state is
+//! shared) to the new one's checks. The first round runs at once, so a
+//! target that is down at start is found within `unhealthy-threshold`
+//! rounds.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use http::{HeaderValue, Request, header};
 
 use super::{UpstreamPool, members::Members, policy::HealthCheck};
 use crate::body;
 
-/// Start checking `pool`'s targets.
-pub(super) fn spawn(pool: Weak<UpstreamPool>, hc: HealthCheck) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
-        let mut tick = tokio::time::interval(hc.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(pool) = pool.upgrade() else {
-                return;
-            };
-            round(&pool, &hc).await;
-        }
-    });
-}
-
 /// Check every endpoint once, concurrently.
-async fn round(pool: &Arc<UpstreamPool>, hc: &HealthCheck) {
+pub(super) async fn round(pool: &Arc<UpstreamPool>, hc: &HealthCheck) {
     let members = pool.members.load_full();
     let members = &members;
     let checks = (0..members.states.len()).map(|i| async move {

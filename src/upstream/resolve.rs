@@ -21,7 +21,6 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Weak,
     task::{Context, Poll},
     time::Duration,
 };
@@ -52,25 +51,6 @@ impl Resolve for System {
         let host = host.to_string();
         Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
     }
-}
-
-/// Re-resolve `pool`'s host-name targets every `interval`, the first time
-/// at once; stops when the upstream is dropped (a reload replaced it).
-pub(super) fn spawn(pool: Weak<UpstreamPool>, resolver: impl Resolve, interval: Duration) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(pool) = pool.upgrade() else {
-                return;
-            };
-            refresh(&pool, &resolver).await;
-        }
-    });
 }
 
 /// Look every host-name target up once and swap in the endpoints the

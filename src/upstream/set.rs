@@ -140,7 +140,11 @@ impl Upstreams {
     pub fn start_health_checks(&self) {
         for pool in self.pools.values() {
             if let Some(hc) = &pool.resilience.health_check {
-                health::spawn(Arc::downgrade(pool), hc.clone());
+                let hc = Arc::new(hc.clone());
+                every(pool, hc.interval, move |pool| {
+                    let hc = hc.clone();
+                    async move { health::round(&pool, &hc).await }
+                });
             }
         }
     }
@@ -154,14 +158,37 @@ impl Upstreams {
         for pool in self.pools.values() {
             let names = &pool.config.targets;
             if names.iter().any(|t| resolve::host_name(t).is_some()) {
-                resolve::spawn(
-                    Arc::downgrade(pool),
-                    resolve::System,
-                    pool.config.dns_refresh,
-                );
+                every(pool, pool.config.dns_refresh, |pool| async move {
+                    resolve::refresh(&pool, &resolve::System).await
+                });
             }
         }
     }
+}
+
+/// Run `task` on `pool` every `interval`, the first time at once, on the
+/// current tokio runtime (a tick late rather than two at once after a long
+/// one), until the pool is dropped: its configuration was replaced.
+fn every<F, Fut>(pool: &Arc<UpstreamPool>, interval: Duration, mut task: F)
+where
+    F: FnMut(Arc<UpstreamPool>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let pool = Arc::downgrade(pool);
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            task(pool).await;
+        }
+    });
 }
 
 /// The TLS an upstream speaks, if any, with its config loaded and the
