@@ -40,6 +40,7 @@ use std::{
 };
 
 use tokio::runtime::{Builder, Runtime};
+use tracing::instrument::{Instrument, WithSubscriber};
 
 /// The `nice` value of the pool's threads: the lowest priority, kept as
 /// the fallback where `SCHED_IDLE` is refused (other kernels, seccomp).
@@ -191,6 +192,12 @@ where
             return out;
         }
     }
+    // The pool's threads have no subscriber or span of their own: the
+    // call's events (guest stdout/stderr, host `log`) keep the caller's,
+    // so they reach the same log with the request's trace.
+    let call = call
+        .instrument(tracing::Span::current())
+        .with_current_subscriber();
     let task = AbortOnDrop(pool().spawn(call));
     match task.await {
         Ok((out, long)) => {
@@ -301,6 +308,48 @@ mod tests {
         assert_eq!(before, here);
         assert_eq!(after.as_deref(), Some("pylon-plugin"));
         assert_eq!(priority, (NICE, libc::SCHED_IDLE));
+    }
+
+    /// Events of a call that moved to the pool reach the caller's
+    /// subscriber (here a thread-local one) inside the caller's span.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_on_the_pool_logs_to_the_callers_subscriber_in_its_span() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Seen(Arc<Mutex<Vec<(String, Option<String>)>>>);
+        impl<S> tracing_subscriber::Layer<S> for Seen
+        where
+            S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+        {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let span = ctx.event_span(event).map(|s| s.name().to_owned());
+                let thread = thread_name().unwrap_or_default();
+                self.0.lock().unwrap().push((thread, span));
+            }
+        }
+
+        let seen = Seen::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(seen.clone()));
+        let span = tracing::info_span!("request");
+        run_default(async {
+            mark_long();
+            tokio::task::yield_now().await;
+            tracing::info!("from the pool");
+        })
+        .instrument(span)
+        .await;
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [("pylon-plugin".to_owned(), Some("request".to_owned()))]
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
