@@ -317,8 +317,10 @@ mod tests {
         use std::sync::{Arc, Mutex};
         use tracing_subscriber::layer::SubscriberExt;
 
+        /// (thread, span) of each event.
+        type Events = Vec<(String, Option<String>)>;
         #[derive(Clone, Default)]
-        struct Seen(Arc<Mutex<Vec<(String, Option<String>)>>>);
+        struct Seen(Arc<Mutex<Events>>);
         impl<S> tracing_subscriber::Layer<S> for Seen
         where
             S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
