@@ -93,7 +93,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn measure(name: &str, plugin: &Arc<dyn Plugin>, iters: usize) {
     let mut req = request();
     let mut once = async || {
-        let mut session = plugin.start().await.expect("instance");
+        let mut session = plugin.start();
         session.on_request(&mut req).await.expect("on-request");
     };
     for _ in 0..iters / 10 {

@@ -183,10 +183,7 @@ async fn run_case_inner(
     };
     let needs = plugin.needs();
     let fixed = plugin.fixed().clone();
-    let mut session = plugin
-        .start()
-        .await
-        .map_err(|e| format!("cannot start an instance: {}", ErrorChain(&e)))?;
+    let mut session = plugin.start();
     for op in &fixed.request {
         op.apply(&mut request.headers).map_err(|e| e.to_string())?;
     }

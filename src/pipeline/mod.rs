@@ -22,7 +22,9 @@ use async_trait::async_trait;
 ///
 /// `start` is called once per request that reaches this plugin and yields
 /// the [`PluginSession`] that serves both phases of that request.
-#[async_trait]
+/// Starting takes nothing yet: what a call needs (an instance, a place under
+/// the plugin's limits) is the session's to take when its first call runs,
+/// so `start` is synchronous and a plugin call pays no future for it.
 pub trait Plugin: Send + Sync + 'static {
     /// The plugin's id as configured (used in logs, metrics and errors).
     fn id(&self) -> &str;
@@ -36,8 +38,9 @@ pub trait Plugin: Send + Sync + 'static {
         FixedEdits::none()
     }
 
-    /// Get an instance ready to serve one request (fresh or from a pool).
-    async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError>;
+    /// A session for one request; its first call takes an instance (fresh
+    /// or from a pool).
+    fn start(&self) -> Box<dyn PluginSession>;
 
     /// Count a failure the pipeline found in what the plugin returned (edits
     /// that do not fit the message) in the plugin's own metrics. Default:

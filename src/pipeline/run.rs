@@ -254,17 +254,11 @@ impl Pipeline {
                 continue;
             }
             let mut call = observe::plugin_call(entry.plugin.id(), "on-response");
-            let result = match pending.session {
-                Some(session) => Ok(session),
-                None => entry.plugin.start().await,
-            };
-            let result = match result {
-                Ok(mut session) => match session.on_response(req, resp).await {
-                    Ok(edits) => HeaderOp::fit(&resp.headers, &edits.headers)
-                        .map(|()| edits)
-                        .map_err(|limit| over_limit(&*entry.plugin, limit)),
-                    Err(e) => Err(e),
-                },
+            let mut session = pending.session.unwrap_or_else(|| entry.plugin.start());
+            let result = match session.on_response(req, resp).await {
+                Ok(edits) => HeaderOp::fit(&resp.headers, &edits.headers)
+                    .map(|()| edits)
+                    .map_err(|limit| over_limit(&*entry.plugin, limit)),
                 Err(e) => Err(e),
             };
             if let Err(err) = &result {
@@ -316,17 +310,13 @@ async fn request_phase(
     req: &mut PluginRequest,
 ) -> Result<(Box<dyn PluginSession>, RequestAction), PluginError> {
     let mut call = observe::plugin_call(entry.plugin.id(), "on-request");
-    let result = match entry.plugin.start().await {
-        Ok(mut session) => match session.on_request(req).await {
-            Ok(RequestAction::Continue(edits)) => {
-                match HeaderOp::fit(&req.headers, &edits.headers) {
-                    Ok(()) => Ok((session, RequestAction::Continue(edits))),
-                    Err(limit) => Err(over_limit(&*entry.plugin, limit)),
-                }
-            }
-            Ok(action) => Ok((session, action)),
-            Err(e) => Err(e),
+    let mut session = entry.plugin.start();
+    let result = match session.on_request(req).await {
+        Ok(RequestAction::Continue(edits)) => match HeaderOp::fit(&req.headers, &edits.headers) {
+            Ok(()) => Ok((session, RequestAction::Continue(edits))),
+            Err(limit) => Err(over_limit(&*entry.plugin, limit)),
         },
+        Ok(action) => Ok((session, action)),
         Err(e) => Err(e),
     };
     if let Err(err) = &result {

@@ -337,6 +337,16 @@ impl Inner {
         Instance::new(&self.snapshot.pre, &self.ctx, &self.policy, deadline).await
     }
 
+    /// An idle instance for a call that need not wait for a CPU slot, if
+    /// there is one: the common case of [`Inner::instance_to_run`],
+    /// without its future.
+    fn idle_to_run_now(&self) -> Option<Instance> {
+        if self.policy.slot_first() {
+            return None;
+        }
+        self.take_idle()
+    }
+
     /// An instance for a session's first call, taken only once the call
     /// can run. A call that would wait for a CPU slot (see
     /// `CallPolicy::slot_first`) waits before it takes one, and keeps the
@@ -371,7 +381,6 @@ impl Inner {
     }
 }
 
-#[async_trait]
 impl Plugin for WasmPlugin {
     fn id(&self) -> &str {
         &self.inner.policy.plugin
@@ -385,17 +394,17 @@ impl Plugin for WasmPlugin {
         &self.inner.fixed
     }
 
-    /// The session's place under `max-concurrency`; its instance is taken
-    /// by its first call, when that call can run (`Inner::instance_to_run`).
-    async fn start(&self) -> Result<Box<dyn PluginSession>, PluginError> {
-        let permit = self.inner.policy.permit().await?;
-        Ok(Box::new(WasmSession {
+    /// A session holding nothing yet: its first call takes the session's
+    /// place under `max-concurrency`, then its instance once that call can
+    /// run (`Inner::instance_to_run`).
+    fn start(&self) -> Box<dyn PluginSession> {
+        Box::new(WasmSession {
             plugin: self.inner.clone(),
             instance: None,
             called: false,
-            permit: Some(permit),
+            permit: None,
             failed: false,
-        }))
+        })
     }
 
     fn record_failure(&self, err: &PluginError) {
@@ -413,8 +422,8 @@ struct WasmSession {
     instance: Option<Instance>,
     /// A call has begun: from then on the session has its instance.
     called: bool,
-    /// Held from `start` through the request phase, and again for the
-    /// response phase: the session's place under `max-concurrency`.
+    /// Held from the first call through the request phase, and again for
+    /// the response phase: the session's place under `max-concurrency`.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// A call failed in Wasm.
     failed: bool,
@@ -428,9 +437,13 @@ impl WasmSession {
             self.permit = Some(self.plugin.policy.permit().await?);
         }
         if !std::mem::replace(&mut self.called, true) {
-            // Boxed so that the wait and the instantiation, large futures,
-            // are not part of every call's future (moved whole, pooled hits
-            // too).
+            // An idle pooled instance that may run at once is taken here;
+            // only the rest (a wait for a CPU slot, an instantiation) is a
+            // future, boxed so that those large futures are not part of
+            // every call's (moved whole, pooled hits too).
+            if let Some(instance) = self.plugin.idle_to_run_now() {
+                return Ok(instance);
+            }
             return Box::pin(self.plugin.instance_to_run()).await;
         }
         self.instance

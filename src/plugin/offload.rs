@@ -173,20 +173,21 @@ impl Placement {
 /// wholly on the pool when `placement` says the plugin's calls run long.
 ///
 /// The call future owns everything it touches (store, guest handle), so it
-/// can move between threads half-way. If this future is dropped (the
+/// can move between threads half-way; it comes boxed (`Unpin`), so moving
+/// it to the pool moves a pointer. If this future is dropped (the
 /// request went away) while the call is on the pool, the call is aborted
 /// there. A panic in the call resumes here, as it would inline.
 pub(crate) async fn run<F>(placement: &Placement, call: F) -> F::Output
 where
-    F: Future + Send + 'static,
+    F: Future + Unpin + Send + 'static,
     F::Output: Send + 'static,
 {
-    let mut call = Box::pin(Watched {
+    let mut call = Watched {
         call,
         went_long: false,
-    });
+    };
     if !placement.on_pool() {
-        let inline = std::future::poll_fn(|cx| poll_inline(call.as_mut(), cx)).await;
+        let inline = std::future::poll_fn(|cx| poll_inline(Pin::new(&mut call), cx)).await;
         if let Some((out, long)) = inline {
             placement.record(long);
             return out;
@@ -270,12 +271,21 @@ impl<T> Drop for AbortOnDrop<T> {
 mod tests {
     use super::*;
 
+    /// [`run`] of `call`, boxed as the plugin's calls are.
+    async fn run_boxed<F>(placement: &Placement, call: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        run(placement, Box::pin(call)).await
+    }
+
     async fn run_default<F>(call: F) -> F::Output
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        run(&Placement::default(), call).await
+        run_boxed(&Placement::default(), call).await
     }
 
     fn thread_name() -> Option<String> {
@@ -285,7 +295,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_that_never_goes_long_stays_on_its_thread() {
         let here = thread_name();
-        let there = run(&Placement::default(), async {
+        let there = run_boxed(&Placement::default(), async {
             tokio::task::yield_now().await;
             thread_name()
         })
@@ -297,7 +307,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_moves_to_the_low_priority_pool_at_its_first_long_yield() {
         let here = thread_name();
-        let (before, after, priority) = run(&Placement::default(), async {
+        let (before, after, priority) = run_boxed(&Placement::default(), async {
             let before = thread_name();
             mark_long();
             tokio::task::yield_now().await;
@@ -381,24 +391,24 @@ mod tests {
         let here = thread_name();
         let placement = Placement::default();
         for _ in 0..3 {
-            run(&placement, long_call()).await;
+            run_boxed(&placement, long_call()).await;
         }
         assert!(
             !placement.on_pool(),
             "three long calls are not a pattern yet"
         );
-        run(&placement, long_call()).await;
+        run_boxed(&placement, long_call()).await;
         assert!(placement.on_pool());
         // Now even a call that never goes long starts on the pool, and it
         // is not counted as long there.
-        let there = run(&placement, async { thread_name() }).await;
+        let there = run_boxed(&placement, async { thread_name() }).await;
         assert_eq!(there.as_deref(), Some("pylon-plugin"));
         let mut short = 1;
         while placement.on_pool() {
-            run(&placement, async {}).await;
+            run_boxed(&placement, async {}).await;
             short += 1;
             assert!(short < 100, "short calls never bring the plugin back");
         }
-        assert_eq!(run(&placement, async { thread_name() }).await, here);
+        assert_eq!(run_boxed(&placement, async { thread_name() }).await, here);
     }
 }

@@ -101,41 +101,74 @@ impl ConnInfo {
 /// Handle one client request to completion.
 pub async fn handle(rt: Arc<Generation>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     let grpc = grpc::is_grpc(req.headers());
-    // Boxing as `dyn Future + Send` proves `Send` here, with concrete
-    // lifetimes; left to hyper's higher-ranked service bounds, rustc cannot.
-    let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + '_>> =
-        Box::pin(proxy(&rt, req, conn, grpc));
-    match fut.await {
+    let result = match routed(&rt, req) {
+        Ok((routed, upgrade)) => {
+            // Each path boxed on its own: a future is as large as the
+            // largest state of any path through it, and boxing moves it
+            // whole, so one future for both paths copied tens of KB into
+            // its box per request whatever the route. Boxing as
+            // `dyn Future + Send` also proves `Send` here, with concrete
+            // lifetimes; left to hyper's higher-ranked service bounds,
+            // rustc cannot.
+            let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + '_>> =
+                if routed.route.pipeline.is_empty() {
+                    Box::pin(straight_through(&rt, routed, upgrade, &conn))
+                } else {
+                    Box::pin(with_plugins(&rt, routed, upgrade, &conn, grpc))
+                };
+            fut.await
+        }
+        Err(err) => Err(err),
+    };
+    match result {
         Ok(resp) => resp,
         Err(err) => err.into_response_for(grpc),
     }
 }
 
-async fn proxy(
+/// Phase 1: the route, and the upgrade the client asked for, if any.
+fn routed(
     rt: &Generation,
     req: Request<Body>,
-    conn: ConnInfo,
-    grpc: bool,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<(route::Routed<'_>, Option<upgrade::Wanted>), ProxyError> {
     let mut routed = route::route(rt, req)?;
     let upgrade = upgrade::wanted(&mut routed)?;
-    if routed.route.pipeline.is_empty() {
-        let out = straight(routed, &conn);
-        return match upgrade {
-            Some(wanted) => upgrade::forward(rt, out, wanted).await,
-            None => forward::forward(rt, out).await,
-        };
+    Ok((routed, upgrade))
+}
+
+/// A route without plugins: phase 3 only, streaming both ways.
+async fn straight_through(
+    rt: &Generation,
+    routed: route::Routed<'_>,
+    upgrade: Option<upgrade::Wanted>,
+    conn: &ConnInfo,
+) -> Result<Response<Body>, ProxyError> {
+    let out = straight(routed, conn);
+    match upgrade {
+        // Boxed: rare, and its future would size every request's.
+        Some(wanted) => Box::pin(upgrade::forward(rt, out, wanted)).await,
+        None => forward::forward(rt, out).await,
     }
+}
+
+/// A route with plugins: phases 2, 3 and 4.
+async fn with_plugins(
+    rt: &Generation,
+    routed: route::Routed<'_>,
+    upgrade: Option<upgrade::Wanted>,
+    conn: &ConnInfo,
+    grpc: bool,
+) -> Result<Response<Body>, ProxyError> {
     let mut sessions = Sessions::default();
     let (mut exchange, onward, outcome) =
-        request::request_phase(routed, &conn, &mut sessions).await?;
+        request::request_phase(routed, conn, &mut sessions).await?;
     let local = matches!(outcome, RequestOutcome::Respond(_));
     let for_plugins = match outcome {
         RequestOutcome::Respond(resp) => (resp, None),
         RequestOutcome::Forward { upstream } => {
-            let out = onward.outbound(rt, &mut exchange, upstream.as_deref(), &sessions, &conn)?;
+            let out = onward.outbound(rt, &mut exchange, upstream.as_deref(), &sessions, conn)?;
             let resp = match upgrade {
-                Some(wanted) => upgrade::forward(rt, out, wanted).await?,
+                Some(wanted) => Box::pin(upgrade::forward(rt, out, wanted)).await?,
                 None => forward::forward(rt, out).await?,
             };
             // Switched: there is no response left for the plugins to edit.

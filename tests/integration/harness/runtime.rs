@@ -122,7 +122,7 @@ pub fn request(path: &str) -> PluginRequest {
 
 /// Run the request phase on a new session.
 pub async fn call(p: &Arc<dyn Plugin>, req: &PluginRequest) -> Result<RequestAction, PluginError> {
-    p.start().await?.on_request(&mut req.clone()).await
+    p.start().on_request(&mut req.clone()).await
 }
 
 /// Like [`call`], for calls that must succeed (panics with the whole chain).

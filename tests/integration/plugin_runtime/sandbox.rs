@@ -125,7 +125,7 @@ async fn trap_fails_only_its_request_and_pooled_instance_is_discarded() {
     let (rt, p) = loaded(&d, r#"{"phase": "response", "how": "unreachable"}"#).await;
     let mut req = request("/");
     for _ in 0..2 {
-        let mut session = p.start().await.unwrap();
+        let mut session = p.start();
         session.on_request(&mut req).await.unwrap();
         let err = session
             .on_response(&mut req, &mut PluginResponse::new(StatusCode::OK))
@@ -137,7 +137,7 @@ async fn trap_fails_only_its_request_and_pooled_instance_is_discarded() {
     // discarded, so the second needed a new one, which was discarded too.
     assert_eq!(stats(&rt, "trap-pooled").instantiations, 2);
     // A session takes its instance at its first call.
-    let mut session = p.start().await.unwrap();
+    let mut session = p.start();
     assert_eq!(stats(&rt, "trap-pooled").instantiations, 2);
     session.on_request(&mut req).await.unwrap();
     assert_eq!(stats(&rt, "trap-pooled").instantiations, 3);
