@@ -216,11 +216,15 @@ impl TargetPool {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
         loop {
+            // Connecting and queueing are boxed: rare next to a reused
+            // connection, and their futures (TCP, TLS and HTTP/1
+            // handshakes, timers) would otherwise size every request's
+            // future, which is moved whole at least once per request.
             let got = match self.checkout() {
                 Some(sender) => Ok((sender, true)),
                 None => match self.limit.permits.clone().try_acquire_owned() {
-                    Ok(permit) => self.connect(permit).await.map(|s| (s, false)),
-                    Err(_) => self.wait_for_connection().await,
+                    Ok(permit) => Box::pin(self.connect(permit)).await.map(|s| (s, false)),
+                    Err(_) => Box::pin(self.wait_for_connection()).await,
                 },
             };
             let (mut sender, reused) = match got {
