@@ -255,12 +255,11 @@ impl Pipeline {
             }
             let mut call = observe::plugin_call(entry.plugin.id(), "on-response");
             let mut session = pending.session.unwrap_or_else(|| entry.plugin.start());
-            let result = match session.on_response(req, resp).await {
-                Ok(edits) => HeaderOp::fit(&resp.headers, &edits.headers)
+            let result = session.on_response(req, resp).await.and_then(|edits| {
+                HeaderOp::fit(&resp.headers, &edits.headers)
                     .map(|()| edits)
-                    .map_err(|limit| over_limit(&*entry.plugin, limit)),
-                Err(e) => Err(e),
-            };
+                    .map_err(|limit| over_limit(&*entry.plugin, limit))
+            });
             if let Err(err) = &result {
                 call.fail(err);
             }

@@ -101,26 +101,23 @@ impl ConnInfo {
 /// Handle one client request to completion.
 pub async fn handle(rt: Arc<Generation>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     let grpc = grpc::is_grpc(req.headers());
-    let result = match routed(&rt, req) {
-        Ok((routed, upgrade)) => {
-            // Each path boxed on its own: a future is as large as the
-            // largest state of any path through it, and boxing moves it
-            // whole, so one future for both paths copied tens of KB into
-            // its box per request whatever the route. Boxing as
-            // `dyn Future + Send` also proves `Send` here, with concrete
-            // lifetimes; left to hyper's higher-ranked service bounds,
-            // rustc cannot.
-            let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + '_>> =
-                if routed.route.pipeline.is_empty() {
-                    Box::pin(straight_through(&rt, routed, upgrade, &conn))
-                } else {
-                    Box::pin(with_plugins(&rt, routed, upgrade, &conn, grpc))
-                };
-            fut.await
-        }
-        Err(err) => Err(err),
+    let (routed, upgrade) = match routed(&rt, req) {
+        Ok(routed) => routed,
+        Err(err) => return err.into_response_for(grpc),
     };
-    match result {
+    // Each path boxed on its own: a future is as large as the largest
+    // state of any path through it, and boxing moves it whole, so one
+    // future for both paths copied tens of KB into its box per request
+    // whatever the route. Boxing as `dyn Future + Send` also proves `Send`
+    // here, with concrete lifetimes; left to hyper's higher-ranked service
+    // bounds, rustc cannot.
+    let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send + '_>> =
+        if routed.route.pipeline.is_empty() {
+            Box::pin(send_upstream(&rt, straight(routed, &conn), upgrade))
+        } else {
+            Box::pin(with_plugins(&rt, routed, upgrade, &conn, grpc))
+        };
+    match fut.await {
         Ok(resp) => resp,
         Err(err) => err.into_response_for(grpc),
     }
@@ -136,14 +133,13 @@ fn routed(
     Ok((routed, upgrade))
 }
 
-/// A route without plugins: phase 3 only, streaming both ways.
-async fn straight_through(
+/// Phase 3: `out` upstream, as the protocol switch the client asked for
+/// or as a request (a route without plugins streams both ways).
+async fn send_upstream(
     rt: &Generation,
-    routed: route::Routed<'_>,
+    out: forward::Outbound<'_>,
     upgrade: Option<upgrade::Wanted>,
-    conn: &ConnInfo,
 ) -> Result<Response<Body>, ProxyError> {
-    let out = straight(routed, conn);
     match upgrade {
         // Boxed: rare, and its future would size every request's.
         Some(wanted) => Box::pin(upgrade::forward(rt, out, wanted)).await,
@@ -167,10 +163,7 @@ async fn with_plugins(
         RequestOutcome::Respond(resp) => (resp, None),
         RequestOutcome::Forward { upstream } => {
             let out = onward.outbound(rt, &mut exchange, upstream.as_deref(), &sessions, conn)?;
-            let resp = match upgrade {
-                Some(wanted) => Box::pin(upgrade::forward(rt, out, wanted)).await?,
-                None => forward::forward(rt, out).await?,
-            };
+            let resp = send_upstream(rt, out, upgrade).await?;
             // Switched: there is no response left for the plugins to edit.
             if sessions.is_empty() || resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 return Ok(resp);
